@@ -1,0 +1,16 @@
+//! octet-core: the vocabulary every other crate speaks — number formats, FP8 codecs and scaling
+//! metadata, named buffer layouts, test tolerances, errors and a deterministic RNG.
+
+pub mod dtype;
+pub mod error;
+pub mod fp8;
+pub mod layout;
+pub mod rng;
+pub mod scaling;
+pub mod tolerance;
+
+pub use dtype::{DType, Float};
+pub use error::{Error, Result};
+pub use layout::{Layout, Slab, TensorSpec};
+pub use rng::Rng;
+pub use tolerance::Tolerance;

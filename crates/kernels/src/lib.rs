@@ -1,0 +1,1 @@
+//! octet-kernels: reference kernels (the spec), fast CPU kernels, and the backend boundary.

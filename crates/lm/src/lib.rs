@@ -1,0 +1,1 @@
+//! octet-lm: GPT-2 model, data pipeline, trainer, checkpoints and generation.

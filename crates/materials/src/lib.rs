@@ -1,0 +1,1 @@
+//! octet-materials: crystal structures, structure file formats, periodic graphs and GNoME-style models.

@@ -1,0 +1,1 @@
+//! octet-optim: AdamW, learning-rate schedules and gradient clipping.
