@@ -41,7 +41,6 @@ impl DType {
 /// A real scalar the model and reference kernels can compute in.
 pub trait Float:
     num_traits::Float
-    + num_traits::FromPrimitive
     + Into<f64>
     + Copy
     + Send

@@ -1,0 +1,80 @@
+//! The backend boundary: every operation a model step needs, over slices of the backend's element
+//! type. Models are written once against `Backend`; `RefBackend<F>` runs the reference kernels in any
+//! float (f64 for finite differences), `CpuBackend` the fast f32 kernels. A device backend implements
+//! the same trait over its own buffers (see the CUDA issue).
+
+use std::marker::PhantomData;
+
+use octet_core::Float;
+
+use crate::{cpu, reference};
+
+macro_rules! backend_ops {
+    ($($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?);)*) => {
+        /// Operations of a training step; argument order: outputs, saved, inputs, dimensions.
+        pub trait Backend: Send + Sync {
+            type F: Float;
+            fn name(&self) -> &'static str;
+            $($(#[$m])* #[allow(clippy::too_many_arguments)] fn $name(&self, $($arg: $ty),*);)*
+        }
+        impl<F: Float> Backend for RefBackend<F> {
+            type F = F;
+            fn name(&self) -> &'static str { "reference" }
+            $(#[allow(clippy::too_many_arguments)] fn $name(&self, $($arg: $ty),*) { reference::$name($($arg),*) })*
+        }
+        impl Backend for CpuBackend {
+            type F = f32;
+            fn name(&self) -> &'static str { "cpu" }
+            $(#[allow(clippy::too_many_arguments)] fn $name(&self, $($arg: $ty),*) { cpu::$name($($arg),*) })*
+        }
+    };
+}
+
+/// Naive reference kernels in `F` (f64 accumulation): the spec, and the f64 path for gradient checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefBackend<F>(PhantomData<F>);
+
+impl<F> RefBackend<F> {
+    pub fn new() -> Self {
+        RefBackend(PhantomData)
+    }
+}
+
+/// Fast f32 kernels on the CPU (gemm + rayon).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+backend_ops! {
+    /// out (B,T,C) = wte[tokens] + wpe[t].
+    fn encoder_forward(out: &mut [Self::F], tokens: &[u32], wte: &[Self::F], wpe: &[Self::F], b: usize, t: usize, c: usize);
+    /// dwte, dwpe += scatter of dout (B,T,C).
+    fn encoder_backward(dwte: &mut [Self::F], dwpe: &mut [Self::F], dout: &[Self::F], tokens: &[u32], b: usize, t: usize, c: usize);
+    /// LayerNorm (N,C), saving mean and rstd (N).
+    fn layernorm_forward(out: &mut [Self::F], mean: &mut [Self::F], rstd: &mut [Self::F], inp: &[Self::F], w: &[Self::F], bias: &[Self::F], n: usize, c: usize);
+    /// LayerNorm backward; dinp accumulates (residual stream).
+    fn layernorm_backward(dinp: &mut [Self::F], dw: &mut [Self::F], db: &mut [Self::F], dout: &[Self::F], inp: &[Self::F], w: &[Self::F], mean: &[Self::F], rstd: &[Self::F], n: usize, c: usize);
+    /// RMSNorm (N,C), saving 1/rms (N).
+    fn rmsnorm_forward(out: &mut [Self::F], rrms: &mut [Self::F], inp: &[Self::F], w: &[Self::F], n: usize, c: usize, eps: f64);
+    /// RMSNorm backward; dinp accumulates.
+    fn rmsnorm_backward(dinp: &mut [Self::F], dw: &mut [Self::F], dout: &[Self::F], inp: &[Self::F], w: &[Self::F], rrms: &[Self::F], n: usize, c: usize);
+    /// out (N,OC) = inp (N,IC) @ w^T + bias.
+    fn matmul_forward(out: &mut [Self::F], inp: &[Self::F], w: &[Self::F], bias: Option<&[Self::F]>, n: usize, ic: usize, oc: usize);
+    /// dinp = dout @ w; dw += dout^T inp; dbias += colsum dout.
+    fn matmul_backward(dinp: &mut [Self::F], dw: &mut [Self::F], dbias: Option<&mut [Self::F]>, dout: &[Self::F], inp: &[Self::F], w: &[Self::F], n: usize, ic: usize, oc: usize);
+    /// Causal multi-head attention over qkv (B,T,3C) -> out (B,T,C), saving lse (B,NH,T).
+    fn attention_forward(out: &mut [Self::F], lse: &mut [Self::F], qkv: &[Self::F], b: usize, t: usize, c: usize, nh: usize);
+    /// Attention backward; dqkv overwritten.
+    fn attention_backward(dqkv: &mut [Self::F], dout: &[Self::F], qkv: &[Self::F], out: &[Self::F], lse: &[Self::F], b: usize, t: usize, c: usize, nh: usize);
+    fn gelu_forward(out: &mut [Self::F], inp: &[Self::F]);
+    fn gelu_backward(dinp: &mut [Self::F], inp: &[Self::F], dout: &[Self::F]);
+    fn relu_forward(out: &mut [Self::F], inp: &[Self::F]);
+    fn relu_backward(dinp: &mut [Self::F], inp: &[Self::F], dout: &[Self::F]);
+    /// out (N,H) = silu(gate) * up with inp (N,2H) = [gate | up].
+    fn swiglu_forward(out: &mut [Self::F], inp: &[Self::F], n: usize, h: usize);
+    fn swiglu_backward(dinp: &mut [Self::F], inp: &[Self::F], dout: &[Self::F], n: usize, h: usize);
+    fn residual_forward(out: &mut [Self::F], a: &[Self::F], b: &[Self::F]);
+    /// Softmax + cross-entropy over V of Vp columns; logits become probabilities in place.
+    fn softmax_xent_forward(losses: &mut [Self::F], logits: &mut [Self::F], targets: &[u32], n: usize, v: usize, vp: usize);
+    /// probs become dlogits = (probs - onehot) * dloss in place.
+    fn softmax_xent_backward(probs: &mut [Self::F], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize);
+}

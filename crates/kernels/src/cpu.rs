@@ -1,0 +1,538 @@
+//! Fast f32 CPU kernels: `gemm` for every matrix product, rayon across rows, batches or chunks.
+//! Each computes what the same-named function in `reference` specifies; reductions run over a fixed
+//! partition in a fixed order, so results are deterministic whatever the thread count.
+
+use rayon::prelude::*;
+
+use crate::gemm::{Mat, Parallelism, par_for, sgemm};
+use crate::{GELU_CUBIC, GELU_SCALE};
+
+/// Elements per parallel chunk for elementwise kernels (large enough to amortise task overhead).
+const CHUNK: usize = 1 << 14;
+/// Rows per partial sum in parameter-gradient reductions (fixed, for determinism).
+const ROWS_PER_PARTIAL: usize = 64;
+
+pub fn encoder_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    b: usize,
+    tt: usize,
+    c: usize,
+) {
+    out[..b * tt * c]
+        .par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(r, o)| {
+            let tok = tokens[r] as usize;
+            let (e, p) = (&wte[tok * c..][..c], &wpe[(r % tt) * c..][..c]);
+            for i in 0..c {
+                o[i] = e[i] + p[i];
+            }
+        });
+}
+
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    b: usize,
+    tt: usize,
+    c: usize,
+) {
+    // Scatter-add with repeated tokens: sequential to stay deterministic; O(B T C), negligible.
+    for r in 0..b * tt {
+        let tok = tokens[r] as usize;
+        let d = &dout[r * c..][..c];
+        for (w, &g) in dwte[tok * c..][..c].iter_mut().zip(d) {
+            *w += g;
+        }
+        for (w, &g) in dwpe[(r % tt) * c..][..c].iter_mut().zip(d) {
+            *w += g;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+    c: usize,
+) {
+    out[..n * c]
+        .par_chunks_mut(c)
+        .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
+        .zip(inp.par_chunks(c))
+        .for_each(|((o, (m, s)), x)| {
+            let mu = x.iter().sum::<f32>() / c as f32;
+            let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+            let rs = 1.0 / (var + 1e-5).sqrt();
+            for i in 0..c {
+                o[i] = (x[i] - mu) * rs * w[i] + bias[i];
+            }
+            *m = mu;
+            *s = rs;
+        });
+}
+
+/// Sum per-chunk partial vectors (computed in parallel) into `acc`, in chunk order.
+fn reduce_partials(acc: &mut [f32], partials: Vec<Vec<f32>>) {
+    for p in partials {
+        for (a, v) in acc.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    n: usize,
+    c: usize,
+) {
+    let partials: Vec<Vec<f32>> = dinp[..n * c]
+        .par_chunks_mut(ROWS_PER_PARTIAL * c)
+        .enumerate()
+        .map(|(ci, dchunk)| {
+            let mut p = vec![0.0f32; 2 * c]; // [dw | db]
+            for (k, dx) in dchunk.chunks_mut(c).enumerate() {
+                let r = ci * ROWS_PER_PARTIAL + k;
+                let (m, s) = (mean[r], rstd[r]);
+                let x = &inp[r * c..][..c];
+                let d = &dout[r * c..][..c];
+                let (mut mg, mut mgx) = (0.0f32, 0.0f32);
+                for i in 0..c {
+                    let g = d[i] * w[i];
+                    mg += g;
+                    mgx += g * (x[i] - m) * s;
+                }
+                mg /= c as f32;
+                mgx /= c as f32;
+                for i in 0..c {
+                    let xhat = (x[i] - m) * s;
+                    p[i] += d[i] * xhat;
+                    p[c + i] += d[i];
+                    dx[i] += s * (d[i] * w[i] - mg - xhat * mgx);
+                }
+            }
+            p
+        })
+        .collect();
+    for p in partials {
+        for i in 0..c {
+            dw[i] += p[i];
+            db[i] += p[c + i];
+        }
+    }
+}
+
+pub fn rmsnorm_forward(
+    out: &mut [f32],
+    rrms: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    c: usize,
+    eps: f64,
+) {
+    out[..n * c]
+        .par_chunks_mut(c)
+        .zip(rrms[..n].par_iter_mut())
+        .zip(inp.par_chunks(c))
+        .for_each(|((o, s), x)| {
+            let ms = x.iter().map(|&v| v * v).sum::<f32>() / c as f32;
+            let rs = (1.0 / (ms as f64 + eps).sqrt()) as f32;
+            for i in 0..c {
+                o[i] = x[i] * rs * w[i];
+            }
+            *s = rs;
+        });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    rrms: &[f32],
+    n: usize,
+    c: usize,
+) {
+    let partials: Vec<Vec<f32>> = dinp[..n * c]
+        .par_chunks_mut(ROWS_PER_PARTIAL * c)
+        .enumerate()
+        .map(|(ci, dchunk)| {
+            let mut p = vec![0.0f32; c];
+            for (k, dx) in dchunk.chunks_mut(c).enumerate() {
+                let r = ci * ROWS_PER_PARTIAL + k;
+                let s = rrms[r];
+                let x = &inp[r * c..][..c];
+                let d = &dout[r * c..][..c];
+                let mgx = (0..c).map(|i| d[i] * w[i] * x[i] * s).sum::<f32>() / c as f32;
+                for i in 0..c {
+                    let xhat = x[i] * s;
+                    p[i] += d[i] * xhat;
+                    dx[i] += s * (d[i] * w[i] - xhat * mgx);
+                }
+            }
+            p
+        })
+        .collect();
+    reduce_partials(dw, partials);
+}
+
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    let out = &mut out[..n * oc];
+    if let Some(b) = bias {
+        out.par_chunks_mut(oc)
+            .for_each(|row| row.copy_from_slice(&b[..oc]));
+    }
+    sgemm(
+        out,
+        oc,
+        bias.is_some(),
+        Mat::rm(inp, n, ic),
+        Mat::rm_t(w, ic, oc),
+        1.0,
+        par_for(n, oc, ic),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    // dinp (N,IC) = dout (N,OC) @ w (OC,IC)
+    sgemm(
+        &mut dinp[..n * ic],
+        ic,
+        false,
+        Mat::rm(dout, n, oc),
+        Mat::rm(w, oc, ic),
+        1.0,
+        par_for(n, ic, oc),
+    );
+    // dw (OC,IC) += dout^T (OC,N) @ inp (N,IC)
+    sgemm(
+        &mut dw[..oc * ic],
+        ic,
+        true,
+        Mat::rm(dout, n, oc).t(),
+        Mat::rm(inp, n, ic),
+        1.0,
+        par_for(oc, ic, n),
+    );
+    if let Some(db) = dbias {
+        let partials: Vec<Vec<f32>> = dout[..n * oc]
+            .par_chunks(ROWS_PER_PARTIAL * oc)
+            .map(|chunk| {
+                let mut p = vec![0.0f32; oc];
+                for row in chunk.chunks(oc) {
+                    for (a, &v) in p.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                p
+            })
+            .collect();
+        reduce_partials(db, partials);
+    }
+}
+
+#[inline]
+fn gelu(x: f32) -> f32 {
+    let (s, k) = (GELU_SCALE as f32, GELU_CUBIC as f32);
+    0.5 * x * (1.0 + (s * (x + k * x * x * x)).tanh())
+}
+
+#[inline]
+fn gelu_grad(x: f32) -> f32 {
+    let (s, k) = (GELU_SCALE as f32, GELU_CUBIC as f32);
+    let th = (s * (x + k * x * x * x)).tanh();
+    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * s * (1.0 + 3.0 * k * x * x)
+}
+
+pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = gelu(x);
+            }
+        });
+}
+
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    dinp.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, d))| {
+            for i in 0..dx.len() {
+                dx[i] = gelu_grad(x[i]) * d[i];
+            }
+        });
+}
+
+pub fn relu_forward(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x.max(0.0);
+            }
+        });
+}
+
+pub fn relu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    dinp.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, d))| {
+            for i in 0..dx.len() {
+                dx[i] = if x[i] > 0.0 { d[i] } else { 0.0 };
+            }
+        });
+}
+
+pub fn swiglu_forward(out: &mut [f32], inp: &[f32], n: usize, h: usize) {
+    out[..n * h]
+        .par_chunks_mut(h)
+        .zip(inp.par_chunks(2 * h))
+        .for_each(|(o, x)| {
+            let (g, u) = x.split_at(h);
+            for j in 0..h {
+                o[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
+            }
+        });
+}
+
+pub fn swiglu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], n: usize, h: usize) {
+    dinp[..n * 2 * h]
+        .par_chunks_mut(2 * h)
+        .zip(inp.par_chunks(2 * h).zip(dout.par_chunks(h)))
+        .for_each(|(dx, (x, d))| {
+            let (g, u) = x.split_at(h);
+            let (dg, du) = dx.split_at_mut(h);
+            for j in 0..h {
+                let sg = 1.0 / (1.0 + (-g[j]).exp());
+                dg[j] = d[j] * u[j] * sg * (1.0 + g[j] * (1.0 - sg));
+                du[j] = d[j] * g[j] * sg;
+            }
+        });
+}
+
+pub fn residual_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for i in 0..o.len() {
+                o[i] = a[i] + b[i];
+            }
+        });
+}
+
+/// Causal attention, one rayon task per batch row (each owns its rows of `out`); per head,
+/// S = Q K^T / sqrt(hs) by gemm (full (T,T), the masked half is ignored), row softmax, O = P V.
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    out[..b * tt * c]
+        .par_chunks_mut(tt * c)
+        .zip(lse[..b * nh * tt].par_chunks_mut(nh * tt))
+        .enumerate()
+        .for_each(|(bi, (o, l))| {
+            let x = &qkv[bi * tt * 3 * c..][..tt * 3 * c];
+            let mut s = vec![0.0f32; tt * tt];
+            for h in 0..nh {
+                let q = Mat::strided(&x[h * hs..], tt, hs, 3 * c);
+                let k = Mat::strided(&x[c + h * hs..], tt, hs, 3 * c);
+                let v = Mat::strided(&x[2 * c + h * hs..], tt, hs, 3 * c);
+                sgemm(&mut s, tt, false, q, k.t(), scale, Parallelism::None);
+                for i in 0..tt {
+                    let row = &mut s[i * tt..][..tt];
+                    let mx = row[..=i].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    let mut z = 0.0f32;
+                    for e in row[..=i].iter_mut() {
+                        *e = (*e - mx).exp();
+                        z += *e;
+                    }
+                    let inv = 1.0 / z;
+                    row[..=i].iter_mut().for_each(|e| *e *= inv);
+                    row[i + 1..].fill(0.0);
+                    l[h * tt + i] = mx + z.ln();
+                }
+                sgemm(
+                    &mut o[h * hs..],
+                    c,
+                    false,
+                    Mat::rm(&s, tt, tt),
+                    v,
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+        });
+}
+
+/// Attention backward, one rayon task per batch row: rebuild P from lse, then
+/// dV = P^T dO, dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(hs), dK = dS^T Q / sqrt(hs).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    dqkv[..b * tt * 3 * c]
+        .par_chunks_mut(tt * 3 * c)
+        .enumerate()
+        .for_each(|(bi, dx)| {
+            let x = &qkv[bi * tt * 3 * c..][..tt * 3 * c];
+            let dout = &dout[bi * tt * c..][..tt * c];
+            let out = &out[bi * tt * c..][..tt * c];
+            let lse = &lse[bi * nh * tt..][..nh * tt];
+            let mut p = vec![0.0f32; tt * tt];
+            let mut dp = vec![0.0f32; tt * tt];
+            for h in 0..nh {
+                let q = Mat::strided(&x[h * hs..], tt, hs, 3 * c);
+                let k = Mat::strided(&x[c + h * hs..], tt, hs, 3 * c);
+                let v = Mat::strided(&x[2 * c + h * hs..], tt, hs, 3 * c);
+                let d_o = Mat::strided(&dout[h * hs..], tt, hs, c);
+                sgemm(&mut p, tt, false, q, k.t(), scale, Parallelism::None);
+                for i in 0..tt {
+                    let l = lse[h * tt + i];
+                    let row = &mut p[i * tt..][..tt];
+                    row[..=i].iter_mut().for_each(|e| *e = (*e - l).exp());
+                    row[i + 1..].fill(0.0);
+                }
+                sgemm(
+                    &mut dx[2 * c + h * hs..],
+                    3 * c,
+                    false,
+                    Mat::rm(&p, tt, tt).t(),
+                    d_o,
+                    1.0,
+                    Parallelism::None,
+                );
+                sgemm(&mut dp, tt, false, d_o, v.t(), 1.0, Parallelism::None);
+                for i in 0..tt {
+                    let dd: f32 = (0..hs)
+                        .map(|d| dout[i * c + h * hs + d] * out[i * c + h * hs + d])
+                        .sum();
+                    let (pr, dr) = (&p[i * tt..][..=i], &mut dp[i * tt..][..tt]);
+                    for j in 0..=i {
+                        dr[j] = pr[j] * (dr[j] - dd);
+                    }
+                    dr[i + 1..].fill(0.0);
+                }
+                sgemm(
+                    &mut dx[h * hs..],
+                    3 * c,
+                    false,
+                    Mat::rm(&dp, tt, tt),
+                    k,
+                    scale,
+                    Parallelism::None,
+                );
+                sgemm(
+                    &mut dx[c + h * hs..],
+                    3 * c,
+                    false,
+                    Mat::rm(&dp, tt, tt).t(),
+                    q,
+                    scale,
+                    Parallelism::None,
+                );
+            }
+        });
+}
+
+pub fn softmax_xent_forward(
+    losses: &mut [f32],
+    logits: &mut [f32],
+    targets: &[u32],
+    n: usize,
+    v: usize,
+    vp: usize,
+) {
+    logits[..n * vp]
+        .par_chunks_mut(vp)
+        .zip(losses[..n].par_iter_mut())
+        .zip(targets.par_iter())
+        .for_each(|((row, loss), &tgt)| {
+            let mx = row[..v].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let mut z = 0.0f32;
+            let lt = row[tgt as usize];
+            for x in row[..v].iter_mut() {
+                *x = (*x - mx).exp();
+                z += *x;
+            }
+            *loss = mx + z.ln() - lt;
+            let inv = 1.0 / z;
+            row[..v].iter_mut().for_each(|x| *x *= inv);
+            row[v..].fill(0.0);
+        });
+}
+
+pub fn softmax_xent_backward(
+    probs: &mut [f32],
+    targets: &[u32],
+    dloss: f64,
+    n: usize,
+    v: usize,
+    vp: usize,
+) {
+    let dl = dloss as f32;
+    probs[..n * vp]
+        .par_chunks_mut(vp)
+        .zip(targets.par_iter())
+        .for_each(|(row, &tgt)| {
+            row[..v].iter_mut().for_each(|x| *x *= dl);
+            row[tgt as usize] -= dl;
+        });
+}

@@ -1,0 +1,450 @@
+//! Reference kernels: the specification of every operation. Naive loops, generic over the element
+//! type, sums accumulated in f64; clarity over speed. Fast kernels are tested against these.
+//!
+//! Shapes: N = rows (B*T), C = channels, OC/IC = output/input channels, NH = heads, hs = C/NH,
+//! V = real vocabulary, Vp = padded vocabulary (columns V..Vp are ignored by the loss).
+
+use octet_core::Float;
+
+use crate::{GELU_CUBIC, GELU_SCALE};
+
+#[inline]
+fn f<F: Float>(x: F) -> f64 {
+    x.into()
+}
+#[inline]
+fn t<F: Float>(x: f64) -> F {
+    F::from_f64(x)
+}
+
+/// out (B,T,C) = wte[tokens] + wpe[0..T].
+pub fn encoder_forward<F: Float>(
+    out: &mut [F],
+    tokens: &[u32],
+    wte: &[F],
+    wpe: &[F],
+    b: usize,
+    tt: usize,
+    c: usize,
+) {
+    for bi in 0..b {
+        for ti in 0..tt {
+            let tok = tokens[bi * tt + ti] as usize;
+            let o = &mut out[(bi * tt + ti) * c..][..c];
+            for i in 0..c {
+                o[i] = t(f(wte[tok * c + i]) + f(wpe[ti * c + i]));
+            }
+        }
+    }
+}
+
+/// dwte[tokens] += dout; dwpe[t] += dout.
+pub fn encoder_backward<F: Float>(
+    dwte: &mut [F],
+    dwpe: &mut [F],
+    dout: &[F],
+    tokens: &[u32],
+    b: usize,
+    tt: usize,
+    c: usize,
+) {
+    for bi in 0..b {
+        for ti in 0..tt {
+            let tok = tokens[bi * tt + ti] as usize;
+            let d = &dout[(bi * tt + ti) * c..][..c];
+            for i in 0..c {
+                dwte[tok * c + i] = t(f(dwte[tok * c + i]) + f(d[i]));
+                dwpe[ti * c + i] = t(f(dwpe[ti * c + i]) + f(d[i]));
+            }
+        }
+    }
+}
+
+/// LayerNorm over the last dim: out = (x - mean) * rstd * w + b, rstd = 1/sqrt(var + 1e-5), biased var.
+/// Saves mean (N) and rstd (N) for backward.
+pub fn layernorm_forward<F: Float>(
+    out: &mut [F],
+    mean: &mut [F],
+    rstd: &mut [F],
+    inp: &[F],
+    w: &[F],
+    bias: &[F],
+    n: usize,
+    c: usize,
+) {
+    for r in 0..n {
+        let x = &inp[r * c..][..c];
+        let m = x.iter().map(|&v| f(v)).sum::<f64>() / c as f64;
+        let var = x.iter().map(|&v| (f(v) - m).powi(2)).sum::<f64>() / c as f64;
+        let s = 1.0 / (var + 1e-5).sqrt();
+        for i in 0..c {
+            out[r * c + i] = t((f(x[i]) - m) * s * f(w[i]) + f(bias[i]));
+        }
+        mean[r] = t(m);
+        rstd[r] = t(s);
+    }
+}
+
+/// LayerNorm backward. With xhat = (x - mean) * rstd and g = dout * w:
+/// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); dw += dout * xhat; db += dout.
+/// `dinp` accumulates (it is the residual stream's gradient).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<F: Float>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    db: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    mean: &[F],
+    rstd: &[F],
+    n: usize,
+    c: usize,
+) {
+    for r in 0..n {
+        let (m, s) = (f(mean[r]), f(rstd[r]));
+        let x = &inp[r * c..][..c];
+        let d = &dout[r * c..][..c];
+        let mut mg = 0.0;
+        let mut mgx = 0.0;
+        for i in 0..c {
+            let xhat = (f(x[i]) - m) * s;
+            let g = f(d[i]) * f(w[i]);
+            mg += g;
+            mgx += g * xhat;
+        }
+        mg /= c as f64;
+        mgx /= c as f64;
+        for i in 0..c {
+            let xhat = (f(x[i]) - m) * s;
+            let g = f(d[i]) * f(w[i]);
+            db[i] = t(f(db[i]) + f(d[i]));
+            dw[i] = t(f(dw[i]) + f(d[i]) * xhat);
+            dinp[r * c + i] = t(f(dinp[r * c + i]) + s * (g - mg - xhat * mgx));
+        }
+    }
+}
+
+/// RMSNorm: out = x * rrms * w, rrms = 1/sqrt(mean(x^2) + eps). Saves rrms (N).
+pub fn rmsnorm_forward<F: Float>(
+    out: &mut [F],
+    rrms: &mut [F],
+    inp: &[F],
+    w: &[F],
+    n: usize,
+    c: usize,
+    eps: f64,
+) {
+    for r in 0..n {
+        let x = &inp[r * c..][..c];
+        let ms = x.iter().map(|&v| f(v) * f(v)).sum::<f64>() / c as f64;
+        let s = 1.0 / (ms + eps).sqrt();
+        for i in 0..c {
+            out[r * c + i] = t(f(x[i]) * s * f(w[i]));
+        }
+        rrms[r] = t(s);
+    }
+}
+
+/// RMSNorm backward: with xhat = x * rrms, g = dout * w: dx = rrms * (g - xhat * mean(g * xhat));
+/// dw += dout * xhat. `dinp` accumulates.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward<F: Float>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    rrms: &[F],
+    n: usize,
+    c: usize,
+) {
+    for r in 0..n {
+        let s = f(rrms[r]);
+        let x = &inp[r * c..][..c];
+        let d = &dout[r * c..][..c];
+        let mgx = (0..c).map(|i| f(d[i]) * f(w[i]) * f(x[i]) * s).sum::<f64>() / c as f64;
+        for i in 0..c {
+            let xhat = f(x[i]) * s;
+            dw[i] = t(f(dw[i]) + f(d[i]) * xhat);
+            dinp[r * c + i] = t(f(dinp[r * c + i]) + s * (f(d[i]) * f(w[i]) - xhat * mgx));
+        }
+    }
+}
+
+/// out (N,OC) = inp (N,IC) @ w^T (w is (OC,IC)) + bias (OC).
+pub fn matmul_forward<F: Float>(
+    out: &mut [F],
+    inp: &[F],
+    w: &[F],
+    bias: Option<&[F]>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    for r in 0..n {
+        for o in 0..oc {
+            let mut acc = bias.map_or(0.0, |b| f(b[o]));
+            for i in 0..ic {
+                acc += f(inp[r * ic + i]) * f(w[o * ic + i]);
+            }
+            out[r * oc + o] = t(acc);
+        }
+    }
+}
+
+/// dinp (N,IC) = dout @ w (overwrite); dw (OC,IC) += dout^T @ inp; dbias (OC) += sum_rows dout.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward<F: Float>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    dbias: Option<&mut [F]>,
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    for r in 0..n {
+        for i in 0..ic {
+            let mut acc = 0.0;
+            for o in 0..oc {
+                acc += f(dout[r * oc + o]) * f(w[o * ic + i]);
+            }
+            dinp[r * ic + i] = t(acc);
+        }
+    }
+    for o in 0..oc {
+        for i in 0..ic {
+            let mut acc = f(dw[o * ic + i]);
+            for r in 0..n {
+                acc += f(dout[r * oc + o]) * f(inp[r * ic + i]);
+            }
+            dw[o * ic + i] = t(acc);
+        }
+    }
+    if let Some(db) = dbias {
+        for o in 0..oc {
+            let mut acc = f(db[o]);
+            for r in 0..n {
+                acc += f(dout[r * oc + o]);
+            }
+            db[o] = t(acc);
+        }
+    }
+}
+
+/// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
+    for (o, &x) in out.iter_mut().zip(inp) {
+        let x = f(x);
+        *o = t(0.5 * x * (1.0 + (GELU_SCALE * (x + GELU_CUBIC * x * x * x)).tanh()));
+    }
+}
+
+/// dinp = gelu'(inp) * dout (overwrite).
+pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+    for i in 0..inp.len() {
+        let x = f(inp[i]);
+        let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+        let th = u.tanh();
+        let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+        let g = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du;
+        dinp[i] = t(g * f(dout[i]));
+    }
+}
+
+/// ReLU: max(x, 0).
+pub fn relu_forward<F: Float>(out: &mut [F], inp: &[F]) {
+    for (o, &x) in out.iter_mut().zip(inp) {
+        *o = if f(x) > 0.0 { x } else { F::zero() };
+    }
+}
+
+/// dinp = [inp > 0] * dout (overwrite).
+pub fn relu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+    for i in 0..inp.len() {
+        dinp[i] = if f(inp[i]) > 0.0 { dout[i] } else { F::zero() };
+    }
+}
+
+/// SwiGLU: out (N,H) = silu(gate) * up, where `inp` is (N, 2H) = [gate | up] per row and
+/// silu(x) = x * sigmoid(x).
+pub fn swiglu_forward<F: Float>(out: &mut [F], inp: &[F], n: usize, h: usize) {
+    for r in 0..n {
+        for j in 0..h {
+            let g = f(inp[r * 2 * h + j]);
+            let u = f(inp[r * 2 * h + h + j]);
+            out[r * h + j] = t(g / (1.0 + (-g).exp()) * u);
+        }
+    }
+}
+
+/// SwiGLU backward: dgate = dout * up * sigmoid(g) (1 + g (1 - sigmoid(g))); dup = dout * silu(g).
+pub fn swiglu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F], n: usize, h: usize) {
+    for r in 0..n {
+        for j in 0..h {
+            let g = f(inp[r * 2 * h + j]);
+            let u = f(inp[r * 2 * h + h + j]);
+            let d = f(dout[r * h + j]);
+            let sg = 1.0 / (1.0 + (-g).exp());
+            dinp[r * 2 * h + j] = t(d * u * sg * (1.0 + g * (1.0 - sg)));
+            dinp[r * 2 * h + h + j] = t(d * g * sg);
+        }
+    }
+}
+
+/// out = a + b.
+pub fn residual_forward<F: Float>(out: &mut [F], a: &[F], b: &[F]) {
+    for i in 0..out.len() {
+        out[i] = t(f(a[i]) + f(b[i]));
+    }
+}
+
+/// Causal multi-head attention. qkv (B,T,3C) holds [q | k | v] per row, head h in columns
+/// h*hs..(h+1)*hs of each. out (B,T,C) = softmax(q k^T / sqrt(hs) + causal mask) v per head.
+/// Saves lse (B,NH,T): the log-sum-exp of each score row, so backward can rebuild the
+/// probabilities without storing the (T,T) matrix.
+pub fn attention_forward<F: Float>(
+    out: &mut [F],
+    lse: &mut [F],
+    qkv: &[F],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut s = vec![0.0f64; tt];
+    for bi in 0..b {
+        for h in 0..nh {
+            for i in 0..tt {
+                let q = &qkv[(bi * tt + i) * 3 * c + h * hs..][..hs];
+                let mut mx = f64::NEG_INFINITY;
+                for j in 0..=i {
+                    let k = &qkv[(bi * tt + j) * 3 * c + c + h * hs..][..hs];
+                    s[j] = (0..hs).map(|d| f(q[d]) * f(k[d])).sum::<f64>() * scale;
+                    mx = mx.max(s[j]);
+                }
+                let z: f64 = (0..=i).map(|j| (s[j] - mx).exp()).sum();
+                let l = mx + z.ln();
+                lse[(bi * nh + h) * tt + i] = t(l);
+                for d in 0..hs {
+                    let mut acc = 0.0;
+                    for j in 0..=i {
+                        acc +=
+                            (s[j] - l).exp() * f(qkv[(bi * tt + j) * 3 * c + 2 * c + h * hs + d]);
+                    }
+                    out[(bi * tt + i) * c + h * hs + d] = t(acc);
+                }
+            }
+        }
+    }
+}
+
+/// Attention backward (overwrites dqkv). With P = exp(S - lse), D_i = sum_d dout_id out_id
+/// (= sum_j P_ij dP_ij): dV = P^T dout; dP = dout V^T; dS = P (dP - D); dQ = dS K / sqrt(hs);
+/// dK = dS^T Q / sqrt(hs).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<F: Float>(
+    dqkv: &mut [F],
+    dout: &[F],
+    qkv: &[F],
+    out: &[F],
+    lse: &[F],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut acc = vec![0.0f64; dqkv.len()];
+    let idx = |bi: usize, ti: usize, part: usize, h: usize, d: usize| {
+        (bi * tt + ti) * 3 * c + part * c + h * hs + d
+    };
+    for bi in 0..b {
+        for h in 0..nh {
+            for i in 0..tt {
+                let l = f(lse[(bi * nh + h) * tt + i]);
+                let dd: f64 = (0..hs)
+                    .map(|d| {
+                        f(dout[(bi * tt + i) * c + h * hs + d])
+                            * f(out[(bi * tt + i) * c + h * hs + d])
+                    })
+                    .sum();
+                for j in 0..=i {
+                    let sc = (0..hs)
+                        .map(|d| f(qkv[idx(bi, i, 0, h, d)]) * f(qkv[idx(bi, j, 1, h, d)]))
+                        .sum::<f64>()
+                        * scale;
+                    let p = (sc - l).exp();
+                    let dp: f64 = (0..hs)
+                        .map(|d| {
+                            f(dout[(bi * tt + i) * c + h * hs + d]) * f(qkv[idx(bi, j, 2, h, d)])
+                        })
+                        .sum();
+                    let ds = p * (dp - dd);
+                    for d in 0..hs {
+                        acc[idx(bi, j, 2, h, d)] += p * f(dout[(bi * tt + i) * c + h * hs + d]);
+                        acc[idx(bi, i, 0, h, d)] += ds * f(qkv[idx(bi, j, 1, h, d)]) * scale;
+                        acc[idx(bi, j, 1, h, d)] += ds * f(qkv[idx(bi, i, 0, h, d)]) * scale;
+                    }
+                }
+            }
+        }
+    }
+    for (o, a) in dqkv.iter_mut().zip(acc) {
+        *o = t(a);
+    }
+}
+
+/// Fused softmax + cross-entropy over the first V of Vp columns. Turns logits (N,Vp) into
+/// probabilities in place (padded columns set to 0) and writes per-row losses (N).
+pub fn softmax_xent_forward<F: Float>(
+    losses: &mut [F],
+    logits: &mut [F],
+    targets: &[u32],
+    n: usize,
+    v: usize,
+    vp: usize,
+) {
+    for r in 0..n {
+        let row = &mut logits[r * vp..][..vp];
+        let mx = row[..v]
+            .iter()
+            .map(|&x| f(x))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row[..v].iter().map(|&x| (f(x) - mx).exp()).sum();
+        let tgt = targets[r] as usize;
+        losses[r] = t(mx + z.ln() - f(row[tgt]));
+        for x in row[..v].iter_mut() {
+            *x = t((f(*x) - mx).exp() / z);
+        }
+        for x in row[v..].iter_mut() {
+            *x = F::zero();
+        }
+    }
+}
+
+/// Backward of the fused loss, in place: probs (N,Vp) become dlogits = (probs - onehot) * dloss
+/// (overwrite). `dloss` is d(total loss)/d(row loss), e.g. 1/N for a mean.
+pub fn softmax_xent_backward<F: Float>(
+    probs: &mut [F],
+    targets: &[u32],
+    dloss: f64,
+    n: usize,
+    v: usize,
+    vp: usize,
+) {
+    for r in 0..n {
+        let row = &mut probs[r * vp..][..vp];
+        let tgt = targets[r] as usize;
+        for (j, x) in row[..v].iter_mut().enumerate() {
+            let ind = if j == tgt { 1.0 } else { 0.0 };
+            *x = t((f(*x) - ind) * dloss);
+        }
+    }
+}
