@@ -11,6 +11,6 @@ pub mod tolerance;
 
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};
-pub use layout::{Layout, Slab, TensorSpec};
+pub use layout::{Layout, Slab, TensorId, TensorSpec};
 pub use rng::Rng;
 pub use tolerance::Tolerance;

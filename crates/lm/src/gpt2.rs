@@ -1,0 +1,653 @@
+//! GPT-2: learned positions, Pre-LN blocks, GELU MLP, tied embeddings, padded vocabulary — forward and
+//! hand-written backward side by side, written once against `Backend` so the same code runs the fast
+//! CPU kernels (f32) and the reference kernels (f64, for finite differences).
+//!
+//! Parameters, activations and activation gradients each live in one `Slab` whose layout table is built
+//! here; weights are (out, in) and y = x @ W^T + b. Parameter gradients accumulate; activation
+//! gradients overwrite, except the residual stream's.
+
+use std::sync::Arc;
+
+use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
+use octet_kernels::Backend;
+
+/// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
+/// the loss ignores the padded columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub padded_vocab: usize,
+    pub max_seq_len: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+}
+
+/// Round a vocabulary up to a multiple of `m` (GPT-2's 50257 -> 50304 with m = 128).
+pub fn pad_vocab(v: usize, m: usize) -> usize {
+    v.div_ceil(m) * m
+}
+
+impl Gpt2Config {
+    /// Tiny debug model (matches tools/ref/gpt2_golden.py).
+    pub fn tiny() -> Self {
+        Gpt2Config {
+            vocab_size: 61,
+            padded_vocab: 64,
+            max_seq_len: 16,
+            n_layer: 2,
+            n_head: 4,
+            n_embd: 32,
+        }
+    }
+    /// Exactly GPT-2 small: 12 layers, d=768, 12 heads, 1024 positions, 50257 tokens (padded 50304).
+    pub fn gpt2_124m() -> Self {
+        Gpt2Config {
+            vocab_size: 50257,
+            padded_vocab: 50304,
+            max_seq_len: 1024,
+            n_layer: 12,
+            n_head: 12,
+            n_embd: 768,
+        }
+    }
+    /// The default model of `octet train`: small enough to learn in two minutes on 2 cores.
+    pub fn small(vocab_size: usize) -> Self {
+        Gpt2Config {
+            vocab_size,
+            padded_vocab: pad_vocab(vocab_size, 64),
+            max_seq_len: 128,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+        }
+    }
+    /// A named preset with the given tokenizer vocabulary (`gpt2-124m` keeps its own).
+    pub fn named(name: &str, vocab_size: usize) -> Result<Self> {
+        let with_vocab = |c: Gpt2Config| Gpt2Config {
+            vocab_size,
+            padded_vocab: pad_vocab(vocab_size, 64),
+            ..c
+        };
+        match name {
+            "tiny" => Ok(with_vocab(Self::tiny())),
+            "small" => Ok(Self::small(vocab_size)),
+            "gpt2-124m" => Ok(Self::gpt2_124m()),
+            other => Err(Error::config(
+                "model",
+                format!("unknown model `{other}`; expected one of: tiny, small, gpt2-124m"),
+            )),
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, m: String| Err(Error::config(f, m));
+        if self.vocab_size == 0 || self.padded_vocab < self.vocab_size {
+            return bad(
+                "padded_vocab",
+                format!(
+                    "{} must be >= vocab_size {} > 0",
+                    self.padded_vocab, self.vocab_size
+                ),
+            );
+        }
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return bad(
+                "n_head",
+                format!(
+                    "n_embd {} must be divisible by n_head {}",
+                    self.n_embd, self.n_head
+                ),
+            );
+        }
+        if self.n_layer == 0 || self.max_seq_len == 0 {
+            return bad("n_layer", "n_layer and max_seq_len must be positive".into());
+        }
+        Ok(())
+    }
+    pub fn num_params(&self) -> usize {
+        param_layout(self).total()
+    }
+}
+
+/// The parameter table, in llm.c order.
+pub fn param_layout(c: &Gpt2Config) -> Layout {
+    let (v, t, l, d) = (c.padded_vocab, c.max_seq_len, c.n_layer, c.n_embd);
+    Layout::new([
+        ("wte", vec![v, d]),
+        ("wpe", vec![t, d]),
+        ("ln1w", vec![l, d]),
+        ("ln1b", vec![l, d]),
+        ("qkvw", vec![l, 3 * d, d]),
+        ("qkvb", vec![l, 3 * d]),
+        ("attprojw", vec![l, d, d]),
+        ("attprojb", vec![l, d]),
+        ("ln2w", vec![l, d]),
+        ("ln2b", vec![l, d]),
+        ("fcw", vec![l, 4 * d, d]),
+        ("fcb", vec![l, 4 * d]),
+        ("fcprojw", vec![l, d, 4 * d]),
+        ("fcprojb", vec![l, d]),
+        ("lnfw", vec![d]),
+        ("lnfb", vec![d]),
+    ])
+}
+
+/// Which parameter tensors get weight decay: the matrices (embeddings included), not norms or biases.
+pub fn decay_flags(layout: &Layout) -> Vec<bool> {
+    const MATRICES: [&str; 6] = ["wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"];
+    layout
+        .specs()
+        .iter()
+        .map(|s| MATRICES.contains(&s.name.as_str()))
+        .collect()
+}
+
+/// GPT-2 initialisation: N(0, 0.02) matrices, residual projections N(0, 0.02/sqrt(2L)), zero biases,
+/// unit norm gains.
+pub fn init_params(c: &Gpt2Config, layout: &Layout, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let mut p = vec![0.0f32; layout.total()];
+    let proj_std = 0.02 / (2.0 * c.n_layer as f64).sqrt();
+    for s in layout.specs() {
+        let out = &mut p[s.range()];
+        match s.name.as_str() {
+            "ln1w" | "ln2w" | "lnfw" => out.fill(1.0),
+            "attprojw" | "fcprojw" => out
+                .iter_mut()
+                .for_each(|x| *x = (rng.normal() * proj_std) as f32),
+            n if n.ends_with('w') || n == "wte" || n == "wpe" => out
+                .iter_mut()
+                .for_each(|x| *x = (rng.normal() * 0.02) as f32),
+            _ => {} // biases stay zero
+        }
+    }
+    p
+}
+
+struct ParamIds {
+    wte: TensorId,
+    wpe: TensorId,
+    ln1w: TensorId,
+    ln1b: TensorId,
+    qkvw: TensorId,
+    qkvb: TensorId,
+    attprojw: TensorId,
+    attprojb: TensorId,
+    ln2w: TensorId,
+    ln2b: TensorId,
+    fcw: TensorId,
+    fcb: TensorId,
+    fcprojw: TensorId,
+    fcprojb: TensorId,
+    lnfw: TensorId,
+    lnfb: TensorId,
+}
+
+impl ParamIds {
+    fn new(l: &Layout) -> Self {
+        let id = |n| l.expect_id(n);
+        ParamIds {
+            wte: id("wte"),
+            wpe: id("wpe"),
+            ln1w: id("ln1w"),
+            ln1b: id("ln1b"),
+            qkvw: id("qkvw"),
+            qkvb: id("qkvb"),
+            attprojw: id("attprojw"),
+            attprojb: id("attprojb"),
+            ln2w: id("ln2w"),
+            ln2b: id("ln2b"),
+            fcw: id("fcw"),
+            fcb: id("fcb"),
+            fcprojw: id("fcprojw"),
+            fcprojb: id("fcprojb"),
+            lnfw: id("lnfw"),
+            lnfb: id("lnfb"),
+        }
+    }
+}
+
+/// The activation table for a (B, T) batch: what forward saves for backward.
+pub fn act_layout(c: &Gpt2Config, b: usize, t: usize) -> Layout {
+    let (l, d, nh, n) = (c.n_layer, c.n_embd, c.n_head, b * t);
+    Layout::new([
+        ("encoded", vec![n, d]),
+        ("ln1", vec![l, n, d]),
+        ("ln1_mean", vec![l, n]),
+        ("ln1_rstd", vec![l, n]),
+        ("qkv", vec![l, n, 3 * d]),
+        ("atty", vec![l, n, d]),
+        ("att_lse", vec![l, b * nh * t]),
+        ("attproj", vec![l, n, d]),
+        ("residual2", vec![l, n, d]),
+        ("ln2", vec![l, n, d]),
+        ("ln2_mean", vec![l, n]),
+        ("ln2_rstd", vec![l, n]),
+        ("fch", vec![l, n, 4 * d]),
+        ("fch_gelu", vec![l, n, 4 * d]),
+        ("fcproj", vec![l, n, d]),
+        ("residual3", vec![l, n, d]),
+        ("lnf", vec![n, d]),
+        ("lnf_mean", vec![n]),
+        ("lnf_rstd", vec![n]),
+        ("logits", vec![n, c.padded_vocab]),
+        ("losses", vec![n]),
+    ])
+}
+
+/// Activation-gradient scratch: one layer's worth, reused from the top layer down, plus the
+/// residual stream's gradient.
+pub fn grad_act_layout(c: &Gpt2Config, b: usize, t: usize) -> Layout {
+    let (d, n) = (c.n_embd, b * t);
+    Layout::new([
+        ("dresidual", vec![n, d]),
+        ("dln", vec![n, d]),
+        ("dfch_gelu", vec![n, 4 * d]),
+        ("dfch", vec![n, 4 * d]),
+        ("datty", vec![n, d]),
+        ("dqkv", vec![n, 3 * d]),
+    ])
+}
+
+struct Acts<F> {
+    b: usize,
+    t: usize,
+    a: Slab<F>,
+    d: Slab<F>,
+}
+
+/// A GPT-2 model bound to a backend: parameters, their gradients, and activations for one batch shape.
+pub struct Gpt2<Bk: Backend> {
+    pub cfg: Gpt2Config,
+    pub backend: Bk,
+    pub params: Slab<Bk::F>,
+    pub grads: Slab<Bk::F>,
+    ids: ParamIds,
+    acts: Option<Acts<Bk::F>>,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    /// Mean loss of the last forward with targets.
+    pub loss: Option<f64>,
+}
+
+// Activation indices into `Acts::ids` (act_layout order).
+const ENCODED: usize = 0;
+const LN1: usize = 1;
+const LN1_MEAN: usize = 2;
+const LN1_RSTD: usize = 3;
+const QKV: usize = 4;
+const ATTY: usize = 5;
+const ATT_LSE: usize = 6;
+const ATTPROJ: usize = 7;
+const RESIDUAL2: usize = 8;
+const LN2: usize = 9;
+const LN2_MEAN: usize = 10;
+const LN2_RSTD: usize = 11;
+const FCH: usize = 12;
+const FCH_GELU: usize = 13;
+const FCPROJ: usize = 14;
+const RESIDUAL3: usize = 15;
+const LNF: usize = 16;
+const LNF_MEAN: usize = 17;
+const LNF_RSTD: usize = 18;
+const LOGITS: usize = 19;
+const LOSSES: usize = 20;
+// Gradient scratch indices (grad_act_layout order).
+const DRES: usize = 0;
+const DLN: usize = 1;
+const DFCH_GELU: usize = 2;
+const DFCH: usize = 3;
+const DATTY: usize = 4;
+const DQKV: usize = 5;
+
+impl<Bk: Backend> Gpt2<Bk> {
+    /// A model with the given parameter values (laid out as `param_layout(&cfg)`).
+    pub fn new(cfg: Gpt2Config, backend: Bk, params: Vec<Bk::F>) -> Result<Self> {
+        cfg.validate()?;
+        let layout = Arc::new(param_layout(&cfg));
+        let ids = ParamIds::new(&layout);
+        let params = Slab::from_vec(layout.clone(), params)?;
+        Ok(Gpt2 {
+            cfg,
+            backend,
+            params,
+            grads: Slab::zeros(layout),
+            ids,
+            acts: None,
+            tokens: vec![],
+            targets: vec![],
+            loss: None,
+        })
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.data.fill(Bk::F::default());
+    }
+
+    /// Bytes of activations and activation-gradient scratch for the current batch shape.
+    pub fn activation_elems(&self) -> (usize, usize) {
+        self.acts
+            .as_ref()
+            .map_or((0, 0), |a| (a.a.data.len(), a.d.data.len()))
+    }
+
+    fn ensure_acts(&mut self, b: usize, t: usize) {
+        if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
+            return;
+        }
+        let al = Arc::new(act_layout(&self.cfg, b, t));
+        let dl = Arc::new(grad_act_layout(&self.cfg, b, t));
+        self.acts = Some(Acts {
+            b,
+            t,
+            a: Slab::zeros(al),
+            d: Slab::zeros(dl),
+        });
+    }
+
+    /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
+    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<f64>> {
+        let c = self.cfg;
+        if t == 0
+            || t > c.max_seq_len
+            || tokens.len() != b * t
+            || targets.is_some_and(|x| x.len() != b * t)
+        {
+            return Err(Error::Shape {
+                name: "tokens".into(),
+                expected: vec![b, t.min(c.max_seq_len)],
+                found: vec![tokens.len()],
+            });
+        }
+        if let Some(&bad) = tokens
+            .iter()
+            .chain(targets.unwrap_or(&[]))
+            .find(|&&x| x as usize >= c.vocab_size)
+        {
+            return Err(Error::config(
+                "tokens",
+                format!("token id {bad} >= vocab_size {}", c.vocab_size),
+            ));
+        }
+        self.ensure_acts(b, t);
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+        let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
+        let be = &self.backend;
+        let p = &self.params;
+        let pid = &self.ids;
+        let acts = self.acts.as_mut().expect("allocated above");
+        let al = acts.a.layout.clone();
+        let a = &mut acts.a;
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let aw = |i: usize| al.range(TensorId(i));
+        let pw = |id: TensorId, l: usize| &p.data[p.layout.range_at(id, l)];
+
+        be.encoder_forward(
+            a.get_mut(TensorId(ENCODED)),
+            tokens,
+            p.get(pid.wte),
+            p.get(pid.wpe),
+            b,
+            t,
+            d,
+        );
+        for l in 0..l_n {
+            let res = if l == 0 {
+                aw(ENCODED)
+            } else {
+                ar(RESIDUAL3, l - 1)
+            };
+            let [ln1, mean, rstd, x] =
+                a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
+            be.layernorm_forward(ln1, mean, rstd, x, pw(pid.ln1w, l), pw(pid.ln1b, l), n, d);
+            let [qkv, ln1] = a.disjoint_mut([ar(QKV, l), ar(LN1, l)]);
+            be.matmul_forward(
+                qkv,
+                ln1,
+                pw(pid.qkvw, l),
+                Some(pw(pid.qkvb, l)),
+                n,
+                d,
+                3 * d,
+            );
+            let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
+            be.attention_forward(atty, lse, qkv, b, t, d, nh);
+            let [proj, atty] = a.disjoint_mut([ar(ATTPROJ, l), ar(ATTY, l)]);
+            be.matmul_forward(
+                proj,
+                atty,
+                pw(pid.attprojw, l),
+                Some(pw(pid.attprojb, l)),
+                n,
+                d,
+                d,
+            );
+            let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, ar(ATTPROJ, l)]);
+            be.residual_forward(r2, x, proj);
+            let [ln2, mean, rstd, r2] = a.disjoint_mut([
+                ar(LN2, l),
+                ar(LN2_MEAN, l),
+                ar(LN2_RSTD, l),
+                ar(RESIDUAL2, l),
+            ]);
+            be.layernorm_forward(ln2, mean, rstd, r2, pw(pid.ln2w, l), pw(pid.ln2b, l), n, d);
+            let [fch, ln2] = a.disjoint_mut([ar(FCH, l), ar(LN2, l)]);
+            be.matmul_forward(fch, ln2, pw(pid.fcw, l), Some(pw(pid.fcb, l)), n, d, 4 * d);
+            let [g, fch] = a.disjoint_mut([ar(FCH_GELU, l), ar(FCH, l)]);
+            be.gelu_forward(g, fch);
+            let [proj, g] = a.disjoint_mut([ar(FCPROJ, l), ar(FCH_GELU, l)]);
+            be.matmul_forward(
+                proj,
+                g,
+                pw(pid.fcprojw, l),
+                Some(pw(pid.fcprojb, l)),
+                n,
+                4 * d,
+                d,
+            );
+            let [r3, r2, proj] =
+                a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
+            be.residual_forward(r3, r2, proj);
+        }
+        let [lnf, mean, rstd, x] =
+            a.disjoint_mut([aw(LNF), aw(LNF_MEAN), aw(LNF_RSTD), ar(RESIDUAL3, l_n - 1)]);
+        be.layernorm_forward(lnf, mean, rstd, x, p.get(pid.lnfw), p.get(pid.lnfb), n, d);
+        let [logits, lnf] = a.disjoint_mut([aw(LOGITS), aw(LNF)]);
+        be.matmul_forward(logits, lnf, p.get(pid.wte), None, n, d, vp);
+
+        self.loss = None;
+        if let Some(tg) = targets {
+            self.targets.clear();
+            self.targets.extend_from_slice(tg);
+            let [losses, logits] = a.disjoint_mut([aw(LOSSES), aw(LOGITS)]);
+            be.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, vp);
+            let mean = losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64;
+            self.loss = Some(mean);
+        }
+        Ok(self.loss)
+    }
+
+    /// Raw logits (B*T, Vp) of the last forward without targets.
+    pub fn logits(&self) -> &[Bk::F] {
+        let a = &self.acts.as_ref().expect("forward first").a;
+        a.get(TensorId(LOGITS))
+    }
+
+    /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
+    pub fn backward(&mut self) -> Result<()> {
+        if self.loss.is_none() {
+            return Err(Error::Other(
+                "backward needs a forward with targets first".into(),
+            ));
+        }
+        let c = self.cfg;
+        let acts = self.acts.as_mut().expect("forward allocated activations");
+        let (b, t) = (acts.b, acts.t);
+        let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
+        let be = &self.backend;
+        let p = &self.params;
+        let g = &mut self.grads;
+        let pid = &self.ids;
+        let al = acts.a.layout.clone();
+        let dl = acts.d.layout.clone();
+        let (a, da) = (&mut acts.a, &mut acts.d);
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let aw = |i: usize| al.range(TensorId(i));
+        let dw = |i: usize| dl.range(TensorId(i));
+        let pr = |id: TensorId, l: usize| p.layout.range_at(id, l);
+        let pw = |id: TensorId, l: usize| &p.data[p.layout.range_at(id, l)];
+
+        // Loss and logits: dlogits in place of the probabilities; dlnf; dresidual from the final norm.
+        be.softmax_xent_backward(
+            a.get_mut(TensorId(LOGITS)),
+            &self.targets,
+            1.0 / n as f64,
+            n,
+            c.vocab_size,
+            vp,
+        );
+        be.matmul_backward(
+            da.get_mut(TensorId(DLN)),
+            g.get_mut(pid.wte),
+            None,
+            a.get(TensorId(LOGITS)),
+            a.get(TensorId(LNF)),
+            p.get(pid.wte),
+            n,
+            d,
+            vp,
+        );
+        da.get_mut(TensorId(DRES)).fill(Bk::F::default());
+        {
+            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+            let [gw, gb] = g.disjoint_mut([g.layout.range(pid.lnfw), g.layout.range(pid.lnfb)]);
+            be.layernorm_backward(
+                dres,
+                gw,
+                gb,
+                dln,
+                &a.data[ar(RESIDUAL3, l_n - 1)],
+                p.get(pid.lnfw),
+                a.get(TensorId(LNF_MEAN)),
+                a.get(TensorId(LNF_RSTD)),
+                n,
+                d,
+            );
+        }
+        for l in (0..l_n).rev() {
+            let res = if l == 0 {
+                aw(ENCODED)
+            } else {
+                ar(RESIDUAL3, l - 1)
+            };
+            // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+            let [dfg, dres] = da.disjoint_mut([dw(DFCH_GELU), dw(DRES)]);
+            let [gw, gb] = g.disjoint_mut([pr(pid.fcprojw, l), pr(pid.fcprojb, l)]);
+            be.matmul_backward(
+                dfg,
+                gw,
+                Some(gb),
+                dres,
+                &a.data[ar(FCH_GELU, l)],
+                pw(pid.fcprojw, l),
+                n,
+                4 * d,
+                d,
+            );
+            let [dfch, dfg] = da.disjoint_mut([dw(DFCH), dw(DFCH_GELU)]);
+            be.gelu_backward(dfch, &a.data[ar(FCH, l)], dfg);
+            let [dln, dfch] = da.disjoint_mut([dw(DLN), dw(DFCH)]);
+            let [gw, gb] = g.disjoint_mut([pr(pid.fcw, l), pr(pid.fcb, l)]);
+            be.matmul_backward(
+                dln,
+                gw,
+                Some(gb),
+                dfch,
+                &a.data[ar(LN2, l)],
+                pw(pid.fcw, l),
+                n,
+                d,
+                4 * d,
+            );
+            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+            let [gw, gb] = g.disjoint_mut([pr(pid.ln2w, l), pr(pid.ln2b, l)]);
+            be.layernorm_backward(
+                dres,
+                gw,
+                gb,
+                dln,
+                &a.data[ar(RESIDUAL2, l)],
+                pw(pid.ln2w, l),
+                &a.data[ar(LN2_MEAN, l)],
+                &a.data[ar(LN2_RSTD, l)],
+                n,
+                d,
+            );
+            // Attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
+            let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
+            let [gw, gb] = g.disjoint_mut([pr(pid.attprojw, l), pr(pid.attprojb, l)]);
+            be.matmul_backward(
+                datty,
+                gw,
+                Some(gb),
+                dres,
+                &a.data[ar(ATTY, l)],
+                pw(pid.attprojw, l),
+                n,
+                d,
+                d,
+            );
+            let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
+            be.attention_backward(
+                dqkv,
+                datty,
+                &a.data[ar(QKV, l)],
+                &a.data[ar(ATTY, l)],
+                &a.data[ar(ATT_LSE, l)],
+                b,
+                t,
+                d,
+                nh,
+            );
+            let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
+            let [gw, gb] = g.disjoint_mut([pr(pid.qkvw, l), pr(pid.qkvb, l)]);
+            be.matmul_backward(
+                dln,
+                gw,
+                Some(gb),
+                dqkv,
+                &a.data[ar(LN1, l)],
+                pw(pid.qkvw, l),
+                n,
+                d,
+                3 * d,
+            );
+            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+            let [gw, gb] = g.disjoint_mut([pr(pid.ln1w, l), pr(pid.ln1b, l)]);
+            be.layernorm_backward(
+                dres,
+                gw,
+                gb,
+                dln,
+                &a.data[res],
+                pw(pid.ln1w, l),
+                &a.data[ar(LN1_MEAN, l)],
+                &a.data[ar(LN1_RSTD, l)],
+                n,
+                d,
+            );
+        }
+        let [gte, gpe] = g.disjoint_mut([g.layout.range(pid.wte), g.layout.range(pid.wpe)]);
+        be.encoder_backward(gte, gpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);
+        Ok(())
+    }
+}
