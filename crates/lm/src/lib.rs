@@ -4,3 +4,4 @@
 pub mod gpt2;
 
 pub use gpt2::{Gpt2, Gpt2Config};
+pub mod data;
