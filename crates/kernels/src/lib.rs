@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod fp8_gemm;
 pub mod gemm;
 pub mod reference;
 

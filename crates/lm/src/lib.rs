@@ -1,7 +1,12 @@
 //! octet-lm: GPT-2 model, data pipeline (tokenizer, token shards, batches), trainer, checkpoints and
 //! generation.
 
+pub mod checkpoint;
+pub mod data;
+pub mod generate;
+pub mod gguf;
 pub mod gpt2;
+pub mod train;
 
 pub use gpt2::{Gpt2, Gpt2Config};
-pub mod data;
+pub use train::{Event, Source, Summary, TrainConfig};
