@@ -1,0 +1,57 @@
+//! Sampling text from a trained model: temperature and top-k over the real vocabulary, a sliding
+//! window of at most `max_seq_len` tokens of context.
+
+use octet_core::{Result, Rng};
+use octet_kernels::Backend;
+
+use crate::gpt2::Gpt2;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SampleConfig {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+/// Continue `prompt` by `max_new_tokens` tokens; returns only the new tokens.
+pub fn sample<Bk: Backend>(model: &mut Gpt2<Bk>, prompt: &[u32], sc: &SampleConfig) -> Result<Vec<u32>> {
+    let (v, vp, tmax) = (model.cfg.vocab_size, model.cfg.padded_vocab, model.cfg.max_seq_len);
+    let mut rng = Rng::new(sc.seed);
+    let mut ctx: Vec<u32> = if prompt.is_empty() { vec![0] } else { prompt.to_vec() };
+    let mut out = Vec::with_capacity(sc.max_new_tokens);
+    for _ in 0..sc.max_new_tokens {
+        let window = &ctx[ctx.len().saturating_sub(tmax)..];
+        let t = window.len();
+        model.forward(window, None, 1, t)?;
+        let row: Vec<f64> = model.logits()[(t - 1) * vp..(t - 1) * vp + v].iter().map(|&x| x.into()).collect();
+        let next = pick(&row, sc, &mut rng) as u32;
+        ctx.push(next);
+        out.push(next);
+    }
+    Ok(out)
+}
+
+fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
+    let argmax = || logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
+    if sc.temperature <= 0.0 {
+        return argmax();
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    if sc.top_k > 0 && sc.top_k < idx.len() {
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(sc.top_k);
+    }
+    let mx = idx.iter().map(|&i| logits[i]).fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] - mx) / sc.temperature).exp()).collect();
+    let mut u = rng.uniform() * w.iter().sum::<f64>();
+    for (k, &wk) in w.iter().enumerate() {
+        if u < wk {
+            return idx[k];
+        }
+        u -= wk;
+    }
+    idx[idx.len() - 1]
+}

@@ -1,0 +1,302 @@
+//! The trainer: data preparation, the AdamW loop with schedule and clipping, periodic validation and
+//! atomic checkpoints, bit-identical resume, and a summary. It reports through `Event`s so the CLI
+//! decides how to show them (progress bar or JSON lines).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use octet_core::{Error, Result};
+use octet_kernels::CpuBackend;
+use octet_optim::{clip_global_norm, AdamW, AdamWConfig, Decay, Schedule};
+
+use crate::checkpoint::{self, State, STATE_VERSION};
+use crate::data::{self, Batches, Shard, TextTokenizer};
+use crate::generate::{sample, SampleConfig};
+use crate::gpt2::{decay_flags, init_params, Gpt2, Gpt2Config};
+
+/// Everything a training run is configured by (TOML file keys; flags override them).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Model preset: tiny, small, gpt2-124m.
+    pub model: String,
+    /// A text file, or a directory with tokenizer.json + train.bin + val.bin; none = embedded corpus.
+    pub data: Option<PathBuf>,
+    /// Use this tokenizer.json instead of training one on the data.
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary of the BPE trained on the data.
+    pub vocab_size: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub min_lr_frac: f64,
+    pub decay: Decay,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// Validate every N steps (0 = only at the end).
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    pub out: PathBuf,
+    /// Fraction of the tokens held out for validation.
+    pub val_frac: f64,
+    /// Tokens of text sampled at the end (0 = none).
+    pub sample_tokens: usize,
+}
+
+impl Default for TrainConfig {
+    /// The embedded default: a 4-layer, d=128 GPT-2 on the Python tutorial, ~2 minutes on 2 cores.
+    fn default() -> Self {
+        TrainConfig {
+            model: "small".into(),
+            data: None,
+            tokenizer: None,
+            vocab_size: 1024,
+            steps: 600,
+            batch: 16,
+            seq: 128,
+            lr: 2e-3,
+            warmup: 50,
+            min_lr_frac: 0.1,
+            decay: Decay::Cosine,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            grad_clip: 1.0,
+            seed: 1337,
+            eval_every: 100,
+            eval_batches: 8,
+            checkpoint_every: 200,
+            out: PathBuf::from("runs/default"),
+            val_frac: 0.1,
+            sample_tokens: 120,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, v: usize| if v == 0 { Err(Error::config(name, "must be positive")) } else { Ok(()) };
+        pos("steps", self.steps)?;
+        pos("batch", self.batch)?;
+        pos("seq", self.seq)?;
+        pos("eval_batches", self.eval_batches)?;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config("lr", format!("must be a positive number, found {}", self.lr)));
+        }
+        if !(0.0..1.0).contains(&self.val_frac) || self.val_frac == 0.0 {
+            return Err(Error::config("val_frac", format!("must be in (0, 1), found {}", self.val_frac)));
+        }
+        for (n, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::config(n, format!("must be in [0, 1), found {b}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the trainer reports as it goes.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Start { params: usize, train_tokens: usize, val_tokens: usize, vocab_size: usize, start_step: usize, steps: usize },
+    Step(StepLog),
+    Eval { step: usize, val_loss: f64 },
+    Checkpoint { step: usize, path: PathBuf },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+}
+
+/// The run's result (the last JSON object `octet train --json` prints).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub steps: usize,
+    pub final_loss: f64,
+    pub val_loss: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_bytes: u64,
+    pub params: usize,
+    pub train_seconds: f64,
+    pub checkpoint: PathBuf,
+    pub sample: Option<String>,
+}
+
+/// Where the training text comes from.
+pub enum Source<'a> {
+    Embedded(&'a str),
+    Path(PathBuf),
+}
+
+/// Peak resident set size of this process (Linux VmHWM), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Prepare (or reuse) the tokenizer and shards for a run under `out/data`.
+fn prepare_data(cfg: &TrainConfig, source: &Source) -> Result<(PathBuf, TextTokenizer)> {
+    if let Source::Path(p) = source
+        && p.is_dir()
+    {
+        let tok = TextTokenizer::load(&p.join("tokenizer.json"))?;
+        return Ok((p.clone(), tok));
+    }
+    let text = match source {
+        Source::Embedded(t) => t.to_string(),
+        Source::Path(p) => {
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+            String::from_utf8(bytes).map_err(|e| Error::format(p, "text", format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to())))?
+        }
+    };
+    let dir = cfg.out.join("data");
+    let prep = data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref())?;
+    Ok((dir, prep.tokenizer))
+}
+
+fn evaluate(model: &mut Gpt2<CpuBackend>, val: &Batches, n: usize) -> Result<f64> {
+    let mut total = 0.0;
+    for i in 0..n {
+        let (x, y) = val.eval_batch(i);
+        total += model.forward(&x, Some(&y), val.b, val.t)?.expect("targets given");
+    }
+    Ok(total / n as f64)
+}
+
+/// Train (or resume from `resume`), stopping after step `until` if given (as an interruption would).
+pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    let loaded = match resume {
+        Some(dir) => Some(checkpoint::load(dir, true)?),
+        None => None,
+    };
+    if let Some(l) = &loaded {
+        // The checkpoint's configuration wins, except for a longer horizon and the output place.
+        let (steps, out) = (cfg.steps.max(l.state.train.steps), cfg.out.clone());
+        cfg = TrainConfig { steps, out, ..l.state.train.clone() };
+    }
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let source = match (&loaded, source) {
+        (Some(l), _) => Source::Path(l.dir.parent().map_or(cfg.out.join("data"), |p| p.join("data"))),
+        (None, s) => s,
+    };
+    let (data_dir, tokenizer) = prepare_data(&cfg, &source)?;
+    let train_shard = Shard::open(&data_dir.join("train.bin"))?;
+    let val_shard = Shard::open(&data_dir.join("val.bin"))?;
+    let vocab = tokenizer.vocab_size();
+    if train_shard.vocab_size > vocab {
+        return Err(Error::format(&train_shard.path, "vocab_size", format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size)));
+    }
+    let model_cfg = match &loaded {
+        Some(l) => l.state.model,
+        None => Gpt2Config::named(&cfg.model, vocab)?,
+    };
+    if cfg.seq > model_cfg.max_seq_len {
+        return Err(Error::config("seq", format!("{} exceeds the model's max_seq_len {}", cfg.seq, model_cfg.max_seq_len)));
+    }
+    let (train_tokens, val_tokens) = (train_shard.len(), val_shard.len());
+    if let Some(l) = &loaded
+        && l.state.train_tokens != train_tokens
+    {
+        return Err(Error::format(
+            data_dir.join("train.bin"),
+            "count",
+            format!("checkpoint trained on {} tokens, this shard has {train_tokens}: not the same data", l.state.train_tokens),
+        ));
+    }
+    let train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
+    let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
+    let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
+
+    let layout = Arc::new(crate::gpt2::param_layout(&model_cfg));
+    let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
+    let mut opt = AdamW::new(layout.clone(), decay_flags(&layout), adam);
+    let (params, start) = match loaded {
+        Some(l) => {
+            opt.m.data = l.m;
+            opt.v.data = l.v;
+            opt.step = l.state.step as u64;
+            (l.params, l.state.step)
+        }
+        None => (init_params(&model_cfg, &layout, cfg.seed), 0),
+    };
+    let mut model = Gpt2::new(model_cfg, CpuBackend, params)?;
+    let sched = Schedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_frac: cfg.min_lr_frac, decay: cfg.decay };
+    let stop = until.unwrap_or(cfg.steps).min(cfg.steps);
+    on(&Event::Start { params: model_cfg.num_params(), train_tokens, val_tokens, vocab_size: vocab, start_step: start, steps: cfg.steps });
+
+    let tok_json = data_dir.join("tokenizer.json");
+    let mut state = State { version: STATE_VERSION, step: start, model: model_cfg, train: cfg.clone(), train_tokens, last_loss: None };
+    let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
+    let mut last_ckpt = PathBuf::new();
+    let mut val_loss = f64::NAN;
+    let mut last_loss = f64::NAN;
+    for step in start..stop {
+        let t0 = Instant::now();
+        let (x, y) = train.train_batch(step);
+        model.zero_grad();
+        let loss = model.forward(&x, Some(&y), cfg.batch, cfg.seq)?.expect("targets given");
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
+        }
+        model.backward()?;
+        let grad_norm = clip_global_norm(&mut model.grads.data, cfg.grad_clip);
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
+        }
+        let lr = sched.lr_at(step);
+        opt.update(&mut model.params.data, &model.grads.data, lr);
+        let dt = t0.elapsed().as_secs_f64();
+        train_secs += dt;
+        trained_tokens += cfg.batch * cfg.seq;
+        last_loss = loss;
+        on(&Event::Step(StepLog { step: step + 1, loss, lr, grad_norm, tokens_per_s: (cfg.batch * cfg.seq) as f64 / dt }));
+        let done = step + 1;
+        if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
+            val_loss = evaluate(&mut model, &val, cfg.eval_batches)?;
+            on(&Event::Eval { step: done, val_loss });
+        }
+        if done == stop || (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) {
+            state.step = done;
+            state.last_loss = Some(loss);
+            last_ckpt = checkpoint::save(&cfg.out, &state, &model.params, &opt.m, &opt.v, &tok_json, 2)?;
+            on(&Event::Checkpoint { step: done, path: last_ckpt.clone() });
+        }
+    }
+    let sample = if cfg.sample_tokens > 0 && stop == cfg.steps {
+        let prompt = tokenizer.encode("\n")?;
+        let sc = SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, seed: cfg.seed };
+        let ids = sample(&mut model, &prompt, &sc)?;
+        Some(tokenizer.decode(&ids)?)
+    } else {
+        None
+    };
+    Ok(Summary {
+        steps: stop,
+        final_loss: last_loss,
+        val_loss,
+        tokens_per_s: if train_secs > 0.0 { trained_tokens as f64 / train_secs } else { 0.0 },
+        peak_rss_bytes: peak_rss_bytes(),
+        params: model_cfg.num_params(),
+        train_seconds: train_secs,
+        checkpoint: last_ckpt,
+        sample,
+    })
+}
