@@ -1,1 +1,23 @@
 //! octet-materials: crystal structures, structure file formats, periodic graphs and GNoME-style models.
+//!
+//! Layers, each usable alone: `element` (periodic table) -> `lattice`, `composition` ->
+//! `structure` (validated crystal) -> `neighbors` (periodic edge lists for graph networks) ->
+//! `io` (CIF, POSCAR, extended XYZ) and `dataset` (matminer flla conversion, JSON-lines data sets,
+//! formula-hash split). `pyliteral` parses the Python-literal dicts the flla CSV stores.
+
+pub mod composition;
+pub mod dataset;
+pub mod element;
+pub mod io;
+pub mod lattice;
+pub mod neighbors;
+pub mod pyliteral;
+pub mod structure;
+
+pub use composition::Composition;
+pub use dataset::{Conversion, DatasetHeader, Entry, Split};
+pub use element::Element;
+pub use io::{read_structure, write_structure};
+pub use lattice::Lattice;
+pub use neighbors::{NeighborList, neighbor_list};
+pub use structure::{MIN_SEPARATION, Overlap, Structure};
