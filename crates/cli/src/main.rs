@@ -1,1 +1,290 @@
-fn main() {}
+//! The `octet` binary: flags are defined once here (clap), turned into validated library
+//! configurations, and run; every error is printed with its context and exits non-zero.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use octet_core::{Error, Result};
+use octet_kernels::CpuBackend;
+use octet_lm::generate::{SampleConfig, sample};
+use octet_lm::train::{self, Event, Source, Start, TrainConfig};
+use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
+
+/// The default corpus compiled into the binary: the Python 3.11 tutorial (PSF License v2, see
+/// crates/cli/assets/LICENSE-PSF.txt), rebuilt by tools/make_default_corpus.sh.
+const EMBEDDED_CORPUS: &str = include_str!("../assets/python-tutorial.txt");
+
+#[derive(Parser)]
+#[command(
+    name = "octet",
+    version,
+    about = "Efficient training of transformers and graph networks, FP8 included"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a GPT-2 model (with no flags: a small model on the embedded Python tutorial, ~2 min).
+    Train(TrainArgs),
+    /// Sample text from a checkpoint.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// TOML file with TrainConfig keys; flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model preset: tiny, small, gpt2-124m.
+    #[arg(long)]
+    model: Option<String>,
+    /// Text file (UTF-8) or prepared data directory (tokenizer.json, train.bin, val.bin).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use this tokenizer.json instead of training a BPE on the data.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    seq: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Validate every N steps (0: only at the end).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Run directory (data, checkpoints).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue a run from its directory or a checkpoint directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this step, checkpointing as an interruption would (for tests and time slicing).
+    #[arg(long)]
+    until: Option<usize>,
+    /// Print one JSON object per line (steps, evaluations, last a summary) instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory or run directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    toml::from_str(&text)
+        .map_err(|e| Error::format(path, "config", e.to_string().trim().replace('\n', " ")))
+}
+
+fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => load_config(p)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! over {
+        ($($f:ident),*) => { $(if let Some(v) = &a.$f { c.$f = v.clone(); })* };
+    }
+    over!(
+        model,
+        vocab_size,
+        steps,
+        batch,
+        seq,
+        lr,
+        seed,
+        eval_every,
+        checkpoint_every,
+        out
+    );
+    if a.data.is_some() {
+        c.data = a.data.clone();
+    }
+    if a.tokenizer.is_some() {
+        c.tokenizer = a.tokenizer.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let start = match &a.resume {
+        Some(dir) => {
+            if a.config.is_some() || a.model.is_some() || a.data.is_some() || a.out.is_some() {
+                return Err(Error::config(
+                    "resume",
+                    "a resumed run keeps its checkpoint's configuration; only --steps and --until may change",
+                ));
+            }
+            Start::Resume {
+                dir: dir.clone(),
+                steps: a.steps,
+            }
+        }
+        None => {
+            let cfg = resolve_train(&a)?;
+            let source = match &cfg.data {
+                Some(p) => Source::Path(p.clone()),
+                None => Source::Embedded(EMBEDDED_CORPUS),
+            };
+            Start::Fresh(cfg, source)
+        }
+    };
+    let json = a.json;
+    let pb = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let mut on = |e: &Event| {
+        if json {
+            let v = match e {
+                Event::Step(s) => {
+                    serde_json::json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.tokens_per_s})
+                }
+                other => serde_json::to_value(other).expect("events serialise"),
+            };
+            println!("{v}");
+            return;
+        }
+        match e {
+            Event::Start {
+                params,
+                train_tokens,
+                val_tokens,
+                vocab_size,
+                start_step,
+                steps,
+            } => {
+                pb.println(format!(
+                    "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}",
+                    *params as f64 / 1e6
+                ));
+                pb.set_length(*steps as u64);
+                pb.set_position(*start_step as u64);
+            }
+            Event::Step(s) => {
+                pb.set_position(s.step as u64);
+                pb.set_message(format!(
+                    "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                    s.loss, s.lr, s.tokens_per_s
+                ));
+            }
+            Event::Eval { step, val_loss } => {
+                pb.println(format!("step {step:>6}: validation loss {val_loss:.4}"))
+            }
+            Event::Checkpoint { step, path } => {
+                pb.println(format!("step {step:>6}: checkpoint {}", path.display()))
+            }
+        }
+    };
+    let summary = train::run(start, a.until, &mut on)?;
+    pb.finish_and_clear();
+    if json {
+        let mut v = serde_json::to_value(&summary).expect("summary serialises");
+        v["event"] = "summary".into();
+        println!("{v}");
+    } else {
+        println!(
+            "done: {} steps, train loss {:.4}, validation loss {:.4}, {:.0} tokens/s, peak RSS {:.0} MiB\ncheckpoint: {}",
+            summary.steps,
+            summary.final_loss,
+            summary.val_loss,
+            summary.tokens_per_s,
+            summary.peak_rss_bytes as f64 / (1 << 20) as f64,
+            summary.checkpoint.display()
+        );
+        if let Some(s) = &summary.sample {
+            println!("--- sample ---\n{s}\n--------------");
+        }
+    }
+    Ok(())
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let ck = checkpoint::load(&a.checkpoint, false)?;
+    let tok = TextTokenizer::load(&ck.dir.join("tokenizer.json"))?;
+    let mut model = Gpt2::new(ck.state.model, CpuBackend, ck.params)?;
+    let prompt = tok.encode(&a.prompt)?;
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.cfg.vocab_size) {
+        return Err(Error::config(
+            "prompt",
+            format!("token {bad} is outside the model's vocabulary"),
+        ));
+    }
+    let sc = SampleConfig {
+        max_new_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    let t0 = std::time::Instant::now();
+    let ids = sample(&mut model, &prompt, &sc)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let text = tok.decode(&ids)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"prompt": a.prompt, "text": text, "tokens": ids.len(), "tokens_per_s": ids.len() as f64 / secs})
+        );
+    } else {
+        println!("{}{}", a.prompt, text);
+        eprintln!(
+            "[{} tokens, {:.1} tokens/s]",
+            ids.len(),
+            ids.len() as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Train(a) => run_train(a),
+        Cmd::Generate(a) => run_generate(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

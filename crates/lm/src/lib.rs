@@ -9,4 +9,4 @@ pub mod gpt2;
 pub mod train;
 
 pub use gpt2::{Gpt2, Gpt2Config};
-pub use train::{Event, Source, Summary, TrainConfig};
+pub use train::{Event, Source, Start, Summary, TrainConfig};

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use octet_core::{Error, Result};
 use octet_kernels::CpuBackend;
-use octet_optim::{clip_global_norm, AdamW, AdamWConfig, Decay, Schedule};
+use octet_optim::{AdamW, AdamWConfig, Decay, Schedule, clip_global_norm};
 
-use crate::checkpoint::{self, State, STATE_VERSION};
+use crate::checkpoint::{self, STATE_VERSION, State};
 use crate::data::{self, Batches, Shard, TextTokenizer};
-use crate::generate::{sample, SampleConfig};
-use crate::gpt2::{decay_flags, init_params, Gpt2, Gpt2Config};
+use crate::generate::{SampleConfig, sample};
+use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params};
 
 /// Everything a training run is configured by (TOML file keys; flags override them).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -84,16 +84,28 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
-        let pos = |name: &str, v: usize| if v == 0 { Err(Error::config(name, "must be positive")) } else { Ok(()) };
+        let pos = |name: &str, v: usize| {
+            if v == 0 {
+                Err(Error::config(name, "must be positive"))
+            } else {
+                Ok(())
+            }
+        };
         pos("steps", self.steps)?;
         pos("batch", self.batch)?;
         pos("seq", self.seq)?;
         pos("eval_batches", self.eval_batches)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config("lr", format!("must be a positive number, found {}", self.lr)));
+            return Err(Error::config(
+                "lr",
+                format!("must be a positive number, found {}", self.lr),
+            ));
         }
         if !(0.0..1.0).contains(&self.val_frac) || self.val_frac == 0.0 {
-            return Err(Error::config("val_frac", format!("must be in (0, 1), found {}", self.val_frac)));
+            return Err(Error::config(
+                "val_frac",
+                format!("must be in (0, 1), found {}", self.val_frac),
+            ));
         }
         for (n, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -108,10 +120,23 @@ impl TrainConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Start { params: usize, train_tokens: usize, val_tokens: usize, vocab_size: usize, start_step: usize, steps: usize },
+    Start {
+        params: usize,
+        train_tokens: usize,
+        val_tokens: usize,
+        vocab_size: usize,
+        start_step: usize,
+        steps: usize,
+    },
     Step(StepLog),
-    Eval { step: usize, val_loss: f64 },
-    Checkpoint { step: usize, path: PathBuf },
+    Eval {
+        step: usize,
+        val_loss: f64,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -147,7 +172,11 @@ pub enum Source<'a> {
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -163,11 +192,23 @@ fn prepare_data(cfg: &TrainConfig, source: &Source) -> Result<(PathBuf, TextToke
         Source::Embedded(t) => t.to_string(),
         Source::Path(p) => {
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-            String::from_utf8(bytes).map_err(|e| Error::format(p, "text", format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to())))?
+            String::from_utf8(bytes).map_err(|e| {
+                Error::format(
+                    p,
+                    "text",
+                    format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+                )
+            })?
         }
     };
     let dir = cfg.out.join("data");
-    let prep = data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref())?;
+    let prep = data::prepare(
+        &text,
+        &dir,
+        cfg.vocab_size,
+        cfg.val_frac,
+        cfg.tokenizer.as_deref(),
+    )?;
     Ok((dir, prep.tokenizer))
 }
 
@@ -175,41 +216,66 @@ fn evaluate(model: &mut Gpt2<CpuBackend>, val: &Batches, n: usize) -> Result<f64
     let mut total = 0.0;
     for i in 0..n {
         let (x, y) = val.eval_batch(i);
-        total += model.forward(&x, Some(&y), val.b, val.t)?.expect("targets given");
+        total += model
+            .forward(&x, Some(&y), val.b, val.t)?
+            .expect("targets given");
     }
     Ok(total / n as f64)
 }
 
-/// Train (or resume from `resume`), stopping after step `until` if given (as an interruption would).
-pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Result<Summary> {
-    let loaded = match resume {
-        Some(dir) => Some(checkpoint::load(dir, true)?),
-        None => None,
+/// How a run begins: fresh from a configuration, or from a checkpoint (whose configuration wins,
+/// except for an optionally longer horizon).
+pub enum Start<'a> {
+    Fresh(TrainConfig, Source<'a>),
+    Resume { dir: PathBuf, steps: Option<usize> },
+}
+
+/// Train, stopping after step `until` if given (checkpointing as an interruption would).
+pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    let (cfg, source, loaded) = match start {
+        Start::Fresh(cfg, source) => (cfg, source, None),
+        Start::Resume { dir, steps } => {
+            let l = checkpoint::load(&dir, true)?;
+            let run_dir = l
+                .dir
+                .parent()
+                .map_or_else(|| dir.clone(), Path::to_path_buf);
+            let cfg = TrainConfig {
+                steps: steps.unwrap_or(l.state.train.steps),
+                out: run_dir.clone(),
+                ..l.state.train.clone()
+            };
+            (cfg, Source::Path(run_dir.join("data")), Some(l))
+        }
     };
-    if let Some(l) = &loaded {
-        // The checkpoint's configuration wins, except for a longer horizon and the output place.
-        let (steps, out) = (cfg.steps.max(l.state.train.steps), cfg.out.clone());
-        cfg = TrainConfig { steps, out, ..l.state.train.clone() };
-    }
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let source = match (&loaded, source) {
-        (Some(l), _) => Source::Path(l.dir.parent().map_or(cfg.out.join("data"), |p| p.join("data"))),
-        (None, s) => s,
-    };
     let (data_dir, tokenizer) = prepare_data(&cfg, &source)?;
     let train_shard = Shard::open(&data_dir.join("train.bin"))?;
     let val_shard = Shard::open(&data_dir.join("val.bin"))?;
     let vocab = tokenizer.vocab_size();
     if train_shard.vocab_size > vocab {
-        return Err(Error::format(&train_shard.path, "vocab_size", format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size)));
+        return Err(Error::format(
+            &train_shard.path,
+            "vocab_size",
+            format!(
+                "shard vocabulary {} exceeds tokenizer's {vocab}",
+                train_shard.vocab_size
+            ),
+        ));
     }
     let model_cfg = match &loaded {
         Some(l) => l.state.model,
         None => Gpt2Config::named(&cfg.model, vocab)?,
     };
     if cfg.seq > model_cfg.max_seq_len {
-        return Err(Error::config("seq", format!("{} exceeds the model's max_seq_len {}", cfg.seq, model_cfg.max_seq_len)));
+        return Err(Error::config(
+            "seq",
+            format!(
+                "{} exceeds the model's max_seq_len {}",
+                cfg.seq, model_cfg.max_seq_len
+            ),
+        ));
     }
     let (train_tokens, val_tokens) = (train_shard.len(), val_shard.len());
     if let Some(l) = &loaded
@@ -218,7 +284,10 @@ pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: O
         return Err(Error::format(
             data_dir.join("train.bin"),
             "count",
-            format!("checkpoint trained on {} tokens, this shard has {train_tokens}: not the same data", l.state.train_tokens),
+            format!(
+                "checkpoint trained on {} tokens, this shard has {train_tokens}: not the same data",
+                l.state.train_tokens
+            ),
         ));
     }
     let train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
@@ -226,7 +295,12 @@ pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: O
     let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
 
     let layout = Arc::new(crate::gpt2::param_layout(&model_cfg));
-    let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
+    let adam = AdamWConfig {
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    };
     let mut opt = AdamW::new(layout.clone(), decay_flags(&layout), adam);
     let (params, start) = match loaded {
         Some(l) => {
@@ -238,12 +312,32 @@ pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: O
         None => (init_params(&model_cfg, &layout, cfg.seed), 0),
     };
     let mut model = Gpt2::new(model_cfg, CpuBackend, params)?;
-    let sched = Schedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_frac: cfg.min_lr_frac, decay: cfg.decay };
+    let sched = Schedule {
+        lr: cfg.lr,
+        warmup: cfg.warmup,
+        total: cfg.steps,
+        min_lr_frac: cfg.min_lr_frac,
+        decay: cfg.decay,
+    };
     let stop = until.unwrap_or(cfg.steps).min(cfg.steps);
-    on(&Event::Start { params: model_cfg.num_params(), train_tokens, val_tokens, vocab_size: vocab, start_step: start, steps: cfg.steps });
+    on(&Event::Start {
+        params: model_cfg.num_params(),
+        train_tokens,
+        val_tokens,
+        vocab_size: vocab,
+        start_step: start,
+        steps: cfg.steps,
+    });
 
     let tok_json = data_dir.join("tokenizer.json");
-    let mut state = State { version: STATE_VERSION, step: start, model: model_cfg, train: cfg.clone(), train_tokens, last_loss: None };
+    let mut state = State {
+        version: STATE_VERSION,
+        step: start,
+        model: model_cfg,
+        train: cfg.clone(),
+        train_tokens,
+        last_loss: None,
+    };
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
     let mut val_loss = f64::NAN;
@@ -252,14 +346,24 @@ pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: O
         let t0 = Instant::now();
         let (x, y) = train.train_batch(step);
         model.zero_grad();
-        let loss = model.forward(&x, Some(&y), cfg.batch, cfg.seq)?.expect("targets given");
+        let loss = model
+            .forward(&x, Some(&y), cfg.batch, cfg.seq)?
+            .expect("targets given");
         if !loss.is_finite() {
-            return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
+            return Err(Error::NonFinite {
+                what: "training loss".into(),
+                step,
+                value: loss,
+            });
         }
         model.backward()?;
         let grad_norm = clip_global_norm(&mut model.grads.data, cfg.grad_clip);
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
+            return Err(Error::NonFinite {
+                what: "gradient norm".into(),
+                step,
+                value: grad_norm,
+            });
         }
         let lr = sched.lr_at(step);
         opt.update(&mut model.params.data, &model.grads.data, lr);
@@ -267,22 +371,47 @@ pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: O
         train_secs += dt;
         trained_tokens += cfg.batch * cfg.seq;
         last_loss = loss;
-        on(&Event::Step(StepLog { step: step + 1, loss, lr, grad_norm, tokens_per_s: (cfg.batch * cfg.seq) as f64 / dt }));
+        on(&Event::Step(StepLog {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: (cfg.batch * cfg.seq) as f64 / dt,
+        }));
         let done = step + 1;
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
             val_loss = evaluate(&mut model, &val, cfg.eval_batches)?;
-            on(&Event::Eval { step: done, val_loss });
+            on(&Event::Eval {
+                step: done,
+                val_loss,
+            });
         }
         if done == stop || (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) {
             state.step = done;
             state.last_loss = Some(loss);
-            last_ckpt = checkpoint::save(&cfg.out, &state, &model.params, &opt.m, &opt.v, &tok_json, 2)?;
-            on(&Event::Checkpoint { step: done, path: last_ckpt.clone() });
+            last_ckpt = checkpoint::save(
+                &cfg.out,
+                &state,
+                &model.params,
+                &opt.m,
+                &opt.v,
+                &tok_json,
+                2,
+            )?;
+            on(&Event::Checkpoint {
+                step: done,
+                path: last_ckpt.clone(),
+            });
         }
     }
     let sample = if cfg.sample_tokens > 0 && stop == cfg.steps {
         let prompt = tokenizer.encode("\n")?;
-        let sc = SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, seed: cfg.seed };
+        let sc = SampleConfig {
+            max_new_tokens: cfg.sample_tokens,
+            temperature: 0.8,
+            top_k: 40,
+            seed: cfg.seed,
+        };
         let ids = sample(&mut model, &prompt, &sc)?;
         Some(tokenizer.decode(&ids)?)
     } else {
@@ -292,7 +421,11 @@ pub fn run(mut cfg: TrainConfig, source: Source, resume: Option<&Path>, until: O
         steps: stop,
         final_loss: last_loss,
         val_loss,
-        tokens_per_s: if train_secs > 0.0 { trained_tokens as f64 / train_secs } else { 0.0 },
+        tokens_per_s: if train_secs > 0.0 {
+            trained_tokens as f64 / train_secs
+        } else {
+            0.0
+        },
         peak_rss_bytes: peak_rss_bytes(),
         params: model_cfg.num_params(),
         train_seconds: train_secs,

@@ -1,0 +1,230 @@
+//! End-to-end tests of the `octet` binary: training, bit-identical resume, generation, and clear errors
+//! on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn octet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_octet"))
+        .args(args)
+        .output()
+        .expect("run octet")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A small training text: the first 40 kB of the embedded corpus.
+fn corpus(dir: &Path) -> PathBuf {
+    let full = include_str!("../assets/python-tutorial.txt");
+    let cut = full
+        .char_indices()
+        .nth(40_000)
+        .map_or(full.len(), |(i, _)| i);
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, &full[..cut]).unwrap();
+    p
+}
+
+const TINY: [&str; 12] = [
+    "--model",
+    "tiny",
+    "--batch",
+    "4",
+    "--seq",
+    "16",
+    "--vocab-size",
+    "320",
+    "--eval-every",
+    "5",
+    "--checkpoint-every",
+    "0",
+];
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn step_losses(lines: &[serde_json::Value]) -> Vec<(u64, f64)> {
+    lines
+        .iter()
+        .filter(|v| v["event"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
+    let data = corpus(dir);
+    let out = dir.join(out);
+    let mut args = vec![
+        "train",
+        "--json",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(extra);
+    octet(&args)
+}
+
+#[test]
+fn train_json_reports_steps_and_summary_and_loss_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "30"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    let losses = step_losses(&lines);
+    assert_eq!(losses.len(), 30);
+    for v in lines.iter().filter(|v| v["event"] == "step") {
+        for k in ["step", "loss", "lr", "grad_norm", "tokens_per_s"] {
+            assert!(v[k].is_number(), "missing {k} in {v}");
+        }
+    }
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    for k in ["final_loss", "val_loss", "tokens_per_s", "peak_rss_bytes"] {
+        assert!(summary[k].is_number(), "summary lacks {k}: {summary}");
+    }
+    let first: f64 = losses[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    let last: f64 = losses[25..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    assert!(last < first - 0.3, "loss did not fall: {first} -> {last}");
+    assert!(dir.path().join("run/latest").is_file());
+}
+
+#[test]
+fn resume_is_bit_identical_to_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = train(dir.path(), "a", &["--steps", "20"]);
+    assert!(straight.status.success(), "{}", stderr(&straight));
+    let first = train(dir.path(), "b", &["--steps", "20", "--until", "10"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let b = dir.path().join("b");
+    let resumed = octet(&["train", "--json", "--resume", b.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let mut pieced = step_losses(&json_lines(&first));
+    pieced.extend(step_losses(&json_lines(&resumed)));
+    let whole = step_losses(&json_lines(&straight));
+    assert_eq!(pieced.len(), 20);
+    assert_eq!(
+        pieced, whole,
+        "10 + resume + 10 must equal 20 straight, loss for loss"
+    );
+}
+
+#[test]
+fn generate_samples_text_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train(dir.path(), "run", &["--steps", "3"]).status.success());
+    let ck = dir.path().join("run");
+    let o = octet(&[
+        "generate",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--prompt",
+        "Python is",
+        "--max-tokens",
+        "12",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = &json_lines(&o)[0];
+    assert_eq!(v["tokens"], 12);
+    assert!(!v["text"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn missing_data_file_is_a_clear_error() {
+    let o = octet(&["train", "--data", "/nonexistent/octet.txt", "--steps", "1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/octet.txt"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn unknown_config_key_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, "steps = 3\nlearning_rate = 0.1\n").unwrap();
+    let o = octet(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("run.toml") && e.contains("learning_rate"), "{e}");
+}
+
+#[test]
+fn bad_flag_values_are_rejected_with_the_field() {
+    let o = octet(&["train", "--batch", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("batch"), "{}", stderr(&o));
+    let o = octet(&["train", "--model", "gpt5"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("gpt5"), "{}", stderr(&o));
+    let o = octet(&["train", "--seq", "10000", "--steps", "1", "--model", "tiny"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("seq"), "{}", stderr(&o));
+}
+
+#[test]
+fn corrupt_checkpoint_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train(dir.path(), "run", &["--steps", "2"]).status.success());
+    let ck = dir.path().join("run/ckpt-000002");
+    let model = ck.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let o = octet(&["generate", "--checkpoint", ck.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("model.safetensors"), "{}", stderr(&o));
+}
+
+#[test]
+fn checkpoint_shape_mismatch_reports_expected_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train(dir.path(), "run", &["--steps", "2"]).status.success());
+    let ck = dir.path().join("run/ckpt-000002");
+    let state = ck.join("state.json");
+    let s = std::fs::read_to_string(&state)
+        .unwrap()
+        .replace("\"n_layer\": 2", "\"n_layer\": 3");
+    std::fs::write(&state, s).unwrap();
+    let o = octet(&["generate", "--checkpoint", ck.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("expected shape [3")
+            && e.contains("found [2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_finite_loss_stops_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "20", "--lr", "1e30"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("non-finite"), "{}", stderr(&o));
+}
+
+#[test]
+fn non_utf8_data_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bin.txt");
+    std::fs::write(&p, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
+    let o = octet(&["train", "--data", p.to_str().unwrap(), "--steps", "1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("bin.txt") && stderr(&o).contains("UTF-8"),
+        "{}",
+        stderr(&o)
+    );
+}
