@@ -28,6 +28,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Cmd {
     /// Train a GPT-2 model (with no flags: a small model on the embedded Python tutorial, ~2 min).
     Train(TrainArgs),

@@ -271,37 +271,96 @@ pub fn matmul_backward(
     }
 }
 
-#[inline]
-fn gelu(x: f32) -> f32 {
-    let (s, k) = (GELU_SCALE as f32, GELU_CUBIC as f32);
-    0.5 * x * (1.0 + (s * (x + k * x * x * x)).tanh())
+/// e^x for x in [-87, 88] without libm, branch-free so loops over it vectorise: x = n ln2 + r with
+/// |r| <= ln2/2 (Cody–Waite split of ln2), e^r by its degree-6 Taylor polynomial (truncation
+/// |r|^7/7! <= 0.347^7/5040 = 1.2e-7 relative), then 2^n through the exponent bits. Relative error
+/// ~2 ulp; inputs below -87 give ~e^-87 rather than 0 (harmless next to any softmax maximum).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75; // ln 2 rounded to 16 significant bits: n * LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6; // ln 2 - LN2_HI
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-#[inline]
+/// tanh(u) = sign(u) (1 - e^{-2|u|}) / (1 + e^{-2|u|}); absolute error ~1e-7 (relative error grows
+/// only where tanh itself is ~1e-7, which GELU and its derivative multiply by u anyway).
+#[inline(always)]
+pub fn fast_tanh(u: f32) -> f32 {
+    let t = fast_exp(-2.0 * u.abs());
+    ((1.0 - t) / (1.0 + t)).copysign(u)
+}
+
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    let (s, k) = (GELU_SCALE as f32, GELU_CUBIC as f32);
+    0.5 * x * (1.0 + fast_tanh(s * (x + k * x * x * x)))
+}
+
+#[inline(always)]
 fn gelu_grad(x: f32) -> f32 {
     let (s, k) = (GELU_SCALE as f32, GELU_CUBIC as f32);
-    let th = (s * (x + k * x * x * x)).tanh();
+    let th = fast_tanh(s * (x + k * x * x * x));
     0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * s * (1.0 + 3.0 * k * x * x)
 }
+
+/// Run an elementwise loop body compiled for AVX2 where the CPU has it (8-wide), else baseline
+/// SSE2. No FMA contraction happens in either (Rust never fuses implicitly), so results are equal.
+macro_rules! simd_dispatch {
+    ($name:ident, ($($arg:ident: $ty:ty),*), $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+simd_dispatch!(gelu_chunk, (o: &mut [f32], x: &[f32]), {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = gelu(x);
+    }
+});
+
+simd_dispatch!(gelu_grad_chunk, (dx: &mut [f32], x: &[f32], d: &[f32]), {
+    for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(d) {
+        *dx = gelu_grad(x) * d;
+    }
+});
+
+simd_dispatch!(exp_shift_sum, (row: &mut [f32], shift: f32), {
+    // row <- exp(row - shift); returns nothing, the caller sums (keeps the sum order fixed).
+    for e in row.iter_mut() {
+        *e = fast_exp(*e - shift);
+    }
+});
 
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = gelu(x);
-            }
-        });
+        .for_each(|(o, x)| gelu_chunk(o, x));
 }
 
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
     dinp.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, d))| {
-            for i in 0..dx.len() {
-                dx[i] = gelu_grad(x[i]) * d[i];
-            }
-        });
+        .for_each(|(dx, (x, d))| gelu_grad_chunk(dx, x, d));
 }
 
 pub fn relu_forward(out: &mut [f32], inp: &[f32]) {
@@ -390,9 +449,9 @@ pub fn attention_forward(
                     let row = &mut s[i * tt..][..tt];
                     let mx = row[..=i].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
                     let mut z = 0.0f32;
-                    for e in row[..=i].iter_mut() {
-                        *e = (*e - mx).exp();
-                        z += *e;
+                    exp_shift_sum(&mut row[..=i], mx);
+                    for &e in row[..=i].iter() {
+                        z += e;
                     }
                     let inv = 1.0 / z;
                     row[..=i].iter_mut().for_each(|e| *e *= inv);
@@ -447,7 +506,7 @@ pub fn attention_backward(
                 for i in 0..tt {
                     let l = lse[h * tt + i];
                     let row = &mut p[i * tt..][..tt];
-                    row[..=i].iter_mut().for_each(|e| *e = (*e - l).exp());
+                    exp_shift_sum(&mut row[..=i], l);
                     row[i + 1..].fill(0.0);
                 }
                 sgemm(
@@ -508,9 +567,9 @@ pub fn softmax_xent_forward(
             let mx = row[..v].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
             let mut z = 0.0f32;
             let lt = row[tgt as usize];
-            for x in row[..v].iter_mut() {
-                *x = (*x - mx).exp();
-                z += *x;
+            exp_shift_sum(&mut row[..v], mx);
+            for &x in row[..v].iter() {
+                z += x;
             }
             *loss = mx + z.ln() - lt;
             let inv = 1.0 / z;

@@ -205,3 +205,20 @@ fn softmax_xent_matches_reference_and_ignores_padding() {
         assert!(row.iter().sum::<f32>().abs() < 1e-6);
     }
 }
+
+#[test]
+fn fast_exp_and_tanh_are_accurate_over_their_range() {
+    // exp: ~2 ulp relative (ulp = 6e-8) over the range softmax uses; tanh: ~1e-7 absolute.
+    let mut worst_exp = 0.0f64;
+    let mut worst_tanh = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -80.0 + 100.0 * i as f64 / 200_000.0;
+        let e = cpu::fast_exp(x as f32) as f64;
+        worst_exp = worst_exp.max((e - (x as f32 as f64).exp()).abs() / (x as f32 as f64).exp());
+        let u = -10.0 + 20.0 * i as f64 / 200_000.0;
+        worst_tanh =
+            worst_tanh.max((cpu::fast_tanh(u as f32) as f64 - (u as f32 as f64).tanh()).abs());
+    }
+    assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+    assert!(worst_tanh < 2e-7, "tanh absolute error {worst_tanh:e}");
+}

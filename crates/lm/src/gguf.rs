@@ -612,7 +612,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
                 )
             })?;
         let ne0 = dims.first().copied().unwrap_or(1);
-        if ne0 % info.block_elems != 0 {
+        if !ne0.is_multiple_of(info.block_elems) {
             return Err(c.err(
                 &format!("{field}.ne[0]"),
                 format!(
@@ -641,7 +641,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     let file_len = buf.len() as u64;
     for (i, t) in tensors.iter().enumerate() {
         let field = format!("tensor_infos[{i}] `{}`.offset", t.name);
-        if t.offset % alignment != 0 {
+        if !t.offset.is_multiple_of(alignment) {
             return Err(c.err(
                 &field,
                 format!(
@@ -913,7 +913,9 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> std::result::Res
         return Err(format!("unsupported ggml type {ty}"));
     }
     let n = out.len() as u64;
-    if n % info.block_elems != 0 || (n / info.block_elems) * info.block_bytes != src.len() as u64 {
+    if !n.is_multiple_of(info.block_elems)
+        || (n / info.block_elems) * info.block_bytes != src.len() as u64
+    {
         return Err(format!(
             "{} bytes of {} do not hold {n} elements",
             src.len(),
@@ -979,8 +981,9 @@ pub enum PreSplit {
     /// The GPT-2 regex alone (`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`).
     Gpt2,
     /// Every digit (`\p{N}`) split off on its own first, then the GPT-2 regex: llama.cpp's
-    /// STARCODER/SMOLLM group, and HF's `Sequence[Digits(individual_digits=true), ByteLevel]` in
-    /// SmolLM2's `tokenizer.json`. HF `Digits` uses `char::is_numeric` (Nd, Nl, No) = `\p{N}`.
+    /// STARCODER/SMOLLM regex set. In HF terms `Sequence[Digits(individual_digits=true),
+    /// ByteLevel]`, the StarCoder-style `tokenizer.json` that llama.cpp's converter labels `smollm`
+    /// (HF `Digits` splits on `char::is_numeric`: Nd, Nl, No, i.e. `\p{N}`).
     DigitsThenGpt2,
 }
 

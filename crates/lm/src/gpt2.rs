@@ -91,7 +91,7 @@ impl Gpt2Config {
                 ),
             );
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(
                 "n_head",
                 format!(

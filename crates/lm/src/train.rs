@@ -225,6 +225,7 @@ fn evaluate(model: &mut Gpt2<CpuBackend>, val: &Batches, n: usize) -> Result<f64
 
 /// How a run begins: fresh from a configuration, or from a checkpoint (whose configuration wins,
 /// except for an optionally longer horizon).
+#[allow(clippy::large_enum_variant)] // built once per run
 pub enum Start<'a> {
     Fresh(TrainConfig, Source<'a>),
     Resume { dir: PathBuf, steps: Option<usize> },

@@ -80,5 +80,5 @@ fn batches_are_deterministic_and_shifted() {
     for r in 0..4 {
         assert_eq!(x1[r * 16 + 1..(r + 1) * 16], y1[r * 16..(r + 1) * 16 - 1]);
     }
-    assert!(Shard::open(&prep.val).unwrap().len() > 0);
+    assert!(!Shard::open(&prep.val).unwrap().is_empty());
 }
