@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild crates/cli/assets/python-tutorial.txt, the corpus `octet train` embeds as its default:
-# the Python 3.11 tutorial (reStructuredText sources) from Debian's python3.11-doc package.
+# Rebuild crates/cli/assets/python-docs.txt, the corpus `octet train` embeds as its default: the
+# Python 3.11 tutorial, FAQ and language reference (reStructuredText sources, ~0.9 MB) from Debian's
+# python3.11-doc package.
 # Licence: PSF License Version 2 (crates/cli/assets/LICENSE-PSF.txt); source: docs.python.org.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,11 +11,12 @@ trap 'rm -rf "$work"' EXIT
 src="$work/x/usr/share/doc/python3.11/html/_sources"
 out="$root/crates/cli/assets"
 mkdir -p "$out"
-: > "$out/python-tutorial.txt.tmp"
-for f in appetite interpreter introduction controlflow datastructures modules inputoutput errors classes \
-         stdlib stdlib2 venv whatnow interactive floatingpoint appendix; do
-  cat "$src/tutorial/$f.rst.txt" >> "$out/python-tutorial.txt.tmp"
-  printf '\n\n' >> "$out/python-tutorial.txt.tmp"
+: > "$out/python-docs.txt.tmp"
+for f in tutorial/{appetite,interpreter,introduction,controlflow,datastructures,modules,inputoutput,errors,classes,stdlib,stdlib2,venv,whatnow,interactive,floatingpoint,appendix} \
+         faq/{general,programming,design,library,extending,windows,gui,installed} \
+         reference/{introduction,lexical_analysis,datamodel,executionmodel,import,expressions,simple_stmts,compound_stmts,toplevel_components,grammar}; do
+  cat "$src/$f.rst.txt" >> "$out/python-docs.txt.tmp"
+  printf '\n\n' >> "$out/python-docs.txt.tmp"
 done
-mv "$out/python-tutorial.txt.tmp" "$out/python-tutorial.txt"
+mv "$out/python-docs.txt.tmp" "$out/python-docs.txt"
 cp "$src/license.rst.txt" "$out/LICENSE-PSF.txt"

@@ -12,9 +12,9 @@ use octet_lm::generate::{SampleConfig, sample};
 use octet_lm::train::{self, Event, Source, Start, TrainConfig};
 use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
 
-/// The default corpus compiled into the binary: the Python 3.11 tutorial (PSF License v2, see
-/// crates/cli/assets/LICENSE-PSF.txt), rebuilt by tools/make_default_corpus.sh.
-const EMBEDDED_CORPUS: &str = include_str!("../assets/python-tutorial.txt");
+/// The default corpus compiled into the binary: the Python 3.11 tutorial, FAQ and language reference
+/// (0.9 MB, PSF License v2, see crates/cli/assets/LICENSE-PSF.txt), rebuilt by tools/make_default_corpus.sh.
+const EMBEDDED_CORPUS: &str = include_str!("../assets/python-docs.txt");
 
 #[derive(Parser)]
 #[command(
@@ -30,10 +30,40 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once
 enum Cmd {
-    /// Train a GPT-2 model (with no flags: a small model on the embedded Python tutorial, ~2 min).
+    /// Train a GPT-2 model (with no flags: a small model on the embedded Python docs, ~2 min).
     Train(TrainArgs),
     /// Sample text from a checkpoint.
     Generate(GenerateArgs),
+    /// Measure throughput (machine-readable with --json).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Training-step throughput of a GPT-2 on random tokens (forward, backward, clip, AdamW).
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args)]
+struct BenchTrainArgs {
+    /// Model preset: tiny, small, gpt2-124m.
+    #[arg(long, default_value = "small")]
+    model: String,
+    /// Vocabulary for tiny/small (gpt2-124m keeps 50257).
+    #[arg(long, default_value_t = 1024)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed steps (after warm-up); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -184,6 +214,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
             println!("{v}");
             return;
         }
+        // Without a terminal the bar is hidden: say the same things as plain lines on stderr.
+        let say = |m: String| {
+            if pb.is_hidden() {
+                eprintln!("{m}")
+            } else {
+                pb.println(m)
+            }
+        };
         match e {
             Event::Start {
                 params,
@@ -193,7 +231,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 start_step,
                 steps,
             } => {
-                pb.println(format!(
+                say(format!(
                     "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}",
                     *params as f64 / 1e6
                 ));
@@ -201,17 +239,21 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 pb.set_position(*start_step as u64);
             }
             Event::Step(s) => {
-                pb.set_position(s.step as u64);
-                pb.set_message(format!(
+                let msg = format!(
                     "loss {:.4}  lr {:.2e}  {:.0} tok/s",
                     s.loss, s.lr, s.tokens_per_s
-                ));
+                );
+                if pb.is_hidden() && (s.step % 50 == 0 || s.step == 1) {
+                    eprintln!("step {:>6}: {msg}", s.step);
+                }
+                pb.set_position(s.step as u64);
+                pb.set_message(msg);
             }
             Event::Eval { step, val_loss } => {
-                pb.println(format!("step {step:>6}: validation loss {val_loss:.4}"))
+                say(format!("step {step:>6}: validation loss {val_loss:.4}"))
             }
             Event::Checkpoint { step, path } => {
-                pb.println(format!("step {step:>6}: checkpoint {}", path.display()))
+                say(format!("step {step:>6}: checkpoint {}", path.display()))
             }
         }
     };
@@ -275,11 +317,43 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_bench(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Train(a) => {
+            let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
+            if a.seq == 0 || a.seq > cfg.max_seq_len || a.batch == 0 || a.steps == 0 {
+                return Err(Error::config(
+                    "seq/batch/steps",
+                    format!("need 0 < seq <= {}, batch > 0, steps > 0", cfg.max_seq_len),
+                ));
+            }
+            let r = octet_lm::bench::bench_train(cfg, a.batch, a.seq, a.steps, a.warmup, 0)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r).expect("serialises"));
+            } else {
+                println!(
+                    "{} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    a.model,
+                    r.params as f64 / 1e6,
+                    r.batch,
+                    r.seq,
+                    r.median_step_ms,
+                    r.tokens_per_s,
+                    r.gflops,
+                    r.peak_rss_bytes as f64 / (1 << 20) as f64
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Train(a) => run_train(a),
         Cmd::Generate(a) => run_generate(a),
+        Cmd::Bench(c) => run_bench(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

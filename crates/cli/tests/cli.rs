@@ -17,7 +17,7 @@ fn stderr(o: &Output) -> String {
 
 /// A small training text: the first 40 kB of the embedded corpus.
 fn corpus(dir: &Path) -> PathBuf {
-    let full = include_str!("../assets/python-tutorial.txt");
+    let full = include_str!("../assets/python-docs.txt");
     let cut = full
         .char_indices()
         .nth(40_000)

@@ -1,6 +1,7 @@
 //! octet-lm: GPT-2 model, data pipeline (tokenizer, token shards, batches), trainer, checkpoints and
 //! generation.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod generate;
