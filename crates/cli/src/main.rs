@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use octet_core::{Error, Result};
 use octet_kernels::CpuBackend;
 use octet_lm::generate::{SampleConfig, sample};
+use octet_lm::precision::Precision;
 use octet_lm::train::{self, Event, Source, Start, TrainConfig};
 use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
 
@@ -17,11 +18,7 @@ use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
 const EMBEDDED_CORPUS: &str = include_str!("../assets/python-docs.txt");
 
 #[derive(Parser)]
-#[command(
-    name = "octet",
-    version,
-    about = "Efficient training of transformers and graph networks, FP8 included"
-)]
+#[command(name = "octet", version, about = "Efficient training of transformers and graph networks, FP8 included")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -50,6 +47,9 @@ struct BenchTrainArgs {
     /// Model preset: tiny, small, gpt2-124m.
     #[arg(long, default_value = "small")]
     model: String,
+    /// GEMM precision: fp32, bf16, fp8-te.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Vocabulary for tiny/small (gpt2-124m keeps 50257).
     #[arg(long, default_value_t = 1024)]
     vocab_size: usize,
@@ -74,6 +74,9 @@ struct TrainArgs {
     /// Model preset: tiny, small, gpt2-124m.
     #[arg(long)]
     model: Option<String>,
+    /// GEMM precision: fp32, bf16, fp8-te (fp8-o1 and fp8-o2 are not implemented yet).
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Text file (UTF-8) or prepared data directory (tokenizer.json, train.bin, val.bin).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -134,8 +137,7 @@ struct GenerateArgs {
 
 fn load_config(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text)
-        .map_err(|e| Error::format(path, "config", e.to_string().trim().replace('\n', " ")))
+    toml::from_str(&text).map_err(|e| Error::format(path, "config", e.to_string().trim().replace('\n', " ")))
 }
 
 fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
@@ -146,18 +148,7 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! over {
         ($($f:ident),*) => { $(if let Some(v) = &a.$f { c.$f = v.clone(); })* };
     }
-    over!(
-        model,
-        vocab_size,
-        steps,
-        batch,
-        seq,
-        lr,
-        seed,
-        eval_every,
-        checkpoint_every,
-        out
-    );
+    over!(model, precision, vocab_size, steps, batch, seq, lr, seed, eval_every, checkpoint_every, out);
     if a.data.is_some() {
         c.data = a.data.clone();
     }
@@ -177,10 +168,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                     "a resumed run keeps its checkpoint's configuration; only --steps and --until may change",
                 ));
             }
-            Start::Resume {
-                dir: dir.clone(),
-                steps: a.steps,
-            }
+            Start::Resume { dir: dir.clone(), steps: a.steps }
         }
         None => {
             let cfg = resolve_train(&a)?;
@@ -192,16 +180,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
         }
     };
     let json = a.json;
-    let pb = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
+    let pb = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
     pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
+            .expect("valid template"),
     );
     let mut on = |e: &Event| {
         if json {
@@ -216,21 +198,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
         }
         // Without a terminal the bar is hidden: say the same things as plain lines on stderr.
         let say = |m: String| {
-            if pb.is_hidden() {
-                eprintln!("{m}")
-            } else {
-                pb.println(m)
-            }
+            if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) }
         };
         match e {
-            Event::Start {
-                params,
-                train_tokens,
-                val_tokens,
-                vocab_size,
-                start_step,
-                steps,
-            } => {
+            Event::Start { params, train_tokens, val_tokens, vocab_size, start_step, steps } => {
                 say(format!(
                     "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}",
                     *params as f64 / 1e6
@@ -239,22 +210,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 pb.set_position(*start_step as u64);
             }
             Event::Step(s) => {
-                let msg = format!(
-                    "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-                    s.loss, s.lr, s.tokens_per_s
-                );
+                let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, s.tokens_per_s);
                 if pb.is_hidden() && (s.step % 50 == 0 || s.step == 1) {
                     eprintln!("step {:>6}: {msg}", s.step);
                 }
                 pb.set_position(s.step as u64);
                 pb.set_message(msg);
             }
-            Event::Eval { step, val_loss } => {
-                say(format!("step {step:>6}: validation loss {val_loss:.4}"))
-            }
-            Event::Checkpoint { step, path } => {
-                say(format!("step {step:>6}: checkpoint {}", path.display()))
-            }
+            Event::Eval { step, val_loss } => say(format!("step {step:>6}: validation loss {val_loss:.4}")),
+            Event::Checkpoint { step, path } => say(format!("step {step:>6}: checkpoint {}", path.display())),
         }
     };
     let summary = train::run(start, a.until, &mut on)?;
@@ -286,17 +250,9 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut model = Gpt2::new(ck.state.model, CpuBackend, ck.params)?;
     let prompt = tok.encode(&a.prompt)?;
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.cfg.vocab_size) {
-        return Err(Error::config(
-            "prompt",
-            format!("token {bad} is outside the model's vocabulary"),
-        ));
+        return Err(Error::config("prompt", format!("token {bad} is outside the model's vocabulary")));
     }
-    let sc = SampleConfig {
-        max_new_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        seed: a.seed,
-    };
+    let sc = SampleConfig { max_new_tokens: a.max_tokens, temperature: a.temperature, top_k: a.top_k, seed: a.seed };
     let t0 = std::time::Instant::now();
     let ids = sample(&mut model, &prompt, &sc)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -308,11 +264,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         );
     } else {
         println!("{}{}", a.prompt, text);
-        eprintln!(
-            "[{} tokens, {:.1} tokens/s]",
-            ids.len(),
-            ids.len() as f64 / secs
-        );
+        eprintln!("[{} tokens, {:.1} tokens/s]", ids.len(), ids.len() as f64 / secs);
     }
     Ok(())
 }
@@ -327,13 +279,14 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
                     format!("need 0 < seq <= {}, batch > 0, steps > 0", cfg.max_seq_len),
                 ));
             }
-            let r = octet_lm::bench::bench_train(cfg, a.batch, a.seq, a.steps, a.warmup, 0)?;
+            let r = octet_lm::bench::bench_train(cfg, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r).expect("serialises"));
             } else {
                 println!(
-                    "{} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    "{} {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
                     a.model,
+                    a.precision,
                     r.params as f64 / 1e6,
                     r.batch,
                     r.seq,

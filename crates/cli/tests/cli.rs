@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn octet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_octet"))
-        .args(args)
-        .output()
-        .expect("run octet")
+    Command::new(env!("CARGO_BIN_EXE_octet")).args(args).output().expect("run octet")
 }
 
 fn stderr(o: &Output) -> String {
@@ -18,10 +15,7 @@ fn stderr(o: &Output) -> String {
 /// A small training text: the first 40 kB of the embedded corpus.
 fn corpus(dir: &Path) -> PathBuf {
     let full = include_str!("../assets/python-docs.txt");
-    let cut = full
-        .char_indices()
-        .nth(40_000)
-        .map_or(full.len(), |(i, _)| i);
+    let cut = full.char_indices().nth(40_000).map_or(full.len(), |(i, _)| i);
     let p = dir.join("corpus.txt");
     std::fs::write(&p, &full[..cut]).unwrap();
     p
@@ -60,14 +54,7 @@ fn step_losses(lines: &[serde_json::Value]) -> Vec<(u64, f64)> {
 fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
     let data = corpus(dir);
     let out = dir.join(out);
-    let mut args = vec![
-        "train",
-        "--json",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["train", "--json", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(&TINY);
     args.extend_from_slice(extra);
     octet(&args)
@@ -97,12 +84,15 @@ fn train_json_reports_steps_and_summary_and_loss_falls() {
     assert!(dir.path().join("run/latest").is_file());
 }
 
-#[test]
-fn resume_is_bit_identical_to_an_uninterrupted_run() {
+/// 20 steps straight vs 10 + resume + 10, loss for loss.
+fn assert_resume_bit_identical(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let straight = train(dir.path(), "a", &["--steps", "20"]);
+    let mut a = vec!["--steps", "20"];
+    a.extend_from_slice(extra);
+    let straight = train(dir.path(), "a", &a);
     assert!(straight.status.success(), "{}", stderr(&straight));
-    let first = train(dir.path(), "b", &["--steps", "20", "--until", "10"]);
+    a.extend_from_slice(&["--until", "10"]);
+    let first = train(dir.path(), "b", &a);
     assert!(first.status.success(), "{}", stderr(&first));
     let b = dir.path().join("b");
     let resumed = octet(&["train", "--json", "--resume", b.to_str().unwrap()]);
@@ -111,10 +101,17 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     pieced.extend(step_losses(&json_lines(&resumed)));
     let whole = step_losses(&json_lines(&straight));
     assert_eq!(pieced.len(), 20);
-    assert_eq!(
-        pieced, whole,
-        "10 + resume + 10 must equal 20 straight, loss for loss"
-    );
+    assert_eq!(pieced, whole, "10 + resume + 10 must equal 20 straight, loss for loss");
+}
+
+#[test]
+fn resume_is_bit_identical_to_an_uninterrupted_run() {
+    assert_resume_bit_identical(&[]);
+}
+
+#[test]
+fn resume_is_bit_identical_at_fp8_te_with_its_scaling_state() {
+    assert_resume_bit_identical(&["--precision", "fp8-te"]);
 }
 
 #[test]
@@ -142,11 +139,7 @@ fn generate_samples_text_from_a_checkpoint() {
 fn missing_data_file_is_a_clear_error() {
     let o = octet(&["train", "--data", "/nonexistent/octet.txt", "--steps", "1"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("/nonexistent/octet.txt"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("/nonexistent/octet.txt"), "{}", stderr(&o));
 }
 
 #[test]
@@ -192,19 +185,12 @@ fn checkpoint_shape_mismatch_reports_expected_and_found() {
     assert!(train(dir.path(), "run", &["--steps", "2"]).status.success());
     let ck = dir.path().join("run/ckpt-000002");
     let state = ck.join("state.json");
-    let s = std::fs::read_to_string(&state)
-        .unwrap()
-        .replace("\"n_layer\": 2", "\"n_layer\": 3");
+    let s = std::fs::read_to_string(&state).unwrap().replace("\"n_layer\": 2", "\"n_layer\": 3");
     std::fs::write(&state, s).unwrap();
     let o = octet(&["generate", "--checkpoint", ck.to_str().unwrap()]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(
-        e.contains("model.safetensors")
-            && e.contains("expected shape [3")
-            && e.contains("found [2"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("expected shape [3") && e.contains("found [2"), "{e}");
 }
 
 #[test]
@@ -222,9 +208,5 @@ fn non_utf8_data_is_a_clear_error() {
     std::fs::write(&p, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
     let o = octet(&["train", "--data", p.to_str().unwrap(), "--steps", "1"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("bin.txt") && stderr(&o).contains("UTF-8"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("bin.txt") && stderr(&o).contains("UTF-8"), "{}", stderr(&o));
 }

@@ -136,21 +136,13 @@ impl Fp8Format {
     /// (0x7F). E5M2: the quiet NaN, exponent all-ones and the top mantissa bit (0x7E).
     pub const fn nan_code(self) -> u8 {
         let m = self.mantissa_bits();
-        let mantissa = if self.has_infinity() {
-            1 << (m - 1)
-        } else {
-            self.mantissa_field_max()
-        };
+        let mantissa = if self.has_infinity() { 1 << (m - 1) } else { self.mantissa_field_max() };
         ((self.exponent_field_max() << m) | mantissa) as u8
     }
 
     /// Code of +inf (exponent all-ones, mantissa 0), if the format has one.
     pub const fn inf_code(self) -> Option<u8> {
-        if self.has_infinity() {
-            Some((self.exponent_field_max() << self.mantissa_bits()) as u8)
-        } else {
-            None
-        }
+        if self.has_infinity() { Some((self.exponent_field_max() << self.mantissa_bits()) as u8) } else { None }
     }
 
     /// Largest finite value: 448 for E4M3, 57344 for E5M2.
@@ -172,11 +164,7 @@ impl Fp8Format {
     pub const fn is_nan_code(self, code: u8) -> bool {
         let abs = (code & !FP8_SIGN) as u32;
         let top = self.exponent_field_max() << self.mantissa_bits();
-        if self.has_infinity() {
-            abs > top
-        } else {
-            abs == (top | self.mantissa_field_max())
-        }
+        if self.has_infinity() { abs > top } else { abs == (top | self.mantissa_field_max()) }
     }
 
     /// The f32 value of every code, indexed by code; NaN codes decode to NaN with the code's sign.
@@ -216,10 +204,7 @@ impl TryFrom<DType> for Fp8Format {
             DType::E5M2 => Ok(Fp8Format::E5M2),
             other => Err(crate::Error::Config {
                 field: "dtype".into(),
-                msg: format!(
-                    "expected an FP8 format (e4m3 or e5m2), found {}",
-                    other.name()
-                ),
+                msg: format!("expected an FP8 format (e4m3 or e5m2), found {}", other.name()),
             }),
         }
     }
@@ -247,11 +232,7 @@ const fn decode_bits(fmt: Fp8Format, code: u8) -> f32 {
         let f32_exponent = (exponent as i32 - fmt.bias() + F32_BIAS) as u32;
         f32::from_bits((f32_exponent << F32_MANTISSA_BITS) | (mantissa << (F32_MANTISSA_BITS - m)))
     };
-    if code & FP8_SIGN != 0 {
-        -magnitude
-    } else {
-        magnitude
-    }
+    if code & FP8_SIGN != 0 { -magnitude } else { magnitude }
 }
 
 const fn build_decode_table(fmt: Fp8Format) -> [f32; 256] {
@@ -300,15 +281,9 @@ pub fn encode(fmt: Fp8Format, x: f32, overflow: Overflow) -> u8 {
     let normal = ((abs + round) >> shift).wrapping_sub(rebias);
 
     let magic = fmt.min_subnormal() * pow2(F32_MANTISSA_BITS as i32);
-    let subnormal = (f32::from_bits(abs) + magic)
-        .to_bits()
-        .wrapping_sub(magic.to_bits());
+    let subnormal = (f32::from_bits(abs) + magic).to_bits().wrapping_sub(magic.to_bits());
 
-    let mut code = if abs < fmt.min_normal().to_bits() {
-        subnormal
-    } else {
-        normal
-    };
+    let mut code = if abs < fmt.min_normal().to_bits() { subnormal } else { normal };
     let overflow_code = match overflow {
         Overflow::Saturate => fmt.max_code(),
         Overflow::NonSaturating => fmt.overflow_code(),
@@ -349,21 +324,13 @@ pub fn encode_stochastic(fmt: Fp8Format, x: f32, random_bits: u32) -> u8 {
         // sig * 2^-s with s = 151 - bias - m - e > 0 (because |x| < 2^(1 - bias)).
         let field = abs >> F32_MANTISSA_BITS;
         let mantissa = abs & ((1 << F32_MANTISSA_BITS) - 1);
-        let (sig, e) = if field == 0 {
-            (mantissa, 1)
-        } else {
-            (mantissa | (1 << F32_MANTISSA_BITS), field as i32)
-        };
+        let (sig, e) = if field == 0 { (mantissa, 1) } else { (mantissa | (1 << F32_MANTISSA_BITS), field as i32) };
         let s = (F32_BIAS + F32_MANTISSA_BITS as i32 + 1 - fmt.bias() - m as i32 - e) as u32;
         (sig as u64, s, 0)
     };
     let truncated = sig.checked_shr(s).unwrap_or(0);
     let rem = sig - (truncated.checked_shl(s).unwrap_or(0));
-    let fraction32 = if s <= 32 {
-        rem << (32 - s)
-    } else {
-        rem.checked_shr(s - 32).unwrap_or(0)
-    };
+    let fraction32 = if s <= 32 { rem << (32 - s) } else { rem.checked_shr(s - 32).unwrap_or(0) };
     let up = u64::from((random_bits as u64) < fraction32);
     let code = (truncated + up).saturating_sub(offset);
     let code = code.min(fmt.max_code() as u64);
@@ -378,9 +345,7 @@ pub fn encode_stochastic(fmt: Fp8Format, x: f32, random_bits: u32) -> u8 {
 /// every NaN above +inf; the result is exact and independent of the chunking.
 pub fn amax(src: &[f32]) -> f32 {
     let bits = if src.len() >= PARALLEL_THRESHOLD {
-        src.par_chunks(PARALLEL_CHUNK)
-            .map(amax_bits)
-            .reduce(|| 0, u32::max)
+        src.par_chunks(PARALLEL_CHUNK).map(amax_bits).reduce(|| 0, u32::max)
     } else {
         amax_bits(src)
     };
@@ -406,21 +371,14 @@ fn amax_bits_avx2(src: &[f32]) -> u32 {
 fn amax_bits_kernel(src: &[f32]) -> u32 {
     // i32 rather than u32: |x| bits fit in 31 bits, and signed max vectorises on plain x86-64 (SSE2)
     // where unsigned max needs SSE4.1.
-    src.iter()
-        .fold(0i32, |acc, x| acc.max((x.to_bits() & F32_ABS_MASK) as i32)) as u32
+    src.iter().fold(0i32, |acc, x| acc.max((x.to_bits() & F32_ABS_MASK) as i32)) as u32
 }
 
 /// `dst[i] = encode(fmt, src[i] * scale, Saturate)`, the training cast; returns `amax(src)` (of the
 /// unscaled input, NaN if any element is NaN), computed in the same pass. Parallel above
 /// `PARALLEL_THRESHOLD`. Panics if the lengths differ.
 pub fn quantize(fmt: Fp8Format, src: &[f32], scale: f32, dst: &mut [u8]) -> f32 {
-    assert_eq!(
-        src.len(),
-        dst.len(),
-        "quantize: src has {} elements, dst {}",
-        src.len(),
-        dst.len()
-    );
+    assert_eq!(src.len(), dst.len(), "quantize: src has {} elements, dst {}", src.len(), dst.len());
     // One monomorphised kernel per format, so the format's constants fold into the loop.
     let kernel: fn(&[f32], f32, &mut [u8]) -> u32 = match fmt {
         Fp8Format::E4M3 => quantize_dispatch::<true>,
@@ -457,11 +415,7 @@ fn quantize_avx2<const E4M3: bool>(src: &[f32], scale: f32, dst: &mut [u8]) -> u
 
 #[inline(always)]
 fn quantize_kernel<const E4M3: bool>(src: &[f32], scale: f32, dst: &mut [u8]) -> u32 {
-    let fmt = if E4M3 {
-        Fp8Format::E4M3
-    } else {
-        Fp8Format::E5M2
-    };
+    let fmt = if E4M3 { Fp8Format::E4M3 } else { Fp8Format::E5M2 };
     let mut acc = 0i32;
     for (d, &x) in dst.iter_mut().zip(src) {
         acc = acc.max((x.to_bits() & F32_ABS_MASK) as i32);
@@ -474,13 +428,7 @@ fn quantize_kernel<const E4M3: bool>(src: &[f32], scale: f32, dst: &mut [u8]) ->
 /// lengths differ. The 256 products are formed once (the same roundings as per element), so the loop
 /// is a single table lookup.
 pub fn dequantize(fmt: Fp8Format, src: &[u8], scale_inv: f32, dst: &mut [f32]) {
-    assert_eq!(
-        src.len(),
-        dst.len(),
-        "dequantize: src has {} elements, dst {}",
-        src.len(),
-        dst.len()
-    );
+    assert_eq!(src.len(), dst.len(), "dequantize: src has {} elements, dst {}", src.len(), dst.len());
     let table = fmt.decode_table().map(|v| v * scale_inv);
     let kernel = |s: &[u8], d: &mut [f32]| {
         for (d, &c) in d.iter_mut().zip(s) {
@@ -488,9 +436,7 @@ pub fn dequantize(fmt: Fp8Format, src: &[u8], scale_inv: f32, dst: &mut [f32]) {
         }
     };
     if src.len() >= PARALLEL_THRESHOLD {
-        src.par_chunks(PARALLEL_CHUNK)
-            .zip(dst.par_chunks_mut(PARALLEL_CHUNK))
-            .for_each(|(s, d)| kernel(s, d));
+        src.par_chunks(PARALLEL_CHUNK).zip(dst.par_chunks_mut(PARALLEL_CHUNK)).for_each(|(s, d)| kernel(s, d));
     } else {
         kernel(src, dst);
     }

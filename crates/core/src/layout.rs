@@ -43,22 +43,12 @@ impl Layout {
         let mut offset = 0;
         for (name, shape) in entries {
             let name = name.into();
-            assert!(
-                specs.iter().all(|s: &TensorSpec| s.name != name),
-                "duplicate tensor name {name}"
-            );
+            assert!(specs.iter().all(|s: &TensorSpec| s.name != name), "duplicate tensor name {name}");
             let n: usize = shape.iter().product();
-            specs.push(TensorSpec {
-                name,
-                shape,
-                offset,
-            });
+            specs.push(TensorSpec { name, shape, offset });
             offset += n;
         }
-        Layout {
-            specs,
-            total: offset,
-        }
+        Layout { specs, total: offset }
     }
     pub fn total(&self) -> usize {
         self.total
@@ -71,8 +61,7 @@ impl Layout {
     }
     /// Like `id`, but a missing name is a programming error.
     pub fn expect_id(&self, name: &str) -> TensorId {
-        self.id(name)
-            .unwrap_or_else(|| panic!("layout has no tensor `{name}`"))
+        self.id(name).unwrap_or_else(|| panic!("layout has no tensor `{name}`"))
     }
     pub fn spec(&self, id: TensorId) -> &TensorSpec {
         &self.specs[id.0]
@@ -84,12 +73,7 @@ impl Layout {
     pub fn range_at(&self, id: TensorId, i: usize) -> Range<usize> {
         let s = &self.specs[id.0];
         let stride: usize = s.shape[1..].iter().product();
-        assert!(
-            i < s.shape[0],
-            "{}: index {i} out of {}",
-            s.name,
-            s.shape[0]
-        );
+        assert!(i < s.shape[0], "{}: index {i} out of {}", s.name, s.shape[0]);
         let start = s.offset + i * stride;
         start..start + stride
     }
@@ -112,11 +96,7 @@ impl<T: Copy + Default> Slab<T> {
 impl<T> Slab<T> {
     pub fn from_vec(layout: Arc<Layout>, data: Vec<T>) -> Result<Self> {
         if data.len() != layout.total() {
-            return Err(Error::Shape {
-                name: "slab".into(),
-                expected: vec![layout.total()],
-                found: vec![data.len()],
-            });
+            return Err(Error::Shape { name: "slab".into(), expected: vec![layout.total()], found: vec![data.len()] });
         }
         Ok(Slab { layout, data })
     }
@@ -136,16 +116,11 @@ impl<T> Slab<T> {
     }
     /// Iterate `(spec, values)` over the layout table.
     pub fn iter(&self) -> impl Iterator<Item = (&TensorSpec, &[T])> {
-        self.layout
-            .specs()
-            .iter()
-            .map(|s| (s, &self.data[s.range()]))
+        self.layout.specs().iter().map(|s| (s, &self.data[s.range()]))
     }
     /// Mutable views of `N` pairwise-disjoint ranges (panics on overlap: a layout bug).
     pub fn disjoint_mut<const N: usize>(&mut self, ranges: [Range<usize>; N]) -> [&mut [T]; N] {
-        self.data
-            .get_disjoint_mut(ranges)
-            .unwrap_or_else(|e| panic!("overlapping or out-of-bounds slab views: {e:?}"))
+        self.data.get_disjoint_mut(ranges).unwrap_or_else(|e| panic!("overlapping or out-of-bounds slab views: {e:?}"))
     }
 }
 

@@ -58,10 +58,7 @@ struct AmaxHistoryRepr {
 
 impl From<AmaxHistory> for AmaxHistoryRepr {
     fn from(h: AmaxHistory) -> Self {
-        AmaxHistoryRepr {
-            window: h.window,
-            values: h.iter().collect(),
-        }
+        AmaxHistoryRepr { window: h.window, values: h.iter().collect() }
     }
 }
 
@@ -69,11 +66,7 @@ impl TryFrom<AmaxHistoryRepr> for AmaxHistory {
     type Error = String;
     fn try_from(r: AmaxHistoryRepr) -> std::result::Result<Self, String> {
         if r.window == 0 || r.values.len() > r.window {
-            return Err(format!(
-                "amax history: window {} must be >= 1 and >= the {} values",
-                r.window,
-                r.values.len()
-            ));
+            return Err(format!("amax history: window {} must be >= 1 and >= the {} values", r.window, r.values.len()));
         }
         let mut h = AmaxHistory::new(r.window);
         r.values.into_iter().for_each(|v| h.push(v));
@@ -85,11 +78,7 @@ impl AmaxHistory {
     /// An empty history. Panics if `window == 0` (`Recipe::validate` reports that as an error).
     pub fn new(window: usize) -> Self {
         assert!(window >= 1, "amax history window must be at least 1");
-        AmaxHistory {
-            window,
-            values: Vec::with_capacity(window),
-            next: 0,
-        }
+        AmaxHistory { window, values: Vec::with_capacity(window), next: 0 }
     }
     pub fn window(&self) -> usize {
         self.window
@@ -114,13 +103,7 @@ impl AmaxHistory {
     }
     /// Max over the window: 0 when empty (which keeps the scale), NaN if any value is NaN.
     pub fn max(&self) -> f32 {
-        self.values.iter().fold(0.0f32, |acc, &v| {
-            if acc.is_nan() || v.is_nan() {
-                f32::NAN
-            } else {
-                acc.max(v)
-            }
-        })
+        self.values.iter().fold(0.0f32, |acc, &v| if acc.is_nan() || v.is_nan() { f32::NAN } else { acc.max(v) })
     }
     /// The most recent amax.
     pub fn latest(&self) -> Option<f32> {
@@ -132,9 +115,7 @@ impl AmaxHistory {
     }
     /// Values oldest first.
     pub fn iter(&self) -> impl Iterator<Item = f32> + '_ {
-        let (newer, older) = self
-            .values
-            .split_at(if self.is_full() { self.next } else { 0 });
+        let (newer, older) = self.values.split_at(if self.is_full() { self.next } else { 0 });
         older.iter().chain(newer).copied()
     }
 }
@@ -206,13 +187,7 @@ pub struct ScalingMeta {
 impl ScalingMeta {
     /// Scale 1, empty history. Panics if `window == 0`.
     pub fn new(format: Fp8Format, window: usize, margin: i32) -> Self {
-        ScalingMeta {
-            format,
-            scale: 1.0,
-            scale_inv: 1.0,
-            amax_history: AmaxHistory::new(window),
-            margin,
-        }
+        ScalingMeta { format, scale: 1.0, scale_inv: 1.0, amax_history: AmaxHistory::new(window), margin }
     }
     pub fn fp_max(&self) -> f32 {
         self.format.max()
@@ -251,16 +226,24 @@ impl ScalingMeta {
     ///
     /// Panics if the lengths differ.
     pub fn quantize(&mut self, mode: ScalingMode, src: &[f32], dst: &mut [u8]) -> f32 {
+        let format = self.format;
+        self.cast_with(mode, || fp8::amax(src), |scale| fp8::quantize(format, src, scale, dst))
+    }
+    /// The scaling policy of `quantize` with the cast itself supplied: `amax()` measures the source
+    /// (called only when the scale must come from it), `cast(scale)` casts at `scale` and returns the
+    /// source's amax. Lets a backend cast in its own memory (a quantise-dequantise into f32 scratch,
+    /// a device kernel) under exactly the same scale decisions.
+    pub fn cast_with(&mut self, mode: ScalingMode, amax: impl FnOnce() -> f32, cast: impl FnOnce(f32) -> f32) -> f32 {
         if mode == ScalingMode::JustInTime || self.in_warm_up() {
-            let amax = fp8::amax(src);
-            self.update_just_in_time(amax);
-            fp8::quantize(self.format, src, self.scale, dst);
-            amax
+            let a = amax();
+            self.update_just_in_time(a);
+            cast(self.scale);
+            a
         } else {
             self.refresh_scale();
-            let amax = fp8::quantize(self.format, src, self.scale, dst);
-            self.amax_history.push(amax);
-            amax
+            let a = cast(self.scale);
+            self.amax_history.push(a);
+            a
         }
     }
     /// `dst = decode(src) * scale_inv`. Panics if the lengths differ.
@@ -280,20 +263,11 @@ pub struct Fp8Tensor {
 
 impl Fp8Tensor {
     /// Quantise `src` (of `shape`) with `meta` (see `ScalingMeta::quantize`), which the tensor keeps.
-    pub fn quantize(
-        src: &[f32],
-        shape: &[usize],
-        mut meta: ScalingMeta,
-        mode: ScalingMode,
-    ) -> Result<Self> {
+    pub fn quantize(src: &[f32], shape: &[usize], mut meta: ScalingMeta, mode: ScalingMode) -> Result<Self> {
         check_len("Fp8Tensor::quantize src", shape, src.len())?;
         let mut bytes = vec![0u8; src.len()];
         meta.quantize(mode, src, &mut bytes);
-        Ok(Fp8Tensor {
-            bytes,
-            shape: shape.to_vec(),
-            meta,
-        })
+        Ok(Fp8Tensor { bytes, shape: shape.to_vec(), meta })
     }
     /// Quantise new values of the same shape into this tensor (e.g. a weight after an optimizer
     /// step), continuing its scaling history; returns the amax of `src`.
@@ -325,11 +299,7 @@ fn check_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
     if shape.iter().product::<usize>() == len {
         Ok(())
     } else {
-        Err(Error::Shape {
-            name: name.into(),
-            expected: shape.to_vec(),
-            found: vec![len],
-        })
+        Err(Error::Shape { name: name.into(), expected: shape.to_vec(), found: vec![len] })
     }
 }
 
@@ -348,12 +318,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
-        Role::Input,
-        Role::Weight,
-        Role::GradOutput,
-        Role::WeightGrad,
-    ];
+    pub const ALL: [Role; 4] = [Role::Input, Role::Weight, Role::GradOutput, Role::WeightGrad];
 
     /// The name used in recipes and config files.
     pub const fn name(self) -> &'static str {
@@ -393,22 +358,10 @@ impl Default for Recipe {
     fn default() -> Self {
         const WINDOW: usize = 16;
         Recipe {
-            input: RoleRecipe {
-                format: Fp8Format::E4M3,
-                window: WINDOW,
-            },
-            weight: RoleRecipe {
-                format: Fp8Format::E4M3,
-                window: WINDOW,
-            },
-            grad_output: RoleRecipe {
-                format: Fp8Format::E5M2,
-                window: WINDOW,
-            },
-            weight_grad: RoleRecipe {
-                format: Fp8Format::E4M3,
-                window: 1,
-            },
+            input: RoleRecipe { format: Fp8Format::E4M3, window: WINDOW },
+            weight: RoleRecipe { format: Fp8Format::E4M3, window: WINDOW },
+            grad_output: RoleRecipe { format: Fp8Format::E5M2, window: WINDOW },
+            weight_grad: RoleRecipe { format: Fp8Format::E4M3, window: 1 },
             margin: 0,
             mode: ScalingMode::Delayed,
         }

@@ -4,9 +4,7 @@
 //! rounding. `quantize_throughput` (ignored) times the slice kernels.
 
 use octet_core::Rng;
-use octet_core::fp8::{
-    self, Fp8Format, Overflow, PARALLEL_THRESHOLD, decode, encode, encode_stochastic,
-};
+use octet_core::fp8::{self, Fp8Format, Overflow, PARALLEL_THRESHOLD, decode, encode, encode_stochastic};
 use octet_core::{DType, Tolerance};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/fp8/");
@@ -14,36 +12,25 @@ const SIGN: u8 = 0x80;
 
 fn golden_bytes(name: &str) -> Vec<u8> {
     let path = format!("{GOLDEN}{name}");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{path}: {e} (regenerate with `python tools/ref/fp8_tables.py`)")
-    })
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (regenerate with `python tools/ref/fp8_tables.py`)"))
 }
 
 fn golden_u32(name: &str) -> Vec<u32> {
     let bytes = golden_bytes(name);
     assert_eq!(bytes.len() % 4, 0, "{name}: not a whole number of u32");
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 /// ml_dtypes' value of every code, in code order.
 fn golden_decode(fmt: Fp8Format) -> Vec<f32> {
-    let table: Vec<f32> = golden_u32(&format!("{}_decode.f32le", fmt.name()))
-        .into_iter()
-        .map(f32::from_bits)
-        .collect();
+    let table: Vec<f32> = golden_u32(&format!("{}_decode.f32le", fmt.name())).into_iter().map(f32::from_bits).collect();
     assert_eq!(table.len(), 256);
     table
 }
 
 /// The structured inputs and ml_dtypes' (non-saturating) encoding of each.
 fn golden_encode(fmt: Fp8Format) -> (Vec<f32>, Vec<u8>) {
-    let inputs: Vec<f32> = golden_u32("encode_inputs.f32le")
-        .into_iter()
-        .map(f32::from_bits)
-        .collect();
+    let inputs: Vec<f32> = golden_u32("encode_inputs.f32le").into_iter().map(f32::from_bits).collect();
     let codes = golden_bytes(&format!("{}_encode.u8", fmt.name()));
     let manifest = String::from_utf8(golden_bytes("MANIFEST.txt")).unwrap();
     let count: usize = manifest
@@ -53,12 +40,7 @@ fn golden_encode(fmt: Fp8Format) -> (Vec<f32>, Vec<u8>) {
         .parse()
         .unwrap();
     assert_eq!(inputs.len(), count, "encode_inputs.f32le vs MANIFEST.txt");
-    assert_eq!(
-        codes.len(),
-        count,
-        "{}_encode.u8 vs MANIFEST.txt",
-        fmt.name()
-    );
+    assert_eq!(codes.len(), count, "{}_encode.u8 vs MANIFEST.txt", fmt.name());
     (inputs, codes)
 }
 
@@ -164,10 +146,7 @@ fn check_decode_table(fmt: Fp8Format) {
     let golden = golden_decode(fmt);
     for code in 0..=u8::MAX {
         let (got, want) = (decode(fmt, code), golden[code as usize]);
-        assert!(
-            same_value(got, want),
-            "{fmt} code {code:#04x}: decoded {got:e}, ml_dtypes {want:e}"
-        );
+        assert!(same_value(got, want), "{fmt} code {code:#04x}: decoded {got:e}, ml_dtypes {want:e}");
         assert_eq!(fmt.is_nan_code(code), want.is_nan(), "{fmt} {code:#04x}");
     }
 }
@@ -190,20 +169,9 @@ fn check_against_golden(fmt: Fp8Format, who: &str, enc: impl Fn(f32) -> u8) {
         .zip(&codes)
         .filter(|&(&x, &want)| enc(x) != want)
         .take(5)
-        .map(|(&x, &want)| {
-            format!(
-                "x = {x:e} ({:#010x}): got {:#04x}, ml_dtypes {want:#04x}",
-                x.to_bits(),
-                enc(x)
-            )
-        })
+        .map(|(&x, &want)| format!("x = {x:e} ({:#010x}): got {:#04x}, ml_dtypes {want:#04x}", x.to_bits(), enc(x)))
         .collect();
-    assert!(
-        bad.is_empty(),
-        "{who} {fmt} vs ml_dtypes on {} inputs:\n{}",
-        inputs.len(),
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{who} {fmt} vs ml_dtypes on {} inputs:\n{}", inputs.len(), bad.join("\n"));
 }
 
 #[test]
@@ -242,9 +210,7 @@ fn random_inputs(n: usize, seed: u64) -> Vec<f32> {
             1 => {
                 let span = (HIGH_EXPONENT - LOW_EXPONENT + 1) as usize;
                 let e = LOW_EXPONENT + rng.below(span) as i32;
-                let bits = (rng.next_u32() & 0x8000_0000)
-                    | (((e + 127) as u32) << 23)
-                    | (rng.next_u32() & 0x007F_FFFF);
+                let bits = (rng.next_u32() & 0x8000_0000) | (((e + 127) as u32) << 23) | (rng.next_u32() & 0x007F_FFFF);
                 f32::from_bits(bits)
             }
             _ => {
@@ -300,12 +266,7 @@ fn encode_saturates_on_overflow() {
         let max = fmt.max_code();
         for x in [fmt.max() * 1.5, fmt.max() * 4.0, f32::MAX, f32::INFINITY] {
             assert_eq!(encode(fmt, x, Overflow::Saturate), max, "{fmt} {x:e}");
-            assert_eq!(
-                encode(fmt, -x, Overflow::Saturate),
-                SIGN | max,
-                "{fmt} {:e}",
-                -x
-            );
+            assert_eq!(encode(fmt, -x, Overflow::Saturate), SIGN | max, "{fmt} {:e}", -x);
         }
         // The max itself and values rounding down to it are not overflow.
         assert_eq!(encode(fmt, fmt.max(), Overflow::NonSaturating), max);
@@ -322,10 +283,7 @@ fn non_saturating_overflow_is_nan_for_e4m3_and_inf_for_e5m2() {
     let e5 = Fp8Format::E5M2;
     // 61440 = 57344 + 8192/2 ties to the next binade 65536 (mantissa 00, even): overflow.
     let inf = e5.inf_code().unwrap();
-    assert_eq!(
-        encode(e5, 61439.996, Overflow::NonSaturating),
-        e5.max_code()
-    );
+    assert_eq!(encode(e5, 61439.996, Overflow::NonSaturating), e5.max_code());
     assert_eq!(encode(e5, 61440.0, Overflow::NonSaturating), inf);
     assert_eq!(encode(e5, -1e30, Overflow::NonSaturating), SIGN | inf);
 }
@@ -360,15 +318,7 @@ fn every_code_roundtrips_through_decode_and_encode() {
 /// Random N(0, sigma) data with a few exact zeros, as activations look.
 fn normal_data(n: usize, sigma: f64, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|i| {
-            if i % 97 == 0 {
-                0.0
-            } else {
-                (rng.normal() * sigma) as f32
-            }
-        })
-        .collect()
+    (0..n).map(|i| if i % 97 == 0 { 0.0 } else { (rng.normal() * sigma) as f32 }).collect()
 }
 
 #[test]
@@ -426,10 +376,7 @@ fn dequantize_multiplies_decoded_values_by_scale_inv() {
 #[test]
 fn quantize_then_dequantize_is_within_one_rounding() {
     let src = normal_data(10_000, 1.0, 11);
-    for (fmt, tol) in [
-        (Fp8Format::E4M3, Tolerance::E4M3),
-        (Fp8Format::E5M2, Tolerance::E5M2),
-    ] {
+    for (fmt, tol) in [(Fp8Format::E4M3, Tolerance::E4M3), (Fp8Format::E5M2, Tolerance::E5M2)] {
         let (scale, scale_inv) = (64.0, 1.0 / 64.0);
         let mut q = vec![0u8; src.len()];
         fp8::quantize(fmt, &src, scale, &mut q);
@@ -441,10 +388,7 @@ fn quantize_then_dequantize_is_within_one_rounding() {
 
 /// The two FP8 values around |x| (equal when x is representable), from the golden table.
 fn neighbours(fmt: Fp8Format, x: f32) -> (f32, f32) {
-    let mut finite: Vec<f32> = golden_decode(fmt)
-        .into_iter()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .collect();
+    let mut finite: Vec<f32> = golden_decode(fmt).into_iter().filter(|v| v.is_finite() && *v >= 0.0).collect();
     finite.sort_by(f32::total_cmp);
     let a = x.abs();
     let below = *finite.iter().rev().find(|&&v| v <= a).unwrap();
@@ -476,9 +420,7 @@ fn stochastic_rounding_is_unbiased() {
         for x in cases {
             let (lo, hi) = neighbours(fmt, x);
             let gap = (hi - lo) as f64;
-            let mean = (0..DRAWS)
-                .map(|_| decode(fmt, encode_stochastic(fmt, x, rng.next_u32())) as f64)
-                .sum::<f64>()
+            let mean = (0..DRAWS).map(|_| decode(fmt, encode_stochastic(fmt, x, rng.next_u32())) as f64).sum::<f64>()
                 / DRAWS as f64;
             let bound = SIGMAS * gap / (2.0 * (DRAWS as f64).sqrt());
             assert!(
@@ -500,10 +442,7 @@ fn stochastic_rounding_picks_a_neighbour_and_keeps_exact_values() {
             }
             let y = decode(fmt, encode_stochastic(fmt, x, rng.next_u32()));
             let (lo, hi) = neighbours(fmt, x);
-            assert!(
-                y.abs() == lo || y.abs() == hi,
-                "{fmt} x = {x:e}: got {y:e}, neighbours {lo:e} {hi:e}"
-            );
+            assert!(y.abs() == lo || y.abs() == hi, "{fmt} x = {x:e}: got {y:e}, neighbours {lo:e} {hi:e}");
             assert_eq!(y.is_sign_negative(), x.is_sign_negative(), "{fmt} {x:e}");
         }
         for code in 0..=u8::MAX {
@@ -517,10 +456,7 @@ fn stochastic_rounding_picks_a_neighbour_and_keeps_exact_values() {
         // Beyond max saturates, whatever the random bits.
         for bits in [0, u32::MAX] {
             assert_eq!(encode_stochastic(fmt, f32::INFINITY, bits), fmt.max_code());
-            assert_eq!(
-                encode_stochastic(fmt, -fmt.max() * 1.01, bits),
-                SIGN | fmt.max_code()
-            );
+            assert_eq!(encode_stochastic(fmt, -fmt.max() * 1.01, bits), SIGN | fmt.max_code());
         }
     }
 }
@@ -549,10 +485,7 @@ fn quantize_throughput() {
             bytes_moved as f64 / s / 1e9
         );
     };
-    println!(
-        "{N} elements, {} rayon threads",
-        rayon::current_num_threads()
-    );
+    println!("{N} elements, {} rayon threads", rayon::current_num_threads());
     for fmt in Fp8Format::ALL {
         time(&format!("quantize {fmt}"), N * 5, &mut || {
             std::hint::black_box(fp8::quantize(fmt, &src, 2.0, &mut q));
@@ -572,9 +505,5 @@ fn quantize_throughput() {
         std::hint::black_box(fp8::quantize(Fp8Format::E4M3, serial, 2.0, &mut qs));
     }
     let s = start.elapsed().as_secs_f64() / reps as f64;
-    println!(
-        "quantize e4m3 single thread ({} elements): {:.0} M elem/s",
-        serial.len(),
-        serial.len() as f64 / s / 1e6
-    );
+    println!("quantize e4m3 single thread ({} elements): {:.0} M elem/s", serial.len(), serial.len() as f64 / s / 1e6);
 }

@@ -6,8 +6,8 @@ use octet_core::Rng;
 use octet_core::Tolerance;
 use octet_core::fp8::{self, Fp8Format};
 use octet_core::scaling::{
-    AmaxHistory, Fp8Tensor, MAX_SCALE_EXPONENT, Recipe, Role, RoleRecipe, ScalingMeta, ScalingMode,
-    compute_scale, scale_exponent,
+    AmaxHistory, Fp8Tensor, MAX_SCALE_EXPONENT, Recipe, Role, RoleRecipe, ScalingMeta, ScalingMode, compute_scale,
+    scale_exponent,
 };
 
 #[test]
@@ -47,10 +47,7 @@ fn scale_is_the_largest_power_of_two_keeping_amax_within_max() {
                 continue; // clamped
             }
             let scaled = amax as f64 * 2f64.powi(k);
-            assert!(
-                scaled <= fp_max && 2.0 * scaled > fp_max,
-                "{fmt} amax {amax:e}: k = {k}"
-            );
+            assert!(scaled <= fp_max && 2.0 * scaled > fp_max, "{fmt} amax {amax:e}: k = {k}");
         }
     }
 }
@@ -69,10 +66,7 @@ fn scale_exponent_does_not_overshoot_where_the_rounded_quotient_is_a_power_of_tw
         assert!(amax * 2f32.powi(k) <= fp_max);
         naive_overshoots += i32::from(naive == j);
     }
-    assert!(
-        naive_overshoots > 0,
-        "no case exercised the rounding the test is about"
-    );
+    assert!(naive_overshoots > 0, "no case exercised the rounding the test is about");
 }
 
 #[test]
@@ -105,11 +99,7 @@ fn delayed_scaling_uses_the_window_max_and_forgets_after_window_updates() {
     assert_eq!(meta.scale, scale_of(64.0));
     for i in 1..WINDOW {
         meta.update(2.0);
-        assert_eq!(
-            meta.scale,
-            scale_of(64.0),
-            "still in the window after {i} updates"
-        );
+        assert_eq!(meta.scale, scale_of(64.0), "still in the window after {i} updates");
     }
     meta.update(2.0); // the WINDOW-th update after 64 pushes it out
     assert_eq!(meta.scale, scale_of(2.0));
@@ -144,13 +134,7 @@ fn amax_history_is_a_ring_buffer() {
     assert_eq!((h.max(), h.latest()), (5.0, Some(3.0)));
     let json = serde_json::to_string(&h).unwrap();
     assert_eq!(json, r#"{"window":3,"values":[5.0,2.0,3.0]}"#);
-    assert_eq!(
-        serde_json::from_str::<AmaxHistory>(&json)
-            .unwrap()
-            .iter()
-            .collect::<Vec<_>>(),
-        [5.0, 2.0, 3.0]
-    );
+    assert_eq!(serde_json::from_str::<AmaxHistory>(&json).unwrap().iter().collect::<Vec<_>>(), [5.0, 2.0, 3.0]);
     assert!(serde_json::from_str::<AmaxHistory>(r#"{"window":1,"values":[1.0,2.0]}"#).is_err());
 }
 
@@ -164,22 +148,13 @@ fn delayed_cast_is_just_in_time_in_warm_up_then_scales_from_earlier_amaxes() {
     // Warm-up (fewer than WINDOW amaxes recorded): each cast scales from its own amax.
     for amax in [1.0, 8.0] {
         assert!(meta.in_warm_up());
-        assert_eq!(
-            meta.quantize(ScalingMode::Delayed, &[amax, -0.5, 0.0], &mut dst),
-            amax
-        );
+        assert_eq!(meta.quantize(ScalingMode::Delayed, &[amax, -0.5, 0.0], &mut dst), amax);
         assert_eq!(meta.scale, scale_of(amax));
-        assert_eq!(
-            dst[0],
-            fp8::encode(fmt, amax * meta.scale, fp8::Overflow::Saturate)
-        );
+        assert_eq!(dst[0], fp8::encode(fmt, amax * meta.scale, fp8::Overflow::Saturate));
     }
     // Then the scale comes from the window of earlier casts (max 8), not this one's amax (100).
     assert!(!meta.in_warm_up());
-    assert_eq!(
-        meta.quantize(ScalingMode::Delayed, &[100.0, 1.0, 0.0], &mut dst),
-        100.0
-    );
+    assert_eq!(meta.quantize(ScalingMode::Delayed, &[100.0, 1.0, 0.0], &mut dst), 100.0);
     assert_eq!(meta.scale, scale_of(8.0));
     assert_eq!(dst[0], fmt.max_code(), "100 * 32 saturates");
     // The next cast sees 100 in its window.
@@ -239,23 +214,13 @@ fn e5m2_quantise_dequantise_roundtrip_is_within_the_e5m2_tolerance() {
 fn power_of_two_scaling_makes_the_cast_independent_of_magnitude() {
     let src = normal_data(10_000, 1.0, 23);
     for fmt in Fp8Format::ALL {
-        let base = Fp8Tensor::quantize(
-            &src,
-            &[100, 100],
-            ScalingMeta::new(fmt, 1, 0),
-            ScalingMode::JustInTime,
-        )
-        .unwrap();
+        let base =
+            Fp8Tensor::quantize(&src, &[100, 100], ScalingMeta::new(fmt, 1, 0), ScalingMode::JustInTime).unwrap();
         for j in [-40, -7, 5, 60] {
             let factor = 2f32.powi(j);
             let scaled: Vec<f32> = src.iter().map(|x| x * factor).collect();
-            let t = Fp8Tensor::quantize(
-                &scaled,
-                &[100, 100],
-                ScalingMeta::new(fmt, 1, 0),
-                ScalingMode::JustInTime,
-            )
-            .unwrap();
+            let t = Fp8Tensor::quantize(&scaled, &[100, 100], ScalingMeta::new(fmt, 1, 0), ScalingMode::JustInTime)
+                .unwrap();
             assert_eq!(t.bytes, base.bytes, "{fmt} 2^{j}");
             assert_eq!(t.meta.scale * factor, base.meta.scale, "{fmt} 2^{j}");
         }
@@ -273,8 +238,7 @@ fn fp8_tensor_keeps_the_scale_its_bytes_were_encoded_with() {
     // decode with the scale they were written with.
     let mut w = w0.clone();
     for step in 0..20 {
-        w.iter_mut()
-            .for_each(|x| *x *= if step < 10 { 4.0 } else { 0.25 });
+        w.iter_mut().for_each(|x| *x *= if step < 10 { 4.0 } else { 0.25 });
         t.requantize(&w, recipe.mode).unwrap();
         let mut expect = vec![0u8; w.len()];
         fp8::quantize(t.format(), &w, t.meta.scale, &mut expect);
@@ -291,8 +255,7 @@ fn fp8_tensor_keeps_the_scale_its_bytes_were_encoded_with() {
 #[test]
 fn fp8_tensor_rejects_a_shape_that_does_not_match_the_data() {
     let meta = ScalingMeta::new(Fp8Format::E4M3, 1, 0);
-    let err =
-        Fp8Tensor::quantize(&[1.0; 6], &[2, 4], meta.clone(), ScalingMode::JustInTime).unwrap_err();
+    let err = Fp8Tensor::quantize(&[1.0; 6], &[2, 4], meta.clone(), ScalingMode::JustInTime).unwrap_err();
     assert!(err.to_string().contains("[2, 4]"), "{err}");
     let mut t = Fp8Tensor::quantize(&[1.0; 6], &[2, 3], meta, ScalingMode::JustInTime).unwrap();
     assert!(t.requantize(&[1.0; 5], ScalingMode::JustInTime).is_err());
@@ -302,19 +265,10 @@ fn fp8_tensor_rejects_a_shape_that_does_not_match_the_data() {
 #[test]
 fn default_recipe_is_ms_amp() {
     let r = Recipe::default();
-    let e4 = |window| RoleRecipe {
-        format: Fp8Format::E4M3,
-        window,
-    };
+    let e4 = |window| RoleRecipe { format: Fp8Format::E4M3, window };
     assert_eq!(r.input, e4(16));
     assert_eq!(r.weight, e4(16));
-    assert_eq!(
-        r.grad_output,
-        RoleRecipe {
-            format: Fp8Format::E5M2,
-            window: 16
-        }
-    );
+    assert_eq!(r.grad_output, RoleRecipe { format: Fp8Format::E5M2, window: 16 });
     assert_eq!(r.weight_grad, e4(1));
     assert_eq!((r.margin, r.mode), (0, ScalingMode::Delayed));
     for role in Role::ALL {
@@ -336,13 +290,7 @@ fn recipe_roundtrips_through_serde_and_fills_missing_fields_with_defaults() {
     assert!(json.contains(r#""mode":"just_in_time""#), "{json}");
     assert_eq!(serde_json::from_str::<Recipe>(&json).unwrap(), r);
     let partial: Recipe = serde_json::from_str(r#"{"margin": 2}"#).unwrap();
-    assert_eq!(
-        partial,
-        Recipe {
-            margin: 2,
-            ..Recipe::default()
-        }
-    );
+    assert_eq!(partial, Recipe { margin: 2, ..Recipe::default() });
     assert!(serde_json::from_str::<Recipe>(r#"{"marg": 2}"#).is_err());
 }
 

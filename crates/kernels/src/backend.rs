@@ -6,26 +6,27 @@
 use std::marker::PhantomData;
 
 use octet_core::Float;
+use octet_core::fp8::Fp8Format;
 
 use crate::{cpu, reference};
 
 macro_rules! backend_ops {
-    ($($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?);)*) => {
+    ($($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
         /// Operations of a training step; argument order: outputs, saved, inputs, dimensions.
         pub trait Backend: Send + Sync {
             type F: Float;
             fn name(&self) -> &'static str;
-            $($(#[$m])* #[allow(clippy::too_many_arguments)] fn $name(&self, $($arg: $ty),*);)*
+            $($(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)?;)*
         }
         impl<F: Float> Backend for RefBackend<F> {
             type F = F;
             fn name(&self) -> &'static str { "reference" }
-            $(#[allow(clippy::too_many_arguments)] fn $name(&self, $($arg: $ty),*) { reference::$name($($arg),*) })*
+            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? { reference::$name($($arg),*) })*
         }
         impl Backend for CpuBackend {
             type F = f32;
             fn name(&self) -> &'static str { "cpu" }
-            $(#[allow(clippy::too_many_arguments)] fn $name(&self, $($arg: $ty),*) { cpu::$name($($arg),*) })*
+            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? { cpu::$name($($arg),*) })*
         }
     };
 }
@@ -77,4 +78,13 @@ backend_ops! {
     fn softmax_xent_forward(losses: &mut [Self::F], logits: &mut [Self::F], targets: &[u32], n: usize, v: usize, vp: usize);
     /// probs become dlogits = (probs - onehot) * dloss in place.
     fn softmax_xent_backward(probs: &mut [Self::F], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize);
+    /// dbias (OC) += column sums of dout (N,OC).
+    fn bias_backward(dbias: &mut [Self::F], dout: &[Self::F], n: usize, oc: usize);
+    /// max |src| (NaN if any element is NaN).
+    fn amax(src: &[Self::F]) -> f32;
+    /// dst = src rounded to bf16 (nearest even), kept in the compute type: a bf16 GEMM operand.
+    fn round_bf16(dst: &mut [Self::F], src: &[Self::F]);
+    /// dst = decode(encode_saturating(src * scale)) / scale: the exact values an FP8 GEMM multiplies
+    /// (scale is a power of two, so the division is exact). Returns max |src|.
+    fn qdq_fp8(dst: &mut [Self::F], src: &[Self::F], format: Fp8Format, scale: f32) -> f32;
 }

@@ -2,6 +2,8 @@
 //! Each computes what the same-named function in `reference` specifies; reductions run over a fixed
 //! partition in a fixed order, so results are deterministic whatever the thread count.
 
+use octet_core::dtype::round_bf16 as bf16_round;
+use octet_core::fp8::{self, Fp8Format};
 use rayon::prelude::*;
 
 use crate::gemm::{Mat, Parallelism, par_for, sgemm};
@@ -12,25 +14,14 @@ const CHUNK: usize = 1 << 14;
 /// Rows per partial sum in parameter-gradient reductions (fixed, for determinism).
 const ROWS_PER_PARTIAL: usize = 64;
 
-pub fn encoder_forward(
-    out: &mut [f32],
-    tokens: &[u32],
-    wte: &[f32],
-    wpe: &[f32],
-    b: usize,
-    tt: usize,
-    c: usize,
-) {
-    out[..b * tt * c]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(r, o)| {
-            let tok = tokens[r] as usize;
-            let (e, p) = (&wte[tok * c..][..c], &wpe[(r % tt) * c..][..c]);
-            for i in 0..c {
-                o[i] = e[i] + p[i];
-            }
-        });
+pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], b: usize, tt: usize, c: usize) {
+    out[..b * tt * c].par_chunks_mut(c).enumerate().for_each(|(r, o)| {
+        let tok = tokens[r] as usize;
+        let (e, p) = (&wte[tok * c..][..c], &wpe[(r % tt) * c..][..c]);
+        for i in 0..c {
+            o[i] = e[i] + p[i];
+        }
+    });
 }
 
 pub fn encoder_backward(
@@ -140,27 +131,15 @@ pub fn layernorm_backward(
     }
 }
 
-pub fn rmsnorm_forward(
-    out: &mut [f32],
-    rrms: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    n: usize,
-    c: usize,
-    eps: f64,
-) {
-    out[..n * c]
-        .par_chunks_mut(c)
-        .zip(rrms[..n].par_iter_mut())
-        .zip(inp.par_chunks(c))
-        .for_each(|((o, s), x)| {
-            let ms = x.iter().map(|&v| v * v).sum::<f32>() / c as f32;
-            let rs = (1.0 / (ms as f64 + eps).sqrt()) as f32;
-            for i in 0..c {
-                o[i] = x[i] * rs * w[i];
-            }
-            *s = rs;
-        });
+pub fn rmsnorm_forward(out: &mut [f32], rrms: &mut [f32], inp: &[f32], w: &[f32], n: usize, c: usize, eps: f64) {
+    out[..n * c].par_chunks_mut(c).zip(rrms[..n].par_iter_mut()).zip(inp.par_chunks(c)).for_each(|((o, s), x)| {
+        let ms = x.iter().map(|&v| v * v).sum::<f32>() / c as f32;
+        let rs = (1.0 / (ms as f64 + eps).sqrt()) as f32;
+        for i in 0..c {
+            o[i] = x[i] * rs * w[i];
+        }
+        *s = rs;
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -197,29 +176,12 @@ pub fn rmsnorm_backward(
     reduce_partials(dw, partials);
 }
 
-pub fn matmul_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    n: usize,
-    ic: usize,
-    oc: usize,
-) {
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, ic: usize, oc: usize) {
     let out = &mut out[..n * oc];
     if let Some(b) = bias {
-        out.par_chunks_mut(oc)
-            .for_each(|row| row.copy_from_slice(&b[..oc]));
+        out.par_chunks_mut(oc).for_each(|row| row.copy_from_slice(&b[..oc]));
     }
-    sgemm(
-        out,
-        oc,
-        bias.is_some(),
-        Mat::rm(inp, n, ic),
-        Mat::rm_t(w, ic, oc),
-        1.0,
-        par_for(n, oc, ic),
-    );
+    sgemm(out, oc, bias.is_some(), Mat::rm(inp, n, ic), Mat::rm_t(w, ic, oc), 1.0, par_for(n, oc, ic));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -235,39 +197,11 @@ pub fn matmul_backward(
     oc: usize,
 ) {
     // dinp (N,IC) = dout (N,OC) @ w (OC,IC)
-    sgemm(
-        &mut dinp[..n * ic],
-        ic,
-        false,
-        Mat::rm(dout, n, oc),
-        Mat::rm(w, oc, ic),
-        1.0,
-        par_for(n, ic, oc),
-    );
+    sgemm(&mut dinp[..n * ic], ic, false, Mat::rm(dout, n, oc), Mat::rm(w, oc, ic), 1.0, par_for(n, ic, oc));
     // dw (OC,IC) += dout^T (OC,N) @ inp (N,IC)
-    sgemm(
-        &mut dw[..oc * ic],
-        ic,
-        true,
-        Mat::rm(dout, n, oc).t(),
-        Mat::rm(inp, n, ic),
-        1.0,
-        par_for(oc, ic, n),
-    );
+    sgemm(&mut dw[..oc * ic], ic, true, Mat::rm(dout, n, oc).t(), Mat::rm(inp, n, ic), 1.0, par_for(oc, ic, n));
     if let Some(db) = dbias {
-        let partials: Vec<Vec<f32>> = dout[..n * oc]
-            .par_chunks(ROWS_PER_PARTIAL * oc)
-            .map(|chunk| {
-                let mut p = vec![0.0f32; oc];
-                for row in chunk.chunks(oc) {
-                    for (a, &v) in p.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-                p
-            })
-            .collect();
-        reduce_partials(db, partials);
+        bias_backward(db, dout, n, oc);
     }
 }
 
@@ -283,10 +217,7 @@ pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E).round();
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
@@ -352,9 +283,7 @@ simd_dispatch!(exp_shift_sum, (row: &mut [f32], shift: f32), {
 });
 
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(CHUNK)
-        .zip(inp.par_chunks(CHUNK))
-        .for_each(|(o, x)| gelu_chunk(o, x));
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| gelu_chunk(o, x));
 }
 
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
@@ -364,42 +293,33 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
 }
 
 pub fn relu_forward(out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(CHUNK)
-        .zip(inp.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x.max(0.0);
-            }
-        });
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = x.max(0.0);
+        }
+    });
 }
 
 pub fn relu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-    dinp.par_chunks_mut(CHUNK)
-        .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, d))| {
-            for i in 0..dx.len() {
-                dx[i] = if x[i] > 0.0 { d[i] } else { 0.0 };
-            }
-        });
+    dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK))).for_each(|(dx, (x, d))| {
+        for i in 0..dx.len() {
+            dx[i] = if x[i] > 0.0 { d[i] } else { 0.0 };
+        }
+    });
 }
 
 pub fn swiglu_forward(out: &mut [f32], inp: &[f32], n: usize, h: usize) {
-    out[..n * h]
-        .par_chunks_mut(h)
-        .zip(inp.par_chunks(2 * h))
-        .for_each(|(o, x)| {
-            let (g, u) = x.split_at(h);
-            for j in 0..h {
-                o[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
-            }
-        });
+    out[..n * h].par_chunks_mut(h).zip(inp.par_chunks(2 * h)).for_each(|(o, x)| {
+        let (g, u) = x.split_at(h);
+        for j in 0..h {
+            o[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
+        }
+    });
 }
 
 pub fn swiglu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], n: usize, h: usize) {
-    dinp[..n * 2 * h]
-        .par_chunks_mut(2 * h)
-        .zip(inp.par_chunks(2 * h).zip(dout.par_chunks(h)))
-        .for_each(|(dx, (x, d))| {
+    dinp[..n * 2 * h].par_chunks_mut(2 * h).zip(inp.par_chunks(2 * h).zip(dout.par_chunks(h))).for_each(
+        |(dx, (x, d))| {
             let (g, u) = x.split_at(h);
             let (dg, du) = dx.split_at_mut(h);
             for j in 0..h {
@@ -407,37 +327,25 @@ pub fn swiglu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], n: usize, h:
                 dg[j] = d[j] * u[j] * sg * (1.0 + g[j] * (1.0 - sg));
                 du[j] = d[j] * g[j] * sg;
             }
-        });
+        },
+    );
 }
 
 pub fn residual_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| {
-            for i in 0..o.len() {
-                o[i] = a[i] + b[i];
-            }
-        });
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        for i in 0..o.len() {
+            o[i] = a[i] + b[i];
+        }
+    });
 }
 
 /// Causal attention, one rayon task per batch row (each owns its rows of `out`); per head,
 /// S = Q K^T / sqrt(hs) by gemm (full (T,T), the masked half is ignored), row softmax, O = P V.
-pub fn attention_forward(
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &[f32],
-    b: usize,
-    tt: usize,
-    c: usize,
-    nh: usize,
-) {
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize, tt: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    out[..b * tt * c]
-        .par_chunks_mut(tt * c)
-        .zip(lse[..b * nh * tt].par_chunks_mut(nh * tt))
-        .enumerate()
-        .for_each(|(bi, (o, l))| {
+    out[..b * tt * c].par_chunks_mut(tt * c).zip(lse[..b * nh * tt].par_chunks_mut(nh * tt)).enumerate().for_each(
+        |(bi, (o, l))| {
             let x = &qkv[bi * tt * 3 * c..][..tt * 3 * c];
             let mut s = vec![0.0f32; tt * tt];
             for h in 0..nh {
@@ -458,17 +366,10 @@ pub fn attention_forward(
                     row[i + 1..].fill(0.0);
                     l[h * tt + i] = mx + z.ln();
                 }
-                sgemm(
-                    &mut o[h * hs..],
-                    c,
-                    false,
-                    Mat::rm(&s, tt, tt),
-                    v,
-                    1.0,
-                    Parallelism::None,
-                );
+                sgemm(&mut o[h * hs..], c, false, Mat::rm(&s, tt, tt), v, 1.0, Parallelism::None);
             }
-        });
+        },
+    );
 }
 
 /// Attention backward, one rayon task per batch row: rebuild P from lse, then
@@ -487,83 +388,44 @@ pub fn attention_backward(
 ) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    dqkv[..b * tt * 3 * c]
-        .par_chunks_mut(tt * 3 * c)
-        .enumerate()
-        .for_each(|(bi, dx)| {
-            let x = &qkv[bi * tt * 3 * c..][..tt * 3 * c];
-            let dout = &dout[bi * tt * c..][..tt * c];
-            let out = &out[bi * tt * c..][..tt * c];
-            let lse = &lse[bi * nh * tt..][..nh * tt];
-            let mut p = vec![0.0f32; tt * tt];
-            let mut dp = vec![0.0f32; tt * tt];
-            for h in 0..nh {
-                let q = Mat::strided(&x[h * hs..], tt, hs, 3 * c);
-                let k = Mat::strided(&x[c + h * hs..], tt, hs, 3 * c);
-                let v = Mat::strided(&x[2 * c + h * hs..], tt, hs, 3 * c);
-                let d_o = Mat::strided(&dout[h * hs..], tt, hs, c);
-                sgemm(&mut p, tt, false, q, k.t(), scale, Parallelism::None);
-                for i in 0..tt {
-                    let l = lse[h * tt + i];
-                    let row = &mut p[i * tt..][..tt];
-                    exp_shift_sum(&mut row[..=i], l);
-                    row[i + 1..].fill(0.0);
-                }
-                sgemm(
-                    &mut dx[2 * c + h * hs..],
-                    3 * c,
-                    false,
-                    Mat::rm(&p, tt, tt).t(),
-                    d_o,
-                    1.0,
-                    Parallelism::None,
-                );
-                sgemm(&mut dp, tt, false, d_o, v.t(), 1.0, Parallelism::None);
-                for i in 0..tt {
-                    let dd: f32 = (0..hs)
-                        .map(|d| dout[i * c + h * hs + d] * out[i * c + h * hs + d])
-                        .sum();
-                    let (pr, dr) = (&p[i * tt..][..=i], &mut dp[i * tt..][..tt]);
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - dd);
-                    }
-                    dr[i + 1..].fill(0.0);
-                }
-                sgemm(
-                    &mut dx[h * hs..],
-                    3 * c,
-                    false,
-                    Mat::rm(&dp, tt, tt),
-                    k,
-                    scale,
-                    Parallelism::None,
-                );
-                sgemm(
-                    &mut dx[c + h * hs..],
-                    3 * c,
-                    false,
-                    Mat::rm(&dp, tt, tt).t(),
-                    q,
-                    scale,
-                    Parallelism::None,
-                );
+    dqkv[..b * tt * 3 * c].par_chunks_mut(tt * 3 * c).enumerate().for_each(|(bi, dx)| {
+        let x = &qkv[bi * tt * 3 * c..][..tt * 3 * c];
+        let dout = &dout[bi * tt * c..][..tt * c];
+        let out = &out[bi * tt * c..][..tt * c];
+        let lse = &lse[bi * nh * tt..][..nh * tt];
+        let mut p = vec![0.0f32; tt * tt];
+        let mut dp = vec![0.0f32; tt * tt];
+        for h in 0..nh {
+            let q = Mat::strided(&x[h * hs..], tt, hs, 3 * c);
+            let k = Mat::strided(&x[c + h * hs..], tt, hs, 3 * c);
+            let v = Mat::strided(&x[2 * c + h * hs..], tt, hs, 3 * c);
+            let d_o = Mat::strided(&dout[h * hs..], tt, hs, c);
+            sgemm(&mut p, tt, false, q, k.t(), scale, Parallelism::None);
+            for i in 0..tt {
+                let l = lse[h * tt + i];
+                let row = &mut p[i * tt..][..tt];
+                exp_shift_sum(&mut row[..=i], l);
+                row[i + 1..].fill(0.0);
             }
-        });
+            sgemm(&mut dx[2 * c + h * hs..], 3 * c, false, Mat::rm(&p, tt, tt).t(), d_o, 1.0, Parallelism::None);
+            sgemm(&mut dp, tt, false, d_o, v.t(), 1.0, Parallelism::None);
+            for i in 0..tt {
+                let dd: f32 = (0..hs).map(|d| dout[i * c + h * hs + d] * out[i * c + h * hs + d]).sum();
+                let (pr, dr) = (&p[i * tt..][..=i], &mut dp[i * tt..][..tt]);
+                for j in 0..=i {
+                    dr[j] = pr[j] * (dr[j] - dd);
+                }
+                dr[i + 1..].fill(0.0);
+            }
+            sgemm(&mut dx[h * hs..], 3 * c, false, Mat::rm(&dp, tt, tt), k, scale, Parallelism::None);
+            sgemm(&mut dx[c + h * hs..], 3 * c, false, Mat::rm(&dp, tt, tt).t(), q, scale, Parallelism::None);
+        }
+    });
 }
 
-pub fn softmax_xent_forward(
-    losses: &mut [f32],
-    logits: &mut [f32],
-    targets: &[u32],
-    n: usize,
-    v: usize,
-    vp: usize,
-) {
-    logits[..n * vp]
-        .par_chunks_mut(vp)
-        .zip(losses[..n].par_iter_mut())
-        .zip(targets.par_iter())
-        .for_each(|((row, loss), &tgt)| {
+pub fn softmax_xent_forward(losses: &mut [f32], logits: &mut [f32], targets: &[u32], n: usize, v: usize, vp: usize) {
+    logits[..n * vp].par_chunks_mut(vp).zip(losses[..n].par_iter_mut()).zip(targets.par_iter()).for_each(
+        |((row, loss), &tgt)| {
             let mx = row[..v].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
             let mut z = 0.0f32;
             let lt = row[tgt as usize];
@@ -575,23 +437,76 @@ pub fn softmax_xent_forward(
             let inv = 1.0 / z;
             row[..v].iter_mut().for_each(|x| *x *= inv);
             row[v..].fill(0.0);
-        });
+        },
+    );
 }
 
-pub fn softmax_xent_backward(
-    probs: &mut [f32],
-    targets: &[u32],
-    dloss: f64,
-    n: usize,
-    v: usize,
-    vp: usize,
-) {
+pub fn softmax_xent_backward(probs: &mut [f32], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize) {
     let dl = dloss as f32;
-    probs[..n * vp]
-        .par_chunks_mut(vp)
-        .zip(targets.par_iter())
-        .for_each(|(row, &tgt)| {
-            row[..v].iter_mut().for_each(|x| *x *= dl);
-            row[tgt as usize] -= dl;
-        });
+    probs[..n * vp].par_chunks_mut(vp).zip(targets.par_iter()).for_each(|(row, &tgt)| {
+        row[..v].iter_mut().for_each(|x| *x *= dl);
+        row[tgt as usize] -= dl;
+    });
+}
+
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
+    let partials: Vec<Vec<f32>> = dout[..n * oc]
+        .par_chunks(ROWS_PER_PARTIAL * oc)
+        .map(|chunk| {
+            let mut p = vec![0.0f32; oc];
+            for row in chunk.chunks(oc) {
+                for (a, &v) in p.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            p
+        })
+        .collect();
+    reduce_partials(dbias, partials);
+}
+
+pub fn amax(src: &[f32]) -> f32 {
+    fp8::amax(src)
+}
+
+pub fn round_bf16(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+        for (d, &x) in d.iter_mut().zip(s) {
+            *d = bf16_round(x);
+        }
+    });
+}
+
+/// Round `v` to the FP8 grid of a format with `m` mantissa bits and minimum normal exponent `emin`,
+/// ties to even, saturating at `max`, in f32 arithmetic (vectorisable; no table lookups):
+/// - |v| >= 2^emin: round the f32 significand to m bits (add half-ulp-minus-one plus the kept lsb,
+///   then clear the dropped bits: round-to-nearest-even on the bit pattern);
+/// - |v| < 2^emin (FP8 subnormals, spacing 2^(emin-m)): add and subtract 1.5 * 2^(emin-m+23), which
+///   makes the FPU's own round-to-nearest-even land on that spacing.
+///
+/// NaN stays NaN; inf and finite overflow become +-max. Equal to decode(encode(v, Saturate)).
+#[inline(always)]
+fn round_to_fp8_grid(v: f32, m: u32, emin: i32, max: f32) -> f32 {
+    let shift = 23 - m;
+    let bits = v.to_bits();
+    let lsb = (bits >> shift) & 1;
+    let normal = f32::from_bits(bits.wrapping_add((1 << (shift - 1)) - 1 + lsb) & !((1u32 << shift) - 1));
+    let magic = f32::from_bits(((emin - m as i32 + 23 + 127) as u32) << 23) * 1.5;
+    let sub = ((v.abs() + magic) - magic).copysign(v);
+    let r = if v.abs() < f32::from_bits(((emin + 127) as u32) << 23) { sub } else { normal };
+    let r = r.clamp(-max, max);
+    if v.is_nan() { v } else { r }
+}
+
+simd_dispatch!(qdq_chunk, (d: &mut [f32], s: &[f32], m: u32, emin: i32, max: f32, scale: f32, inv: f32), {
+    for (d, &x) in d.iter_mut().zip(s) {
+        *d = round_to_fp8_grid(x * scale, m, emin, max) * inv;
+    }
+});
+
+pub fn qdq_fp8(dst: &mut [f32], src: &[f32], format: Fp8Format, scale: f32) -> f32 {
+    let inv = 1.0 / scale;
+    let (m, emin, max) = (format.mantissa_bits(), 1 - format.bias(), format.max());
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| qdq_chunk(d, s, m, emin, max, scale, inv));
+    fp8::amax(src)
 }

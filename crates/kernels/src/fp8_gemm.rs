@@ -53,22 +53,8 @@ pub struct Fp8Mat<'a> {
 
 impl<'a> Fp8Mat<'a> {
     /// Row-major (rows, cols).
-    pub fn rm(
-        bytes: &'a [u8],
-        rows: usize,
-        cols: usize,
-        format: Fp8Format,
-        scale_inv: f32,
-    ) -> Self {
-        Fp8Mat {
-            bytes,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-            format,
-            scale_inv,
-        }
+    pub fn rm(bytes: &'a [u8], rows: usize, cols: usize, format: Fp8Format, scale_inv: f32) -> Self {
+        Fp8Mat { bytes, rows, cols, rs: cols, cs: 1, format, scale_inv }
     }
 
     /// A tensor's bytes read as row-major (rows, cols), with its format and scale_inv; e.g. a
@@ -81,24 +67,12 @@ impl<'a> Fp8Mat<'a> {
                 found: t.shape.clone(),
             });
         }
-        Ok(Fp8Mat::rm(
-            &t.bytes,
-            rows,
-            cols,
-            t.meta.format,
-            t.meta.scale_inv,
-        ))
+        Ok(Fp8Mat::rm(&t.bytes, rows, cols, t.meta.format, t.meta.scale_inv))
     }
 
     /// The transpose, as a view of the same bytes.
     pub fn t(self) -> Self {
-        Fp8Mat {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
+        Fp8Mat { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
     }
 
     /// The dequantised element (i, j) (exact; see the module doc).
@@ -109,11 +83,7 @@ impl<'a> Fp8Mat<'a> {
 
     /// One past the largest byte index the view reads (0 for an empty view).
     fn extent(&self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            0
-        } else {
-            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
-        }
+        if self.rows == 0 || self.cols == 0 { 0 } else { (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1 }
     }
 
     fn check(&self, what: &str) {
@@ -157,24 +127,12 @@ pub struct Fp8Scratch {
 /// Shapes agree and every view and `out` (M,N) row-major are in bounds; returns (M, K, N).
 fn check_shapes(out: &[f32], a: &Fp8Mat, b: &Fp8Mat, ep: &Epilogue) -> (usize, usize, usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(
-        b.rows, k,
-        "fp8 gemm inner dimensions differ: A is (.., {k}), B ({}, ..)",
-        b.rows
-    );
+    assert_eq!(b.rows, k, "fp8 gemm inner dimensions differ: A is (.., {k}), B ({}, ..)", b.rows);
     a.check("lhs");
     b.check("rhs");
-    assert!(
-        out.len() >= m * n,
-        "fp8 gemm: out has {} elements, needs {m} x {n}",
-        out.len()
-    );
+    assert!(out.len() >= m * n, "fp8 gemm: out has {} elements, needs {m} x {n}", out.len());
     if let Some(bias) = ep.bias {
-        assert!(
-            bias.len() >= n,
-            "fp8 gemm: bias has {} elements, needs {n}",
-            bias.len()
-        );
+        assert!(bias.len() >= n, "fp8 gemm: bias has {} elements, needs {n}", bias.len());
     }
     (m, k, n)
 }
@@ -199,11 +157,7 @@ pub fn gemm_reference(out: &mut [f32], a: Fp8Mat, b: Fp8Mat, ep: Epilogue) -> Op
     let out = &mut out[..m * n];
     for i in 0..m {
         for j in 0..n {
-            let mut acc = if ep.accumulate {
-                out[i * n + j] as f64
-            } else {
-                0.0
-            };
+            let mut acc = if ep.accumulate { out[i * n + j] as f64 } else { 0.0 };
             acc += ep.bias.map_or(0.0, |bias| bias[j] as f64);
             for p in 0..k {
                 acc += a.get(i, p) as f64 * b.get(p, j) as f64;
@@ -220,25 +174,13 @@ fn dequantize_view<'s>(m: &Fp8Mat, buf: &'s mut Vec<f32>) -> Mat<'s> {
     buf.resize(len, 0.0);
     // fp8::dequantize is itself parallel above fp8::PARALLEL_THRESHOLD elements.
     fp8::dequantize(m.format, &m.bytes[..len], m.scale_inv, &mut buf[..len]);
-    Mat {
-        data: &buf[..len],
-        rows: m.rows,
-        cols: m.cols,
-        rs: m.rs,
-        cs: m.cs,
-    }
+    Mat { data: &buf[..len], rows: m.rows, cols: m.cols, rs: m.rs, cs: m.cs }
 }
 
 /// Fast version of `gemm_reference`: both operands dequantised (exactly, concurrently) into
 /// `scratch`, then one f32 `sgemm`; bias added in f32 before the product is accumulated onto it.
 /// Matches the reference at `Tolerance::F32`. Panics on mismatched shapes or short buffers.
-pub fn gemm(
-    out: &mut [f32],
-    a: Fp8Mat,
-    b: Fp8Mat,
-    ep: Epilogue,
-    scratch: &mut Fp8Scratch,
-) -> Option<f32> {
+pub fn gemm(out: &mut [f32], a: Fp8Mat, b: Fp8Mat, ep: Epilogue, scratch: &mut Fp8Scratch) -> Option<f32> {
     let (m, k, n) = check_shapes(out, &a, &b, &ep);
     let out = &mut out[..m * n];
     let Fp8Scratch { a: buf_a, b: buf_b } = scratch;
@@ -312,41 +254,20 @@ impl Fp8Linear {
 
     /// out (N,OC) = fp8(inp) (N,IC) @ fp8(w)^T (IC,OC) + bias (OC); casts update the input and
     /// weight scaling states. Returns max |out| (the amax the next layer's input cast will see).
-    pub fn forward(
-        &mut self,
-        out: &mut [f32],
-        inp: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-    ) -> f32 {
+    pub fn forward(&mut self, out: &mut [f32], inp: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize) -> f32 {
         let (ic, oc) = (self.ic, self.oc);
-        assert!(
-            inp.len() >= n * ic,
-            "Fp8Linear::forward: inp has {} elements, needs {n} x {ic}",
-            inp.len()
-        );
-        assert!(
-            w.len() >= oc * ic,
-            "Fp8Linear::forward: w has {} elements, needs {oc} x {ic}",
-            w.len()
-        );
+        assert!(inp.len() >= n * ic, "Fp8Linear::forward: inp has {} elements, needs {n} x {ic}", inp.len());
+        assert!(w.len() >= oc * ic, "Fp8Linear::forward: w has {} elements, needs {oc} x {ic}", w.len());
         self.x_q.resize(n * ic, 0);
         self.w_q.resize(oc * ic, 0);
-        self.input
-            .quantize(self.mode, &inp[..n * ic], &mut self.x_q);
-        self.weight
-            .quantize(self.mode, &w[..oc * ic], &mut self.w_q);
+        self.input.quantize(self.mode, &inp[..n * ic], &mut self.x_q);
+        self.weight.quantize(self.mode, &w[..oc * ic], &mut self.w_q);
         self.x_scale_inv = self.input.scale_inv;
         self.w_scale_inv = self.weight.scale_inv;
         self.n = Some(n);
         let x = Fp8Mat::rm(&self.x_q, n, ic, self.input.format, self.x_scale_inv);
         let wt = Fp8Mat::rm(&self.w_q, oc, ic, self.weight.format, self.w_scale_inv).t();
-        let ep = Epilogue {
-            bias,
-            amax: true,
-            ..Epilogue::default()
-        };
+        let ep = Epilogue { bias, amax: true, ..Epilogue::default() };
         gemm(out, x, wt, ep, &mut self.scratch).unwrap_or(0.0)
     }
 
@@ -357,45 +278,22 @@ impl Fp8Linear {
     ///
     /// and returns the accumulated dw cast to the weight-gradient format with its own scale (window
     /// 1 in the recipe: scaled from this dw's amax). Panics before any forward or on short buffers.
-    pub fn backward(
-        &mut self,
-        dinp: &mut [f32],
-        dw: &mut [f32],
-        dbias: Option<&mut [f32]>,
-        dout: &[f32],
-    ) -> Fp8Tensor {
+    pub fn backward(&mut self, dinp: &mut [f32], dw: &mut [f32], dbias: Option<&mut [f32]>, dout: &[f32]) -> Fp8Tensor {
         let n = self.n.expect("Fp8Linear::backward called before forward");
         let (ic, oc) = (self.ic, self.oc);
-        assert!(
-            dout.len() >= n * oc,
-            "Fp8Linear::backward: dout has {} elements, needs {n} x {oc}",
-            dout.len()
-        );
-        assert!(
-            dw.len() >= oc * ic,
-            "Fp8Linear::backward: dw has {} elements, needs {oc} x {ic}",
-            dw.len()
-        );
+        assert!(dout.len() >= n * oc, "Fp8Linear::backward: dout has {} elements, needs {n} x {oc}", dout.len());
+        assert!(dw.len() >= oc * ic, "Fp8Linear::backward: dw has {} elements, needs {oc} x {ic}", dw.len());
         let dout = &dout[..n * oc];
         self.dy_q.resize(n * oc, 0);
         self.grad_output.quantize(self.mode, dout, &mut self.dy_q);
         self.dy_rows = Some(n);
-        let dy = Fp8Mat::rm(
-            &self.dy_q,
-            n,
-            oc,
-            self.grad_output.format,
-            self.grad_output.scale_inv,
-        );
+        let dy = Fp8Mat::rm(&self.dy_q, n, oc, self.grad_output.format, self.grad_output.scale_inv);
         let x = Fp8Mat::rm(&self.x_q, n, ic, self.input.format, self.x_scale_inv);
         let w = Fp8Mat::rm(&self.w_q, oc, ic, self.weight.format, self.w_scale_inv);
         // dX (N,IC) = dY (N,OC) @ W (OC,IC)
         gemm(dinp, dy, w, Epilogue::default(), &mut self.scratch);
         // dW (OC,IC) += dY^T (OC,N) @ X (N,IC)
-        let acc = Epilogue {
-            accumulate: true,
-            ..Epilogue::default()
-        };
+        let acc = Epilogue { accumulate: true, ..Epilogue::default() };
         gemm(dw, dy.t(), x, acc, &mut self.scratch);
         if let Some(db) = dbias {
             // Each column summed over rows in f32, then added to dbias (OC).
@@ -412,42 +310,21 @@ impl Fp8Linear {
         let dw = &dw[..oc * ic];
         let mut bytes = vec![0u8; oc * ic];
         self.weight_grad.quantize(self.mode, dw, &mut bytes);
-        Fp8Tensor {
-            bytes,
-            shape: vec![oc, ic],
-            meta: self.weight_grad.clone(),
-        }
+        Fp8Tensor { bytes, shape: vec![oc, ic], meta: self.weight_grad.clone() }
     }
 
     /// The FP8 input (N,IC) the last forward cast, with its scale_inv.
     pub fn saved_input(&self) -> Option<Fp8Mat<'_>> {
-        self.n
-            .map(|n| Fp8Mat::rm(&self.x_q, n, self.ic, self.input.format, self.x_scale_inv))
+        self.n.map(|n| Fp8Mat::rm(&self.x_q, n, self.ic, self.input.format, self.x_scale_inv))
     }
 
     /// The FP8 weight (OC,IC) the last forward cast, with its scale_inv.
     pub fn saved_weight(&self) -> Option<Fp8Mat<'_>> {
-        self.n.map(|_| {
-            Fp8Mat::rm(
-                &self.w_q,
-                self.oc,
-                self.ic,
-                self.weight.format,
-                self.w_scale_inv,
-            )
-        })
+        self.n.map(|_| Fp8Mat::rm(&self.w_q, self.oc, self.ic, self.weight.format, self.w_scale_inv))
     }
 
     /// The FP8 output gradient (N,OC) the last backward cast, with its scale_inv.
     pub fn saved_grad_output(&self) -> Option<Fp8Mat<'_>> {
-        self.dy_rows.map(|n| {
-            Fp8Mat::rm(
-                &self.dy_q,
-                n,
-                self.oc,
-                self.grad_output.format,
-                self.grad_output.scale_inv,
-            )
-        })
+        self.dy_rows.map(|n| Fp8Mat::rm(&self.dy_q, n, self.oc, self.grad_output.format, self.grad_output.scale_inv))
     }
 }

@@ -5,6 +5,8 @@
 //! V = real vocabulary, Vp = padded vocabulary (columns V..Vp are ignored by the loss).
 
 use octet_core::Float;
+use octet_core::dtype::round_bf16 as bf16_round;
+use octet_core::fp8::{self, Fp8Format, Overflow};
 
 use crate::{GELU_CUBIC, GELU_SCALE};
 
@@ -18,15 +20,7 @@ fn t<F: Float>(x: f64) -> F {
 }
 
 /// out (B,T,C) = wte[tokens] + wpe[0..T].
-pub fn encoder_forward<F: Float>(
-    out: &mut [F],
-    tokens: &[u32],
-    wte: &[F],
-    wpe: &[F],
-    b: usize,
-    tt: usize,
-    c: usize,
-) {
+pub fn encoder_forward<F: Float>(out: &mut [F], tokens: &[u32], wte: &[F], wpe: &[F], b: usize, tt: usize, c: usize) {
     for bi in 0..b {
         for ti in 0..tt {
             let tok = tokens[bi * tt + ti] as usize;
@@ -126,15 +120,7 @@ pub fn layernorm_backward<F: Float>(
 }
 
 /// RMSNorm: out = x * rrms * w, rrms = 1/sqrt(mean(x^2) + eps). Saves rrms (N).
-pub fn rmsnorm_forward<F: Float>(
-    out: &mut [F],
-    rrms: &mut [F],
-    inp: &[F],
-    w: &[F],
-    n: usize,
-    c: usize,
-    eps: f64,
-) {
+pub fn rmsnorm_forward<F: Float>(out: &mut [F], rrms: &mut [F], inp: &[F], w: &[F], n: usize, c: usize, eps: f64) {
     for r in 0..n {
         let x = &inp[r * c..][..c];
         let ms = x.iter().map(|&v| f(v) * f(v)).sum::<f64>() / c as f64;
@@ -173,15 +159,7 @@ pub fn rmsnorm_backward<F: Float>(
 }
 
 /// out (N,OC) = inp (N,IC) @ w^T (w is (OC,IC)) + bias (OC).
-pub fn matmul_forward<F: Float>(
-    out: &mut [F],
-    inp: &[F],
-    w: &[F],
-    bias: Option<&[F]>,
-    n: usize,
-    ic: usize,
-    oc: usize,
-) {
+pub fn matmul_forward<F: Float>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, ic: usize, oc: usize) {
     for r in 0..n {
         for o in 0..oc {
             let mut acc = bias.map_or(0.0, |b| f(b[o]));
@@ -306,15 +284,7 @@ pub fn residual_forward<F: Float>(out: &mut [F], a: &[F], b: &[F]) {
 /// h*hs..(h+1)*hs of each. out (B,T,C) = softmax(q k^T / sqrt(hs) + causal mask) v per head.
 /// Saves lse (B,NH,T): the log-sum-exp of each score row, so backward can rebuild the
 /// probabilities without storing the (T,T) matrix.
-pub fn attention_forward<F: Float>(
-    out: &mut [F],
-    lse: &mut [F],
-    qkv: &[F],
-    b: usize,
-    tt: usize,
-    c: usize,
-    nh: usize,
-) {
+pub fn attention_forward<F: Float>(out: &mut [F], lse: &mut [F], qkv: &[F], b: usize, tt: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f64).sqrt();
     let mut s = vec![0.0f64; tt];
@@ -334,8 +304,7 @@ pub fn attention_forward<F: Float>(
                 for d in 0..hs {
                     let mut acc = 0.0;
                     for j in 0..=i {
-                        acc +=
-                            (s[j] - l).exp() * f(qkv[(bi * tt + j) * 3 * c + 2 * c + h * hs + d]);
+                        acc += (s[j] - l).exp() * f(qkv[(bi * tt + j) * 3 * c + 2 * c + h * hs + d]);
                     }
                     out[(bi * tt + i) * c + h * hs + d] = t(acc);
                 }
@@ -362,30 +331,20 @@ pub fn attention_backward<F: Float>(
     let hs = c / nh;
     let scale = 1.0 / (hs as f64).sqrt();
     let mut acc = vec![0.0f64; dqkv.len()];
-    let idx = |bi: usize, ti: usize, part: usize, h: usize, d: usize| {
-        (bi * tt + ti) * 3 * c + part * c + h * hs + d
-    };
+    let idx = |bi: usize, ti: usize, part: usize, h: usize, d: usize| (bi * tt + ti) * 3 * c + part * c + h * hs + d;
     for bi in 0..b {
         for h in 0..nh {
             for i in 0..tt {
                 let l = f(lse[(bi * nh + h) * tt + i]);
                 let dd: f64 = (0..hs)
-                    .map(|d| {
-                        f(dout[(bi * tt + i) * c + h * hs + d])
-                            * f(out[(bi * tt + i) * c + h * hs + d])
-                    })
+                    .map(|d| f(dout[(bi * tt + i) * c + h * hs + d]) * f(out[(bi * tt + i) * c + h * hs + d]))
                     .sum();
                 for j in 0..=i {
-                    let sc = (0..hs)
-                        .map(|d| f(qkv[idx(bi, i, 0, h, d)]) * f(qkv[idx(bi, j, 1, h, d)]))
-                        .sum::<f64>()
-                        * scale;
+                    let sc =
+                        (0..hs).map(|d| f(qkv[idx(bi, i, 0, h, d)]) * f(qkv[idx(bi, j, 1, h, d)])).sum::<f64>() * scale;
                     let p = (sc - l).exp();
-                    let dp: f64 = (0..hs)
-                        .map(|d| {
-                            f(dout[(bi * tt + i) * c + h * hs + d]) * f(qkv[idx(bi, j, 2, h, d)])
-                        })
-                        .sum();
+                    let dp: f64 =
+                        (0..hs).map(|d| f(dout[(bi * tt + i) * c + h * hs + d]) * f(qkv[idx(bi, j, 2, h, d)])).sum();
                     let ds = p * (dp - dd);
                     for d in 0..hs {
                         acc[idx(bi, j, 2, h, d)] += p * f(dout[(bi * tt + i) * c + h * hs + d]);
@@ -413,10 +372,7 @@ pub fn softmax_xent_forward<F: Float>(
 ) {
     for r in 0..n {
         let row = &mut logits[r * vp..][..vp];
-        let mx = row[..v]
-            .iter()
-            .map(|&x| f(x))
-            .fold(f64::NEG_INFINITY, f64::max);
+        let mx = row[..v].iter().map(|&x| f(x)).fold(f64::NEG_INFINITY, f64::max);
         let z: f64 = row[..v].iter().map(|&x| (f(x) - mx).exp()).sum();
         let tgt = targets[r] as usize;
         losses[r] = t(mx + z.ln() - f(row[tgt]));
@@ -431,14 +387,7 @@ pub fn softmax_xent_forward<F: Float>(
 
 /// Backward of the fused loss, in place: probs (N,Vp) become dlogits = (probs - onehot) * dloss
 /// (overwrite). `dloss` is d(total loss)/d(row loss), e.g. 1/N for a mean.
-pub fn softmax_xent_backward<F: Float>(
-    probs: &mut [F],
-    targets: &[u32],
-    dloss: f64,
-    n: usize,
-    v: usize,
-    vp: usize,
-) {
+pub fn softmax_xent_backward<F: Float>(probs: &mut [F], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize) {
     for r in 0..n {
         let row = &mut probs[r * vp..][..vp];
         let tgt = targets[r] as usize;
@@ -447,4 +396,42 @@ pub fn softmax_xent_backward<F: Float>(
             *x = t((f(*x) - ind) * dloss);
         }
     }
+}
+
+/// dbias (OC) += column sums of dout (N,OC).
+pub fn bias_backward<F: Float>(dbias: &mut [F], dout: &[F], n: usize, oc: usize) {
+    for o in 0..oc {
+        let s: f64 = (0..n).map(|r| f(dout[r * oc + o])).sum();
+        dbias[o] = t(f(dbias[o]) + s);
+    }
+}
+
+/// max |x| (NaN if any x is NaN).
+pub fn amax<F: Float>(src: &[F]) -> f32 {
+    let mut m = 0.0f64;
+    for &x in src {
+        let a = f(x).abs();
+        if a.is_nan() {
+            return f32::NAN;
+        }
+        m = m.max(a);
+    }
+    m as f32
+}
+
+/// Round to bf16 (via f32, ties to even).
+pub fn round_bf16<F: Float>(dst: &mut [F], src: &[F]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = F::from_f32(bf16_round(x.to_f32()));
+    }
+}
+
+/// FP8 quantise-dequantise at a power-of-two `scale` (saturating), via f32. Returns max |src|.
+pub fn qdq_fp8<F: Float>(dst: &mut [F], src: &[F], format: Fp8Format, scale: f32) -> f32 {
+    let inv = 1.0 / scale as f64;
+    for (d, &x) in dst.iter_mut().zip(src) {
+        let code = fp8::encode(format, x.to_f32() * scale, Overflow::Saturate);
+        *d = t(fp8::decode(format, code) as f64 * inv);
+    }
+    amax(src)
 }

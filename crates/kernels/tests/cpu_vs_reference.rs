@@ -89,28 +89,8 @@ fn matmul_forward_and_backward_match_reference_with_and_without_bias() {
         let d = randn(&mut r, n * oc, 1.0);
         let (mut dx1, mut dw1, mut db1) = (vec![9.0; n * ic], vec![0.1; oc * ic], vec![0.2; oc]);
         let (mut dx2, mut dw2, mut db2) = (dx1.clone(), dw1.clone(), db1.clone());
-        cpu::matmul_backward(
-            &mut dx1,
-            &mut dw1,
-            with_bias.then_some(&mut db1[..]),
-            &d,
-            &x,
-            &w,
-            n,
-            ic,
-            oc,
-        );
-        reference::matmul_backward(
-            &mut dx2,
-            &mut dw2,
-            with_bias.then_some(&mut db2[..]),
-            &d,
-            &x,
-            &w,
-            n,
-            ic,
-            oc,
-        );
+        cpu::matmul_backward(&mut dx1, &mut dw1, with_bias.then_some(&mut db1[..]), &d, &x, &w, n, ic, oc);
+        reference::matmul_backward(&mut dx2, &mut dw2, with_bias.then_some(&mut db2[..]), &d, &x, &w, n, ic, oc);
         TOL.assert_close("matmul dinp", &dx1, &dx2);
         TOL.assert_close("matmul dw", &dw1, &dw2);
         TOL.assert_close("matmul db", &db1, &db2);
@@ -216,9 +196,56 @@ fn fast_exp_and_tanh_are_accurate_over_their_range() {
         let e = cpu::fast_exp(x as f32) as f64;
         worst_exp = worst_exp.max((e - (x as f32 as f64).exp()).abs() / (x as f32 as f64).exp());
         let u = -10.0 + 20.0 * i as f64 / 200_000.0;
-        worst_tanh =
-            worst_tanh.max((cpu::fast_tanh(u as f32) as f64 - (u as f32 as f64).tanh()).abs());
+        worst_tanh = worst_tanh.max((cpu::fast_tanh(u as f32) as f64 - (u as f32 as f64).tanh()).abs());
     }
     assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
     assert!(worst_tanh < 2e-7, "tanh absolute error {worst_tanh:e}");
+}
+
+#[test]
+fn precision_casts_match_reference_exactly() {
+    use octet_core::fp8::Fp8Format;
+    let mut r = Rng::new(9);
+    let n = 70_000;
+    let mut x = randn(&mut r, n, 3.0);
+    x[5] = 1e6; // saturates at every scale below
+    let (mut a, mut b) = (vec![0.0f32; n], vec![0.0f32; n]);
+    cpu::round_bf16(&mut a, &x);
+    reference::round_bf16(&mut b, &x);
+    Tolerance::EXACT.assert_close("bf16", &a, &b);
+    for (fmt, scale) in [(Fp8Format::E4M3, 32.0f32), (Fp8Format::E5M2, 0.5), (Fp8Format::E4M3, 1.0 / 1024.0)] {
+        let am1 = cpu::qdq_fp8(&mut a, &x, fmt, scale);
+        let am2 = reference::qdq_fp8(&mut b, &x, fmt, scale);
+        Tolerance::EXACT.assert_close("qdq", &a, &b);
+        assert_eq!(am1, am2);
+        assert_eq!(am1, 1e6);
+        assert!(a.iter().all(|v| v.is_finite()), "saturating casts never make inf");
+    }
+    // Every bf16 bit pattern (all exponents, subnormals, inf, NaN) at several scales: the arithmetic
+    // grid rounding must agree bit for bit with encode + decode.
+    let all: Vec<f32> = (0..=u16::MAX).map(|h| f32::from_bits((h as u32) << 16)).collect();
+    let (mut a, mut b) = (vec![0.0f32; all.len()], vec![0.0f32; all.len()]);
+    for fmt in [Fp8Format::E4M3, Fp8Format::E5M2] {
+        for scale in [1.0f32, 64.0, 1.0 / 256.0] {
+            cpu::qdq_fp8(&mut a, &all, fmt, scale);
+            reference::qdq_fp8(&mut b, &all, fmt, scale);
+            for i in 0..all.len() {
+                assert!(
+                    a[i].to_bits() == b[i].to_bits() || (a[i].is_nan() && b[i].is_nan()),
+                    "{fmt:?} x{scale}: {:e} -> {:e} vs {:e}",
+                    all[i],
+                    a[i],
+                    b[i]
+                );
+            }
+        }
+    }
+    assert_eq!(cpu::amax(&[1.0, -3.0, 2.0]), 3.0);
+    assert!(reference::amax(&[1.0f32, f32::NAN]).is_nan());
+    let (rows, oc) = (130, 9);
+    let d = randn(&mut r, rows * oc, 1.0);
+    let (mut g1, mut g2) = (vec![0.5f32; oc], vec![0.5f32; oc]);
+    cpu::bias_backward(&mut g1, &d, rows, oc);
+    reference::bias_backward(&mut g2, &d, rows, oc);
+    TOL.assert_close("dbias", &g1, &g2);
 }

@@ -36,16 +36,8 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// The three GEMMs of a linear layer over the same FP8 X (N,IC), W (OC,IC), dY (N,OC): name, output
 /// rows and cols, A view, B view (see the table in the module doc of `fp8_gemm`).
-fn linear_layouts<'a>(
-    x: Fp8Mat<'a>,
-    w: Fp8Mat<'a>,
-    dy: Fp8Mat<'a>,
-) -> [(&'static str, Fp8Mat<'a>, Fp8Mat<'a>); 3] {
-    [
-        ("forward Y = X W^T", x, w.t()),
-        ("data grad dX = dY W", dy, w),
-        ("weight grad dW = dY^T X", dy.t(), x),
-    ]
+fn linear_layouts<'a>(x: Fp8Mat<'a>, w: Fp8Mat<'a>, dy: Fp8Mat<'a>) -> [(&'static str, Fp8Mat<'a>, Fp8Mat<'a>); 3] {
+    [("forward Y = X W^T", x, w.t()), ("data grad dX = dY W", dy, w), ("weight grad dW = dY^T X", dy.t(), x)]
 }
 
 #[test]
@@ -59,11 +51,7 @@ fn dequantised_fp8_values_are_exact_in_f32() {
             for code in 0..=255u8 {
                 let v = fp8::decode(fmt, code);
                 if v.is_finite() {
-                    assert_eq!(
-                        (v * s) as f64,
-                        v as f64 * s as f64,
-                        "{fmt} code {code:#04x} * 2^{k}"
-                    );
+                    assert_eq!((v * s) as f64, v as f64 * s as f64, "{fmt} code {code:#04x} * 2^{k}");
                 }
             }
         }
@@ -73,10 +61,7 @@ fn dequantised_fp8_values_are_exact_in_f32() {
 #[test]
 fn fast_gemm_matches_reference_in_every_linear_layout() {
     // 300 x 256 = 76800 input bytes: above fp8::PARALLEL_THRESHOLD, so dequantisation splits.
-    for (seed, (n, ic, oc)) in [(3usize, 17usize, 5usize), (300, 256, 48)]
-        .into_iter()
-        .enumerate()
-    {
+    for (seed, (n, ic, oc)) in [(3usize, 17usize, 5usize), (300, 256, 48)].into_iter().enumerate() {
         let mut r = Rng::new(10 + seed as u64);
         let (x, sx) = cast(Fp8Format::E4M3, &randn(&mut r, n * ic, 1.0));
         let (w, sw) = cast(Fp8Format::E4M3, &randn(&mut r, oc * ic, 0.05));
@@ -89,20 +74,13 @@ fn fast_gemm_matches_reference_in_every_linear_layout() {
             let (m, cols) = (a.rows, b.cols);
             let bias = randn(&mut r, cols, 0.5);
             let prior = randn(&mut r, m * cols, 0.5);
-            for (use_bias, accumulate) in
-                [(false, false), (true, false), (false, true), (true, true)]
-            {
-                let ep = Epilogue {
-                    bias: use_bias.then_some(&bias[..]),
-                    accumulate,
-                    amax: true,
-                    ..Epilogue::default()
-                };
+            for (use_bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+                let ep =
+                    Epilogue { bias: use_bias.then_some(&bias[..]), accumulate, amax: true, ..Epilogue::default() };
                 let (mut fast, mut want) = (prior.clone(), prior.clone());
                 let amax_fast = fp8_gemm::gemm(&mut fast, a, b, ep, &mut scratch);
                 let amax_want = fp8_gemm::gemm_reference(&mut want, a, b, ep);
-                let what =
-                    format!("{name} ({n},{ic},{oc}) bias {use_bias} accumulate {accumulate}");
+                let what = format!("{name} ({n},{ic},{oc}) bias {use_bias} accumulate {accumulate}");
                 Tolerance::F32.assert_close(&what, &fast, &want);
                 Tolerance::F32.assert_close(&what, &[amax_fast.unwrap()], &[amax_want.unwrap()]);
             }
@@ -116,40 +94,19 @@ fn bf16_output_is_the_rounded_f32_result_and_amax_is_max_abs() {
     let mut r = Rng::new(20);
     let (a, sa) = cast(Fp8Format::E4M3, &randn(&mut r, m * k, 3.0));
     let (b, sb) = cast(Fp8Format::E5M2, &randn(&mut r, k * n, 0.1));
-    let (a, b) = (
-        Fp8Mat::rm(&a, m, k, Fp8Format::E4M3, sa),
-        Fp8Mat::rm(&b, k, n, Fp8Format::E5M2, sb),
-    );
+    let (a, b) = (Fp8Mat::rm(&a, m, k, Fp8Format::E4M3, sa), Fp8Mat::rm(&b, k, n, Fp8Format::E5M2, sb));
     let bias = randn(&mut r, n, 1.0);
     let mut scratch = Fp8Scratch::default();
-    let f32_ep = Epilogue {
-        bias: Some(&bias),
-        ..Epilogue::default()
-    };
-    let bf16_ep = Epilogue {
-        precision: OutPrecision::Bf16,
-        amax: true,
-        ..f32_ep
-    };
+    let f32_ep = Epilogue { bias: Some(&bias), ..Epilogue::default() };
+    let bf16_ep = Epilogue { precision: OutPrecision::Bf16, amax: true, ..f32_ep };
     for fast in [true, false] {
         let run = |out: &mut [f32], ep, scratch: &mut Fp8Scratch| {
-            if fast {
-                fp8_gemm::gemm(out, a, b, ep, scratch)
-            } else {
-                fp8_gemm::gemm_reference(out, a, b, ep)
-            }
+            if fast { fp8_gemm::gemm(out, a, b, ep, scratch) } else { fp8_gemm::gemm_reference(out, a, b, ep) }
         };
         let (mut c32, mut c16) = (vec![0.0; m * n], vec![0.0; m * n]);
-        assert_eq!(
-            run(&mut c32, f32_ep, &mut scratch),
-            None,
-            "amax only when asked"
-        );
+        assert_eq!(run(&mut c32, f32_ep, &mut scratch), None, "amax only when asked");
         let amax = run(&mut c16, bf16_ep, &mut scratch).unwrap();
-        let rounded: Vec<f32> = c32
-            .iter()
-            .map(|&v| octet_core::dtype::round_bf16(v))
-            .collect();
+        let rounded: Vec<f32> = c32.iter().map(|&v| octet_core::dtype::round_bf16(v)).collect();
         Tolerance::EXACT.assert_close("bf16 out = round_bf16(f32 out)", &c16, &rounded);
         let max_abs = c16.iter().fold(0.0f32, |acc, v| acc.max(v.abs()));
         assert_eq!(amax, max_abs, "amax of the bf16 output (fast {fast})");
@@ -225,16 +182,7 @@ fn fp8_gemm_is_within_the_format_bound_of_the_f32_matmul() {
     let cases = [
         ("forward", xm, wm.t(), &x, (e4, sx), &wt, (e4, sw), &y32),
         ("data grad", dym, wm, &dy, (e5, sdy), &w, (e4, sw), &dx32),
-        (
-            "weight grad",
-            dym.t(),
-            xm,
-            &dyt,
-            (e5, sdy),
-            &x,
-            (e4, sx),
-            &dw32,
-        ),
+        ("weight grad", dym.t(), xm, &dyt, (e5, sdy), &x, (e4, sx), &dw32),
     ];
     for (name, a, b, a32, fa, b32, fb, want) in cases {
         let dims = (a.rows, a.cols, b.cols);
@@ -244,18 +192,12 @@ fn fp8_gemm_is_within_the_format_bound_of_the_f32_matmul() {
         let mut worst = 0.0f64;
         for (i, ((&g, &y), &bd)) in got.iter().zip(want.iter()).zip(&bound).enumerate() {
             let err = (g as f64 - y as f64).abs();
-            assert!(
-                err <= bd,
-                "{name}[{i}]: fp8 {g:e} vs f32 {y:e}: |err| {err:e} > bound {bd:e}"
-            );
+            assert!(err <= bd, "{name}[{i}]: fp8 {g:e} vs f32 {y:e}: |err| {err:e} > bound {bd:e}");
             worst = worst.max(err / bd);
         }
         // Not vacuous: the quantisation error uses a visible part of the bound.
         println!("{name}: worst |err| / bound = {worst:.3}");
-        assert!(
-            worst > 0.05,
-            "{name}: bound {worst} looser than expected; is anything quantised?"
-        );
+        assert!(worst > 0.05, "{name}: bound {worst} looser than expected; is anything quantised?");
     }
 }
 
@@ -286,10 +228,7 @@ fn fp8_linear_runs_its_three_gemms_on_its_fp8_operands() {
     let (xq, wq) = (layer.saved_input().unwrap(), layer.saved_weight().unwrap());
     assert_eq!((xq.format, wq.format), (Fp8Format::E4M3, Fp8Format::E4M3));
     let mut want = vec![0.0; n * oc];
-    let ep = Epilogue {
-        bias: Some(&bias),
-        ..Epilogue::default()
-    };
+    let ep = Epilogue { bias: Some(&bias), ..Epilogue::default() };
     fp8_gemm::gemm_reference(&mut want, xq, wq.t(), ep);
     Tolerance::F32.assert_close("forward", &y, &want);
 
@@ -307,22 +246,15 @@ fn fp8_linear_runs_its_three_gemms_on_its_fp8_operands() {
     fp8_gemm::gemm_reference(&mut dx_want, dyq, wq, Epilogue::default());
     Tolerance::F32.assert_close("dinp", &dx, &dx_want);
     let mut dw_want = dw0;
-    let acc = Epilogue {
-        accumulate: true,
-        ..Epilogue::default()
-    };
+    let acc = Epilogue { accumulate: true, ..Epilogue::default() };
     fp8_gemm::gemm_reference(&mut dw_want, dyq.t(), xq, acc);
     Tolerance::F32.assert_close("dw", &dw, &dw_want);
-    let db_want: Vec<f64> = (0..oc)
-        .map(|o| db0[o] as f64 + (0..n).map(|i| dout[i * oc + o] as f64).sum::<f64>())
-        .collect();
+    let db_want: Vec<f64> =
+        (0..oc).map(|o| db0[o] as f64 + (0..n).map(|i| dout[i * oc + o] as f64).sum::<f64>()).collect();
     Tolerance::F32.assert_close("dbias (f32, unquantised dout)", &db, &db_want);
 
     // The FP8 weight gradient: E4M3 with window 1, i.e. scaled from this dw's own amax.
-    assert_eq!(
-        (dw8.shape.as_slice(), dw8.format()),
-        (&[oc, ic][..], Fp8Format::E4M3)
-    );
+    assert_eq!((dw8.shape.as_slice(), dw8.format()), (&[oc, ic][..], Fp8Format::E4M3));
     assert_eq!(dw8.meta.amax_history.window(), 1);
     assert_eq!(dw8.meta.amax_history.latest(), Some(fp8::amax(&dw)));
     Tolerance::E4M3.assert_close("fp8 dw", &dw8.dequantize(), &dw);
@@ -407,17 +339,7 @@ fn sgd_step(
                 dw2 = dw8.dequantize();
             }
         }
-        None => cpu::matmul_backward(
-            &mut dh,
-            &mut dw2,
-            Some(&mut db2),
-            &dyhat,
-            &h,
-            &m.w2,
-            n,
-            H,
-            O,
-        ),
+        None => cpu::matmul_backward(&mut dh, &mut dw2, Some(&mut db2), &dyhat, &h, &m.w2, n, H, O),
     }
     for (g, &pre) in dh.iter_mut().zip(&h_pre) {
         if pre <= 0.0 {
@@ -433,12 +355,7 @@ fn sgd_step(
         }
         None => cpu::matmul_backward(&mut dx, &mut dw1, Some(&mut db1), &dh, x, &m.w1, n, D, H),
     }
-    for (p, g) in [
-        (&mut m.w1, &dw1),
-        (&mut m.b1, &db1),
-        (&mut m.w2, &dw2),
-        (&mut m.b2, &db2),
-    ] {
+    for (p, g) in [(&mut m.w1, &dw1), (&mut m.b1, &db1), (&mut m.w2, &dw2), (&mut m.b2, &db2)] {
         for (p, g) in p.iter_mut().zip(g.iter()) {
             *p -= (lr as f64 / GRAD_SCALE) as f32 * g;
         }
@@ -483,10 +400,7 @@ fn fp8_mlp_trains_like_its_f32_twin() {
     println!("f32 loss {first:.5} -> {last:.5}");
     for fp8_weight_grad in [false, true] {
         let recipe = Recipe::default();
-        let mut layers = [
-            Fp8Linear::new(&recipe, D, H).unwrap(),
-            Fp8Linear::new(&recipe, H, O).unwrap(),
-        ];
+        let mut layers = [Fp8Linear::new(&recipe, D, H).unwrap(), Fp8Linear::new(&recipe, H, O).unwrap()];
         let mut m8 = student.clone();
         let mut worst = 0.0f64;
         for (step, &l32) in l32.iter().enumerate() {
@@ -506,10 +420,7 @@ fn fp8_mlp_trains_like_its_f32_twin() {
             }
         }
     }
-    assert!(
-        last < 0.2 * first,
-        "the f32 run itself must train: {first} -> {last}"
-    );
+    assert!(last < 0.2 * first, "the f32 run itself must train: {first} -> {last}");
 }
 
 #[test]
@@ -520,10 +431,7 @@ fn delayed_scaling_follows_the_amax_history() {
     let w = vec![0.5f32; oc * ic];
     let input = |amax: f32| -> Vec<f32> { (0..n * ic).map(|i| amax / (1 + i) as f32).collect() };
     for mode in [ScalingMode::Delayed, ScalingMode::JustInTime] {
-        let recipe = Recipe {
-            mode,
-            ..Recipe::default()
-        };
+        let recipe = Recipe { mode, ..Recipe::default() };
         let mut layer = Fp8Linear::new(&recipe, ic, oc).unwrap();
         let mut y = vec![0.0; n * oc];
         let window = recipe.input.window;
@@ -568,10 +476,7 @@ fn overflow_with_a_stale_scale_saturates_instead_of_nan() {
     let (n, ic, oc) = (4, 8, 3);
     let mut r = Rng::new(60);
     let w = randn(&mut r, oc * ic, 0.3);
-    let small: Vec<f32> = randn(&mut r, n * ic, 0.3)
-        .into_iter()
-        .map(|v| v.clamp(-1.0, 1.0))
-        .collect();
+    let small: Vec<f32> = randn(&mut r, n * ic, 0.3).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect();
     let small_dout: Vec<f32> = small[..n * oc].to_vec();
     let mut layer = Fp8Linear::new(&Recipe::default(), ic, oc).unwrap();
     let (mut y, mut dx, mut dw) = (vec![0.0; n * oc], vec![0.0; n * ic], vec![0.0; oc * ic]);
@@ -587,22 +492,13 @@ fn overflow_with_a_stale_scale_saturates_instead_of_nan() {
     huge[0] = 1e6;
     huge[5] = -1e6;
     let amax = layer.forward(&mut y, &huge, &w, None, n);
-    assert!(
-        amax.is_finite() && y.iter().all(|v| v.is_finite()),
-        "forward: {y:?}"
-    );
-    assert_eq!(
-        layer.input.scale, stale_x,
-        "delayed cast used the stale scale"
-    );
+    assert!(amax.is_finite() && y.iter().all(|v| v.is_finite()), "forward: {y:?}");
+    assert_eq!(layer.input.scale, stale_x, "delayed cast used the stale scale");
     let xq = layer.saved_input().unwrap();
     let e4 = Fp8Format::E4M3;
     assert_eq!(xq.bytes[0], e4.max_code());
     assert_eq!(xq.bytes[5], 0x80 | e4.max_code());
-    assert_eq!(
-        (xq.get(0, 0), xq.get(0, 5)),
-        (e4.max() * stale_x.recip(), -e4.max() * stale_x.recip())
-    );
+    assert_eq!((xq.get(0, 0), xq.get(0, 5)), (e4.max() * stale_x.recip(), -e4.max() * stale_x.recip()));
 
     let mut huge_dout = small_dout.clone();
     huge_dout[1] = 1e9;
@@ -611,18 +507,11 @@ fn overflow_with_a_stale_scale_saturates_instead_of_nan() {
     assert_eq!(layer.grad_output.scale, stale_dy);
     let dyq = layer.saved_grad_output().unwrap();
     assert_eq!(dyq.bytes[1], Fp8Format::E5M2.max_code());
-    assert!(
-        dx.iter().chain(&dw).all(|v| v.is_finite()),
-        "backward: {dx:?} {dw:?}"
-    );
+    assert!(dx.iter().chain(&dw).all(|v| v.is_finite()), "backward: {dx:?} {dw:?}");
     assert!(dw8.dequantize().iter().all(|v| v.is_finite()));
 
     layer.forward(&mut y, &small, &w, None, n);
-    assert_eq!(
-        layer.input.scale,
-        pow2(-12),
-        "scale adapts once the overflow is in the window"
-    );
+    assert_eq!(layer.input.scale, pow2(-12), "scale adapts once the overflow is in the window");
 }
 
 /// Best-of wall time of `f` in seconds.
@@ -644,18 +533,11 @@ fn fp8_gemm_throughput_vs_sgemm() {
     let (n, ic, oc) = (2048, 768, 3072);
     let flop = 2.0 * (n * ic * oc) as f64;
     let mut r = Rng::new(70);
-    let (x, w, dy) = (
-        randn(&mut r, n * ic, 1.0),
-        randn(&mut r, oc * ic, 0.02),
-        randn(&mut r, n * oc, 1e-3),
-    );
+    let (x, w, dy) = (randn(&mut r, n * ic, 1.0), randn(&mut r, oc * ic, 0.02), randn(&mut r, n * oc, 1e-3));
     let (e4, e5) = (Fp8Format::E4M3, Fp8Format::E5M2);
     let ((xq, sx), (wq, sw), (dyq, sdy)) = (cast(e4, &x), cast(e4, &w), cast(e5, &dy));
-    let (xm, wm, dym) = (
-        Fp8Mat::rm(&xq, n, ic, e4, sx),
-        Fp8Mat::rm(&wq, oc, ic, e4, sw),
-        Fp8Mat::rm(&dyq, n, oc, e5, sdy),
-    );
+    let (xm, wm, dym) =
+        (Fp8Mat::rm(&xq, n, ic, e4, sx), Fp8Mat::rm(&wq, oc, ic, e4, sw), Fp8Mat::rm(&dyq, n, oc, e5, sdy));
     let mut scratch = Fp8Scratch::default();
     let threads = rayon::current_num_threads();
     println!("(N, IC, OC) = ({n}, {ic}, {oc}), {threads} threads, best of 5");

@@ -7,10 +7,7 @@ use octet_core::{Rng, Tolerance};
 use octet_kernels::reference as r;
 
 /// Central differences with h = 1e-6 err by O(h^2) ~ 1e-12 plus roundoff 1e-16/h ~ 1e-10.
-const FD: Tolerance = Tolerance {
-    atol: 1e-8,
-    rtol: 1e-6,
-};
+const FD: Tolerance = Tolerance { atol: 1e-8, rtol: 1e-6 };
 
 fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
     (0..n).map(|_| rng.normal()).collect()
@@ -37,11 +34,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 fn rmsnorm_backward_matches_finite_differences() {
     let (n, c) = (3, 7);
     let mut rng = Rng::new(1);
-    let (x, w, d) = (
-        randn(&mut rng, n * c),
-        randn(&mut rng, c),
-        randn(&mut rng, n * c),
-    );
+    let (x, w, d) = (randn(&mut rng, n * c), randn(&mut rng, c), randn(&mut rng, n * c));
     let fwd = |x: &[f64], w: &[f64]| {
         let (mut o, mut s) = (vec![0.0; n * c], vec![0.0; n]);
         r::rmsnorm_forward(&mut o, &mut s, x, w, n, c, 1e-6);
@@ -58,12 +51,7 @@ fn rmsnorm_backward_matches_finite_differences() {
 fn layernorm_backward_matches_finite_differences() {
     let (n, c) = (3, 6);
     let mut rng = Rng::new(2);
-    let (x, w, b, d) = (
-        randn(&mut rng, n * c),
-        randn(&mut rng, c),
-        randn(&mut rng, c),
-        randn(&mut rng, n * c),
-    );
+    let (x, w, b, d) = (randn(&mut rng, n * c), randn(&mut rng, c), randn(&mut rng, c), randn(&mut rng, n * c));
     let fwd = |x: &[f64], w: &[f64], b: &[f64]| {
         let (mut o, mut m, mut s) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
         r::layernorm_forward(&mut o, &mut m, &mut s, x, w, b, n, c);
@@ -92,10 +80,7 @@ fn swiglu_relu_gelu_backward_match_finite_differences() {
     };
     FD.assert_close("swiglu dx", &dx, &fd_grad(&x, &f));
     // ReLU and GELU: elementwise, away from ReLU's kink.
-    let x: Vec<f64> = randn(&mut rng, 50)
-        .into_iter()
-        .map(|v| if v.abs() < 1e-3 { 0.5 } else { v })
-        .collect();
+    let x: Vec<f64> = randn(&mut rng, 50).into_iter().map(|v| if v.abs() < 1e-3 { 0.5 } else { v }).collect();
     let d = randn(&mut rng, 50);
     let mut dx = vec![0.0; 50];
     r::relu_backward(&mut dx, &x, &d);
@@ -135,12 +120,8 @@ fn attention_backward_matches_finite_differences() {
 fn matmul_and_softmax_xent_backward_match_finite_differences() {
     let (n, ic, oc) = (3, 4, 5);
     let mut rng = Rng::new(5);
-    let (x, w, bias, d) = (
-        randn(&mut rng, n * ic),
-        randn(&mut rng, oc * ic),
-        randn(&mut rng, oc),
-        randn(&mut rng, n * oc),
-    );
+    let (x, w, bias, d) =
+        (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc), randn(&mut rng, n * oc));
     let fwd = |x: &[f64], w: &[f64], bias: &[f64]| {
         let mut o = vec![0.0; n * oc];
         r::matmul_forward(&mut o, x, w, Some(bias), n, ic, oc);

@@ -9,11 +9,14 @@ use octet_kernels::CpuBackend;
 use octet_optim::{AdamW, AdamWConfig, clip_global_norm};
 
 use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params, param_layout};
+use crate::precision::Precision;
 use crate::train::peak_rss_bytes;
+use octet_core::scaling::Recipe;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchResult {
     pub model: Gpt2Config,
+    pub precision: Precision,
     pub batch: usize,
     pub seq: usize,
     pub steps: usize,
@@ -36,6 +39,7 @@ pub fn flops_per_token(c: &Gpt2Config, t: usize) -> f64 {
 
 pub fn bench_train(
     cfg: Gpt2Config,
+    precision: Precision,
     b: usize,
     t: usize,
     steps: usize,
@@ -43,17 +47,14 @@ pub fn bench_train(
     seed: u64,
 ) -> Result<BenchResult> {
     let layout = Arc::new(param_layout(&cfg));
-    let mut model = Gpt2::new(cfg, CpuBackend, init_params(&cfg, &layout, seed))?;
+    let mut model =
+        Gpt2::new(cfg, CpuBackend, init_params(&cfg, &layout, seed))?.with_precision(precision, &Recipe::default())?;
     let mut opt = AdamW::new(layout.clone(), decay_flags(&layout), AdamWConfig::default());
     let mut rng = Rng::new(seed);
     let mut times = vec![];
     for i in 0..warmup + steps {
-        let x: Vec<u32> = (0..b * t)
-            .map(|_| rng.below(cfg.vocab_size) as u32)
-            .collect();
-        let y: Vec<u32> = (0..b * t)
-            .map(|_| rng.below(cfg.vocab_size) as u32)
-            .collect();
+        let x: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
+        let y: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
         let t0 = Instant::now();
         model.zero_grad();
         model.forward(&x, Some(&y), b, t)?;
@@ -70,6 +71,7 @@ pub fn bench_train(
     let fpt = flops_per_token(&cfg, t);
     Ok(BenchResult {
         model: cfg,
+        precision,
         batch: b,
         seq: t,
         steps,

@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::data::write_atomic;
 use crate::gpt2::Gpt2Config;
+use crate::precision::LinearScaling;
 use crate::train::TrainConfig;
 
 pub const STATE_VERSION: u32 = 1;
@@ -27,6 +28,9 @@ pub struct State {
     /// Number of training tokens in the shard the run trained on (a cheap data fingerprint).
     pub train_tokens: usize,
     pub last_loss: Option<f64>,
+    /// FP8 scaling state of every block linear (amax histories and scales), for bit-identical resume.
+    #[serde(default)]
+    pub scaling: Vec<LinearScaling>,
 }
 
 fn f32_bytes(x: &[f32]) -> Vec<u8> {
@@ -34,61 +38,33 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
 }
 
 /// Serialise named tensors of `slabs` (with name prefixes) to safetensors bytes.
-pub fn to_safetensors(
-    slabs: &[(&str, &Slab<f32>)],
-    meta: HashMap<String, String>,
-) -> Result<Vec<u8>> {
+pub fn to_safetensors(slabs: &[(&str, &Slab<f32>)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
     for (prefix, slab) in slabs {
         for (spec, vals) in slab.iter() {
-            owned.push((
-                format!("{prefix}{}", spec.name),
-                spec.shape.clone(),
-                f32_bytes(vals),
-            ));
+            owned.push((format!("{prefix}{}", spec.name), spec.shape.clone(), f32_bytes(vals)));
         }
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
         .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                    .expect("shape matches bytes"),
-            )
+            (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes"))
         })
         .collect();
     safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("safetensors: {e}")))
 }
 
 /// Fill `out` (laid out by `layout`) from tensors `prefix + name` of a safetensors file.
-pub fn load_into(
-    path: &Path,
-    bytes: &[u8],
-    prefix: &str,
-    layout: &Layout,
-    out: &mut [f32],
-) -> Result<()> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::format(path, "header", e.to_string()))?;
+pub fn load_into(path: &Path, bytes: &[u8], prefix: &str, layout: &Layout, out: &mut [f32]) -> Result<()> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
     for spec in layout.specs() {
         let name = format!("{prefix}{}", spec.name);
-        let t = st
-            .tensor(&name)
-            .map_err(|_| Error::format(path, &name, "tensor missing"))?;
+        let t = st.tensor(&name).map_err(|_| Error::format(path, &name, "tensor missing"))?;
         if t.dtype() != Dtype::F32 {
-            return Err(Error::format(
-                path,
-                &name,
-                format!("expected dtype F32, found {:?}", t.dtype()),
-            ));
+            return Err(Error::format(path, &name, format!("expected dtype F32, found {:?}", t.dtype())));
         }
         if t.shape() != spec.shape.as_slice() {
-            return Err(Error::format(
-                path,
-                &name,
-                format!("expected shape {:?}, found {:?}", spec.shape, t.shape()),
-            ));
+            return Err(Error::format(path, &name, format!("expected shape {:?}, found {:?}", spec.shape, t.shape())));
         }
         for (o, b) in out[spec.range()].iter_mut().zip(t.data().chunks_exact(4)) {
             *o = f32::from_le_bytes(b.try_into().unwrap());
@@ -117,14 +93,8 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let meta = HashMap::from([("format".to_string(), "octet-gpt2".to_string())]);
-    write_atomic(
-        &tmp.join("model.safetensors"),
-        &to_safetensors(&[("", params)], meta.clone())?,
-    )?;
-    write_atomic(
-        &tmp.join("optimizer.safetensors"),
-        &to_safetensors(&[("m.", m), ("v.", v)], meta)?,
-    )?;
+    write_atomic(&tmp.join("model.safetensors"), &to_safetensors(&[("", params)], meta.clone())?)?;
+    write_atomic(&tmp.join("optimizer.safetensors"), &to_safetensors(&[("m.", m), ("v.", v)], meta)?)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     write_atomic(&tmp.join("state.json"), json.as_bytes())?;
     std::fs::copy(tokenizer_json, tmp.join("tokenizer.json")).map_err(|e| io(tokenizer_json, e))?;
@@ -137,12 +107,7 @@ pub fn save(
     let mut old: Vec<PathBuf> = std::fs::read_dir(run_dir)
         .map_err(|e| io(run_dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("ckpt-"))
-        })
+        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ckpt-")))
         .collect();
     old.sort();
     if old.len() > keep {
@@ -163,11 +128,7 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
     if dir.join("state.json").is_file() {
         return Ok(dir.to_path_buf());
     }
-    Err(Error::format(
-        dir,
-        "checkpoint",
-        "neither a checkpoint (no state.json) nor a run directory (no `latest`)",
-    ))
+    Err(Error::format(dir, "checkpoint", "neither a checkpoint (no state.json) nor a run directory (no `latest`)"))
 }
 
 /// A loaded checkpoint.
@@ -184,25 +145,15 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
     let dir = resolve(dir)?;
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-    let state: State =
-        serde_json::from_str(&text).map_err(|e| Error::format(&sp, "state", e.to_string()))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| Error::format(&sp, "state", e.to_string()))?;
     if state.version != STATE_VERSION {
-        return Err(Error::format(
-            &sp,
-            "version",
-            format!("expected {STATE_VERSION}, found {}", state.version),
-        ));
+        return Err(Error::format(&sp, "version", format!("expected {STATE_VERSION}, found {}", state.version)));
     }
-    state
-        .model
-        .validate()
-        .map_err(|e| Error::format(&sp, "model", e.to_string()))?;
+    state.model.validate().map_err(|e| Error::format(&sp, "model", e.to_string()))?;
     let layout = crate::gpt2::param_layout(&state.model);
     let read = |name: &str| {
         let p = dir.join(name);
-        std::fs::read(&p)
-            .map(|b| (p.clone(), b))
-            .map_err(|e| Error::io(&p, e))
+        std::fs::read(&p).map(|b| (p.clone(), b)).map_err(|e| Error::io(&p, e))
     };
     let mut params = vec![0.0; layout.total()];
     let (p, b) = read("model.safetensors")?;
@@ -215,11 +166,5 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
         load_into(&p, &b, "m.", &layout, &mut m)?;
         load_into(&p, &b, "v.", &layout, &mut v)?;
     }
-    Ok(Loaded {
-        dir,
-        state,
-        params,
-        m,
-        v,
-    })
+    Ok(Loaded { dir, state, params, m, v })
 }

@@ -33,10 +33,7 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -63,20 +60,13 @@ impl TextTokenizer {
     /// the end-of-text token).
     pub fn train(text: &str, vocab_size: usize) -> Result<Self> {
         if vocab_size < 300 {
-            return Err(Error::config(
-                "vocab_size",
-                format!("{vocab_size} is too small for byte-level BPE (>= 300)"),
-            ));
+            return Err(Error::config("vocab_size", format!("{vocab_size} is too small for byte-level BPE (>= 300)")));
         }
         let trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
             .show_progress(false)
-            .initial_alphabet(
-                tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
-                    .into_iter()
-                    .collect(),
-            )
+            .initial_alphabet(tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect())
             .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
             .build();
         let mut trainer: TrainerWrapper = trainer.into();
@@ -92,16 +82,12 @@ impl TextTokenizer {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| Error::format(path, "tokenizer", e.to_string()))?;
+        let inner = Tokenizer::from_file(path).map_err(|e| Error::format(path, "tokenizer", e.to_string()))?;
         Ok(TextTokenizer { inner })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self
-            .inner
-            .to_string(false)
-            .map_err(|e| Error::Other(format!("tokenizer serialise: {e}")))?;
+        let json = self.inner.to_string(false).map_err(|e| Error::Other(format!("tokenizer serialise: {e}")))?;
         write_atomic(path, json.as_bytes())
     }
 
@@ -110,17 +96,12 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Other(format!("tokenize: {e}")))?;
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Other(format!("tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Other(format!("detokenize: {e}")))
+        self.inner.decode(ids, false).map_err(|e| Error::Other(format!("detokenize: {e}")))
     }
 }
 
@@ -162,13 +143,7 @@ impl Shard {
         let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
         let bad = |field: &str, msg: String| Err(Error::format(path, field, msg));
         if map.len() < HEADER {
-            return bad(
-                "header",
-                format!(
-                    "file has {} bytes, a shard header needs {HEADER}",
-                    map.len()
-                ),
-            );
+            return bad("header", format!("file has {} bytes, a shard header needs {HEADER}", map.len()));
         }
         if &map[0..8] != SHARD_MAGIC {
             return bad(
@@ -183,42 +158,21 @@ impl Shard {
         let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap());
         let version = u32_at(8);
         if version != SHARD_VERSION {
-            return bad(
-                "version",
-                format!("expected {SHARD_VERSION}, found {version}"),
-            );
+            return bad("version", format!("expected {SHARD_VERSION}, found {version}"));
         }
         let width = u32_at(12) as usize;
         if width != 2 && width != 4 {
-            return bad(
-                "dtype",
-                format!("token width must be 2 or 4 bytes, found {width}"),
-            );
+            return bad("dtype", format!("token width must be 2 or 4 bytes, found {width}"));
         }
         let len = u64::from_le_bytes(map[16..24].try_into().unwrap()) as usize;
         let vocab_size = u32_at(24) as usize;
         let expect = HEADER + len * width;
         if map.len() != expect {
-            return bad(
-                "count",
-                format!(
-                    "header says {len} tokens ({expect} bytes), file has {} bytes",
-                    map.len()
-                ),
-            );
+            return bad("count", format!("header says {len} tokens ({expect} bytes), file has {} bytes", map.len()));
         }
-        let s = Shard {
-            path: path.to_path_buf(),
-            map,
-            width,
-            len,
-            vocab_size,
-        };
+        let s = Shard { path: path.to_path_buf(), map, width, len, vocab_size };
         if let Some(i) = (0..len).find(|&i| s.get(i) as usize >= vocab_size) {
-            return bad(
-                "tokens",
-                format!("token {i} is {} >= vocab_size {vocab_size}", s.get(i)),
-            );
+            return bad("tokens", format!("token {i} is {} >= vocab_size {vocab_size}", s.get(i)));
         }
         Ok(s)
     }
@@ -258,10 +212,7 @@ impl Batches {
             return Err(Error::format(
                 &shard.path,
                 "count",
-                format!(
-                    "{} tokens is too few for sequences of {t} (+1)",
-                    shard.len()
-                ),
+                format!("{} tokens is too few for sequences of {t} (+1)", shard.len()),
             ));
         }
         Ok(Batches { shard, b, t, seed })
@@ -276,16 +227,11 @@ impl Batches {
     /// Validation batch `i`: consecutive non-overlapping windows from the start of the shard.
     pub fn eval_batch(&self, i: usize) -> (Vec<u32>, Vec<u32>) {
         let span = self.shard.len() - self.t;
-        let starts: Vec<usize> = (0..self.b)
-            .map(|r| ((i * self.b + r) * self.t) % span)
-            .collect();
+        let starts: Vec<usize> = (0..self.b).map(|r| ((i * self.b + r) * self.t) % span).collect();
         self.windows(&starts)
     }
     fn windows(&self, starts: &[usize]) -> (Vec<u32>, Vec<u32>) {
-        let (mut x, mut y) = (
-            Vec::with_capacity(self.b * self.t),
-            Vec::with_capacity(self.b * self.t),
-        );
+        let (mut x, mut y) = (Vec::with_capacity(self.b * self.t), Vec::with_capacity(self.b * self.t));
         for &s in starts {
             self.shard.read(s, self.t, &mut x);
             self.shard.read(s + 1, self.t, &mut y);
@@ -304,13 +250,7 @@ pub struct Prepared {
 
 /// Tokenize `text` into `dir/{tokenizer.json, train.bin, val.bin}`: the last `val_frac` of the
 /// tokens is validation. A tokenizer already in `dir` (or given) is reused; else one is trained.
-pub fn prepare(
-    text: &str,
-    dir: &Path,
-    vocab_size: usize,
-    val_frac: f64,
-    tokenizer: Option<&Path>,
-) -> Result<Prepared> {
+pub fn prepare(text: &str, dir: &Path, vocab_size: usize, val_frac: f64, tokenizer: Option<&Path>) -> Result<Prepared> {
     if text.trim().is_empty() {
         return Err(Error::config("data", "the training text is empty"));
     }
@@ -326,10 +266,5 @@ pub fn prepare(
     let v = tokenizer.vocab_size();
     write_shard(&dir.join("train.bin"), train, v)?;
     write_shard(&dir.join("val.bin"), val, v)?;
-    Ok(Prepared {
-        dir: dir.to_path_buf(),
-        tokenizer,
-        train: dir.join("train.bin"),
-        val: dir.join("val.bin"),
-    })
+    Ok(Prepared { dir: dir.to_path_buf(), tokenizer, train: dir.join("train.bin"), val: dir.join("val.bin") })
 }

@@ -17,31 +17,16 @@ pub struct SampleConfig {
 }
 
 /// Continue `prompt` by `max_new_tokens` tokens; returns only the new tokens.
-pub fn sample<Bk: Backend>(
-    model: &mut Gpt2<Bk>,
-    prompt: &[u32],
-    sc: &SampleConfig,
-) -> Result<Vec<u32>> {
-    let (v, vp, tmax) = (
-        model.cfg.vocab_size,
-        model.cfg.padded_vocab,
-        model.cfg.max_seq_len,
-    );
+pub fn sample<Bk: Backend>(model: &mut Gpt2<Bk>, prompt: &[u32], sc: &SampleConfig) -> Result<Vec<u32>> {
+    let (v, vp, tmax) = (model.cfg.vocab_size, model.cfg.padded_vocab, model.cfg.max_seq_len);
     let mut rng = Rng::new(sc.seed);
-    let mut ctx: Vec<u32> = if prompt.is_empty() {
-        vec![0]
-    } else {
-        prompt.to_vec()
-    };
+    let mut ctx: Vec<u32> = if prompt.is_empty() { vec![0] } else { prompt.to_vec() };
     let mut out = Vec::with_capacity(sc.max_new_tokens);
     for _ in 0..sc.max_new_tokens {
         let window = &ctx[ctx.len().saturating_sub(tmax)..];
         let t = window.len();
         model.forward(window, None, 1, t)?;
-        let row: Vec<f64> = model.logits()[(t - 1) * vp..(t - 1) * vp + v]
-            .iter()
-            .map(|&x| x.into())
-            .collect();
+        let row: Vec<f64> = model.logits()[(t - 1) * vp..(t - 1) * vp + v].iter().map(|&x| x.into()).collect();
         let next = pick(&row, sc, &mut rng) as u32;
         ctx.push(next);
         out.push(next);
@@ -50,12 +35,7 @@ pub fn sample<Bk: Backend>(
 }
 
 fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, &x)| if x > logits[b] { i } else { b })
-    };
+    let argmax = || logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
     if sc.temperature <= 0.0 {
         return argmax();
     }
@@ -64,14 +44,8 @@ fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
         idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         idx.truncate(sc.top_k);
     }
-    let mx = idx
-        .iter()
-        .map(|&i| logits[i])
-        .fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = idx
-        .iter()
-        .map(|&i| ((logits[i] - mx) / sc.temperature).exp())
-        .collect();
+    let mx = idx.iter().map(|&i| logits[i]).fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] - mx) / sc.temperature).exp()).collect();
     let mut u = rng.uniform() * w.iter().sum::<f64>();
     for (k, &wk) in w.iter().enumerate() {
         if u < wk {

@@ -254,12 +254,7 @@ pub struct GgmlTypeInfo {
 }
 
 const fn ty(id: u32, name: &'static str, block_elems: u64, block_bytes: u64) -> GgmlTypeInfo {
-    GgmlTypeInfo {
-        id,
-        name,
-        block_elems,
-        block_bytes,
-    }
+    GgmlTypeInfo { id, name, block_elems, block_bytes }
 }
 
 /// ggml's type traits (`blck_size`, `type_size` in ggml.c), for bounds checks and error messages.
@@ -320,12 +315,7 @@ impl GgmlType {
     pub fn can_dequantize(self) -> bool {
         matches!(
             self,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q8_0
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
         )
     }
 }
@@ -381,11 +371,7 @@ impl<'a> Cursor<'a> {
         if n > self.remaining() {
             return Err(self.err(
                 field,
-                format!(
-                    "truncated: needs {n} bytes at offset {}, the file has {} bytes",
-                    self.pos,
-                    self.buf.len()
-                ),
+                format!("truncated: needs {n} bytes at offset {}, the file has {} bytes", self.pos, self.buf.len()),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
@@ -409,13 +395,9 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, field: &str) -> Result<String> {
         let len = self.u64(field)?;
         if len > self.remaining() {
-            return Err(self.err(
-                field,
-                format!(
-                    "string length {len} exceeds the {} bytes left in the file",
-                    self.remaining()
-                ),
-            ));
+            return Err(
+                self.err(field, format!("string length {len} exceeds the {} bytes left in the file", self.remaining()))
+            );
         }
         let bytes = self.take(len, field)?;
         match std::str::from_utf8(bytes) {
@@ -426,12 +408,8 @@ impl<'a> Cursor<'a> {
 
     fn value_type(&mut self, field: &str) -> Result<ValueType> {
         let t = self.u32(field)?;
-        ValueType::from_u32(t).ok_or_else(|| {
-            self.err(
-                field,
-                format!("unknown metadata value type {t} (known: 0..=12)"),
-            )
-        })
+        ValueType::from_u32(t)
+            .ok_or_else(|| self.err(field, format!("unknown metadata value type {t} (known: 0..=12)")))
     }
 
     fn value(&mut self, t: ValueType, field: &str, depth: usize) -> Result<Value> {
@@ -454,10 +432,7 @@ impl<'a> Cursor<'a> {
             ValueType::String => Value::String(self.string(field)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(
-                        field,
-                        format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
-                    ));
+                    return Err(self.err(field, format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")));
                 }
                 let elem = self.value_type(&format!("{field}.elem_type"))?;
                 let count = self.u64(&format!("{field}.count"))?;
@@ -500,34 +475,19 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     let mut c = Cursor { buf, pos: 0, path };
     let magic = c.array::<4>("magic")?;
     if &magic != GGUF_MAGIC {
-        return Err(c.err(
-            "magic",
-            format!(
-                "expected b\"GGUF\", found {:?}",
-                magic.escape_ascii().to_string()
-            ),
-        ));
+        return Err(c.err("magic", format!("expected b\"GGUF\", found {:?}", magic.escape_ascii().to_string())));
     }
     let version = c.u32("version")?;
     match version {
         2 | 3 => {}
         1 => {
-            return Err(c.err(
-                "version",
-                "GGUF v1 (u32 counts) is not supported; convert to v3",
-            ));
+            return Err(c.err("version", "GGUF v1 (u32 counts) is not supported; convert to v3"));
         }
         v if (1..=3).contains(&v.swap_bytes()) => {
-            return Err(c.err(
-                "version",
-                format!("{v}: a big-endian GGUF? only little-endian files are supported"),
-            ));
+            return Err(c.err("version", format!("{v}: a big-endian GGUF? only little-endian files are supported")));
         }
         v => {
-            return Err(c.err(
-                "version",
-                format!("unsupported version {v} (reads 2 and 3)"),
-            ));
+            return Err(c.err("version", format!("unsupported version {v} (reads 2 and 3)")));
         }
     }
     let tensor_count = c.u64("tensor_count")?;
@@ -535,21 +495,14 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     // Each kv takes at least 8 (key length) + 4 (type) + 1 bytes; each tensor info at least
     // 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
     if kv_count > c.remaining() / 13 {
-        return Err(c.err(
-            "metadata_kv_count",
-            format!(
-                "{kv_count} entries cannot fit in the {} bytes left",
-                c.remaining()
-            ),
-        ));
+        return Err(
+            c.err("metadata_kv_count", format!("{kv_count} entries cannot fit in the {} bytes left", c.remaining()))
+        );
     }
     if tensor_count > c.remaining() / 24 {
         return Err(c.err(
             "tensor_count",
-            format!(
-                "{tensor_count} tensor infos cannot fit in the {} bytes left",
-                c.remaining()
-            ),
+            format!("{tensor_count} tensor infos cannot fit in the {} bytes left", c.remaining()),
         ));
     }
 
@@ -568,10 +521,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         None => DEFAULT_ALIGNMENT,
         Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
         Some(v) => {
-            return Err(c.err(
-                "metadata `general.alignment`",
-                format!("must be a u32 power of two, found {v:?}"),
-            ));
+            return Err(c.err("metadata `general.alignment`", format!("must be a u32 power of two, found {v:?}")));
         }
     };
 
@@ -582,10 +532,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         let field = format!("tensor_infos[{i}] `{name}`");
         let n_dims = c.u32(&format!("{field}.n_dims"))?;
         if n_dims as usize > MAX_DIMS {
-            return Err(c.err(
-                &format!("{field}.n_dims"),
-                format!("{n_dims} dims, at most {MAX_DIMS}"),
-            ));
+            return Err(c.err(&format!("{field}.n_dims"), format!("{n_dims} dims, at most {MAX_DIMS}")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
@@ -593,32 +540,20 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         }
         let type_id = c.u32(&format!("{field}.type"))?;
         let ggml_type = GgmlType(type_id);
-        let info = ggml_type.info().ok_or_else(|| {
-            c.err(
-                &format!("{field}.type"),
-                format!("unknown ggml type {type_id}"),
-            )
-        })?;
+        let info =
+            ggml_type.info().ok_or_else(|| c.err(&format!("{field}.type"), format!("unknown ggml type {type_id}")))?;
         let offset = c.u64(&format!("{field}.offset"))?;
 
         let n_elements = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .filter(|&n| n <= i64::MAX as u64)
-            .ok_or_else(|| {
-                c.err(
-                    &format!("{field}.ne"),
-                    format!("{dims:?}: too many elements"),
-                )
-            })?;
+            .ok_or_else(|| c.err(&format!("{field}.ne"), format!("{dims:?}: too many elements")))?;
         let ne0 = dims.first().copied().unwrap_or(1);
         if !ne0.is_multiple_of(info.block_elems) {
             return Err(c.err(
                 &format!("{field}.ne[0]"),
-                format!(
-                    "{ne0} is not a multiple of the {} block size {}",
-                    info.name, info.block_elems
-                ),
+                format!("{ne0} is not a multiple of the {} block size {}", info.name, info.block_elems),
             ));
         }
         let n_bytes = (n_elements / info.block_elems)
@@ -627,14 +562,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         if index.insert(name.clone(), tensors.len()).is_some() {
             return Err(c.err(&field, "duplicate tensor name"));
         }
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-            n_elements,
-            n_bytes,
-        });
+        tensors.push(TensorInfo { name, dims, ggml_type, offset, n_elements, n_bytes });
     }
 
     let data_start = align_up(c.pos as u64, alignment);
@@ -642,17 +570,9 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     for (i, t) in tensors.iter().enumerate() {
         let field = format!("tensor_infos[{i}] `{}`.offset", t.name);
         if !t.offset.is_multiple_of(alignment) {
-            return Err(c.err(
-                &field,
-                format!(
-                    "{} is not a multiple of the alignment {alignment}",
-                    t.offset
-                ),
-            ));
+            return Err(c.err(&field, format!("{} is not a multiple of the alignment {alignment}", t.offset)));
         }
-        let end = data_start
-            .checked_add(t.offset)
-            .and_then(|s| s.checked_add(t.n_bytes));
+        let end = data_start.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
         match end {
             Some(end) if end <= file_len => {}
             _ => {
@@ -668,14 +588,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         }
     }
 
-    Ok(Parsed {
-        version,
-        metadata,
-        tensors,
-        index,
-        alignment,
-        data_start,
-    })
+    Ok(Parsed { version, metadata, tensors, index, alignment, data_start })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,23 +666,9 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
-    fn get_as<'s, T>(
-        &'s self,
-        key: &str,
-        want: &str,
-        f: impl FnOnce(&'s Value) -> Option<T>,
-    ) -> Result<T> {
-        let v = self
-            .metadata
-            .get(key)
-            .ok_or_else(|| Error::format(&self.path, key, "missing metadata key"))?;
-        f(v).ok_or_else(|| {
-            Error::format(
-                &self.path,
-                key,
-                format!("expected {want}, found {}", v.describe()),
-            )
-        })
+    fn get_as<'s, T>(&'s self, key: &str, want: &str, f: impl FnOnce(&'s Value) -> Option<T>) -> Result<T> {
+        let v = self.metadata.get(key).ok_or_else(|| Error::format(&self.path, key, "missing metadata key"))?;
+        f(v).ok_or_else(|| Error::format(&self.path, key, format!("expected {want}, found {}", v.describe())))
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
@@ -778,9 +677,7 @@ impl GgufFile {
 
     /// Any integer value that fits in u32.
     pub fn get_u32(&self, key: &str) -> Result<u32> {
-        self.get_as(key, "an integer in u32 range", |v| {
-            v.as_u64().and_then(|x| u32::try_from(x).ok())
-        })
+        self.get_as(key, "an integer in u32 range", |v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
     }
 
     /// Any integer value that fits in u64.
@@ -790,9 +687,7 @@ impl GgufFile {
 
     /// Any integer value that fits in usize.
     pub fn get_usize(&self, key: &str) -> Result<usize> {
-        self.get_as(key, "an integer in usize range", |v| {
-            v.as_u64().and_then(|x| usize::try_from(x).ok())
-        })
+        self.get_as(key, "an integer in usize range", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
     }
 
     pub fn get_i64(&self, key: &str) -> Result<i64> {
@@ -818,16 +713,12 @@ impl GgufFile {
 
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
-        self.get_as(key, "an array of strings", |v| {
-            v.as_array()?.iter().map(Value::as_str).collect()
-        })
+        self.get_as(key, "an array of strings", |v| v.as_array()?.iter().map(Value::as_str).collect())
     }
 
     /// An array of integers, each widened to i64.
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
-        self.get_as(key, "an array of integers", |v| {
-            v.as_array()?.iter().map(Value::as_i64).collect()
-        })
+        self.get_as(key, "an array of integers", |v| v.as_array()?.iter().map(Value::as_i64).collect())
     }
 
     /// `general.architecture` ("llama" for SmolLM2): the prefix of the model's hyperparameter keys.
@@ -844,8 +735,7 @@ impl GgufFile {
     }
 
     fn info_or_err(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensor_info(name)
-            .ok_or_else(|| Error::format(&self.path, name, "no tensor of that name"))
+        self.tensor_info(name).ok_or_else(|| Error::format(&self.path, name, "no tensor of that name"))
     }
 
     /// The raw (possibly quantised) bytes of a tensor, borrowed from the memory map.
@@ -906,21 +796,13 @@ fn le16(b: &[u8]) -> u16 {
 /// Decode `src`, the data of `out.len()` elements of type `ty`, into `out`. The error message says
 /// why (unsupported type, or sizes that do not agree).
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
-    let info = ty
-        .info()
-        .ok_or_else(|| format!("unknown ggml type {}", ty.0))?;
+    let info = ty.info().ok_or_else(|| format!("unknown ggml type {}", ty.0))?;
     if !ty.can_dequantize() {
         return Err(format!("unsupported ggml type {ty}"));
     }
     let n = out.len() as u64;
-    if !n.is_multiple_of(info.block_elems)
-        || (n / info.block_elems) * info.block_bytes != src.len() as u64
-    {
-        return Err(format!(
-            "{} bytes of {} do not hold {n} elements",
-            src.len(),
-            info.name
-        ));
+    if !n.is_multiple_of(info.block_elems) || (n / info.block_elems) * info.block_bytes != src.len() as u64 {
+        return Err(format!("{} bytes of {} do not hold {n} elements", src.len(), info.name));
     }
     match ty {
         GgmlType::F32 => {
@@ -993,8 +875,9 @@ impl PreSplit {
     pub fn from_pre(pre: &str) -> Option<PreSplit> {
         match pre {
             "gpt-2" | "mpt" | "olmo" | "jais" => Some(PreSplit::Gpt2),
-            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
-            | "minerva-7b" => Some(PreSplit::DigitsThenGpt2),
+            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
+                Some(PreSplit::DigitsThenGpt2)
+            }
             _ => None,
         }
     }
@@ -1050,25 +933,14 @@ impl GgufTokenizer {
             None => "default",
             Some(_) => g.get_str("tokenizer.ggml.pre")?,
         };
-        let pre_split = PreSplit::from_pre(pre).ok_or_else(|| {
-            Error::format(
-                path,
-                "tokenizer.ggml.pre",
-                format!("unsupported pre-tokenizer `{pre}`"),
-            )
-        })?;
+        let pre_split = PreSplit::from_pre(pre)
+            .ok_or_else(|| Error::format(path, "tokenizer.ggml.pre", format!("unsupported pre-tokenizer `{pre}`")))?;
 
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
-        let n_vocab = u32::try_from(tokens.len()).map_err(|_| {
-            Error::format(path, "tokenizer.ggml.tokens", "more than u32::MAX tokens")
-        })?;
+        let n_vocab = u32::try_from(tokens.len())
+            .map_err(|_| Error::format(path, "tokenizer.ggml.tokens", "more than u32::MAX tokens"))?;
         // Insert in reverse so that the first of duplicate strings keeps its id.
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .rev()
-            .map(|(i, t)| ((*t).to_string(), i as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().rev().map(|(i, t)| ((*t).to_string(), i as u32)).collect();
 
         let types = match g.get("tokenizer.ggml.token_type") {
             None => vec![1; tokens.len()],
@@ -1086,11 +958,7 @@ impl GgufTokenizer {
         let mut merges = Vec::with_capacity(merges_raw.len());
         for (i, m) in merges_raw.iter().enumerate() {
             // As llama.cpp: split at the first space after the first character.
-            let split = m
-                .char_indices()
-                .skip(1)
-                .find(|&(_, ch)| ch == ' ')
-                .map(|(at, _)| at);
+            let split = m.char_indices().skip(1).find(|&(_, ch)| ch == ' ').map(|(at, _)| at);
             let Some(at) = split else {
                 return Err(Error::format(
                     path,
@@ -1109,9 +977,7 @@ impl GgufTokenizer {
         let byte_level = ByteLevel::new(false, true, true);
         let pre_tok: PreTokenizerWrapper = match pre_split {
             PreSplit::Gpt2 => byte_level.into(),
-            PreSplit::DigitsThenGpt2 => {
-                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-            }
+            PreSplit::DigitsThenGpt2 => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
         };
         tokenizer.with_pre_tokenizer(Some(pre_tok));
         tokenizer.with_post_processor(Some(ByteLevel::new(false, true, true)));
@@ -1135,9 +1001,7 @@ impl GgufTokenizer {
         tokenizer
             .add_special_tokens(special)
             .map_err(|e| Error::format(path, "tokenizer.ggml.token_type", e.to_string()))?;
-        tokenizer
-            .add_tokens(user)
-            .map_err(|e| Error::format(path, "tokenizer.ggml.token_type", e.to_string()))?;
+        tokenizer.add_tokens(user).map_err(|e| Error::format(path, "tokenizer.ggml.token_type", e.to_string()))?;
 
         let id = |key: &str| -> Result<Option<u32>> {
             match g.get(key) {
@@ -1201,17 +1065,12 @@ impl GgufTokenizer {
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) map to their ids.
     /// No BOS/EOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::Other(format!("tokenize: {e}")))?;
+        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Other(format!("tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.tokenizer
-            .decode(ids, skip_special)
-            .map_err(|e| Error::Other(format!("detokenize: {e}")))
+        self.tokenizer.decode(ids, skip_special).map_err(|e| Error::Other(format!("detokenize: {e}")))
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {

@@ -8,8 +8,11 @@
 
 use std::sync::Arc;
 
+use octet_core::scaling::{Recipe, ScalingMode};
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
+
+use crate::precision::{LinearScaling, Precision, Workspace, linear_backward, linear_forward};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
 /// the loss ignores the padded columns.
@@ -32,25 +35,11 @@ pub fn pad_vocab(v: usize, m: usize) -> usize {
 impl Gpt2Config {
     /// Tiny debug model (matches tools/ref/gpt2_golden.py).
     pub fn tiny() -> Self {
-        Gpt2Config {
-            vocab_size: 61,
-            padded_vocab: 64,
-            max_seq_len: 16,
-            n_layer: 2,
-            n_head: 4,
-            n_embd: 32,
-        }
+        Gpt2Config { vocab_size: 61, padded_vocab: 64, max_seq_len: 16, n_layer: 2, n_head: 4, n_embd: 32 }
     }
     /// Exactly GPT-2 small: 12 layers, d=768, 12 heads, 1024 positions, 50257 tokens (padded 50304).
     pub fn gpt2_124m() -> Self {
-        Gpt2Config {
-            vocab_size: 50257,
-            padded_vocab: 50304,
-            max_seq_len: 1024,
-            n_layer: 12,
-            n_head: 12,
-            n_embd: 768,
-        }
+        Gpt2Config { vocab_size: 50257, padded_vocab: 50304, max_seq_len: 1024, n_layer: 12, n_head: 12, n_embd: 768 }
     }
     /// The default model of `octet train`: small enough to learn in two minutes on 2 cores.
     pub fn small(vocab_size: usize) -> Self {
@@ -65,40 +54,23 @@ impl Gpt2Config {
     }
     /// A named preset with the given tokenizer vocabulary (`gpt2-124m` keeps its own).
     pub fn named(name: &str, vocab_size: usize) -> Result<Self> {
-        let with_vocab = |c: Gpt2Config| Gpt2Config {
-            vocab_size,
-            padded_vocab: pad_vocab(vocab_size, 64),
-            ..c
-        };
+        let with_vocab = |c: Gpt2Config| Gpt2Config { vocab_size, padded_vocab: pad_vocab(vocab_size, 64), ..c };
         match name {
             "tiny" => Ok(with_vocab(Self::tiny())),
             "small" => Ok(Self::small(vocab_size)),
             "gpt2-124m" => Ok(Self::gpt2_124m()),
-            other => Err(Error::config(
-                "model",
-                format!("unknown model `{other}`; expected one of: tiny, small, gpt2-124m"),
-            )),
+            other => {
+                Err(Error::config("model", format!("unknown model `{other}`; expected one of: tiny, small, gpt2-124m")))
+            }
         }
     }
     pub fn validate(&self) -> Result<()> {
         let bad = |f: &str, m: String| Err(Error::config(f, m));
         if self.vocab_size == 0 || self.padded_vocab < self.vocab_size {
-            return bad(
-                "padded_vocab",
-                format!(
-                    "{} must be >= vocab_size {} > 0",
-                    self.padded_vocab, self.vocab_size
-                ),
-            );
+            return bad("padded_vocab", format!("{} must be >= vocab_size {} > 0", self.padded_vocab, self.vocab_size));
         }
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return bad(
-                "n_head",
-                format!(
-                    "n_embd {} must be divisible by n_head {}",
-                    self.n_embd, self.n_head
-                ),
-            );
+            return bad("n_head", format!("n_embd {} must be divisible by n_head {}", self.n_embd, self.n_head));
         }
         if self.n_layer == 0 || self.max_seq_len == 0 {
             return bad("n_layer", "n_layer and max_seq_len must be positive".into());
@@ -136,11 +108,7 @@ pub fn param_layout(c: &Gpt2Config) -> Layout {
 /// Which parameter tensors get weight decay: the matrices (embeddings included), not norms or biases.
 pub fn decay_flags(layout: &Layout) -> Vec<bool> {
     const MATRICES: [&str; 6] = ["wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"];
-    layout
-        .specs()
-        .iter()
-        .map(|s| MATRICES.contains(&s.name.as_str()))
-        .collect()
+    layout.specs().iter().map(|s| MATRICES.contains(&s.name.as_str())).collect()
 }
 
 /// GPT-2 initialisation: N(0, 0.02) matrices, residual projections N(0, 0.02/sqrt(2L)), zero biases,
@@ -153,12 +121,10 @@ pub fn init_params(c: &Gpt2Config, layout: &Layout, seed: u64) -> Vec<f32> {
         let out = &mut p[s.range()];
         match s.name.as_str() {
             "ln1w" | "ln2w" | "lnfw" => out.fill(1.0),
-            "attprojw" | "fcprojw" => out
-                .iter_mut()
-                .for_each(|x| *x = (rng.normal() * proj_std) as f32),
-            n if n.ends_with('w') || n == "wte" || n == "wpe" => out
-                .iter_mut()
-                .for_each(|x| *x = (rng.normal() * 0.02) as f32),
+            "attprojw" | "fcprojw" => out.iter_mut().for_each(|x| *x = (rng.normal() * proj_std) as f32),
+            n if n.ends_with('w') || n == "wte" || n == "wpe" => {
+                out.iter_mut().for_each(|x| *x = (rng.normal() * 0.02) as f32)
+            }
             _ => {} // biases stay zero
         }
     }
@@ -255,7 +221,16 @@ struct Acts<F> {
     t: usize,
     a: Slab<F>,
     d: Slab<F>,
+    /// Cast GEMM operands (empty at fp32).
+    ws: Workspace<F>,
 }
+
+/// The four linears of a block, in order; `scaling[l * LINEARS + k]` is layer l's linear k.
+pub const LINEARS: usize = 4;
+const QKV_LIN: usize = 0;
+const ATTPROJ_LIN: usize = 1;
+const FC_LIN: usize = 2;
+const FCPROJ_LIN: usize = 3;
 
 /// A GPT-2 model bound to a backend: parameters, their gradients, and activations for one batch shape.
 pub struct Gpt2<Bk: Backend> {
@@ -269,6 +244,11 @@ pub struct Gpt2<Bk: Backend> {
     targets: Vec<u32>,
     /// Mean loss of the last forward with targets.
     pub loss: Option<f64>,
+    /// GEMM precision of the block linears (the tied output projection stays f32).
+    pub precision: Precision,
+    pub scaling_mode: ScalingMode,
+    /// FP8 scaling state per block linear (empty unless the precision is FP8).
+    pub scaling: Vec<LinearScaling>,
 }
 
 // Activation indices into `Acts::ids` (act_layout order).
@@ -318,18 +298,32 @@ impl<Bk: Backend> Gpt2<Bk> {
             tokens: vec![],
             targets: vec![],
             loss: None,
+            precision: Precision::Fp32,
+            scaling_mode: ScalingMode::Delayed,
+            scaling: vec![],
         })
+    }
+
+    /// Run the block linears at `precision`, FP8 scaling per `recipe`.
+    pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
+        precision.check_supported()?;
+        recipe.validate()?;
+        self.precision = precision;
+        self.scaling_mode = recipe.mode;
+        self.scaling =
+            if precision.is_fp8() { vec![LinearScaling::new(recipe); self.cfg.n_layer * LINEARS] } else { vec![] };
+        self.acts = None;
+        Ok(self)
     }
 
     pub fn zero_grad(&mut self) {
         self.grads.data.fill(Bk::F::default());
     }
 
-    /// Bytes of activations and activation-gradient scratch for the current batch shape.
-    pub fn activation_elems(&self) -> (usize, usize) {
-        self.acts
-            .as_ref()
-            .map_or((0, 0), |a| (a.a.data.len(), a.d.data.len()))
+    /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
+    /// current batch shape.
+    pub fn activation_elems(&self) -> (usize, usize, usize) {
+        self.acts.as_ref().map_or((0, 0, 0), |a| (a.a.data.len(), a.d.data.len(), a.ws.elems()))
     }
 
     fn ensure_acts(&mut self, b: usize, t: usize) {
@@ -338,44 +332,29 @@ impl<Bk: Backend> Gpt2<Bk> {
         }
         let al = Arc::new(act_layout(&self.cfg, b, t));
         let dl = Arc::new(grad_act_layout(&self.cfg, b, t));
-        self.acts = Some(Acts {
-            b,
-            t,
-            a: Slab::zeros(al),
-            d: Slab::zeros(dl),
-        });
+        let (n, d) = (b * t, self.cfg.n_embd);
+        // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
+        let ws = if self.precision == Precision::Fp32 {
+            Workspace::new(0, 0, 0)
+        } else {
+            Workspace::new(n * 4 * d, 4 * d * d, n * 4 * d)
+        };
+        self.acts = Some(Acts { b, t, a: Slab::zeros(al), d: Slab::zeros(dl), ws });
     }
 
     /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
     /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
-    pub fn forward(
-        &mut self,
-        tokens: &[u32],
-        targets: Option<&[u32]>,
-        b: usize,
-        t: usize,
-    ) -> Result<Option<f64>> {
+    pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
         let c = self.cfg;
-        if t == 0
-            || t > c.max_seq_len
-            || tokens.len() != b * t
-            || targets.is_some_and(|x| x.len() != b * t)
-        {
+        if t == 0 || t > c.max_seq_len || tokens.len() != b * t || targets.is_some_and(|x| x.len() != b * t) {
             return Err(Error::Shape {
                 name: "tokens".into(),
                 expected: vec![b, t.min(c.max_seq_len)],
                 found: vec![tokens.len()],
             });
         }
-        if let Some(&bad) = tokens
-            .iter()
-            .chain(targets.unwrap_or(&[]))
-            .find(|&&x| x as usize >= c.vocab_size)
-        {
-            return Err(Error::config(
-                "tokens",
-                format!("token id {bad} >= vocab_size {}", c.vocab_size),
-            ));
+        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
+            return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
         }
         self.ensure_acts(b, t);
         self.tokens.clear();
@@ -384,33 +363,27 @@ impl<Bk: Backend> Gpt2<Bk> {
         let be = &self.backend;
         let p = &self.params;
         let pid = &self.ids;
+        let (prec, mode) = (self.precision, self.scaling_mode);
+        let scaling = &mut self.scaling;
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
-        let a = &mut acts.a;
+        let (a, ws) = (&mut acts.a, &mut acts.ws);
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let pw = |id: TensorId, l: usize| &p.data[p.layout.range_at(id, l)];
 
-        be.encoder_forward(
-            a.get_mut(TensorId(ENCODED)),
-            tokens,
-            p.get(pid.wte),
-            p.get(pid.wpe),
-            b,
-            t,
-            d,
-        );
+        be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.wte), p.get(pid.wpe), b, t, d);
         for l in 0..l_n {
-            let res = if l == 0 {
-                aw(ENCODED)
-            } else {
-                ar(RESIDUAL3, l - 1)
-            };
-            let [ln1, mean, rstd, x] =
-                a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
+            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
+            let [ln1, mean, rstd, x] = a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
             be.layernorm_forward(ln1, mean, rstd, x, pw(pid.ln1w, l), pw(pid.ln1b, l), n, d);
             let [qkv, ln1] = a.disjoint_mut([ar(QKV, l), ar(LN1, l)]);
-            be.matmul_forward(
+            linear_forward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + QKV_LIN),
+                mode,
+                ws,
                 qkv,
                 ln1,
                 pw(pid.qkvw, l),
@@ -422,7 +395,12 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
             be.attention_forward(atty, lse, qkv, b, t, d, nh);
             let [proj, atty] = a.disjoint_mut([ar(ATTPROJ, l), ar(ATTY, l)]);
-            be.matmul_forward(
+            linear_forward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + ATTPROJ_LIN),
+                mode,
+                ws,
                 proj,
                 atty,
                 pw(pid.attprojw, l),
@@ -433,19 +411,33 @@ impl<Bk: Backend> Gpt2<Bk> {
             );
             let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, ar(ATTPROJ, l)]);
             be.residual_forward(r2, x, proj);
-            let [ln2, mean, rstd, r2] = a.disjoint_mut([
-                ar(LN2, l),
-                ar(LN2_MEAN, l),
-                ar(LN2_RSTD, l),
-                ar(RESIDUAL2, l),
-            ]);
+            let [ln2, mean, rstd, r2] =
+                a.disjoint_mut([ar(LN2, l), ar(LN2_MEAN, l), ar(LN2_RSTD, l), ar(RESIDUAL2, l)]);
             be.layernorm_forward(ln2, mean, rstd, r2, pw(pid.ln2w, l), pw(pid.ln2b, l), n, d);
             let [fch, ln2] = a.disjoint_mut([ar(FCH, l), ar(LN2, l)]);
-            be.matmul_forward(fch, ln2, pw(pid.fcw, l), Some(pw(pid.fcb, l)), n, d, 4 * d);
+            linear_forward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + FC_LIN),
+                mode,
+                ws,
+                fch,
+                ln2,
+                pw(pid.fcw, l),
+                Some(pw(pid.fcb, l)),
+                n,
+                d,
+                4 * d,
+            );
             let [g, fch] = a.disjoint_mut([ar(FCH_GELU, l), ar(FCH, l)]);
             be.gelu_forward(g, fch);
             let [proj, g] = a.disjoint_mut([ar(FCPROJ, l), ar(FCH_GELU, l)]);
-            be.matmul_forward(
+            linear_forward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + FCPROJ_LIN),
+                mode,
+                ws,
                 proj,
                 g,
                 pw(pid.fcprojw, l),
@@ -454,12 +446,10 @@ impl<Bk: Backend> Gpt2<Bk> {
                 4 * d,
                 d,
             );
-            let [r3, r2, proj] =
-                a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
+            let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
             be.residual_forward(r3, r2, proj);
         }
-        let [lnf, mean, rstd, x] =
-            a.disjoint_mut([aw(LNF), aw(LNF_MEAN), aw(LNF_RSTD), ar(RESIDUAL3, l_n - 1)]);
+        let [lnf, mean, rstd, x] = a.disjoint_mut([aw(LNF), aw(LNF_MEAN), aw(LNF_RSTD), ar(RESIDUAL3, l_n - 1)]);
         be.layernorm_forward(lnf, mean, rstd, x, p.get(pid.lnfw), p.get(pid.lnfb), n, d);
         let [logits, lnf] = a.disjoint_mut([aw(LOGITS), aw(LNF)]);
         be.matmul_forward(logits, lnf, p.get(pid.wte), None, n, d, vp);
@@ -485,9 +475,7 @@ impl<Bk: Backend> Gpt2<Bk> {
     /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
     pub fn backward(&mut self) -> Result<()> {
         if self.loss.is_none() {
-            return Err(Error::Other(
-                "backward needs a forward with targets first".into(),
-            ));
+            return Err(Error::Other("backward needs a forward with targets first".into()));
         }
         let c = self.cfg;
         let acts = self.acts.as_mut().expect("forward allocated activations");
@@ -499,7 +487,9 @@ impl<Bk: Backend> Gpt2<Bk> {
         let pid = &self.ids;
         let al = acts.a.layout.clone();
         let dl = acts.d.layout.clone();
-        let (a, da) = (&mut acts.a, &mut acts.d);
+        let (prec, mode) = (self.precision, self.scaling_mode);
+        let scaling = &mut self.scaling;
+        let (a, da, ws) = (&mut acts.a, &mut acts.d, &mut acts.ws);
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let dw = |i: usize| dl.range(TensorId(i));
@@ -507,14 +497,7 @@ impl<Bk: Backend> Gpt2<Bk> {
         let pw = |id: TensorId, l: usize| &p.data[p.layout.range_at(id, l)];
 
         // Loss and logits: dlogits in place of the probabilities; dlnf; dresidual from the final norm.
-        be.softmax_xent_backward(
-            a.get_mut(TensorId(LOGITS)),
-            &self.targets,
-            1.0 / n as f64,
-            n,
-            c.vocab_size,
-            vp,
-        );
+        be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, 1.0 / n as f64, n, c.vocab_size, vp);
         be.matmul_backward(
             da.get_mut(TensorId(DLN)),
             g.get_mut(pid.wte),
@@ -544,15 +527,16 @@ impl<Bk: Backend> Gpt2<Bk> {
             );
         }
         for l in (0..l_n).rev() {
-            let res = if l == 0 {
-                aw(ENCODED)
-            } else {
-                ar(RESIDUAL3, l - 1)
-            };
+            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             let [dfg, dres] = da.disjoint_mut([dw(DFCH_GELU), dw(DRES)]);
             let [gw, gb] = g.disjoint_mut([pr(pid.fcprojw, l), pr(pid.fcprojb, l)]);
-            be.matmul_backward(
+            linear_backward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + FCPROJ_LIN),
+                mode,
+                ws,
                 dfg,
                 gw,
                 Some(gb),
@@ -567,7 +551,12 @@ impl<Bk: Backend> Gpt2<Bk> {
             be.gelu_backward(dfch, &a.data[ar(FCH, l)], dfg);
             let [dln, dfch] = da.disjoint_mut([dw(DLN), dw(DFCH)]);
             let [gw, gb] = g.disjoint_mut([pr(pid.fcw, l), pr(pid.fcb, l)]);
-            be.matmul_backward(
+            linear_backward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + FC_LIN),
+                mode,
+                ws,
                 dln,
                 gw,
                 Some(gb),
@@ -595,7 +584,12 @@ impl<Bk: Backend> Gpt2<Bk> {
             // Attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
             let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
             let [gw, gb] = g.disjoint_mut([pr(pid.attprojw, l), pr(pid.attprojb, l)]);
-            be.matmul_backward(
+            linear_backward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + ATTPROJ_LIN),
+                mode,
+                ws,
                 datty,
                 gw,
                 Some(gb),
@@ -620,7 +614,12 @@ impl<Bk: Backend> Gpt2<Bk> {
             );
             let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
             let [gw, gb] = g.disjoint_mut([pr(pid.qkvw, l), pr(pid.qkvb, l)]);
-            be.matmul_backward(
+            linear_backward(
+                be,
+                prec,
+                scaling.get_mut(l * LINEARS + QKV_LIN),
+                mode,
+                ws,
                 dln,
                 gw,
                 Some(gb),

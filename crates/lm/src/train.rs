@@ -14,6 +14,8 @@ use crate::checkpoint::{self, STATE_VERSION, State};
 use crate::data::{self, Batches, Shard, TextTokenizer};
 use crate::generate::{SampleConfig, sample};
 use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params};
+use crate::precision::Precision;
+use octet_core::scaling::Recipe;
 
 /// Everything a training run is configured by (TOML file keys; flags override them).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -21,6 +23,8 @@ use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params};
 pub struct TrainConfig {
     /// Model preset: tiny, small, gpt2-124m.
     pub model: String,
+    /// GEMM precision: fp32, bf16, fp8-te (fp8-o1, fp8-o2 not yet).
+    pub precision: Precision,
     /// A text file, or a directory with tokenizer.json + train.bin + val.bin; none = embedded corpus.
     pub data: Option<PathBuf>,
     /// Use this tokenizer.json instead of training one on the data.
@@ -57,6 +61,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             model: "small".into(),
+            precision: Precision::Fp32,
             data: None,
             tokenizer: None,
             vocab_size: 1024,
@@ -85,27 +90,17 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let pos = |name: &str, v: usize| {
-            if v == 0 {
-                Err(Error::config(name, "must be positive"))
-            } else {
-                Ok(())
-            }
+            if v == 0 { Err(Error::config(name, "must be positive")) } else { Ok(()) }
         };
         pos("steps", self.steps)?;
         pos("batch", self.batch)?;
         pos("seq", self.seq)?;
         pos("eval_batches", self.eval_batches)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config(
-                "lr",
-                format!("must be a positive number, found {}", self.lr),
-            ));
+            return Err(Error::config("lr", format!("must be a positive number, found {}", self.lr)));
         }
         if !(0.0..1.0).contains(&self.val_frac) || self.val_frac == 0.0 {
-            return Err(Error::config(
-                "val_frac",
-                format!("must be in (0, 1), found {}", self.val_frac),
-            ));
+            return Err(Error::config("val_frac", format!("must be in (0, 1), found {}", self.val_frac)));
         }
         for (n, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -120,23 +115,10 @@ impl TrainConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Start {
-        params: usize,
-        train_tokens: usize,
-        val_tokens: usize,
-        vocab_size: usize,
-        start_step: usize,
-        steps: usize,
-    },
+    Start { params: usize, train_tokens: usize, val_tokens: usize, vocab_size: usize, start_step: usize, steps: usize },
     Step(StepLog),
-    Eval {
-        step: usize,
-        val_loss: f64,
-    },
-    Checkpoint {
-        step: usize,
-        path: PathBuf,
-    },
+    Eval { step: usize, val_loss: f64 },
+    Checkpoint { step: usize, path: PathBuf },
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -157,6 +139,7 @@ pub struct Summary {
     pub tokens_per_s: f64,
     pub peak_rss_bytes: u64,
     pub params: usize,
+    pub precision: Precision,
     pub train_seconds: f64,
     pub checkpoint: PathBuf,
     pub sample: Option<String>,
@@ -173,9 +156,7 @@ pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
 }
@@ -192,23 +173,12 @@ fn prepare_data(cfg: &TrainConfig, source: &Source) -> Result<(PathBuf, TextToke
         Source::Embedded(t) => t.to_string(),
         Source::Path(p) => {
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-            String::from_utf8(bytes).map_err(|e| {
-                Error::format(
-                    p,
-                    "text",
-                    format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to()),
-                )
-            })?
+            String::from_utf8(bytes)
+                .map_err(|e| Error::format(p, "text", format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to())))?
         }
     };
     let dir = cfg.out.join("data");
-    let prep = data::prepare(
-        &text,
-        &dir,
-        cfg.vocab_size,
-        cfg.val_frac,
-        cfg.tokenizer.as_deref(),
-    )?;
+    let prep = data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref())?;
     Ok((dir, prep.tokenizer))
 }
 
@@ -216,9 +186,7 @@ fn evaluate(model: &mut Gpt2<CpuBackend>, val: &Batches, n: usize) -> Result<f64
     let mut total = 0.0;
     for i in 0..n {
         let (x, y) = val.eval_batch(i);
-        total += model
-            .forward(&x, Some(&y), val.b, val.t)?
-            .expect("targets given");
+        total += model.forward(&x, Some(&y), val.b, val.t)?.expect("targets given");
     }
     Ok(total / n as f64)
 }
@@ -237,10 +205,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         Start::Fresh(cfg, source) => (cfg, source, None),
         Start::Resume { dir, steps } => {
             let l = checkpoint::load(&dir, true)?;
-            let run_dir = l
-                .dir
-                .parent()
-                .map_or_else(|| dir.clone(), Path::to_path_buf);
+            let run_dir = l.dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
             let cfg = TrainConfig {
                 steps: steps.unwrap_or(l.state.train.steps),
                 out: run_dir.clone(),
@@ -259,10 +224,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         return Err(Error::format(
             &train_shard.path,
             "vocab_size",
-            format!(
-                "shard vocabulary {} exceeds tokenizer's {vocab}",
-                train_shard.vocab_size
-            ),
+            format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size),
         ));
     }
     let model_cfg = match &loaded {
@@ -272,10 +234,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     if cfg.seq > model_cfg.max_seq_len {
         return Err(Error::config(
             "seq",
-            format!(
-                "{} exceeds the model's max_seq_len {}",
-                cfg.seq, model_cfg.max_seq_len
-            ),
+            format!("{} exceeds the model's max_seq_len {}", cfg.seq, model_cfg.max_seq_len),
         ));
     }
     let (train_tokens, val_tokens) = (train_shard.len(), val_shard.len());
@@ -296,30 +255,31 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
 
     let layout = Arc::new(crate::gpt2::param_layout(&model_cfg));
-    let adam = AdamWConfig {
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        eps: 1e-8,
-        weight_decay: cfg.weight_decay,
-    };
+    let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let mut opt = AdamW::new(layout.clone(), decay_flags(&layout), adam);
+    let mut scaling = vec![];
     let (params, start) = match loaded {
         Some(l) => {
             opt.m.data = l.m;
             opt.v.data = l.v;
             opt.step = l.state.step as u64;
+            scaling = l.state.scaling;
             (l.params, l.state.step)
         }
         None => (init_params(&model_cfg, &layout, cfg.seed), 0),
     };
-    let mut model = Gpt2::new(model_cfg, CpuBackend, params)?;
-    let sched = Schedule {
-        lr: cfg.lr,
-        warmup: cfg.warmup,
-        total: cfg.steps,
-        min_lr_frac: cfg.min_lr_frac,
-        decay: cfg.decay,
-    };
+    let mut model = Gpt2::new(model_cfg, CpuBackend, params)?.with_precision(cfg.precision, &Recipe::default())?;
+    if !scaling.is_empty() {
+        if scaling.len() != model.scaling.len() {
+            return Err(Error::config(
+                "scaling",
+                format!("checkpoint has {} FP8 scaling states, model needs {}", scaling.len(), model.scaling.len()),
+            ));
+        }
+        model.scaling = scaling;
+    }
+    let sched =
+        Schedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_frac: cfg.min_lr_frac, decay: cfg.decay };
     let stop = until.unwrap_or(cfg.steps).min(cfg.steps);
     on(&Event::Start {
         params: model_cfg.num_params(),
@@ -338,6 +298,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         train: cfg.clone(),
         train_tokens,
         last_loss: None,
+        scaling: vec![],
     };
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
@@ -347,24 +308,14 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         let t0 = Instant::now();
         let (x, y) = train.train_batch(step);
         model.zero_grad();
-        let loss = model
-            .forward(&x, Some(&y), cfg.batch, cfg.seq)?
-            .expect("targets given");
+        let loss = model.forward(&x, Some(&y), cfg.batch, cfg.seq)?.expect("targets given");
         if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                what: "training loss".into(),
-                step,
-                value: loss,
-            });
+            return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
         }
         model.backward()?;
         let grad_norm = clip_global_norm(&mut model.grads.data, cfg.grad_clip);
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite {
-                what: "gradient norm".into(),
-                step,
-                value: grad_norm,
-            });
+            return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
         }
         let lr = sched.lr_at(step);
         opt.update(&mut model.params.data, &model.grads.data, lr);
@@ -382,37 +333,19 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         let done = step + 1;
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
             val_loss = evaluate(&mut model, &val, cfg.eval_batches)?;
-            on(&Event::Eval {
-                step: done,
-                val_loss,
-            });
+            on(&Event::Eval { step: done, val_loss });
         }
         if done == stop || (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) {
             state.step = done;
             state.last_loss = Some(loss);
-            last_ckpt = checkpoint::save(
-                &cfg.out,
-                &state,
-                &model.params,
-                &opt.m,
-                &opt.v,
-                &tok_json,
-                2,
-            )?;
-            on(&Event::Checkpoint {
-                step: done,
-                path: last_ckpt.clone(),
-            });
+            state.scaling = model.scaling.clone();
+            last_ckpt = checkpoint::save(&cfg.out, &state, &model.params, &opt.m, &opt.v, &tok_json, 2)?;
+            on(&Event::Checkpoint { step: done, path: last_ckpt.clone() });
         }
     }
     let sample = if cfg.sample_tokens > 0 && stop == cfg.steps {
         let prompt = tokenizer.encode("\n")?;
-        let sc = SampleConfig {
-            max_new_tokens: cfg.sample_tokens,
-            temperature: 0.8,
-            top_k: 40,
-            seed: cfg.seed,
-        };
+        let sc = SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, seed: cfg.seed };
         let ids = sample(&mut model, &prompt, &sc)?;
         Some(tokenizer.decode(&ids)?)
     } else {
@@ -422,13 +355,10 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         steps: stop,
         final_loss: last_loss,
         val_loss,
-        tokens_per_s: if train_secs > 0.0 {
-            trained_tokens as f64 / train_secs
-        } else {
-            0.0
-        },
+        tokens_per_s: if train_secs > 0.0 { trained_tokens as f64 / train_secs } else { 0.0 },
         peak_rss_bytes: peak_rss_bytes(),
         params: model_cfg.num_params(),
+        precision: cfg.precision,
         train_seconds: train_secs,
         checkpoint: last_ckpt,
         sample,

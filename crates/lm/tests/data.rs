@@ -11,12 +11,7 @@ fn trained_bpe_roundtrips_text_and_compresses() {
     let tok = TextTokenizer::train(&text, 320).unwrap();
     let ids = tok.encode(&text).unwrap();
     assert_eq!(tok.decode(&ids).unwrap(), text);
-    assert!(
-        ids.len() < text.len() / 2,
-        "{} tokens for {} bytes",
-        ids.len(),
-        text.len()
-    );
+    assert!(ids.len() < text.len() / 2, "{} tokens for {} bytes", ids.len(), text.len());
     // Unseen text (and bytes) still encodes and decodes exactly.
     let other = "Zebra \u{e9}t\u{e9} 42!";
     assert_eq!(tok.decode(&tok.encode(other).unwrap()).unwrap(), other);
@@ -40,31 +35,13 @@ fn shard_roundtrips_and_rejects_corruption() {
     let mut m = bytes.clone();
     m[0] = b'X';
     std::fs::write(&bad, &m).unwrap();
-    assert!(
-        Shard::open(&bad)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("magic")
-    );
+    assert!(Shard::open(&bad).err().unwrap().to_string().contains("magic"));
     let mut m = bytes.clone();
     m[32] = 0xff; // token 0 -> 0x..ff >= 300
     m[33] = 0xff;
     std::fs::write(&bad, &m).unwrap();
-    assert!(
-        Shard::open(&bad)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("tokens")
-    );
-    assert!(
-        Shard::open(&dir.path().join("missing.bin"))
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("missing.bin")
-    );
+    assert!(Shard::open(&bad).err().unwrap().to_string().contains("tokens"));
+    assert!(Shard::open(&dir.path().join("missing.bin")).err().unwrap().to_string().contains("missing.bin"));
 }
 
 #[test]

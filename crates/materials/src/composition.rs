@@ -38,9 +38,7 @@ impl Composition {
         let mut c = Composition::default();
         for (e, x) in pairs {
             if !(x.is_finite() && x >= 0.0) {
-                return Err(Error::Other(format!(
-                    "amount of {e} must be finite and >= 0, got {x}"
-                )));
+                return Err(Error::Other(format!("amount of {e} must be finite and >= 0, got {x}")));
             }
             c.add(e, x);
         }
@@ -59,15 +57,10 @@ impl Composition {
     pub fn parse(formula: &str) -> Result<Composition> {
         let chars: Vec<char> = formula.chars().filter(|c| !c.is_whitespace()).collect();
         let mut pos = 0;
-        let pairs = parse_group(&chars, &mut pos, 0).map_err(|msg| {
-            Error::Other(format!(
-                "cannot parse formula `{formula}`: {msg} at character {pos}"
-            ))
-        })?;
+        let pairs = parse_group(&chars, &mut pos, 0)
+            .map_err(|msg| Error::Other(format!("cannot parse formula `{formula}`: {msg} at character {pos}")))?;
         if pos != chars.len() {
-            return Err(Error::Other(format!(
-                "cannot parse formula `{formula}`: unmatched `)` at character {pos}"
-            )));
+            return Err(Error::Other(format!("cannot parse formula `{formula}`: unmatched `)` at character {pos}")));
         }
         Composition::from_amounts(pairs)
     }
@@ -90,9 +83,7 @@ impl Composition {
         let mut v: Vec<(Element, f64)> = self.amounts.iter().map(|(&e, &x)| (e, x)).collect();
         v.sort_by(|(a, _), (b, _)| {
             let key = |e: &Element| e.electronegativity().unwrap_or(f64::INFINITY);
-            key(a)
-                .total_cmp(&key(b))
-                .then_with(|| a.symbol().cmp(b.symbol()))
+            key(a).total_cmp(&key(b)).then_with(|| a.symbol().cmp(b.symbol()))
         });
         v
     }
@@ -100,38 +91,25 @@ impl Composition {
     /// Amounts divided by the total, so they sum to 1; same formula order as `sorted`.
     pub fn fractional(&self) -> Vec<(Element, f64)> {
         let total = self.num_atoms();
-        self.sorted()
-            .into_iter()
-            .map(|(e, x)| (e, x / total))
-            .collect()
+        self.sorted().into_iter().map(|(e, x)| (e, x / total)).collect()
     }
 
     /// The composition divided by the greatest common divisor of its amounts when all are
     /// (within 1e-8) integers, and that divisor; otherwise itself and 1.
     pub fn reduced(&self) -> (Composition, u64) {
-        let ints: Option<Vec<u64>> = self
-            .amounts
-            .values()
-            .map(|&x| ((x - x.round()).abs() < AMOUNT_TOL).then_some(x.round() as u64))
-            .collect();
+        let ints: Option<Vec<u64>> =
+            self.amounts.values().map(|&x| ((x - x.round()).abs() < AMOUNT_TOL).then_some(x.round() as u64)).collect();
         let factor = match ints {
             Some(v) if !v.is_empty() => v.into_iter().fold(0, gcd),
             _ => 1,
         };
-        let amounts = self
-            .amounts
-            .iter()
-            .map(|(&e, &x)| (e, x / factor as f64))
-            .collect();
+        let amounts = self.amounts.iter().map(|(&e, &x)| (e, x / factor as f64)).collect();
         (Composition { amounts }, factor)
     }
 
     /// Formula with the amounts as stored (`Fe4O6`).
     pub fn formula(&self) -> String {
-        self.sorted()
-            .into_iter()
-            .map(|(e, x)| format!("{e}{}", format_amount(x)))
-            .collect()
+        self.sorted().into_iter().map(|(e, x)| format!("{e}{}", format_amount(x))).collect()
     }
 
     /// Reduced formula (`Fe2O3` for `Fe4O6`); the ordering is described in the module doc.
@@ -180,8 +158,7 @@ fn parse_group(c: &[char], pos: &mut usize, depth: usize) -> Result<Vec<(Element
                     sym.push(c[*pos]);
                     *pos += 1;
                 }
-                let e =
-                    Element::from_symbol(&sym).ok_or(format!("unknown element symbol `{sym}`"))?;
+                let e = Element::from_symbol(&sym).ok_or(format!("unknown element symbol `{sym}`"))?;
                 let k = parse_amount(c, pos)?.unwrap_or(1.0);
                 out.push((e, k));
             }
@@ -203,9 +180,7 @@ fn parse_amount(c: &[char], pos: &mut usize) -> Result<Option<f64>, String> {
         return Ok(None);
     }
     let s: String = c[start..*pos].iter().collect();
-    s.parse::<f64>()
-        .map(Some)
-        .map_err(|_| format!("bad amount `{s}`"))
+    s.parse::<f64>().map(Some).map_err(|_| format!("bad amount `{s}`"))
 }
 
 #[cfg(test)]

@@ -104,11 +104,7 @@ fn csv_records(text: &str, path: &Path) -> Result<Vec<Record>> {
         loop {
             let Some(c) = chars.next() else {
                 if quoted {
-                    return Err(Error::format(
-                        path,
-                        format!("line {start}"),
-                        "quoted field is never closed",
-                    ));
+                    return Err(Error::format(path, format!("line {start}"), "quoted field is never closed"));
                 }
                 fields.push(std::mem::take(&mut field));
                 break;
@@ -142,28 +138,20 @@ fn csv_records(text: &str, path: &Path) -> Result<Vec<Record>> {
             }
         }
         if !(fields.len() == 1 && fields[0].is_empty()) {
-            records.push(Record {
-                line: start,
-                fields,
-            });
+            records.push(Record { line: start, fields });
         }
     }
     Ok(records)
 }
 
 fn seq_of_3(v: &PyValue, what: &str) -> Result<[f64; 3], String> {
-    let s = v
-        .as_seq()
-        .ok_or_else(|| format!("{what} is a {}, not a list", v.type_name()))?;
+    let s = v.as_seq().ok_or_else(|| format!("{what} is a {}, not a list", v.type_name()))?;
     if s.len() != 3 {
         return Err(format!("{what} has {} entries, not 3", s.len()));
     }
     let mut out = [0.0; 3];
     for (k, x) in s.iter().enumerate() {
-        out[k] = x
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("{what}[{k}] is not a finite number"))?;
+        out[k] = x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| format!("{what}[{k}] is not a finite number"))?;
     }
     Ok(out)
 }
@@ -171,44 +159,26 @@ fn seq_of_3(v: &PyValue, what: &str) -> Result<[f64; 3], String> {
 /// A pymatgen `Structure.as_dict()` value -> `Structure`. Sites need exactly one species with
 /// occupancy 1 (`{'element': 'Fe', 'occu': 1}`, oxidation states allowed) and `abc` coordinates.
 pub fn structure_from_pymatgen_dict(d: &PyValue) -> Result<Structure, String> {
-    let matrix = d
-        .get("lattice")
-        .and_then(|l| l.get("matrix"))
-        .ok_or("no lattice.matrix")?;
-    let rows = matrix
-        .as_seq()
-        .filter(|r| r.len() == 3)
-        .ok_or("lattice.matrix is not 3 rows")?;
+    let matrix = d.get("lattice").and_then(|l| l.get("matrix")).ok_or("no lattice.matrix")?;
+    let rows = matrix.as_seq().filter(|r| r.len() == 3).ok_or("lattice.matrix is not 3 rows")?;
     let m = [
         seq_of_3(&rows[0], "lattice.matrix[0]")?,
         seq_of_3(&rows[1], "lattice.matrix[1]")?,
         seq_of_3(&rows[2], "lattice.matrix[2]")?,
     ];
     let lattice = Lattice::new(m).map_err(|e| e.to_string())?;
-    let sites = d
-        .get("sites")
-        .and_then(|s| s.as_seq())
-        .ok_or("no sites list")?;
+    let sites = d.get("sites").and_then(|s| s.as_seq()).ok_or("no sites list")?;
     if sites.is_empty() {
         return Err("no sites".into());
     }
     let mut species = Vec::with_capacity(sites.len());
     let mut frac = Vec::with_capacity(sites.len());
     for (i, site) in sites.iter().enumerate() {
-        let sp = site
-            .get("species")
-            .and_then(|s| s.as_seq())
-            .ok_or(format!("site {i}: no species list"))?;
+        let sp = site.get("species").and_then(|s| s.as_seq()).ok_or(format!("site {i}: no species list"))?;
         let [one] = sp else {
-            return Err(format!(
-                "site {i}: {} species on one site (disorder is unsupported)",
-                sp.len()
-            ));
+            return Err(format!("site {i}: {} species on one site (disorder is unsupported)", sp.len()));
         };
-        let name = one
-            .get("element")
-            .and_then(|e| e.as_str())
-            .ok_or(format!("site {i}: species has no element"))?;
+        let name = one.get("element").and_then(|e| e.as_str()).ok_or(format!("site {i}: species has no element"))?;
         let element = Element::from_symbol(name)
             .or_else(|| Element::parse_species(name).map(|(e, _)| e))
             .ok_or(format!("site {i}: unknown element `{name}`"))?;
@@ -233,9 +203,7 @@ fn composition_from_dict(v: &PyValue) -> Result<Composition, String> {
         .map(|(k, x)| {
             let sym = k.as_str().ok_or("formula key is not a string")?;
             let e = Element::from_symbol(sym).ok_or(format!("formula: unknown element `{sym}`"))?;
-            let amount = x
-                .as_f64()
-                .ok_or(format!("formula: amount of {sym} is not a number"))?;
+            let amount = x.as_f64().ok_or(format!("formula: amount of {sym} is not a number"))?;
             Ok((e, amount))
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -257,10 +225,7 @@ pub fn convert_flla_csv(text: &str, path: &Path) -> Result<Conversion> {
             Error::format(
                 path,
                 format!("line {}", header.line),
-                format!(
-                    "CSV header lacks column `{name}` (found {:?})",
-                    header.fields
-                ),
+                format!("CSV header lacks column `{name}` (found {:?})", header.fields),
             )
         })
     };
@@ -269,28 +234,10 @@ pub fn convert_flla_csv(text: &str, path: &Path) -> Result<Conversion> {
 
     let mut out = Conversion::default();
     for r in rows {
-        let id = id_col
-            .and_then(|c| r.fields.get(c))
-            .cloned()
-            .unwrap_or_default();
-        match convert_row(
-            r,
-            &header.fields,
-            structure_col,
-            target_col,
-            formula_col,
-            nsites_col,
-        ) {
-            Ok((structure, target)) => out.entries.push(Entry {
-                id,
-                structure,
-                target,
-            }),
-            Err(reason) => out.bad.push(BadRow {
-                line: r.line,
-                id,
-                reason,
-            }),
+        let id = id_col.and_then(|c| r.fields.get(c)).cloned().unwrap_or_default();
+        match convert_row(r, &header.fields, structure_col, target_col, formula_col, nsites_col) {
+            Ok((structure, target)) => out.entries.push(Entry { id, structure, target }),
+            Err(reason) => out.bad.push(BadRow { line: r.line, id, reason }),
         }
     }
     Ok(out)
@@ -305,30 +252,20 @@ fn convert_row(
     nsites_col: Option<usize>,
 ) -> Result<(Structure, f64), String> {
     if r.fields.len() != header.len() {
-        return Err(format!(
-            "{} fields, header has {}",
-            r.fields.len(),
-            header.len()
-        ));
+        return Err(format!("{} fields, header has {}", r.fields.len(), header.len()));
     }
     let target_text = r.fields[target_col].trim();
     let target = target_text
         .parse::<f64>()
         .ok()
         .filter(|x| x.is_finite())
-        .ok_or(format!(
-            "formation_energy_per_atom `{target_text}` is not a finite number"
-        ))?;
-    let d =
-        pyliteral::parse(&r.fields[structure_col]).map_err(|e| format!("structure column: {e}"))?;
+        .ok_or(format!("formation_energy_per_atom `{target_text}` is not a finite number"))?;
+    let d = pyliteral::parse(&r.fields[structure_col]).map_err(|e| format!("structure column: {e}"))?;
     let s = structure_from_pymatgen_dict(&d).map_err(|e| format!("structure column: {e}"))?;
     if let Some(c) = nsites_col {
         let n = r.fields[c].trim();
         if n.parse::<usize>().ok() != Some(s.num_sites()) {
-            return Err(format!(
-                "nsites `{n}` but the structure has {} sites",
-                s.num_sites()
-            ));
+            return Err(format!("nsites `{n}` but the structure has {} sites", s.num_sites()));
         }
     }
     if let Some(c) = formula_col {
@@ -336,9 +273,7 @@ fn convert_row(
         let expect = composition_from_dict(&f)?.reduced_formula();
         let found = s.reduced_formula();
         if expect != found {
-            return Err(format!(
-                "formula column says {expect} but the structure is {found}"
-            ));
+            return Err(format!("formula column says {expect} but the structure is {found}"));
         }
     }
     Ok((s, target))
@@ -391,21 +326,13 @@ pub fn dataset_string(header: &DatasetHeader, entries: &[Entry]) -> Result<Strin
     out.push('\n');
     for e in entries {
         if !e.target.is_finite() {
-            return Err(Error::Other(format!(
-                "entry `{}` has non-finite target {}",
-                e.id, e.target
-            )));
+            return Err(Error::Other(format!("entry `{}` has non-finite target {}", e.id, e.target)));
         }
         let line = Line {
             id: e.id.clone(),
             formula: e.structure.reduced_formula(),
             lattice: *e.structure.lattice.matrix(),
-            species: e
-                .structure
-                .species
-                .iter()
-                .map(|s| s.symbol().to_string())
-                .collect(),
+            species: e.structure.species.iter().map(|s| s.symbol().to_string()).collect(),
             frac_coords: e.structure.frac_coords.clone(),
             target: e.target,
         };
@@ -423,11 +350,9 @@ pub fn write_dataset(path: &Path, header: &DatasetHeader, entries: &[Entry]) -> 
 /// Parses data set text; `path` is used in messages only.
 pub fn parse_dataset(text: &str, path: &Path) -> Result<(DatasetHeader, Vec<Entry>)> {
     let mut lines = text.lines().enumerate();
-    let (_, first) = lines
-        .next()
-        .ok_or_else(|| Error::format(path, "line 1", "empty file, expected a header"))?;
-    let header: DatasetHeader = serde_json::from_str(first)
-        .map_err(|e| Error::format(path, "line 1", format!("bad header: {e}")))?;
+    let (_, first) = lines.next().ok_or_else(|| Error::format(path, "line 1", "empty file, expected a header"))?;
+    let header: DatasetHeader =
+        serde_json::from_str(first).map_err(|e| Error::format(path, "line 1", format!("bad header: {e}")))?;
     if header.format != DatasetHeader::FORMAT || header.version != DatasetHeader::VERSION {
         return Err(Error::format(
             path,
@@ -451,25 +376,15 @@ pub fn parse_dataset(text: &str, path: &Path) -> Result<(DatasetHeader, Vec<Entr
         let species = l
             .species
             .iter()
-            .map(|s| {
-                Element::from_symbol(s).ok_or_else(|| at(format!("unknown element symbol `{s}`")))
-            })
+            .map(|s| Element::from_symbol(s).ok_or_else(|| at(format!("unknown element symbol `{s}`"))))
             .collect::<Result<Vec<_>>>()?;
         let lattice = Lattice::new(l.lattice).map_err(|e| at(e.to_string()))?;
-        let structure =
-            Structure::new(lattice, species, l.frac_coords).map_err(|e| at(e.to_string()))?;
+        let structure = Structure::new(lattice, species, l.frac_coords).map_err(|e| at(e.to_string()))?;
         let formula = structure.reduced_formula();
         if formula != l.formula {
-            return Err(at(format!(
-                "formula `{}` but the structure is {formula}",
-                l.formula
-            )));
+            return Err(at(format!("formula `{}` but the structure is {formula}", l.formula)));
         }
-        entries.push(Entry {
-            id: l.id,
-            structure,
-            target: l.target,
-        });
+        entries.push(Entry { id: l.id, structure, target: l.target });
     }
     Ok((header, entries))
 }
@@ -501,11 +416,7 @@ pub const VALID_PER_10000: u64 = 1_500;
 
 /// The split of a reduced formula (see the module doc).
 pub fn split_of(reduced_formula: &str) -> Split {
-    if fnv1a64(reduced_formula.as_bytes()) % 10_000 < VALID_PER_10000 {
-        Split::Valid
-    } else {
-        Split::Train
-    }
+    if fnv1a64(reduced_formula.as_bytes()) % 10_000 < VALID_PER_10000 { Split::Valid } else { Split::Train }
 }
 
 /// Indices of training and validation entries, each in input order.

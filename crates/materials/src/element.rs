@@ -146,10 +146,7 @@ impl Element {
 
     /// Exact, case-sensitive symbol lookup (`"Fe"`, not `"FE"` or `"Fe2+"`).
     pub fn from_symbol(symbol: &str) -> Option<Element> {
-        TABLE
-            .iter()
-            .position(|(s, _, _)| *s == symbol)
-            .map(|i| Element(i as u8 + 1))
+        TABLE.iter().position(|(s, _, _)| *s == symbol).map(|i| Element(i as u8 + 1))
     }
 
     /// All 118 elements in order of Z.
@@ -193,21 +190,11 @@ impl Element {
     /// as a two-letter symbol first and then one letter, after normalising case (`FE` -> `Fe`). Used
     /// only when a file gives no explicit type symbol.
     pub fn from_label(label: &str) -> Option<Element> {
-        let letters: Vec<char> = label
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .take(2)
-            .collect();
+        let letters: Vec<char> = label.chars().take_while(|c| c.is_ascii_alphabetic()).take(2).collect();
         let normalise = |cs: &[char]| -> String {
             cs.iter()
                 .enumerate()
-                .map(|(i, c)| {
-                    if i == 0 {
-                        c.to_ascii_uppercase()
-                    } else {
-                        c.to_ascii_lowercase()
-                    }
-                })
+                .map(|(i, c)| if i == 0 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
                 .collect()
         };
         if letters.len() == 2
@@ -215,9 +202,7 @@ impl Element {
         {
             return Some(e);
         }
-        letters
-            .first()
-            .and_then(|_| Element::from_symbol(&normalise(&letters[..1])))
+        letters.first().and_then(|_| Element::from_symbol(&normalise(&letters[..1])))
     }
 }
 
@@ -227,10 +212,7 @@ fn symbol_prefix_len(text: &str) -> usize {
     if bytes.is_empty() || !bytes[0].is_ascii_uppercase() {
         return 0;
     }
-    1 + bytes[1..]
-        .iter()
-        .take_while(|b| b.is_ascii_lowercase())
-        .count()
+    1 + bytes[1..].iter().take_while(|b| b.is_ascii_lowercase()).count()
 }
 
 /// `2+`, `+2`, `3-`, `-`, `+`, `2.5+` -> signed charge; anything else -> None.
@@ -318,13 +300,7 @@ mod tests {
 
     #[test]
     fn noble_gases_lack_electronegativity() {
-        assert_eq!(
-            Element::from_symbol("He").unwrap().electronegativity(),
-            None
-        );
-        assert_eq!(
-            Element::from_symbol("O").unwrap().electronegativity(),
-            Some(3.44)
-        );
+        assert_eq!(Element::from_symbol("He").unwrap().electronegativity(), None);
+        assert_eq!(Element::from_symbol("O").unwrap().electronegativity(), Some(3.44));
     }
 }

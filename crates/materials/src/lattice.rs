@@ -22,8 +22,7 @@ pub struct Lattice {
 }
 
 fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
 }
 
@@ -32,11 +31,7 @@ pub(crate) fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
 }
 
 pub(crate) fn cross(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 pub(crate) fn norm(a: &[f64; 3]) -> f64 {
@@ -47,9 +42,7 @@ impl Lattice {
     /// Builds a lattice from row vectors; rejects non-finite entries and |volume| < `MIN_VOLUME`.
     pub fn new(matrix: [[f64; 3]; 3]) -> Result<Lattice> {
         if matrix.iter().flatten().any(|x| !x.is_finite()) {
-            return Err(Error::Other(format!(
-                "lattice has a non-finite entry: {matrix:?}"
-            )));
+            return Err(Error::Other(format!("lattice has a non-finite entry: {matrix:?}")));
         }
         let det = det3(&matrix);
         if det.abs() < MIN_VOLUME {
@@ -59,11 +52,7 @@ impl Lattice {
         }
         // Inverse by the adjugate: (M^-1)_{ij} = cofactor_{ji} / det; column j of M^-1 is
         // (a_k x a_l) / det for (j, k, l) cyclic, i.e. M^-1 = [a1 x a2, a2 x a0, a0 x a1]^T / det.
-        let c = [
-            cross(&matrix[1], &matrix[2]),
-            cross(&matrix[2], &matrix[0]),
-            cross(&matrix[0], &matrix[1]),
-        ];
+        let c = [cross(&matrix[1], &matrix[2]), cross(&matrix[2], &matrix[0]), cross(&matrix[0], &matrix[1])];
         let mut inverse = [[0.0; 3]; 3];
         for (i, row) in inverse.iter_mut().enumerate() {
             for (j, x) in row.iter_mut().enumerate() {
@@ -84,26 +73,13 @@ impl Lattice {
     /// b.c = b (cos(gamma) c_x + sin(gamma) c_y) = b c cos(alpha) gives c_y; |c| gives c_z.
     /// Cosines of angles within 1e-10 degrees of 90 are snapped to 0 so that orthogonal cells stay
     /// exactly orthogonal.
-    pub fn from_parameters(
-        a: f64,
-        b: f64,
-        c: f64,
-        alpha: f64,
-        beta: f64,
-        gamma: f64,
-    ) -> Result<Lattice> {
+    pub fn from_parameters(a: f64, b: f64, c: f64, alpha: f64, beta: f64, gamma: f64) -> Result<Lattice> {
         let params = [a, b, c, alpha, beta, gamma];
         if params.iter().any(|x| !x.is_finite()) || a <= 0.0 || b <= 0.0 || c <= 0.0 {
-            return Err(Error::Other(format!(
-                "invalid cell parameters (a, b, c, alpha, beta, gamma) = {params:?}"
-            )));
+            return Err(Error::Other(format!("invalid cell parameters (a, b, c, alpha, beta, gamma) = {params:?}")));
         }
         let cos = |deg: f64| {
-            if (deg - 90.0).abs() < 1e-10 {
-                0.0
-            } else {
-                deg.to_radians().cos()
-            }
+            if (deg - 90.0).abs() < 1e-10 { 0.0 } else { deg.to_radians().cos() }
         };
         let (ca, cb, cg) = (cos(alpha), cos(beta), cos(gamma));
         let sg = gamma.to_radians().sin();
@@ -115,11 +91,7 @@ impl Lattice {
                 "cell angles alpha={alpha}, beta={beta}, gamma={gamma} do not form a 3D cell"
             )));
         }
-        Lattice::new([
-            [a, 0.0, 0.0],
-            [b * cg, b * sg, 0.0],
-            [c * cx, c * cy, c * cz2.sqrt()],
-        ])
+        Lattice::new([[a, 0.0, 0.0], [b * cg, b * sg, 0.0], [c * cx, c * cy, c * cz2.sqrt()]])
     }
 
     /// Rows are the lattice vectors a, b, c (A).
@@ -144,23 +116,14 @@ impl Lattice {
 
     /// |a|, |b|, |c| in A.
     pub fn lengths(&self) -> [f64; 3] {
-        [
-            norm(&self.matrix[0]),
-            norm(&self.matrix[1]),
-            norm(&self.matrix[2]),
-        ]
+        [norm(&self.matrix[0]), norm(&self.matrix[1]), norm(&self.matrix[2])]
     }
 
     /// alpha = angle(b, c), beta = angle(a, c), gamma = angle(a, b), in degrees.
     pub fn angles(&self) -> [f64; 3] {
         let m = &self.matrix;
         let l = self.lengths();
-        let angle = |i: usize, j: usize| {
-            (dot(&m[i], &m[j]) / (l[i] * l[j]))
-                .clamp(-1.0, 1.0)
-                .acos()
-                .to_degrees()
-        };
+        let angle = |i: usize, j: usize| (dot(&m[i], &m[j]) / (l[i] * l[j])).clamp(-1.0, 1.0).acos().to_degrees();
         [angle(1, 2), angle(0, 2), angle(0, 1)]
     }
 
@@ -187,9 +150,7 @@ impl Lattice {
     /// are spanned by the other two lattice vectors.
     pub fn perpendicular_widths(&self) -> [f64; 3] {
         let n = &self.inverse;
-        std::array::from_fn(|i| {
-            1.0 / (n[0][i] * n[0][i] + n[1][i] * n[1][i] + n[2][i] * n[2][i]).sqrt()
-        })
+        std::array::from_fn(|i| 1.0 / (n[0][i] * n[0][i] + n[1][i] * n[1][i] + n[2][i] * n[2][i]).sqrt())
     }
 
     /// The same cell shape scaled isotropically to `volume` (A^3): every vector times
@@ -222,14 +183,7 @@ mod tests {
         let l = Lattice::from_parameters(3.0, 4.0, 5.0, 70.0, 80.0, 100.0).unwrap();
         let [a, b, c] = l.lengths();
         let [al, be, ga] = l.angles();
-        for (x, y) in [
-            (a, 3.0),
-            (b, 4.0),
-            (c, 5.0),
-            (al, 70.0),
-            (be, 80.0),
-            (ga, 100.0),
-        ] {
+        for (x, y) in [(a, 3.0), (b, 4.0), (c, 5.0), (al, 70.0), (be, 80.0), (ga, 100.0)] {
             assert!(close(x, y), "{x} vs {y}");
         }
         assert!(l.determinant() > 0.0);
@@ -239,10 +193,7 @@ mod tests {
     #[test]
     fn orthogonal_parameters_give_an_exactly_diagonal_matrix() {
         let l = Lattice::from_parameters(2.0, 3.0, 4.0, 90.0, 90.0, 90.0).unwrap();
-        assert_eq!(
-            l.matrix(),
-            &[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 4.0]]
-        );
+        assert_eq!(l.matrix(), &[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 4.0]]);
         assert_eq!(l.volume(), 24.0);
     }
 

@@ -71,26 +71,16 @@ impl NeighborList {
 
 fn check_cutoff(cutoff: f64, n_sites: usize) -> Result<()> {
     if !(cutoff.is_finite() && cutoff > 0.0) {
-        return Err(Error::config(
-            "cutoff",
-            format!("must be finite and positive, got {cutoff}"),
-        ));
+        return Err(Error::config("cutoff", format!("must be finite and positive, got {cutoff}")));
     }
     if n_sites > u32::MAX as usize {
-        return Err(Error::config(
-            "sites",
-            format!("{n_sites} sites exceed u32 indices"),
-        ));
+        return Err(Error::config("sites", format!("{n_sites} sites exceed u32 indices")));
     }
     Ok(())
 }
 
 /// All edges within `cutoff` (A) under periodic boundary conditions; see the module doc.
-pub fn neighbor_list(
-    lattice: &Lattice,
-    frac_coords: &[[f64; 3]],
-    cutoff: f64,
-) -> Result<NeighborList> {
+pub fn neighbor_list(lattice: &Lattice, frac_coords: &[[f64; 3]], cutoff: f64) -> Result<NeighborList> {
     let n_atoms = frac_coords.len();
     check_cutoff(cutoff, n_atoms)?;
     if n_atoms == 0 {
@@ -133,14 +123,11 @@ pub fn neighbor_list(
         return Ok(out);
     }
     // The 1e-12 relative slack only matters for pairs within rounding of the cutoff itself.
-    let reach: [i64; 3] = std::array::from_fn(|a| {
-        (cutoff * nbins[a] as f64 / widths[a] * (1.0 + 1e-12)).ceil() as i64
-    });
+    let reach: [i64; 3] = std::array::from_fn(|a| (cutoff * nbins[a] as f64 / widths[a] * (1.0 + 1e-12)).ceil() as i64);
 
     // Bin contents in CSR form: bin b holds atoms order[start[b]..start[b + 1]].
-    let bin_of = |w: &[f64; 3]| -> [i64; 3] {
-        std::array::from_fn(|a| ((w[a] * nbins[a] as f64) as i64).min(nbins[a] - 1))
-    };
+    let bin_of =
+        |w: &[f64; 3]| -> [i64; 3] { std::array::from_fn(|a| ((w[a] * nbins[a] as f64) as i64).min(nbins[a] - 1)) };
     let flat = |b: [i64; 3]| ((b[0] * nbins[1] + b[1]) * nbins[2] + b[2]) as usize;
     let n_bins = (nbins[0] * nbins[1] * nbins[2]) as usize;
     let atom_bins: Vec<[i64; 3]> = wrapped.iter().map(bin_of).collect();
@@ -194,9 +181,7 @@ pub fn neighbor_list(
                         continue;
                     }
                     let offset: [f64; 3] = std::array::from_fn(|k| {
-                        image[0] as f64 * m[0][k]
-                            + image[1] as f64 * m[1][k]
-                            + image[2] as f64 * m[2][k]
+                        image[0] as f64 * m[0][k] + image[1] as f64 * m[1][k] + image[2] as f64 * m[2][k]
                     });
                     let base = [offset[0] - ri[0], offset[1] - ri[1], offset[2] - ri[2]];
                     let is_home = image == [0, 0, 0];
@@ -209,9 +194,7 @@ pub fn neighbor_list(
                         let d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
                         if d2 < cutoff2 {
                             // f_j + n - f_i = w_j + image - w_i  =>  n = image + k_i - k_j.
-                            let n = std::array::from_fn(|a| {
-                                image[a] as i32 + whole[i][a] - whole[j][a]
-                            });
+                            let n = std::array::from_fn(|a| image[a] as i32 + whole[i][a] - whole[j][a]);
                             out.push(i, j, n, v, d2.sqrt());
                         }
                     }
@@ -237,9 +220,7 @@ fn small_cell_pairs(
 ) {
     let m = lattice.matrix();
     // Same 1e-12 slack as the binned path.
-    let half: [f64; 3] = lattice
-        .perpendicular_widths()
-        .map(|w| cutoff / w * (1.0 + 1e-12));
+    let half: [f64; 3] = lattice.perpendicular_widths().map(|w| cutoff / w * (1.0 + 1e-12));
     let cutoff2 = cutoff * cutoff;
     for (i, wi) in wrapped.iter().enumerate() {
         for (j, wj) in wrapped.iter().enumerate() {
@@ -272,20 +253,13 @@ fn small_cell_pairs(
 /// Brute-force specification: every pair (i, j) and every image n in a box that certainly contains
 /// all neighbours, computed directly from the given (unwrapped) fractional coordinates. O(N^2 *
 /// images); for tests and for checking the fast path.
-pub fn reference_neighbor_list(
-    lattice: &Lattice,
-    frac_coords: &[[f64; 3]],
-    cutoff: f64,
-) -> Result<NeighborList> {
+pub fn reference_neighbor_list(lattice: &Lattice, frac_coords: &[[f64; 3]], cutoff: f64) -> Result<NeighborList> {
     check_cutoff(cutoff, frac_coords.len())?;
     let widths = lattice.perpendicular_widths();
     // |f_j + n - f_i|_k <= cutoff / w_k is needed, so |n_k| <= cutoff / w_k + max |f_j - f_i|_k.
     let range: [i32; 3] = std::array::from_fn(|a| {
-        let (lo, hi) = frac_coords
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), f| {
-                (lo.min(f[a]), hi.max(f[a]))
-            });
+        let (lo, hi) =
+            frac_coords.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), f| (lo.min(f[a]), hi.max(f[a])));
         (cutoff / widths[a] + (hi - lo).max(0.0)).ceil() as i32 + 1
     });
     let mut out = NeighborList::default();
@@ -331,9 +305,7 @@ mod tests {
         // Atom 1 sits at x = 2.1 (fractional), i.e. wrapped 0.1 plus two cells.
         let f = [[0.0, 0.0, 0.0], [2.1, 0.0, 0.0]];
         let nl = neighbor_list(&l, &f, 0.5).unwrap();
-        let e = (0..nl.len())
-            .find(|&e| nl.senders[e] == 0 && nl.receivers[e] == 1)
-            .unwrap();
+        let e = (0..nl.len()).find(|&e| nl.senders[e] == 0 && nl.receivers[e] == 1).unwrap();
         assert_eq!(nl.shifts[e], [-2, 0, 0]);
         assert!((nl.vectors[e][0] - 0.3).abs() < 1e-12);
     }

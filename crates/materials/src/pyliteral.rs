@@ -44,10 +44,9 @@ impl PyValue {
     /// The value under string key `key` of a dict.
     pub fn get(&self, key: &str) -> Option<&PyValue> {
         match self {
-            PyValue::Dict(items) => items
-                .iter()
-                .find(|(k, _)| matches!(k, PyValue::Str(s) if s == key))
-                .map(|(_, v)| v),
+            PyValue::Dict(items) => {
+                items.iter().find(|(k, _)| matches!(k, PyValue::Str(s) if s == key)).map(|(_, v)| v)
+            }
             _ => None,
         }
     }
@@ -93,10 +92,7 @@ impl PyValue {
 
 /// Parses one Python literal; only whitespace may follow it.
 pub fn parse(text: &str) -> Result<PyValue, PyParseError> {
-    let mut p = Parser {
-        c: text.chars().collect(),
-        pos: 0,
-    };
+    let mut p = Parser { c: text.chars().collect(), pos: 0 };
     let v = p.value(0)?;
     p.skip_ws();
     if p.pos != p.c.len() {
@@ -112,10 +108,7 @@ struct Parser {
 
 impl Parser {
     fn err(&self, msg: impl Into<String>) -> PyParseError {
-        PyParseError {
-            offset: self.pos,
-            msg: msg.into(),
-        }
+        PyParseError { offset: self.pos, msg: msg.into() }
     }
 
     fn skip_ws(&mut self) {
@@ -192,10 +185,7 @@ impl Parser {
             }
             c if c.is_ascii_alphabetic() => {
                 let start = self.pos;
-                while self
-                    .peek()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
+                while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
                     self.pos += 1;
                 }
                 let word: String = self.c[start..self.pos].iter().collect();
@@ -271,12 +261,7 @@ impl Parser {
                         'u' => 4,
                         _ => 8,
                     };
-                    let hex: String = self
-                        .c
-                        .get(self.pos..self.pos + n)
-                        .unwrap_or(&[])
-                        .iter()
-                        .collect();
+                    let hex: String = self.c.get(self.pos..self.pos + n).unwrap_or(&[]).iter().collect();
                     let code = u32::from_str_radix(&hex, 16)
                         .ok()
                         .filter(|_| hex.len() == n)
@@ -327,10 +312,7 @@ impl Parser {
                 break;
             }
         }
-        let text: String = self.c[start..self.pos]
-            .iter()
-            .filter(|&&c| c != '_')
-            .collect();
+        let text: String = self.c[start..self.pos].iter().filter(|&&c| c != '_').collect();
         if !is_float && let Ok(i) = text.parse::<i64>() {
             return Ok(PyValue::Int(i));
         }
@@ -347,18 +329,10 @@ mod tests {
 
     #[test]
     fn pymatgen_style_dict_parses() {
-        let v = parse(
-            "{'a': [1, -2.5e-3, True, None], \"b\": (1,), 'c': {'d': 'it\\'s'}, 'e': (), 'f': (3)}",
-        )
-        .unwrap();
+        let v = parse("{'a': [1, -2.5e-3, True, None], \"b\": (1,), 'c': {'d': 'it\\'s'}, 'e': (), 'f': (3)}").unwrap();
         assert_eq!(
             v.get("a").unwrap(),
-            &PyValue::List(vec![
-                PyValue::Int(1),
-                PyValue::Float(-2.5e-3),
-                PyValue::Bool(true),
-                PyValue::None
-            ])
+            &PyValue::List(vec![PyValue::Int(1), PyValue::Float(-2.5e-3), PyValue::Bool(true), PyValue::None])
         );
         assert_eq!(v.get("b").unwrap(), &PyValue::Tuple(vec![PyValue::Int(1)]));
         assert_eq!(v.get("c").unwrap().get("d").unwrap().as_str(), Some("it's"));
@@ -370,10 +344,7 @@ mod tests {
     fn trailing_commas_big_ints_and_special_floats() {
         let v = parse("[1, 2,]").unwrap();
         assert_eq!(v.as_seq().unwrap().len(), 2);
-        assert_eq!(
-            parse("123456789012345678901234").unwrap().as_f64(),
-            Some(1.2345678901234568e23)
-        );
+        assert_eq!(parse("123456789012345678901234").unwrap().as_f64(), Some(1.2345678901234568e23));
         assert!(parse("nan").unwrap().as_f64().unwrap().is_nan());
         assert_eq!(parse("-inf").unwrap().as_f64(), Some(f64::NEG_INFINITY));
         assert_eq!(parse("'\\x41\\u00e9'").unwrap().as_str(), Some("Aé"));
@@ -387,12 +358,7 @@ mod tests {
         assert!(parse("{'a' 1}").unwrap_err().msg.contains("`:`"));
         assert!(parse("{'a': 1} x").is_err());
         assert!(parse("'open").unwrap_err().msg.contains("never closed"));
-        assert!(
-            parse("[true]")
-                .unwrap_err()
-                .msg
-                .contains("unknown name `true`")
-        );
+        assert!(parse("[true]").unwrap_err().msg.contains("unknown name `true`"));
         let deep = "[".repeat(500) + &"]".repeat(500);
         assert!(parse(&deep).is_err());
     }

@@ -54,11 +54,7 @@ impl fmt::Display for Overlap {
 
 impl Structure {
     /// Validates and builds a structure; overlapping atoms are an error naming both site indices.
-    pub fn new(
-        lattice: Lattice,
-        species: Vec<Element>,
-        frac_coords: Vec<[f64; 3]>,
-    ) -> Result<Structure> {
+    pub fn new(lattice: Lattice, species: Vec<Element>, frac_coords: Vec<[f64; 3]>) -> Result<Structure> {
         let s = Structure::new_unchecked_overlaps(lattice, species, frac_coords)?;
         if let Some(o) = s.check_overlaps() {
             return Err(Error::Other(o.to_string()));
@@ -80,28 +76,14 @@ impl Structure {
                 found: vec![frac_coords.len(), 3],
             });
         }
-        if let Some(i) = frac_coords
-            .iter()
-            .position(|f| f.iter().any(|x| !x.is_finite()))
-        {
-            return Err(Error::Other(format!(
-                "site {i} has non-finite fractional coordinates {:?}",
-                frac_coords[i]
-            )));
+        if let Some(i) = frac_coords.iter().position(|f| f.iter().any(|x| !x.is_finite())) {
+            return Err(Error::Other(format!("site {i} has non-finite fractional coordinates {:?}", frac_coords[i])));
         }
-        Ok(Structure {
-            lattice,
-            species,
-            frac_coords,
-        })
+        Ok(Structure { lattice, species, frac_coords })
     }
 
     /// From Cartesian positions (A).
-    pub fn from_cartesian(
-        lattice: Lattice,
-        species: Vec<Element>,
-        cart: &[[f64; 3]],
-    ) -> Result<Structure> {
+    pub fn from_cartesian(lattice: Lattice, species: Vec<Element>, cart: &[[f64; 3]]) -> Result<Structure> {
         let frac = cart.iter().map(|r| lattice.to_fractional(r)).collect();
         Structure::new(lattice, species, frac)
     }
@@ -112,10 +94,7 @@ impl Structure {
 
     /// Cartesian positions r = f M (A).
     pub fn cart_coords(&self) -> Vec<[f64; 3]> {
-        self.frac_coords
-            .iter()
-            .map(|f| self.lattice.to_cartesian(f))
-            .collect()
+        self.frac_coords.iter().map(|f| self.lattice.to_cartesian(f)).collect()
     }
 
     pub fn composition(&self) -> Composition {
@@ -134,9 +113,7 @@ impl Structure {
 
     /// The closest pair of atoms (or atom and own image) nearer than `MIN_SEPARATION`, if any.
     pub fn check_overlaps(&self) -> Option<Overlap> {
-        let nl = self
-            .neighbor_list(MIN_SEPARATION)
-            .expect("MIN_SEPARATION is a valid cutoff");
+        let nl = self.neighbor_list(MIN_SEPARATION).expect("MIN_SEPARATION is a valid cutoff");
         (0..nl.len())
             .filter(|&e| nl.senders[e] <= nl.receivers[e])
             .min_by(|&a, &b| nl.distances[a].total_cmp(&nl.distances[b]))
@@ -160,20 +137,14 @@ impl Structure {
                 })
             })
             .collect();
-        Structure {
-            lattice: self.lattice.clone(),
-            species: self.species.clone(),
-            frac_coords,
-        }
+        Structure { lattice: self.lattice.clone(), species: self.species.clone(), frac_coords }
     }
 
     /// Same fractional coordinates in the cell isotropically scaled to `factor` times the volume
     /// (GNoME's test-time augmentation scans factors 0.8..1.2). Shrinking can create overlaps, so
     /// the result is checked again.
     pub fn with_volume_scaled(&self, factor: f64) -> Result<Structure> {
-        let lattice = self
-            .lattice
-            .scaled_to_volume(factor * self.lattice.volume())?;
+        let lattice = self.lattice.scaled_to_volume(factor * self.lattice.volume())?;
         Structure::new(lattice, self.species.clone(), self.frac_coords.clone())
     }
 }
@@ -189,35 +160,24 @@ mod tests {
     #[test]
     fn overlap_error_names_both_sites() {
         let l = Lattice::cubic(4.0).unwrap();
-        let err = Structure::new(
-            l,
-            vec![el("Na"), el("Cl"), el("Cl")],
-            vec![[0.0; 3], [0.5, 0.5, 0.5], [0.99, 0.0, 0.0]],
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            Structure::new(l, vec![el("Na"), el("Cl"), el("Cl")], vec![[0.0; 3], [0.5, 0.5, 0.5], [0.99, 0.0, 0.0]])
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("sites 0 and 2"), "{err}");
     }
 
     #[test]
     fn tiny_cell_overlaps_with_own_image() {
         let l = Lattice::cubic(0.4).unwrap();
-        let err = Structure::new(l, vec![el("H")], vec![[0.0; 3]])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("site 0") && err.contains("own periodic image"),
-            "{err}"
-        );
+        let err = Structure::new(l, vec![el("H")], vec![[0.0; 3]]).unwrap_err().to_string();
+        assert!(err.contains("site 0") && err.contains("own periodic image"), "{err}");
     }
 
     #[test]
     fn mismatched_lengths_are_a_shape_error() {
         let l = Lattice::cubic(4.0).unwrap();
-        assert!(matches!(
-            Structure::new(l, vec![el("Na")], vec![]),
-            Err(Error::Shape { .. })
-        ));
+        assert!(matches!(Structure::new(l, vec![el("Na")], vec![]), Err(Error::Shape { .. })));
     }
 
     #[test]

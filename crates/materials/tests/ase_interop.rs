@@ -28,11 +28,7 @@ print(json.dumps(out))
 "#;
 
 fn ase_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import ase"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new("python3").args(["-c", "import ase"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 fn el(s: &str) -> Element {
@@ -43,27 +39,17 @@ fn structures() -> Vec<(&'static str, Structure)> {
     let tri = Structure::new(
         Lattice::from_parameters(4.1, 5.3, 6.7, 81.0, 97.5, 112.25).unwrap(),
         vec![el("Si"), el("O"), el("O"), el("Si"), el("Fe")],
-        vec![
-            [0.1, 0.2, 0.3],
-            [0.6, 0.1, 0.9],
-            [-0.2, 0.55, 0.45],
-            [1.3, 0.8, 0.05],
-            [0.45, 0.45, 0.7],
-        ],
+        vec![[0.1, 0.2, 0.3], [0.6, 0.1, 0.9], [-0.2, 0.55, 0.45], [1.3, 0.8, 0.05], [0.45, 0.45, 0.7]],
     )
     .unwrap();
-    let si =
-        io::read_cif(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/Si_diamond_icsd.cif"))
-            .unwrap();
+    let si = io::read_cif(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/Si_diamond_icsd.cif")).unwrap();
     vec![("triclinic", tri), ("si", si)]
 }
 
 #[test]
 fn ase_reads_what_octet_writes() {
     if !ase_available() {
-        println!(
-            "skipping ase_reads_what_octet_writes: python3 cannot import ase (pip install ase)"
-        );
+        println!("skipping ase_reads_what_octet_writes: python3 cannot import ase (pip install ase)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -76,14 +62,7 @@ fn ase_reads_what_octet_writes() {
         let poscar = dir.path().join(format!("{name}.vasp"));
         io::write_poscar(&poscar, &s).unwrap();
         let xyz = dir.path().join(format!("{name}.extxyz"));
-        io::write_extxyz(
-            &xyz,
-            &[Frame {
-                structure: s.clone(),
-                energy: Some(energy),
-            }],
-        )
-        .unwrap();
+        io::write_extxyz(&xyz, &[Frame { structure: s.clone(), energy: Some(energy) }]).unwrap();
         for (path, fmt) in [(cif, "cif"), (poscar, "vasp"), (xyz, "extxyz")] {
             let p = path.to_str().unwrap().to_string();
             args.push(p.clone());
@@ -91,17 +70,8 @@ fn ase_reads_what_octet_writes() {
             expected.push((p, fmt, s.clone()));
         }
     }
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(SCRIPT)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ase failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").arg("-c").arg(SCRIPT).args(&args).output().unwrap();
+    assert!(out.status.success(), "ase failed: {}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     for (path, fmt, s) in expected {
@@ -110,17 +80,9 @@ fn ase_reads_what_octet_writes() {
         let want: Vec<&str> = s.species.iter().map(|e| e.symbol()).collect();
         assert_eq!(symbols, want, "{path}");
         let cellpar: Vec<f64> = serde_json::from_value(g["cellpar"].clone()).unwrap();
-        let mine: Vec<f64> = s
-            .lattice
-            .lengths()
-            .into_iter()
-            .chain(s.lattice.angles())
-            .collect();
+        let mine: Vec<f64> = s.lattice.lengths().into_iter().chain(s.lattice.angles()).collect();
         for (a, b) in cellpar.iter().zip(&mine) {
-            assert!(
-                (a - b).abs() < TOL * (1.0 + b.abs()),
-                "{path}: cell {cellpar:?} vs {mine:?}"
-            );
+            assert!((a - b).abs() < TOL * (1.0 + b.abs()), "{path}: cell {cellpar:?} vs {mine:?}");
         }
         let frac: Vec<[f64; 3]> = serde_json::from_value(g["frac"].clone()).unwrap();
         for (a, b) in frac.iter().zip(&s.frac_coords) {

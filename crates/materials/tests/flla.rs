@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use octet_materials::dataset::{
-    self, DatasetHeader, Split, convert_flla_csv, read_dataset, read_flla_csv, split_indices,
-    split_of, write_dataset,
+    self, DatasetHeader, Split, convert_flla_csv, read_dataset, read_flla_csv, split_indices, split_of, write_dataset,
 };
 use octet_materials::{Composition, Element};
 
@@ -15,11 +14,7 @@ fn fixture() -> PathBuf {
 }
 
 fn header() -> DatasetHeader {
-    DatasetHeader::new(
-        "formation_energy_per_atom",
-        "eV/atom",
-        "matminer 0.3.9 flla_2015.csv",
-    )
+    DatasetHeader::new("formation_energy_per_atom", "eV/atom", "matminer 0.3.9 flla_2015.csv")
 }
 
 #[test]
@@ -28,11 +23,7 @@ fn three_committed_rows_convert_with_targets_and_formulas() {
     assert!(c.bad.is_empty(), "{}", c.report());
     let ids: Vec<&str> = c.entries.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["mp-10", "mp-10000", "mp-18937"]);
-    let formulas: Vec<String> = c
-        .entries
-        .iter()
-        .map(|e| e.structure.reduced_formula())
-        .collect();
+    let formulas: Vec<String> = c.entries.iter().map(|e| e.structure.reduced_formula()).collect();
     // Hf (Pauling 1.3) before S (2.58): the CSV formula column is {'S': 1.0, 'Hf': 2.0}.
     assert_eq!(formulas, ["As", "Hf2S", "V2O3"]);
     assert_eq!(c.entries[0].target, 0.1074050600000005);
@@ -59,22 +50,10 @@ fn bad_rows_are_reported_with_line_and_reason_never_dropped() {
     assert_eq!((c.bad[0].line, c.bad[0].id.as_str()), (5, "mp-10000"));
     assert!(c.bad[0].reason.contains("`n/a`"), "{}", c.bad[0].reason);
     assert_eq!(c.bad[1].line, 6);
-    assert!(
-        c.bad[1].reason.contains("partial occupancy"),
-        "{}",
-        c.bad[1].reason
-    );
+    assert!(c.bad[1].reason.contains("partial occupancy"), "{}", c.bad[1].reason);
     assert_eq!(c.bad[2].line, 7);
-    assert!(
-        c.bad[2].reason.contains("structure column"),
-        "{}",
-        c.bad[2].reason
-    );
-    assert!(
-        c.report().starts_with("4 rows: 1 converted, 3 bad"),
-        "{}",
-        c.report()
-    );
+    assert!(c.bad[2].reason.contains("structure column"), "{}", c.bad[2].reason);
+    assert!(c.report().starts_with("4 rows: 1 converted, 3 bad"), "{}", c.report());
     // A missing required column is an error for the whole file, naming the column.
     let e = convert_flla_csv("a,b\n1,2\n", Path::new("x.csv")).unwrap_err();
     assert!(e.to_string().contains("`structure`"), "{e}");
@@ -90,13 +69,7 @@ fn dataset_write_read_round_trip_is_exact() {
     assert_eq!(h, header());
     assert_same_entries(&back, &c.entries);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        text.lines()
-            .nth(1)
-            .unwrap()
-            .starts_with(r#"{"id":"mp-10","formula":"As","lattice":"#),
-        "{text}"
-    );
+    assert!(text.lines().nth(1).unwrap().starts_with(r#"{"id":"mp-10","formula":"As","lattice":"#), "{text}");
 }
 
 #[test]
@@ -104,35 +77,24 @@ fn dataset_errors_name_the_line() {
     let c = read_flla_csv(&fixture()).unwrap();
     let text = dataset::dataset_string(&header(), &c.entries).unwrap();
     let bad = text.replacen("\"formula\":\"Hf2S\"", "\"formula\":\"HfS3\"", 1);
-    let e = dataset::parse_dataset(&bad, Path::new("d.jsonl"))
-        .unwrap_err()
-        .to_string();
+    let e = dataset::parse_dataset(&bad, Path::new("d.jsonl")).unwrap_err().to_string();
     assert!(e.contains("line 3") && e.contains("HfS3"), "{e}");
     let bad = text.replacen("\"As\"", "\"Qq\"", 1);
-    let e = dataset::parse_dataset(&bad, Path::new("d.jsonl"))
-        .unwrap_err()
-        .to_string();
+    let e = dataset::parse_dataset(&bad, Path::new("d.jsonl")).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("Qq"), "{e}");
-    let e = dataset::parse_dataset("{\"format\":\"other\"}\n", Path::new("d.jsonl"))
-        .unwrap_err()
-        .to_string();
+    let e = dataset::parse_dataset("{\"format\":\"other\"}\n", Path::new("d.jsonl")).unwrap_err().to_string();
     assert!(e.contains("line 1"), "{e}");
 }
 
 #[test]
 fn split_is_by_formula_hash_and_pinned() {
     // Pinned: changing the hash, the bucket rule or the formula ordering must fail this test.
-    let pinned: Vec<(&str, Split)> = [
-        "Si", "NaCl", "Fe2O3", "LiFePO4", "Hf2S", "V2O3", "As", "SiO2", "Fe", "BaTiO3", "C",
-    ]
-    .into_iter()
-    .map(|f| (f, split_of(f)))
-    .collect();
-    let valid: Vec<&str> = pinned
-        .iter()
-        .filter(|(_, s)| *s == Split::Valid)
-        .map(|(f, _)| *f)
-        .collect();
+    let pinned: Vec<(&str, Split)> =
+        ["Si", "NaCl", "Fe2O3", "LiFePO4", "Hf2S", "V2O3", "As", "SiO2", "Fe", "BaTiO3", "C"]
+            .into_iter()
+            .map(|f| (f, split_of(f)))
+            .collect();
+    let valid: Vec<&str> = pinned.iter().filter(|(_, s)| *s == Split::Valid).map(|(f, _)| *f).collect();
     assert_eq!(valid, PINNED_VALID, "{pinned:?}");
     // About 15% of many distinct formulas land in validation.
     let els: Vec<Element> = Element::all().take(86).collect();
@@ -141,9 +103,7 @@ fn split_is_by_formula_hash_and_pinned() {
     for (i, a) in els.iter().enumerate() {
         for b in &els[i + 1..] {
             for k in 1..4 {
-                let f = Composition::from_amounts([(*a, 1.0), (*b, k as f64)])
-                    .unwrap()
-                    .reduced_formula();
+                let f = Composition::from_amounts([(*a, 1.0), (*b, k as f64)]).unwrap().reduced_formula();
                 n += 1;
                 n_valid += (split_of(&f) == Split::Valid) as usize;
             }
@@ -151,10 +111,7 @@ fn split_is_by_formula_hash_and_pinned() {
     }
     let frac = n_valid as f64 / n as f64;
     // n ~ 11,000: binomial standard deviation sqrt(0.15 * 0.85 / n) ~ 0.0034; allow 4 sigma.
-    assert!(
-        (frac - 0.15).abs() < 0.014,
-        "validation fraction {frac} over {n} formulas"
-    );
+    assert!((frac - 0.15).abs() < 0.014, "validation fraction {frac} over {n} formulas");
 }
 
 /// FNV-1a 64 mod 10,000: Fe 164, C 1170 (< 1500); BaTiO3 1573 and the rest above (checked
@@ -177,11 +134,7 @@ fn full_flla_csv_converts_every_row() {
     assert!(c.bad.is_empty(), "{}", c.report());
 
     let (train, valid) = split_indices(&c.entries);
-    let formulas: std::collections::HashSet<String> = c
-        .entries
-        .iter()
-        .map(|e| e.structure.reduced_formula())
-        .collect();
+    let formulas: std::collections::HashSet<String> = c.entries.iter().map(|e| e.structure.reduced_formula()).collect();
     println!(
         "split: {} train / {} valid entries ({:.1}% valid), {} distinct formulas",
         train.len(),
@@ -190,15 +143,10 @@ fn full_flla_csv_converts_every_row() {
         formulas.len()
     );
     let side = |idx: &[usize]| -> std::collections::HashSet<String> {
-        idx.iter()
-            .map(|&i| c.entries[i].structure.reduced_formula())
-            .collect()
+        idx.iter().map(|&i| c.entries[i].structure.reduced_formula()).collect()
     };
     let (train_f, valid_f) = (side(&train), side(&valid));
-    assert!(
-        train_f.is_disjoint(&valid_f),
-        "a formula on both sides of the split"
-    );
+    assert!(train_f.is_disjoint(&valid_f), "a formula on both sides of the split");
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("flla.jsonl");

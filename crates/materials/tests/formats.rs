@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use octet_core::Error;
-use octet_materials::io::{
-    self, cif_string, extxyz_string, parse_cif, parse_extxyz, parse_poscar, poscar_string,
-};
+use octet_materials::io::{self, cif_string, extxyz_string, parse_cif, parse_extxyz, parse_poscar, poscar_string};
 use octet_materials::{Element, Lattice, Structure};
 
 /// Lattice parameters recomputed from a matrix (CIF stores only a, b, c, alpha, beta, gamma):
@@ -18,9 +16,7 @@ const PARAM_TOL: f64 = 1e-10;
 const FRAC_TOL: f64 = 1e-12;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
 fn el(s: &str) -> Element {
@@ -33,13 +29,7 @@ fn triclinic() -> Structure {
     Structure::new(
         l,
         vec![el("Si"), el("O"), el("O"), el("Si"), el("Fe")],
-        vec![
-            [0.1, 0.2, 0.3],
-            [0.6, 0.1, 0.9],
-            [-0.2, 0.55, 0.45],
-            [1.3, 0.8, 0.05],
-            [0.45, 0.45, 0.7],
-        ],
+        vec![[0.1, 0.2, 0.3], [0.6, 0.1, 0.9], [-0.2, 0.55, 0.45], [1.3, 0.8, 0.05], [0.45, 0.45, 0.7]],
     )
     .unwrap()
 }
@@ -49,12 +39,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 }
 
 fn assert_same_params(a: &Lattice, b: &Lattice) {
-    for (x, y) in a
-        .lengths()
-        .iter()
-        .zip(b.lengths())
-        .chain(a.angles().iter().zip(b.angles()))
-    {
+    for (x, y) in a.lengths().iter().zip(b.lengths()).chain(a.angles().iter().zip(b.angles())) {
         assert!(close(*x, y, PARAM_TOL), "{x} vs {y}");
     }
 }
@@ -105,19 +90,13 @@ fn pymatgen_rutile_with_oxidation_states_expands_to_six_atoms() {
     let s = io::read_cif(&data("TiO2_rutile_pymatgen.cif")).unwrap();
     assert_eq!(s.num_sites(), 6);
     assert_eq!(s.reduced_formula(), "TiO2");
-    assert_eq!(
-        s.species,
-        [el("Ti"), el("Ti"), el("O"), el("O"), el("O"), el("O")]
-    );
+    assert_eq!(s.species, [el("Ti"), el("Ti"), el("O"), el("O"), el("O"), el("O")]);
 }
 
 #[test]
 fn space_group_symop_tags_are_read_like_symmetry_equiv_tags() {
     let text = std::fs::read_to_string(data("TiO2_rutile_pymatgen.cif")).unwrap();
-    for new_tag in [
-        "_space_group_symop_operation_xyz",
-        "_space_group_symop.operation_xyz",
-    ] {
+    for new_tag in ["_space_group_symop_operation_xyz", "_space_group_symop.operation_xyz"] {
         let t = text
             .replace("_symmetry_equiv_pos_as_xyz", new_tag)
             .replace("_symmetry_equiv_pos_site_id", "_space_group_symop_id");
@@ -145,11 +124,7 @@ _atom_site_occupancy\n";
 #[test]
 fn cif_partial_occupancy_is_an_unsupported_error_at_its_line() {
     let text = format!("{CIF_HEAD}Na Na1 0 0 0 1.0\nCl Cl1 0.5 0.5 0.5 0.5\n");
-    assert_line_error(
-        parse_cif(&text, Path::new("t.cif")).unwrap_err(),
-        16,
-        "partial occupancy",
-    );
+    assert_line_error(parse_cif(&text, Path::new("t.cif")).unwrap_err(), 16, "partial occupancy");
 }
 
 #[test]
@@ -173,30 +148,17 @@ fn cif_malformed_inputs_name_the_line() {
     // Overlapping atoms: names both rows.
     let t = format!("{CIF_HEAD}Na Na1 0 0 0 1\nCl Cl1 0.01 0 0 1\n");
     let e = parse_cif(&t, p).unwrap_err();
-    assert!(
-        e.to_string().contains("line 15") && e.to_string().contains("`Cl1`"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("line 15") && e.to_string().contains("`Cl1`"), "{e}");
     assert_line_error(e, 16, "closer than 0.5 A");
     // Space group named but no operations listed.
-    let t = CIF_HEAD.replace(
-        "data_x\n",
-        "data_x\n_symmetry_space_group_name_H-M 'F m -3 m'\n",
-    ) + "Na Na1 0 0 0 1\n";
+    let t = CIF_HEAD.replace("data_x\n", "data_x\n_symmetry_space_group_name_H-M 'F m -3 m'\n") + "Na Na1 0 0 0 1\n";
     assert_line_error(parse_cif(&t, p).unwrap_err(), 2, "F m -3 m");
     // Unparseable symmetry operation.
-    let t = CIF_HEAD.replace(
-        "data_x\n",
-        "data_x\nloop_\n_symmetry_equiv_pos_as_xyz\n'x,y,z'\n'x,y,q'\n",
-    ) + "Na Na1 0 0 0 1\n";
+    let t = CIF_HEAD.replace("data_x\n", "data_x\nloop_\n_symmetry_equiv_pos_as_xyz\n'x,y,z'\n'x,y,q'\n")
+        + "Na Na1 0 0 0 1\n";
     assert_line_error(parse_cif(&t, p).unwrap_err(), 5, "x,y,q");
     // No atom sites at all.
-    assert!(
-        parse_cif("data_x\n_cell_length_a 4\n", p)
-            .unwrap_err()
-            .to_string()
-            .contains("_atom_site_fract_x")
-    );
+    assert!(parse_cif("data_x\n_cell_length_a 4\n", p).unwrap_err().to_string().contains("_atom_site_fract_x"));
 }
 
 // ---- POSCAR ----
@@ -214,10 +176,8 @@ const POSCAR: &str = "NaCl test\n1.0\n4.0 0.0 0.0\n0.0 4.0 0.0\n0.0 0.0 4.0\nNa 
 
 #[test]
 fn poscar_negative_scale_is_the_volume_and_cartesian_is_scaled() {
-    let t = POSCAR.replace("\n1.0\n", "\n-125.0\n").replace(
-        "Direct\n0 0 0\n0.5 0.5 0.5",
-        "Cartesian\n0 0 0\n2.0 2.0 2.0",
-    );
+    let t =
+        POSCAR.replace("\n1.0\n", "\n-125.0\n").replace("Direct\n0 0 0\n0.5 0.5 0.5", "Cartesian\n0 0 0\n2.0 2.0 2.0");
     let s = parse_poscar(&t, Path::new("POSCAR")).unwrap();
     assert!(close(s.lattice.volume(), 125.0, 1e-12));
     // Scale 5/4 applied to the lattice and to Cartesian positions alike: still the cell centre.
@@ -228,69 +188,31 @@ fn poscar_negative_scale_is_the_volume_and_cartesian_is_scaled() {
 
 #[test]
 fn poscar_selective_dynamics_and_potcar_suffixes_are_accepted() {
-    let t = POSCAR.replace("Na Cl\n", "Na_pv Cl/a1b2c3\n").replace(
-        "Direct\n0 0 0\n0.5 0.5 0.5",
-        "Selective dynamics\nDirect\n0 0 0 T T F\n0.5 0.5 0.5 F F F Cl",
-    );
+    let t = POSCAR
+        .replace("Na Cl\n", "Na_pv Cl/a1b2c3\n")
+        .replace("Direct\n0 0 0\n0.5 0.5 0.5", "Selective dynamics\nDirect\n0 0 0 T T F\n0.5 0.5 0.5 F F F Cl");
     let s = parse_poscar(&t, Path::new("CONTCAR")).unwrap();
     assert_eq!(s.species, [el("Na"), el("Cl")]);
 }
 
 #[test]
 fn poscar_vasp4_uses_comment_symbols_or_fails_clearly() {
-    let t = POSCAR
-        .replace("NaCl test", "Na Cl")
-        .replace("Na Cl\n1 1\n", "1 1\n");
-    assert_eq!(
-        parse_poscar(&t, Path::new("POSCAR")).unwrap().species,
-        [el("Na"), el("Cl")]
-    );
+    let t = POSCAR.replace("NaCl test", "Na Cl").replace("Na Cl\n1 1\n", "1 1\n");
+    assert_eq!(parse_poscar(&t, Path::new("POSCAR")).unwrap().species, [el("Na"), el("Cl")]);
     let t = POSCAR.replace("Na Cl\n1 1\n", "1 1\n");
-    assert_line_error(
-        parse_poscar(&t, Path::new("POSCAR")).unwrap_err(),
-        6,
-        "VASP 4",
-    );
+    assert_line_error(parse_poscar(&t, Path::new("POSCAR")).unwrap_err(), 6, "VASP 4");
 }
 
 #[test]
 fn poscar_malformed_inputs_name_the_line() {
     let p = Path::new("POSCAR");
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("\n1.0\n", "\none\n"), p).unwrap_err(),
-        2,
-        "scaling",
-    );
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("0.0 4.0 0.0", "0.0 4.0"), p).unwrap_err(),
-        4,
-        "three numbers",
-    );
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("0.0 0.0 4.0", "0.0 4.0 0.0"), p).unwrap_err(),
-        3,
-        "degenerate",
-    );
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("Na Cl\n", "Na Qq\n"), p).unwrap_err(),
-        6,
-        "Qq",
-    );
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("1 1\n", "1 1 1\n"), p).unwrap_err(),
-        7,
-        "3 counts for 2 species",
-    );
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("0.5 0.5 0.5", "0.5 x 0.5"), p).unwrap_err(),
-        10,
-        "0.5 x 0.5",
-    );
-    assert_line_error(
-        parse_poscar(&POSCAR.replace("\n0.5 0.5 0.5\n", "\n"), p).unwrap_err(),
-        10,
-        "file ends",
-    );
+    assert_line_error(parse_poscar(&POSCAR.replace("\n1.0\n", "\none\n"), p).unwrap_err(), 2, "scaling");
+    assert_line_error(parse_poscar(&POSCAR.replace("0.0 4.0 0.0", "0.0 4.0"), p).unwrap_err(), 4, "three numbers");
+    assert_line_error(parse_poscar(&POSCAR.replace("0.0 0.0 4.0", "0.0 4.0 0.0"), p).unwrap_err(), 3, "degenerate");
+    assert_line_error(parse_poscar(&POSCAR.replace("Na Cl\n", "Na Qq\n"), p).unwrap_err(), 6, "Qq");
+    assert_line_error(parse_poscar(&POSCAR.replace("1 1\n", "1 1 1\n"), p).unwrap_err(), 7, "3 counts for 2 species");
+    assert_line_error(parse_poscar(&POSCAR.replace("0.5 0.5 0.5", "0.5 x 0.5"), p).unwrap_err(), 10, "0.5 x 0.5");
+    assert_line_error(parse_poscar(&POSCAR.replace("\n0.5 0.5 0.5\n", "\n"), p).unwrap_err(), 10, "file ends");
     let e = parse_poscar(&POSCAR.replace("0.5 0.5 0.5", "0.01 0 0"), p).unwrap_err();
     assert!(e.to_string().contains("lines 9 and 10"), "{e}");
     let t = POSCAR.replace("Direct\n0 0 0\n", "Selective dynamics\nDirect\n0 0 0 T T\n");
@@ -331,11 +253,7 @@ fn extxyz_finds_columns_among_extra_properties() {
 fn extxyz_malformed_inputs_name_the_line() {
     let p = Path::new("t.xyz");
     let good = "2\nLattice=\"4 0 0 0 4 0 0 0 4\" Properties=species:S:1:pos:R:3 energy=-1.0\nNa 0 0 0\nCl 2 2 2\n";
-    assert_line_error(
-        parse_extxyz(&good.replacen("2\n", "two\n", 1), p).unwrap_err(),
-        1,
-        "atom count",
-    );
+    assert_line_error(parse_extxyz(&good.replacen("2\n", "two\n", 1), p).unwrap_err(), 1, "atom count");
     assert_line_error(
         parse_extxyz(&good.replace("Lattice=\"4 0 0 0 4 0 0 0 4\" ", ""), p).unwrap_err(),
         2,
@@ -346,31 +264,11 @@ fn extxyz_malformed_inputs_name_the_line() {
         2,
         "9 numbers",
     );
-    assert_line_error(
-        parse_extxyz(&good.replace("-1.0", "low"), p).unwrap_err(),
-        2,
-        "energy",
-    );
-    assert_line_error(
-        parse_extxyz(&good.replace("Cl 2 2 2", "Cl 2 2"), p).unwrap_err(),
-        4,
-        "columns",
-    );
-    assert_line_error(
-        parse_extxyz(&good.replace("Cl 2 2 2", "Cx 2 2 2"), p).unwrap_err(),
-        4,
-        "Cx",
-    );
-    assert_line_error(
-        parse_extxyz(&good.replace("Cl 2 2 2", "Cl 2 y 2"), p).unwrap_err(),
-        4,
-        "`y`",
-    );
-    assert_line_error(
-        parse_extxyz(&good.replace("\nCl 2 2 2", ""), p).unwrap_err(),
-        4,
-        "file ends",
-    );
+    assert_line_error(parse_extxyz(&good.replace("-1.0", "low"), p).unwrap_err(), 2, "energy");
+    assert_line_error(parse_extxyz(&good.replace("Cl 2 2 2", "Cl 2 2"), p).unwrap_err(), 4, "columns");
+    assert_line_error(parse_extxyz(&good.replace("Cl 2 2 2", "Cx 2 2 2"), p).unwrap_err(), 4, "Cx");
+    assert_line_error(parse_extxyz(&good.replace("Cl 2 2 2", "Cl 2 y 2"), p).unwrap_err(), 4, "`y`");
+    assert_line_error(parse_extxyz(&good.replace("\nCl 2 2 2", ""), p).unwrap_err(), 4, "file ends");
     let t = good.replace("energy=-1.0", "pbc=\"T T F\"");
     assert_line_error(parse_extxyz(&t, p).unwrap_err(), 2, "periodic");
     let e = parse_extxyz(&good.replace("Cl 2 2 2", "Cl 0.1 0 0"), p).unwrap_err();
@@ -395,9 +293,6 @@ fn read_and_write_structure_choose_the_format_by_name() {
     let e = io::read_structure(&dir.path().join("missing.cif")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
     // Writers leave no temporary files behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
 }

@@ -19,12 +19,7 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// GPT-2/nanoGPT defaults: betas (0.9, 0.95), eps 1e-8, decay 0.1.
     fn default() -> Self {
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        }
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
     }
 }
 
@@ -41,10 +36,7 @@ pub fn adamw_reference(
     decay: bool,
 ) {
     let wd = if decay { cfg.weight_decay } else { 0.0 };
-    let (c1, c2) = (
-        1.0 - cfg.beta1.powi(t as i32),
-        1.0 - cfg.beta2.powi(t as i32),
-    );
+    let (c1, c2) = (1.0 - cfg.beta1.powi(t as i32), 1.0 - cfg.beta2.powi(t as i32));
     for i in 0..p.len() {
         m[i] = cfg.beta1 * m[i] + (1.0 - cfg.beta1) * g[i];
         v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * g[i] * g[i];
@@ -65,16 +57,8 @@ pub fn adamw_fast(
     decay: bool,
 ) {
     let wd = if decay { cfg.weight_decay as f32 } else { 0.0 };
-    let (b1, b2, eps, lr) = (
-        cfg.beta1 as f32,
-        cfg.beta2 as f32,
-        cfg.eps as f32,
-        lr as f32,
-    );
-    let (c1, c2) = (
-        (1.0 - cfg.beta1.powi(t as i32)) as f32,
-        (1.0 - cfg.beta2.powi(t as i32)) as f32,
-    );
+    let (b1, b2, eps, lr) = (cfg.beta1 as f32, cfg.beta2 as f32, cfg.eps as f32, lr as f32);
+    let (c1, c2) = ((1.0 - cfg.beta1.powi(t as i32)) as f32, (1.0 - cfg.beta2.powi(t as i32)) as f32);
     const CHUNK: usize = 1 << 14;
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
@@ -102,18 +86,8 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(layout: Arc<Layout>, decay: Vec<bool>, cfg: AdamWConfig) -> Self {
-        assert_eq!(
-            decay.len(),
-            layout.specs().len(),
-            "one decay flag per tensor"
-        );
-        AdamW {
-            cfg,
-            m: Slab::zeros(layout.clone()),
-            v: Slab::zeros(layout),
-            step: 0,
-            decay,
-        }
+        assert_eq!(decay.len(), layout.specs().len(), "one decay flag per tensor");
+        AdamW { cfg, m: Slab::zeros(layout.clone()), v: Slab::zeros(layout), step: 0, decay }
     }
 
     /// One update of every tensor in `params` (laid out as `self.m.layout`) with learning rate `lr`.

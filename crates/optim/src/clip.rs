@@ -4,10 +4,7 @@ use rayon::prelude::*;
 
 /// ||g||_2, summed in f64 over fixed chunks in order (deterministic for any thread count).
 pub fn global_norm(g: &[f32]) -> f64 {
-    let partials: Vec<f64> = g
-        .par_chunks(1 << 14)
-        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum())
-        .collect();
+    let partials: Vec<f64> = g.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum()).collect();
     partials.iter().sum::<f64>().sqrt()
 }
 
@@ -17,8 +14,7 @@ pub fn clip_global_norm(g: &mut [f32], max_norm: f64) -> f64 {
     let norm = global_norm(g);
     if norm.is_finite() && max_norm > 0.0 && norm > max_norm {
         let s = (max_norm / norm) as f32;
-        g.par_chunks_mut(1 << 14)
-            .for_each(|c| c.iter_mut().for_each(|x| *x *= s));
+        g.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|x| *x *= s));
     }
     norm
 }

@@ -31,9 +31,7 @@ impl Schedule {
         match self.decay {
             Decay::Constant => self.lr,
             Decay::Linear => self.lr - (self.lr - min) * frac,
-            Decay::Cosine => {
-                min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * frac).cos())
-            }
+            Decay::Cosine => min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * frac).cos()),
         }
     }
 }

@@ -59,11 +59,7 @@ fn tokenize(text: &str, path: &Path) -> Result<Vec<Token>> {
             let mut content = first.to_string();
             loop {
                 if li >= lines.len() {
-                    return Err(line_error(
-                        path,
-                        lineno,
-                        "text field starting with `;` is never closed",
-                    ));
+                    return Err(line_error(path, lineno, "text field starting with `;` is never closed"));
                 }
                 let l = lines[li];
                 li += 1;
@@ -73,11 +69,7 @@ fn tokenize(text: &str, path: &Path) -> Result<Vec<Token>> {
                 content.push('\n');
                 content.push_str(l);
             }
-            tokens.push(Token {
-                kind: Kind::Value,
-                text: content.trim().to_string(),
-                line: lineno,
-            });
+            tokens.push(Token { kind: Kind::Value, text: content.trim().to_string(), line: lineno });
             continue;
         }
         let chars: Vec<char> = line.chars().collect();
@@ -103,17 +95,9 @@ fn tokenize(text: &str, path: &Path) -> Result<Vec<Token>> {
                     k += 1;
                 }
                 let Some(end) = end else {
-                    return Err(line_error(
-                        path,
-                        lineno,
-                        format!("quoted value starting with {q} is never closed"),
-                    ));
+                    return Err(line_error(path, lineno, format!("quoted value starting with {q} is never closed")));
                 };
-                tokens.push(Token {
-                    kind: Kind::Value,
-                    text: chars[start..end].iter().collect(),
-                    line: lineno,
-                });
+                tokens.push(Token { kind: Kind::Value, text: chars[start..end].iter().collect(), line: lineno });
                 p = end + 1;
                 continue;
             }
@@ -130,24 +114,12 @@ fn tokenize(text: &str, path: &Path) -> Result<Vec<Token>> {
             } else if lower.starts_with("data_") {
                 Kind::Data
             } else if lower.starts_with("save_") || lower == "global_" || lower == "stop_" {
-                return Err(line_error(
-                    path,
-                    lineno,
-                    format!("unsupported CIF construct `{word}`"),
-                ));
+                return Err(line_error(path, lineno, format!("unsupported CIF construct `{word}`")));
             } else {
                 Kind::Value
             };
-            let text = if kind == Kind::Tag {
-                normalise_tag(&word)
-            } else {
-                word
-            };
-            tokens.push(Token {
-                kind,
-                text,
-                line: lineno,
-            });
+            let text = if kind == Kind::Tag { normalise_tag(&word) } else { word };
+            tokens.push(Token { kind, text, line: lineno });
         }
     }
     Ok(tokens)
@@ -207,14 +179,7 @@ impl Table<'_> {
         match self {
             Table::Loop(l) => {
                 let c = l.tags.iter().position(|t| t == tag)?;
-                Some(
-                    l.values
-                        .iter()
-                        .skip(c)
-                        .step_by(l.tags.len())
-                        .cloned()
-                        .collect(),
-                )
+                Some(l.values.iter().skip(c).step_by(l.tags.len()).cloned().collect())
             }
             Table::Pairs(b) => b.pair(tag).map(|v| vec![v.clone()]),
         }
@@ -231,27 +196,13 @@ fn parse_blocks(tokens: Vec<Token>, path: &Path) -> Result<Vec<Block>> {
             continue;
         }
         let Some(block) = blocks.last_mut() else {
-            return Err(line_error(
-                path,
-                tok.line,
-                format!("`{}` before the first data_ block", tok.text),
-            ));
+            return Err(line_error(path, tok.line, format!("`{}` before the first data_ block", tok.text)));
         };
         match tok.kind {
             Kind::Tag => match it.next_if(|t| t.kind == Kind::Value) {
-                Some(v) => block.pairs.push((
-                    tok.text,
-                    Val {
-                        text: v.text,
-                        line: v.line,
-                    },
-                )),
+                Some(v) => block.pairs.push((tok.text, Val { text: v.text, line: v.line })),
                 None => {
-                    return Err(line_error(
-                        path,
-                        tok.line,
-                        format!("tag `{}` has no value", tok.text),
-                    ));
+                    return Err(line_error(path, tok.line, format!("tag `{}` has no value", tok.text)));
                 }
             },
             Kind::Loop => {
@@ -264,10 +215,7 @@ fn parse_blocks(tokens: Vec<Token>, path: &Path) -> Result<Vec<Block>> {
                 }
                 let mut values = Vec::new();
                 while let Some(v) = it.next_if(|t| t.kind == Kind::Value) {
-                    values.push(Val {
-                        text: v.text,
-                        line: v.line,
-                    });
+                    values.push(Val { text: v.text, line: v.line });
                 }
                 if !values.len().is_multiple_of(tags.len()) {
                     let last_row = values[values.len() / tags.len() * tags.len()].line;
@@ -285,11 +233,7 @@ fn parse_blocks(tokens: Vec<Token>, path: &Path) -> Result<Vec<Block>> {
                 block.loops.push(Loop { tags, values });
             }
             Kind::Value => {
-                return Err(line_error(
-                    path,
-                    tok.line,
-                    format!("value `{}` without a tag", tok.text),
-                ));
+                return Err(line_error(path, tok.line, format!("value `{}` without a tag", tok.text)));
             }
             Kind::Data => unreachable!(),
         }
@@ -306,16 +250,11 @@ pub struct SymOp {
 
 impl SymOp {
     pub fn identity() -> SymOp {
-        SymOp {
-            rot: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-            trans: [0.0; 3],
-        }
+        SymOp { rot: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], trans: [0.0; 3] }
     }
 
     pub fn apply(&self, f: &[f64; 3]) -> [f64; 3] {
-        std::array::from_fn(|i| {
-            self.rot[i][0] * f[0] + self.rot[i][1] * f[1] + self.rot[i][2] * f[2] + self.trans[i]
-        })
+        std::array::from_fn(|i| self.rot[i][0] * f[0] + self.rot[i][1] * f[1] + self.rot[i][2] * f[2] + self.trans[i])
     }
 
     /// Parses `x,y,z`, `-x+1/2, y, -z`, `1/2+x-y, 0.5-y, z+1/6`, `2*x` (case-insensitive, spaces
@@ -326,10 +265,7 @@ impl SymOp {
         if parts.len() != 3 {
             return None;
         }
-        let mut op = SymOp {
-            rot: [[0.0; 3]; 3],
-            trans: [0.0; 3],
-        };
+        let mut op = SymOp { rot: [[0.0; 3]; 3], trans: [0.0; 3] };
         for (i, part) in parts.iter().enumerate() {
             let s: Vec<char> = part.chars().filter(|c| !c.is_whitespace()).collect();
             if s.is_empty() {
@@ -386,16 +322,9 @@ fn element_of_type_symbol(s: &str) -> Option<Element> {
     if let Some((e, _)) = Element::parse_species(s) {
         return Some(e);
     }
-    let split = s
-        .char_indices()
-        .skip(1)
-        .find(|(_, c)| !c.is_ascii_lowercase())
-        .map_or(s.len(), |(i, _)| i);
+    let split = s.char_indices().skip(1).find(|(_, c)| !c.is_ascii_lowercase()).map_or(s.len(), |(i, _)| i);
     let rest = &s[split..];
-    if rest
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'+' || b == b'-')
-    {
+    if rest.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'+' || b == b'-') {
         Element::from_symbol(&s[..split])
     } else {
         None
@@ -438,50 +367,28 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
     let mut cell_line = 0;
     for (k, name) in names.iter().enumerate() {
         let Some(v) = block.pair(name) else {
-            return Err(line_error(
-                path,
-                text.lines().count().max(1),
-                format!("missing `{name}`"),
-            ));
+            return Err(line_error(path, text.lines().count().max(1), format!("missing `{name}`")));
         };
         cell_line = cell_line.max(v.line);
-        cell[k] = parse_number(&v.text).ok_or_else(|| {
-            line_error(
-                path,
-                v.line,
-                format!("`{name}`: `{}` is not a number", v.text),
-            )
-        })?;
+        cell[k] = parse_number(&v.text)
+            .ok_or_else(|| line_error(path, v.line, format!("`{name}`: `{}` is not a number", v.text)))?;
     }
     let lattice = Lattice::from_parameters(cell[0], cell[1], cell[2], cell[3], cell[4], cell[5])
         .map_err(|e| at_line(path, cell_line, e))?;
 
     // Symmetry operations.
-    let op_tags = [
-        "_symmetry_equiv_pos_as_xyz",
-        "_space_group_symop_operation_xyz",
-    ];
-    let op_vals = op_tags
-        .iter()
-        .find_map(|t| block.table_of(t).and_then(|tab| tab.column(t)));
+    let op_tags = ["_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz"];
+    let op_vals = op_tags.iter().find_map(|t| block.table_of(t).and_then(|tab| tab.column(t)));
     let ops: Vec<SymOp> = match op_vals {
         Some(vals) => vals
             .iter()
             .map(|v| {
-                SymOp::parse(&v.text).ok_or_else(|| {
-                    line_error(
-                        path,
-                        v.line,
-                        format!("cannot parse symmetry operation `{}`", v.text),
-                    )
-                })
+                SymOp::parse(&v.text)
+                    .ok_or_else(|| line_error(path, v.line, format!("cannot parse symmetry operation `{}`", v.text)))
             })
             .collect::<Result<_>>()?,
         None => {
-            for tag in [
-                "_symmetry_space_group_name_h-m",
-                "_space_group_name_h-m_alt",
-            ] {
+            for tag in ["_symmetry_space_group_name_h-m", "_space_group_name_h-m_alt"] {
                 if let Some(v) = block.pair(tag) {
                     let compact: String = v.text.chars().filter(|c| !c.is_whitespace()).collect();
                     if !is_unknown(&compact) && !compact.eq_ignore_ascii_case("P1") {
@@ -502,25 +409,15 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
         }
     };
     if ops.is_empty() {
-        return Err(line_error(
-            path,
-            cell_line,
-            "symmetry operation loop is empty",
-        ));
+        return Err(line_error(path, cell_line, "symmetry operation loop is empty"));
     }
 
     // Atom sites.
-    let sites = block
-        .table_of("_atom_site_fract_x")
-        .expect("block was chosen for this tag");
+    let sites = block.table_of("_atom_site_fract_x").expect("block was chosen for this tag");
     let col = |tag: &str| sites.column(tag);
     let fx = col("_atom_site_fract_x").expect("present");
     let (Some(fy), Some(fz)) = (col("_atom_site_fract_y"), col("_atom_site_fract_z")) else {
-        return Err(line_error(
-            path,
-            fx[0].line,
-            "`_atom_site_fract_x` without `_atom_site_fract_y`/`_z` beside it",
-        ));
+        return Err(line_error(path, fx[0].line, "`_atom_site_fract_x` without `_atom_site_fract_y`/`_z` beside it"));
     };
     let types = col("_atom_site_type_symbol");
     let labels = col("_atom_site_label");
@@ -543,55 +440,27 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
         let mut f = [0.0; 3];
         for (k, v) in [&fx[r], &fy[r], &fz[r]].into_iter().enumerate() {
             f[k] = parse_number(&v.text).ok_or_else(|| {
-                line_error(
-                    path,
-                    v.line,
-                    format!("fractional coordinate `{}` is not a number", v.text),
-                )
+                line_error(path, v.line, format!("fractional coordinate `{}` is not a number", v.text))
             })?;
         }
         let label = labels.as_ref().map(|l| l[r].text.clone());
-        let element = match types
-            .as_ref()
-            .map(|t| &t[r])
-            .filter(|t| !is_unknown(&t.text))
-        {
-            Some(t) => element_of_type_symbol(&t.text).ok_or_else(|| {
-                line_error(
-                    path,
-                    t.line,
-                    format!("unknown element in type symbol `{}`", t.text),
-                )
-            })?,
+        let element = match types.as_ref().map(|t| &t[r]).filter(|t| !is_unknown(&t.text)) {
+            Some(t) => element_of_type_symbol(&t.text)
+                .ok_or_else(|| line_error(path, t.line, format!("unknown element in type symbol `{}`", t.text)))?,
             None => {
                 let l = labels
                     .as_ref()
                     .map(|l| &l[r])
                     .filter(|l| !is_unknown(&l.text))
-                    .ok_or_else(|| {
-                        line_error(path, line, "atom site has no type symbol and no label")
-                    })?;
+                    .ok_or_else(|| line_error(path, line, "atom site has no type symbol and no label"))?;
                 Element::from_label(&l.text).ok_or_else(|| {
-                    line_error(
-                        path,
-                        l.line,
-                        format!("cannot read an element from label `{}`", l.text),
-                    )
+                    line_error(path, l.line, format!("cannot read an element from label `{}`", l.text))
                 })?
             }
         };
-        if let Some(occ) = occupancies
-            .as_ref()
-            .map(|o| &o[r])
-            .filter(|o| !is_unknown(&o.text))
-        {
-            let x = parse_number(&occ.text).ok_or_else(|| {
-                line_error(
-                    path,
-                    occ.line,
-                    format!("occupancy `{}` is not a number", occ.text),
-                )
-            })?;
+        if let Some(occ) = occupancies.as_ref().map(|o| &o[r]).filter(|o| !is_unknown(&o.text)) {
+            let x = parse_number(&occ.text)
+                .ok_or_else(|| line_error(path, occ.line, format!("occupancy `{}` is not a number", occ.text)))?;
             if (x - 1.0).abs() > OCCUPANCY_TOL {
                 return Err(line_error(
                     path,
@@ -616,16 +485,13 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
                 let w = x - x.floor();
                 if w >= 1.0 { 0.0 } else { w }
             });
-            let duplicate = frac
-                .iter()
-                .zip(&species)
-                .any(|(h, e): (&[f64; 3], &Element)| {
-                    *e == element
-                        && (0..3).all(|k| {
-                            let d = g[k] - h[k];
-                            (d - d.round()).abs() < SYMPREC
-                        })
-                });
+            let duplicate = frac.iter().zip(&species).any(|(h, e): (&[f64; 3], &Element)| {
+                *e == element
+                    && (0..3).all(|k| {
+                        let d = g[k] - h[k];
+                        (d - d.round()).abs() < SYMPREC
+                    })
+            });
             if !duplicate {
                 species.push(element);
                 frac.push(g);
@@ -637,8 +503,7 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
         return Err(line_error(path, cell_line, "no atom sites"));
     }
 
-    let s = Structure::new_unchecked_overlaps(lattice, species, frac)
-        .map_err(|e| at_line(path, cell_line, e))?;
+    let s = Structure::new_unchecked_overlaps(lattice, species, frac).map_err(|e| at_line(path, cell_line, e))?;
     if let Some(o) = s.check_overlaps() {
         let (li, ref la) = origin[o.i];
         let (lj, ref lb) = origin[o.j];
@@ -677,15 +542,10 @@ pub fn cif_string(s: &Structure) -> String {
     ] {
         out.push_str(&format!("{tag}   {}\n", fmt_f64(x)));
     }
-    out.push_str(&format!(
-        "_chemical_formula_structural   {}\n",
-        comp.reduced_formula()
-    ));
+    out.push_str(&format!("_chemical_formula_structural   {}\n", comp.reduced_formula()));
     out.push_str(&format!("_chemical_formula_sum   '{}'\n", comp.formula()));
     out.push_str(&format!("_cell_formula_units_Z   {z}\n"));
-    out.push_str(
-        "loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n  1  'x, y, z'\n",
-    );
+    out.push_str("loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n  1  'x, y, z'\n");
     out.push_str(
         "loop_\n _atom_site_type_symbol\n _atom_site_label\n _atom_site_symmetry_multiplicity\n \
          _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n _atom_site_occupancy\n",
@@ -694,12 +554,7 @@ pub fn cif_string(s: &Structure) -> String {
     for (e, f) in s.species.iter().zip(&s.frac_coords) {
         let n = counts.entry(*e).or_insert(0usize);
         *n += 1;
-        out.push_str(&format!(
-            "  {e}  {e}{n}  1  {}  {}  {}  1\n",
-            fmt_f64(f[0]),
-            fmt_f64(f[1]),
-            fmt_f64(f[2])
-        ));
+        out.push_str(&format!("  {e}  {e}{n}  1  {}  {}  {}  1\n", fmt_f64(f[0]), fmt_f64(f[1]), fmt_f64(f[2])));
     }
     out
 }
@@ -719,11 +574,7 @@ mod tests {
         assert_eq!(op.apply(&[0.1, 0.2, 0.3]), [0.4, 0.2, -0.3]);
         let op = SymOp::parse("1/2+X-Y,0.5-y,z+1/6").unwrap();
         let g = op.apply(&[0.3, 0.1, 0.0]);
-        assert!(
-            (g[0] - 0.7).abs() < 1e-15
-                && (g[1] - 0.4).abs() < 1e-15
-                && (g[2] - 1.0 / 6.0).abs() < 1e-15
-        );
+        assert!((g[0] - 0.7).abs() < 1e-15 && (g[1] - 0.4).abs() < 1e-15 && (g[2] - 1.0 / 6.0).abs() < 1e-15);
         assert_eq!(SymOp::parse("x,y,z").unwrap(), SymOp::identity());
         assert_eq!(SymOp::parse("+x, +y, +z").unwrap(), SymOp::identity());
         for bad in ["x,y", "x,y,w", "x y,y,z", "x,,z", "x,y,z/0"] {
@@ -744,23 +595,10 @@ mod tests {
 
     #[test]
     fn tokenizer_handles_quotes_comments_and_text_fields() {
-        let text =
-            "data_x # c\n_a 'it''s ok' \n_b \"q\"\n;\nline one\nline two\n;\n_c bare#not_comment\n";
+        let text = "data_x # c\n_a 'it''s ok' \n_b \"q\"\n;\nline one\nline two\n;\n_c bare#not_comment\n";
         let toks = tokenize(text, Path::new("t.cif")).unwrap();
         let texts: Vec<&str> = toks.iter().map(|t| t.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            [
-                "data_x",
-                "_a",
-                "it''s ok",
-                "_b",
-                "q",
-                "line one\nline two",
-                "_c",
-                "bare#not_comment"
-            ]
-        );
+        assert_eq!(texts, ["data_x", "_a", "it''s ok", "_b", "q", "line one\nline two", "_c", "bare#not_comment"]);
         assert_eq!(toks[5].line, 4);
     }
 }

@@ -104,44 +104,24 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
             break;
         }
         let count_no = i + 1;
-        let n: usize = lines[i].trim().parse().map_err(|_| {
-            line_error(
-                path,
-                count_no,
-                format!("atom count expected, found `{}`", lines[i].trim()),
-            )
-        })?;
+        let n: usize = lines[i]
+            .trim()
+            .parse()
+            .map_err(|_| line_error(path, count_no, format!("atom count expected, found `{}`", lines[i].trim())))?;
         let comment_no = i + 2;
-        let comment = lines
-            .get(i + 1)
-            .ok_or_else(|| line_error(path, comment_no, "file ends before the comment line"))?;
-        let kv = key_values(comment)
-            .ok_or_else(|| line_error(path, comment_no, "unterminated quoted value"))?;
-        let find = |k: &str| {
-            kv.iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.as_str())
-        };
+        let comment =
+            lines.get(i + 1).ok_or_else(|| line_error(path, comment_no, "file ends before the comment line"))?;
+        let kv = key_values(comment).ok_or_else(|| line_error(path, comment_no, "unterminated quoted value"))?;
+        let find = |k: &str| kv.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
 
-        let lattice_text = find("Lattice").ok_or_else(|| {
-            line_error(
-                path,
-                comment_no,
-                "no `Lattice=\"...\"`: non-periodic frames are unsupported",
-            )
-        })?;
+        let lattice_text = find("Lattice")
+            .ok_or_else(|| line_error(path, comment_no, "no `Lattice=\"...\"`: non-periodic frames are unsupported"))?;
         let v: Vec<f64> = lattice_text
             .split_whitespace()
             .map(|t| t.parse::<f64>().ok())
             .collect::<Option<_>>()
             .filter(|v: &Vec<f64>| v.len() == 9)
-            .ok_or_else(|| {
-                line_error(
-                    path,
-                    comment_no,
-                    format!("Lattice needs 9 numbers, found `{lattice_text}`"),
-                )
-            })?;
+            .ok_or_else(|| line_error(path, comment_no, format!("Lattice needs 9 numbers, found `{lattice_text}`")))?;
         let lattice = Lattice::new([[v[0], v[1], v[2]], [v[3], v[4], v[5]], [v[6], v[7], v[8]]])
             .map_err(|e| at_line(path, comment_no, e))?;
         if let Some(pbc) = find("pbc") {
@@ -155,39 +135,27 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
                 ));
             }
         }
-        let energy =
-            match find("energy") {
-                Some(e) => Some(e.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(
-                    || {
-                        line_error(
-                            path,
-                            comment_no,
-                            format!("energy `{e}` is not a finite number"),
-                        )
-                    },
-                )?),
-                None => None,
-            };
+        let energy = match find("energy") {
+            Some(e) => Some(
+                e.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| line_error(path, comment_no, format!("energy `{e}` is not a finite number")))?,
+            ),
+            None => None,
+        };
 
         // Columns: walk name:type:count triples.
         let props = find("Properties").unwrap_or("species:S:1:pos:R:3");
         let fields: Vec<&str> = props.split(':').collect();
         if !fields.len().is_multiple_of(3) {
-            return Err(line_error(
-                path,
-                comment_no,
-                format!("Properties `{props}` is not name:type:count triples"),
-            ));
+            return Err(line_error(path, comment_no, format!("Properties `{props}` is not name:type:count triples")));
         }
         let (mut species_col, mut pos_col, mut width) = (None, None, 0usize);
         for t in fields.chunks(3) {
-            let count: usize = t[2].parse().map_err(|_| {
-                line_error(
-                    path,
-                    comment_no,
-                    format!("Properties count `{}` is not an integer", t[2]),
-                )
-            })?;
+            let count: usize = t[2]
+                .parse()
+                .map_err(|_| line_error(path, comment_no, format!("Properties count `{}` is not an integer", t[2])))?;
             match (t[0].to_ascii_lowercase().as_str(), t[1], count) {
                 ("species", "S", 1) => species_col = Some(width),
                 ("pos", "R", 3) => pos_col = Some(width),
@@ -196,27 +164,18 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
             width += count;
         }
         let (Some(species_col), Some(pos_col)) = (species_col, pos_col) else {
-            return Err(line_error(
-                path,
-                comment_no,
-                format!("Properties `{props}` lacks species:S:1 or pos:R:3"),
-            ));
+            return Err(line_error(path, comment_no, format!("Properties `{props}` lacks species:S:1 or pos:R:3")));
         };
 
         let mut species = Vec::with_capacity(n);
         let mut frac = Vec::with_capacity(n);
         for a in 0..n {
             let no = i + 3 + a;
-            let l = lines.get(no - 1).ok_or_else(|| {
-                line_error(path, no, format!("file ends at atom {} of {n}", a + 1))
-            })?;
+            let l =
+                lines.get(no - 1).ok_or_else(|| line_error(path, no, format!("file ends at atom {} of {n}", a + 1)))?;
             let t: Vec<&str> = l.split_whitespace().collect();
             if t.len() < width {
-                return Err(line_error(
-                    path,
-                    no,
-                    format!("{} columns, Properties needs {width}", t.len()),
-                ));
+                return Err(line_error(path, no, format!("{} columns, Properties needs {width}", t.len())));
             }
             let sym = t[species_col];
             let e = Element::from_symbol(sym)
@@ -228,31 +187,21 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
                     .parse::<f64>()
                     .ok()
                     .filter(|x| x.is_finite())
-                    .ok_or_else(|| {
-                        line_error(path, no, format!("position `{tok}` is not a number"))
-                    })?;
+                    .ok_or_else(|| line_error(path, no, format!("position `{tok}` is not a number")))?;
             }
             species.push(e);
             frac.push(lattice.to_fractional(&r));
         }
         let first_atom = i + 3;
-        let s = Structure::new_unchecked_overlaps(lattice, species, frac)
-            .map_err(|e| at_line(path, first_atom, e))?;
+        let s = Structure::new_unchecked_overlaps(lattice, species, frac).map_err(|e| at_line(path, first_atom, e))?;
         if let Some(o) = s.check_overlaps() {
             return Err(line_error(
                 path,
                 first_atom + o.j,
-                format!(
-                    "{o} (atoms on lines {} and {})",
-                    first_atom + o.i,
-                    first_atom + o.j
-                ),
+                format!("{o} (atoms on lines {} and {})", first_atom + o.i, first_atom + o.j),
             ));
         }
-        frames.push(Frame {
-            structure: s,
-            energy,
-        });
+        frames.push(Frame { structure: s, energy });
         i += 2 + n;
     }
     if frames.is_empty() {
@@ -265,32 +214,20 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
 pub fn extxyz_string(s: &Structure, energy: Option<f64>) -> String {
     let m = s.lattice.matrix();
     let lat: Vec<String> = m.iter().flatten().map(|&x| fmt_f64(x)).collect();
-    let mut out = format!(
-        "{}\nLattice=\"{}\" Properties=species:S:1:pos:R:3",
-        s.num_sites(),
-        lat.join(" ")
-    );
+    let mut out = format!("{}\nLattice=\"{}\" Properties=species:S:1:pos:R:3", s.num_sites(), lat.join(" "));
     if let Some(e) = energy {
         out.push_str(&format!(" energy={}", fmt_f64(e)));
     }
     out.push_str(" pbc=\"T T T\"\n");
     for (e, r) in s.species.iter().zip(s.cart_coords()) {
-        out.push_str(&format!(
-            "{e}  {}  {}  {}\n",
-            fmt_f64(r[0]),
-            fmt_f64(r[1]),
-            fmt_f64(r[2])
-        ));
+        out.push_str(&format!("{e}  {}  {}  {}\n", fmt_f64(r[0]), fmt_f64(r[1]), fmt_f64(r[2])));
     }
     out
 }
 
 /// Writes all frames to one file, atomically.
 pub fn write_extxyz(path: &Path, frames: &[Frame]) -> Result<()> {
-    let text: String = frames
-        .iter()
-        .map(|f| extxyz_string(&f.structure, f.energy))
-        .collect();
+    let text: String = frames.iter().map(|f| extxyz_string(&f.structure, f.energy)).collect();
     write_atomic(path, text.as_bytes())
 }
 
@@ -300,10 +237,7 @@ mod tests {
 
     #[test]
     fn comment_line_key_values_with_quotes_and_flags() {
-        let kv = key_values(
-            r#"Lattice="1 0 0 0 1 0 0 0 1" energy=-3.5 name="a \"b\"" flag pbc = "T T T""#,
-        )
-        .unwrap();
+        let kv = key_values(r#"Lattice="1 0 0 0 1 0 0 0 1" energy=-3.5 name="a \"b\"" flag pbc = "T T T""#).unwrap();
         let get = |k: &str| kv.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
         assert_eq!(get("Lattice").as_deref(), Some("1 0 0 0 1 0 0 0 1"));
         assert_eq!(get("energy").as_deref(), Some("-3.5"));

@@ -76,13 +76,7 @@ pub fn write_structure(path: &Path, structure: &Structure) -> Result<()> {
     match format_of(path)? {
         FileFormat::Cif => write_cif(path, structure),
         FileFormat::Poscar => write_poscar(path, structure),
-        FileFormat::ExtXyz => write_extxyz(
-            path,
-            &[Frame {
-                structure: structure.clone(),
-                energy: None,
-            }],
-        ),
+        FileFormat::ExtXyz => write_extxyz(path, &[Frame { structure: structure.clone(), energy: None }]),
     }
 }
 
@@ -93,9 +87,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
 /// Writes `contents` to a temporary file beside `path`, then renames it over `path`, so a reader
 /// never sees a half-written file.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::format(path, "path", "has no file name"))?;
+    let name = path.file_name().ok_or_else(|| Error::format(path, "path", "has no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -119,10 +111,7 @@ pub(crate) fn parse_number(text: &str) -> Option<f64> {
         Some(open) => {
             let close = text[open..].find(')')? + open;
             let inside = &text[open + 1..close];
-            if close + 1 != text.len()
-                || inside.is_empty()
-                || !inside.bytes().all(|b| b.is_ascii_digit())
-            {
+            if close + 1 != text.len() || inside.is_empty() || !inside.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             &text[..open]
@@ -139,11 +128,7 @@ pub(crate) fn parse_number(text: &str) -> Option<f64> {
 /// Shortest round-trip decimal form, always with a decimal point (`3.0`, not `3`), never an exponent.
 pub(crate) fn fmt_f64(x: f64) -> String {
     let s = format!("{x}");
-    if s.contains('.') || !x.is_finite() {
-        s
-    } else {
-        s + ".0"
-    }
+    if s.contains('.') || !x.is_finite() { s } else { s + ".0" }
 }
 
 /// Runs of equal consecutive elements: `[Si, Si, O, Si]` -> `[(Si, 2), (O, 1), (Si, 1)]`.
@@ -177,9 +162,7 @@ mod tests {
         assert_eq!(parse_number("1."), Some(1.0));
         assert_eq!(parse_number("-.5"), Some(-0.5));
         assert_eq!(parse_number("1e-3"), Some(1e-3));
-        for bad in [
-            "?", ".", "5.43(", "5.43(2", "5.43(x)", "nan", "inf", "", "1,5",
-        ] {
+        for bad in ["?", ".", "5.43(", "5.43(2", "5.43(x)", "nan", "inf", "", "1,5"] {
             assert_eq!(parse_number(bad), None, "{bad}");
         }
     }

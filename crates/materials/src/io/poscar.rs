@@ -46,40 +46,24 @@ fn floats(line: &str, n: usize) -> Option<Vec<f64>> {
 pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
     let lines: Vec<&str> = text.lines().collect();
     let get = |i: usize, what: &str| -> Result<&str> {
-        lines
-            .get(i)
-            .copied()
-            .ok_or_else(|| line_error(path, i + 1, format!("file ends before the {what}")))
+        lines.get(i).copied().ok_or_else(|| line_error(path, i + 1, format!("file ends before the {what}")))
     };
     let comment = get(0, "comment line")?;
 
     // Scaling.
     let scale_line = get(1, "scaling factor")?;
-    let scale_tokens: Vec<&str> = scale_line
-        .split_whitespace()
-        .take_while(|t| !t.starts_with(['#', '!']))
-        .collect();
+    let scale_tokens: Vec<&str> = scale_line.split_whitespace().take_while(|t| !t.starts_with(['#', '!'])).collect();
     let scales: Vec<f64> = scale_tokens
         .iter()
         .map(|t| t.parse::<f64>().ok().filter(|x| x.is_finite()))
         .collect::<Option<_>>()
-        .ok_or_else(|| {
-            line_error(
-                path,
-                2,
-                format!("scaling factor `{scale_line}` is not a number"),
-            )
-        })?;
+        .ok_or_else(|| line_error(path, 2, format!("scaling factor `{scale_line}` is not a number")))?;
 
     let mut raw = [[0.0; 3]; 3];
     for (k, row) in raw.iter_mut().enumerate() {
         let l = get(2 + k, "lattice vectors")?;
         let v = floats(l, 3).ok_or_else(|| {
-            line_error(
-                path,
-                3 + k,
-                format!("lattice vector needs three numbers, found `{}`", l.trim()),
-            )
+            line_error(path, 3 + k, format!("lattice vector needs three numbers, found `{}`", l.trim()))
         })?;
         row.copy_from_slice(&v);
     }
@@ -107,20 +91,13 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
 
     // Species and counts.
     let l6 = get(5, "species or counts line")?;
-    let first_is_count = l6
-        .split_whitespace()
-        .next()
-        .is_some_and(|t| t.parse::<i64>().is_ok());
+    let first_is_count = l6.split_whitespace().next().is_some_and(|t| t.parse::<i64>().is_ok());
     let counts_line_no;
     let symbols: Vec<Element>;
     if first_is_count {
         counts_line_no = 6;
         let n = l6.split_whitespace().count();
-        let from_comment: Option<Vec<Element>> = comment
-            .split_whitespace()
-            .take(n)
-            .map(species_token)
-            .collect();
+        let from_comment: Option<Vec<Element>> = comment.split_whitespace().take(n).map(species_token).collect();
         symbols = match from_comment {
             Some(v) if v.len() == n => v,
             _ => {
@@ -134,34 +111,21 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
     } else {
         symbols = l6
             .split_whitespace()
-            .map(|t| {
-                species_token(t)
-                    .ok_or_else(|| line_error(path, 6, format!("unknown element symbol `{t}`")))
-            })
+            .map(|t| species_token(t).ok_or_else(|| line_error(path, 6, format!("unknown element symbol `{t}`"))))
             .collect::<Result<_>>()?;
         counts_line_no = 7;
     }
     let counts_line = get(counts_line_no - 1, "counts line")?;
-    let counts: Vec<usize> = counts_line
-        .split_whitespace()
-        .map(|t| t.parse::<usize>().ok())
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
+    let counts: Vec<usize> =
+        counts_line.split_whitespace().map(|t| t.parse::<usize>().ok()).collect::<Option<_>>().ok_or_else(|| {
             line_error(
                 path,
                 counts_line_no,
-                format!(
-                    "counts must be non-negative integers, found `{}`",
-                    counts_line.trim()
-                ),
+                format!("counts must be non-negative integers, found `{}`", counts_line.trim()),
             )
         })?;
     if counts.len() != symbols.len() {
-        return Err(line_error(
-            path,
-            counts_line_no,
-            format!("{} counts for {} species", counts.len(), symbols.len()),
-        ));
+        return Err(line_error(path, counts_line_no, format!("{} counts for {} species", counts.len(), symbols.len())));
     }
     let n_atoms: usize = counts.iter().sum();
     if n_atoms == 0 {
@@ -182,11 +146,7 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
         Some('c' | 'C' | 'k' | 'K') => true,
         Some(_) => false,
         None => {
-            return Err(line_error(
-                path,
-                mode_no,
-                "empty line where `Direct` or `Cartesian` was expected",
-            ));
+            return Err(line_error(path, mode_no, "empty line where `Direct` or `Cartesian` was expected"));
         }
     };
     next += 1;
@@ -199,44 +159,27 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
     for a in 0..n_atoms {
         let i = next + a;
         let l = get(i, &format!("position of atom {} of {n_atoms}", a + 1))?;
-        let v = floats(l, 3).ok_or_else(|| {
-            line_error(
-                path,
-                i + 1,
-                format!("position needs three numbers, found `{}`", l.trim()),
-            )
-        })?;
+        let v = floats(l, 3)
+            .ok_or_else(|| line_error(path, i + 1, format!("position needs three numbers, found `{}`", l.trim())))?;
         if selective {
             let flags: Vec<&str> = l.split_whitespace().skip(3).take(3).collect();
             if flags.len() != 3 || !flags.iter().all(|f| matches!(*f, "T" | "F" | "t" | "f")) {
                 return Err(line_error(
                     path,
                     i + 1,
-                    format!(
-                        "selective dynamics needs three T/F flags, found `{}`",
-                        l.trim()
-                    ),
+                    format!("selective dynamics needs three T/F flags, found `{}`", l.trim()),
                 ));
             }
         }
         let v = [v[0], v[1], v[2]];
-        frac.push(if cartesian {
-            lattice.to_fractional(&std::array::from_fn(|k| v[k] * axis_scale[k]))
-        } else {
-            v
-        });
+        frac.push(if cartesian { lattice.to_fractional(&std::array::from_fn(|k| v[k] * axis_scale[k])) } else { v });
     }
-    let s = Structure::new_unchecked_overlaps(lattice, species, frac)
-        .map_err(|e| at_line(path, next + 1, e))?;
+    let s = Structure::new_unchecked_overlaps(lattice, species, frac).map_err(|e| at_line(path, next + 1, e))?;
     if let Some(o) = s.check_overlaps() {
         return Err(line_error(
             path,
             next + o.j + 1,
-            format!(
-                "{o} (positions on lines {} and {})",
-                next + o.i + 1,
-                next + o.j + 1
-            ),
+            format!("{o} (positions on lines {} and {})", next + o.i + 1, next + o.j + 1),
         ));
     }
     Ok(s)
@@ -246,35 +189,15 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
 pub fn poscar_string(s: &Structure) -> String {
     let mut out = format!("{}\n1.0\n", s.reduced_formula());
     for row in s.lattice.matrix() {
-        out.push_str(&format!(
-            "  {}  {}  {}\n",
-            fmt_f64(row[0]),
-            fmt_f64(row[1]),
-            fmt_f64(row[2])
-        ));
+        out.push_str(&format!("  {}  {}  {}\n", fmt_f64(row[0]), fmt_f64(row[1]), fmt_f64(row[2])));
     }
     let r = runs(&s.species);
-    out.push_str(
-        &r.iter()
-            .map(|(e, _)| e.symbol().to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
+    out.push_str(&r.iter().map(|(e, _)| e.symbol().to_string()).collect::<Vec<_>>().join(" "));
     out.push('\n');
-    out.push_str(
-        &r.iter()
-            .map(|(_, n)| n.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
+    out.push_str(&r.iter().map(|(_, n)| n.to_string()).collect::<Vec<_>>().join(" "));
     out.push_str("\nDirect\n");
     for (e, f) in s.species.iter().zip(&s.frac_coords) {
-        out.push_str(&format!(
-            "  {}  {}  {}  {e}\n",
-            fmt_f64(f[0]),
-            fmt_f64(f[1]),
-            fmt_f64(f[2])
-        ));
+        out.push_str(&format!("  {}  {}  {}  {e}\n", fmt_f64(f[0]), fmt_f64(f[1]), fmt_f64(f[2])));
     }
     out
 }

@@ -1,0 +1,207 @@
+//! Precision levels (FP8-LM, PAPERS.md section 1) and the linear layer that applies them: each GEMM's
+//! operands are cast to the level's format — bf16, or FP8 with per-tensor delayed scaling by role
+//! (input and weight E4M3, output gradient E5M2) — and multiplied with f32 accumulation. On the CPU a
+//! cast is a quantise-dequantise into f32 scratch: the products and sums are exactly those of an FP8
+//! tensor-core GEMM over the same bytes and scales.
+//!
+//! Implemented: `fp32`, `bf16` (bf16 GEMM operands; f32 master weights and Adam), `fp8-te` (FP8
+//! GEMMs; everything else f32). `fp8-o1` / `fp8-o2` (FP8 weight gradients and all-reduce, fp16
+//! weights, FP8/fp16 Adam state) need per-tensor storage formats in the parameter and optimizer
+//! buffers and are refused with a clear error until they exist.
+
+use std::fmt;
+use std::str::FromStr;
+
+use octet_core::fp8::Fp8Format;
+use octet_core::scaling::{Recipe, Role, ScalingMeta, ScalingMode};
+use octet_core::{Error, Result};
+use octet_kernels::Backend;
+
+/// A precision level (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+    Fp8Te,
+    Fp8O1,
+    Fp8O2,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 5] =
+        [Precision::Fp32, Precision::Bf16, Precision::Fp8Te, Precision::Fp8O1, Precision::Fp8O2];
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp8Te => "fp8-te",
+            Precision::Fp8O1 => "fp8-o1",
+            Precision::Fp8O2 => "fp8-o2",
+        }
+    }
+    pub fn is_fp8(self) -> bool {
+        matches!(self, Precision::Fp8Te | Precision::Fp8O1 | Precision::Fp8O2)
+    }
+    /// Levels the trainer can run today.
+    pub fn check_supported(self) -> Result<()> {
+        match self {
+            Precision::Fp8O1 | Precision::Fp8O2 => Err(Error::config(
+                "precision",
+                format!(
+                    "`{}` needs FP8 weight-gradient and FP8/fp16 optimizer-state storage, not implemented yet; use fp32, bf16 or fp8-te",
+                    self.name()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            Error::config(
+                "precision",
+                format!("unknown precision `{s}`; expected one of: fp32, bf16, fp8-te, fp8-o1, fp8-o2"),
+            )
+        })
+    }
+}
+
+impl serde::Serialize for Precision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Scaling state of one FP8 linear layer: one `ScalingMeta` per operand role.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinearScaling {
+    pub input: ScalingMeta,
+    pub weight: ScalingMeta,
+    pub grad_output: ScalingMeta,
+}
+
+impl LinearScaling {
+    pub fn new(r: &Recipe) -> Self {
+        LinearScaling {
+            input: r.meta(Role::Input),
+            weight: r.meta(Role::Weight),
+            grad_output: r.meta(Role::GradOutput),
+        }
+    }
+}
+
+/// f32 scratch for cast GEMM operands, sized for the largest linear of a model and batch.
+pub struct Workspace<F> {
+    pub x: Vec<F>,
+    pub w: Vec<F>,
+    pub d: Vec<F>,
+}
+
+impl<F: Copy + Default> Workspace<F> {
+    pub fn new(x: usize, w: usize, d: usize) -> Self {
+        Workspace { x: vec![F::default(); x], w: vec![F::default(); w], d: vec![F::default(); d] }
+    }
+    pub fn elems(&self) -> usize {
+        self.x.len() + self.w.len() + self.d.len()
+    }
+}
+
+/// Cast `src` into `dst` under `meta`'s scaling policy (FP8) — returns nothing; the meta records.
+fn cast_fp8<Bk: Backend>(be: &Bk, meta: &mut ScalingMeta, mode: ScalingMode, dst: &mut [Bk::F], src: &[Bk::F]) {
+    let fmt: Fp8Format = meta.format;
+    meta.cast_with(mode, || be.amax(src), |scale| be.qdq_fp8(dst, src, fmt, scale));
+}
+
+/// out (N,OC) = cast(inp) @ cast(w)^T + bias at precision `p`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward<Bk: Backend>(
+    be: &Bk,
+    p: Precision,
+    sc: Option<&mut LinearScaling>,
+    mode: ScalingMode,
+    ws: &mut Workspace<Bk::F>,
+    out: &mut [Bk::F],
+    inp: &[Bk::F],
+    w: &[Bk::F],
+    bias: Option<&[Bk::F]>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    if p == Precision::Fp32 {
+        return be.matmul_forward(out, inp, w, bias, n, ic, oc);
+    }
+    let (x, wq) = (&mut ws.x[..n * ic], &mut ws.w[..oc * ic]);
+    match p {
+        Precision::Bf16 => {
+            be.round_bf16(x, inp);
+            be.round_bf16(wq, w);
+        }
+        _ => {
+            let sc = sc.expect("FP8 precision keeps scaling state per linear");
+            cast_fp8(be, &mut sc.input, mode, x, inp);
+            cast_fp8(be, &mut sc.weight, mode, wq, w);
+        }
+    }
+    be.matmul_forward(out, x, wq, bias, n, ic, oc);
+}
+
+/// Backward of `linear_forward`: dinp = cast(dout) @ cast(w) (overwrite); dw += cast(dout)^T cast(inp);
+/// dbias += colsum(dout) from the uncast f32 gradient (as Transformer Engine). FP8 reuses the input
+/// and weight scales of the forward cast, so the operands are the ones forward multiplied.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<Bk: Backend>(
+    be: &Bk,
+    p: Precision,
+    sc: Option<&mut LinearScaling>,
+    mode: ScalingMode,
+    ws: &mut Workspace<Bk::F>,
+    dinp: &mut [Bk::F],
+    dw: &mut [Bk::F],
+    dbias: Option<&mut [Bk::F]>,
+    dout: &[Bk::F],
+    inp: &[Bk::F],
+    w: &[Bk::F],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    if p == Precision::Fp32 {
+        return be.matmul_backward(dinp, dw, dbias, dout, inp, w, n, ic, oc);
+    }
+    let (x, wq, d) = (&mut ws.x[..n * ic], &mut ws.w[..oc * ic], &mut ws.d[..n * oc]);
+    match p {
+        Precision::Bf16 => {
+            be.round_bf16(d, dout);
+            be.round_bf16(x, inp);
+            be.round_bf16(wq, w);
+        }
+        _ => {
+            let sc = sc.expect("FP8 precision keeps scaling state per linear");
+            cast_fp8(be, &mut sc.grad_output, mode, d, dout);
+            be.qdq_fp8(x, inp, sc.input.format, sc.input.scale);
+            be.qdq_fp8(wq, w, sc.weight.format, sc.weight.scale);
+        }
+    }
+    be.matmul_backward(dinp, dw, None, d, x, wq, n, ic, oc);
+    if let Some(db) = dbias {
+        be.bias_backward(db, dout, n, oc);
+    }
+}
