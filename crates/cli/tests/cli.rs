@@ -136,10 +136,13 @@ fn generate_samples_text_from_a_checkpoint() {
 }
 
 #[test]
-fn missing_data_file_is_a_clear_error() {
-    let o = octet(&["train", "--data", "/nonexistent/octet.txt", "--steps", "1"]);
+fn missing_data_file_is_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = octet(&["train", "--data", "/nonexistent/octet.txt", "--steps", "1", "--out", out.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/octet.txt"), "{}", stderr(&o));
+    assert!(!out.exists());
 }
 
 #[test]
@@ -154,16 +157,25 @@ fn unknown_config_key_names_file_and_key() {
 }
 
 #[test]
-fn bad_flag_values_are_rejected_with_the_field() {
-    let o = octet(&["train", "--batch", "0"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("batch"), "{}", stderr(&o));
-    let o = octet(&["train", "--model", "gpt5"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("gpt5"), "{}", stderr(&o));
-    let o = octet(&["train", "--seq", "10000", "--steps", "1", "--model", "tiny"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("seq"), "{}", stderr(&o));
+fn bad_flag_values_are_rejected_with_the_field_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    for (args, field) in [
+        (&["--batch", "0"][..], "batch"),
+        (&["--model", "gpt5"], "gpt5"),
+        (&["--seq", "10000", "--steps", "1", "--model", "tiny"], "seq"),
+        (&["--precision", "fp8-o2"], "fp8-o2"),
+        (&["--precision", "fp9"], "fp9"),
+        (&["--lr=-1"], "lr"),
+    ] {
+        let mut a = vec!["train", "--out", out];
+        a.extend_from_slice(args);
+        let o = octet(&a);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(stderr(&o).contains(field), "{args:?}: {}", stderr(&o));
+        assert!(!dir.path().join("run").exists(), "{args:?} wrote {out}");
+    }
 }
 
 #[test]
@@ -206,7 +218,9 @@ fn non_utf8_data_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bin.txt");
     std::fs::write(&p, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
-    let o = octet(&["train", "--data", p.to_str().unwrap(), "--steps", "1"]);
+    let out = dir.path().join("run");
+    let o = octet(&["train", "--data", p.to_str().unwrap(), "--steps", "1", "--out", out.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bin.txt") && stderr(&o).contains("UTF-8"), "{}", stderr(&o));
+    assert!(!out.exists());
 }

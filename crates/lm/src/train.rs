@@ -215,7 +215,15 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         }
     };
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    // Check the model preset and sequence length before anything is written.
+    let preset = Gpt2Config::named(&cfg.model, cfg.vocab_size)?;
+    if cfg.seq > preset.max_seq_len {
+        return Err(Error::config(
+            "seq",
+            format!("{} exceeds the model's max_seq_len {}", cfg.seq, preset.max_seq_len),
+        ));
+    }
+    cfg.precision.check_supported()?;
     let (data_dir, tokenizer) = prepare_data(&cfg, &source)?;
     let train_shard = Shard::open(&data_dir.join("train.bin"))?;
     let val_shard = Shard::open(&data_dir.join("val.bin"))?;
