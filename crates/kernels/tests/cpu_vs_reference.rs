@@ -225,6 +225,14 @@ fn precision_casts_match_reference_exactly() {
     // grid rounding must agree bit for bit with encode + decode.
     let all: Vec<f32> = (0..=u16::MAX).map(|h| f32::from_bits((h as u32) << 16)).collect();
     let (mut a, mut b) = (vec![0.0f32; all.len()], vec![0.0f32; all.len()]);
+    // bf16 rounding of f32 values with every bf16 prefix and assorted low halves (ties included).
+    let wide: Vec<f32> = all.iter().flat_map(|x| [0u32, 0x7FFF, 0x8000, 0x8001, 0xFFFF].map(|lo| f32::from_bits(x.to_bits() | lo))).collect();
+    let (mut wa, mut wb) = (vec![0.0f32; wide.len()], vec![0.0f32; wide.len()]);
+    cpu::round_bf16(&mut wa, &wide);
+    reference::round_bf16(&mut wb, &wide);
+    for i in 0..wide.len() {
+        assert!(wa[i].to_bits() == wb[i].to_bits() || (wa[i].is_nan() && wb[i].is_nan()), "bf16 {:e}", wide[i]);
+    }
     for fmt in [Fp8Format::E4M3, Fp8Format::E5M2] {
         for scale in [1.0f32, 64.0, 1.0 / 256.0] {
             cpu::qdq_fp8(&mut a, &all, fmt, scale);
