@@ -74,6 +74,15 @@ struct TrainArgs {
     /// Model preset: tiny, small, gpt2-124m.
     #[arg(long)]
     model: Option<String>,
+    /// Override the preset's number of layers.
+    #[arg(long)]
+    n_layer: Option<usize>,
+    /// Override the preset's number of attention heads.
+    #[arg(long)]
+    n_head: Option<usize>,
+    /// Override the preset's width.
+    #[arg(long)]
+    n_embd: Option<usize>,
     /// GEMM precision: fp32, bf16, fp8-te (fp8-o1 and fp8-o2 are not implemented yet).
     #[arg(long)]
     precision: Option<Precision>,
@@ -151,6 +160,11 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
     over!(model, precision, vocab_size, steps, batch, seq, lr, seed, eval_every, checkpoint_every, out);
     if a.data.is_some() {
         c.data = a.data.clone();
+    }
+    for (dst, src) in [(&mut c.n_layer, a.n_layer), (&mut c.n_head, a.n_head), (&mut c.n_embd, a.n_embd)] {
+        if src.is_some() {
+            *dst = src;
+        }
     }
     if a.tokenizer.is_some() {
         c.tokenizer = a.tokenizer.clone();

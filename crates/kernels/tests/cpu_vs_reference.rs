@@ -226,7 +226,10 @@ fn precision_casts_match_reference_exactly() {
     let all: Vec<f32> = (0..=u16::MAX).map(|h| f32::from_bits((h as u32) << 16)).collect();
     let (mut a, mut b) = (vec![0.0f32; all.len()], vec![0.0f32; all.len()]);
     // bf16 rounding of f32 values with every bf16 prefix and assorted low halves (ties included).
-    let wide: Vec<f32> = all.iter().flat_map(|x| [0u32, 0x7FFF, 0x8000, 0x8001, 0xFFFF].map(|lo| f32::from_bits(x.to_bits() | lo))).collect();
+    let wide: Vec<f32> = all
+        .iter()
+        .flat_map(|x| [0u32, 0x7FFF, 0x8000, 0x8001, 0xFFFF].map(|lo| f32::from_bits(x.to_bits() | lo)))
+        .collect();
     let (mut wa, mut wb) = (vec![0.0f32; wide.len()], vec![0.0f32; wide.len()]);
     cpu::round_bf16(&mut wa, &wide);
     reference::round_bf16(&mut wb, &wide);

@@ -23,6 +23,10 @@ use octet_core::scaling::Recipe;
 pub struct TrainConfig {
     /// Model preset: tiny, small, gpt2-124m.
     pub model: String,
+    /// Override the preset's depth, heads and width (e.g. 6 layers, d=256 for the parity runs).
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_embd: Option<usize>,
     /// GEMM precision: fp32, bf16, fp8-te (fp8-o1, fp8-o2 not yet).
     pub precision: Precision,
     /// A text file, or a directory with tokenizer.json + train.bin + val.bin; none = embedded corpus.
@@ -61,6 +65,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             model: "small".into(),
+            n_layer: None,
+            n_head: None,
+            n_embd: None,
             precision: Precision::Fp32,
             data: None,
             tokenizer: None,
@@ -88,6 +95,19 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The model this configuration trains, for a tokenizer of `vocab_size` tokens.
+    pub fn model_config(&self, vocab_size: usize) -> Result<Gpt2Config> {
+        let p = Gpt2Config::named(&self.model, vocab_size)?;
+        let c = Gpt2Config {
+            n_layer: self.n_layer.unwrap_or(p.n_layer),
+            n_head: self.n_head.unwrap_or(p.n_head),
+            n_embd: self.n_embd.unwrap_or(p.n_embd),
+            ..p
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let pos = |name: &str, v: usize| {
             if v == 0 { Err(Error::config(name, "must be positive")) } else { Ok(()) }
@@ -216,7 +236,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     };
     cfg.validate()?;
     // Check the model preset and sequence length before anything is written.
-    let preset = Gpt2Config::named(&cfg.model, cfg.vocab_size)?;
+    let preset = cfg.model_config(cfg.vocab_size)?;
     if cfg.seq > preset.max_seq_len {
         return Err(Error::config(
             "seq",
@@ -237,7 +257,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     }
     let model_cfg = match &loaded {
         Some(l) => l.state.model,
-        None => Gpt2Config::named(&cfg.model, vocab)?,
+        None => cfg.model_config(vocab)?,
     };
     if cfg.seq > model_cfg.max_seq_len {
         return Err(Error::config(
