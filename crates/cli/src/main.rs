@@ -31,9 +31,29 @@ enum Cmd {
     Train(TrainArgs),
     /// Sample text from a checkpoint.
     Generate(GenerateArgs),
+    /// Bytes per role (weights, gradients, optimizer state, activations) of a training run, and bytes
+    /// per parameter.
+    Memory(MemoryArgs),
     /// Measure throughput (machine-readable with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct MemoryArgs {
+    #[arg(long, default_value = "gpt2-124m")]
+    model: String,
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
+    /// Vocabulary for tiny/small (gpt2-124m keeps 50257).
+    #[arg(long, default_value_t = 1024)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    seq: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -283,6 +303,36 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_memory(a: MemoryArgs) -> Result<()> {
+    let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
+    let seq = a.seq.min(cfg.max_seq_len);
+    let ledger = octet_lm::memory::plan(cfg, a.precision, a.batch, seq)?;
+    let mut v = ledger.to_json();
+    v["model"] = a.model.clone().into();
+    v["precision"] = a.precision.name().into();
+    v["batch"] = a.batch.into();
+    v["seq"] = seq.into();
+    if a.json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{} at {}, B={} T={seq}: {} parameters", a.model, a.precision, a.batch, ledger.params);
+    for (role, bytes) in &ledger.bytes {
+        println!(
+            "  {:<12} {:>10.1} MiB  {:>6.2} B/param",
+            format!("{role:?}"),
+            *bytes as f64 / (1 << 20) as f64,
+            *bytes as f64 / ledger.params as f64
+        );
+    }
+    println!(
+        "  weight-related state {:.2} B/param; total {:.1} MiB",
+        ledger.bytes_per_param(),
+        ledger.total() as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
 fn run_bench(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Train(a) => {
@@ -321,6 +371,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => run_train(a),
         Cmd::Generate(a) => run_generate(a),
         Cmd::Bench(c) => run_bench(c),
+        Cmd::Memory(a) => run_memory(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

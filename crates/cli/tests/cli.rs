@@ -224,3 +224,18 @@ fn non_utf8_data_is_a_clear_error() {
     assert!(stderr(&o).contains("bin.txt") && stderr(&o).contains("UTF-8"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn memory_ledger_reports_16_bytes_per_param_for_fp32_adamw() {
+    let o = octet(&["memory", "--model", "gpt2-124m", "--precision", "fp32", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = &json_lines(&o)[0];
+    assert_eq!(v["params"], 124_475_904);
+    assert_eq!(v["bytes_per_param"], 16.0);
+    for role in ["weights", "gradients", "adam_m", "adam_v"] {
+        assert_eq!(v["bytes"][role], 4 * 124_475_904, "{role}");
+    }
+    assert!(v["bytes"]["activations"].as_u64().unwrap() > 0);
+    let o = octet(&["memory", "--precision", "fp8-o2"]);
+    assert!(!o.status.success() && stderr(&o).contains("fp8-o2"));
+}

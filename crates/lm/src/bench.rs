@@ -9,6 +9,7 @@ use octet_kernels::CpuBackend;
 use octet_optim::{AdamW, AdamWConfig, clip_global_norm};
 
 use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params, param_layout};
+use crate::memory::Ledger;
 use crate::precision::Precision;
 use crate::train::peak_rss_bytes;
 use octet_core::scaling::Recipe;
@@ -28,6 +29,10 @@ pub struct BenchResult {
     pub flops_per_token: f64,
     pub gflops: f64,
     pub peak_rss_bytes: u64,
+    /// Bytes per role of the buffers the step used (see `memory::Ledger`).
+    pub memory: serde_json::Value,
+    /// peak_rss_bytes / ledger total: how much of the process's memory the ledger accounts for.
+    pub rss_over_ledger: f64,
 }
 
 /// FLOPs per trained token (see `BenchResult::flops_per_token`).
@@ -69,6 +74,8 @@ pub fn bench_train(
     let med = times[times.len() / 2];
     let tps = (b * t) as f64 / med;
     let fpt = flops_per_token(&cfg, t);
+    let ledger = Ledger::of(&model, &opt);
+    let rss = peak_rss_bytes();
     Ok(BenchResult {
         model: cfg,
         precision,
@@ -80,6 +87,8 @@ pub fn bench_train(
         tokens_per_s: tps,
         flops_per_token: fpt,
         gflops: tps * fpt / 1e9,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: rss,
+        memory: ledger.to_json(),
+        rss_over_ledger: rss as f64 / ledger.total() as f64,
     })
 }

@@ -326,7 +326,8 @@ impl<Bk: Backend> Gpt2<Bk> {
         self.acts.as_ref().map_or((0, 0, 0), |a| (a.a.data.len(), a.d.data.len(), a.ws.elems()))
     }
 
-    fn ensure_acts(&mut self, b: usize, t: usize) {
+    /// Allocate activations for (B, T) batches (forward does this on demand).
+    pub fn ensure_acts(&mut self, b: usize, t: usize) {
         if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
             return;
         }

@@ -158,6 +158,9 @@ pub struct Summary {
     pub val_loss: f64,
     pub tokens_per_s: f64,
     pub peak_rss_bytes: u64,
+    /// Bytes per role of every training buffer (weights, gradients, Adam m/v, activations,
+    /// workspace) and `bytes_per_param`; see `memory::Ledger`.
+    pub memory: serde_json::Value,
     pub params: usize,
     pub precision: Precision,
     pub train_seconds: f64,
@@ -385,6 +388,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         val_loss,
         tokens_per_s: if train_secs > 0.0 { trained_tokens as f64 / train_secs } else { 0.0 },
         peak_rss_bytes: peak_rss_bytes(),
+        memory: crate::memory::Ledger::of(&model, &opt).to_json(),
         params: model_cfg.num_params(),
         precision: cfg.precision,
         train_seconds: train_secs,

@@ -1,0 +1,99 @@
+//! The memory ledger: every buffer a training step holds, counted by role from the live allocations
+//! (not from a formula), so `bytes_per_param` is what the process really stores. Weight-related state
+//! (weights, master weights, gradients, Adam m and v) divided by the parameter count is the number
+//! FP8-LM reports (16 B for fp32 AdamW; 6 B for its O3 level).
+
+use octet_kernels::Backend;
+use octet_optim::AdamW;
+
+use crate::gpt2::Gpt2;
+
+/// What a buffer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemRole {
+    Weights,
+    Master,
+    Gradients,
+    AdamM,
+    AdamV,
+    Activations,
+    Workspace,
+}
+
+impl MemRole {
+    /// Counted in `bytes_per_param` (weight-related state, as FP8-LM's table).
+    pub fn weight_related(self) -> bool {
+        !matches!(self, MemRole::Activations | MemRole::Workspace)
+    }
+}
+
+/// Bytes per role, plus the parameter count they serve.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Ledger {
+    pub params: usize,
+    pub bytes: Vec<(MemRole, usize)>,
+}
+
+impl Ledger {
+    pub fn of<Bk: Backend>(model: &Gpt2<Bk>, opt: &AdamW) -> Self {
+        let e = size_of::<Bk::F>();
+        let (acts, dacts, ws) = model.activation_elems();
+        Ledger {
+            params: model.params.data.len(),
+            bytes: vec![
+                (MemRole::Weights, model.params.data.len() * e),
+                (MemRole::Master, 0),
+                (MemRole::Gradients, model.grads.data.len() * e),
+                (MemRole::AdamM, opt.m.data.len() * size_of::<f32>()),
+                (MemRole::AdamV, opt.v.data.len() * size_of::<f32>()),
+                (MemRole::Activations, (acts + dacts) * e),
+                (MemRole::Workspace, ws * e),
+            ],
+        }
+    }
+    pub fn total(&self) -> usize {
+        self.bytes.iter().map(|b| b.1).sum()
+    }
+    pub fn weight_related(&self) -> usize {
+        self.bytes.iter().filter(|b| b.0.weight_related()).map(|b| b.1).sum()
+    }
+    pub fn bytes_per_param(&self) -> f64 {
+        self.weight_related() as f64 / self.params as f64
+    }
+    /// One JSON object: bytes per role, totals and bytes per parameter.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (role, b) in &self.bytes {
+            m.insert(serde_json::to_value(role).unwrap().as_str().unwrap().to_string(), (*b).into());
+        }
+        serde_json::json!({
+            "params": self.params,
+            "bytes": m,
+            "weight_related_bytes": self.weight_related(),
+            "total_bytes": self.total(),
+            "bytes_per_param": self.bytes_per_param(),
+        })
+    }
+}
+
+/// The ledger of a training run of `cfg` at `precision` with (B, T) batches, without running it:
+/// the buffers are allocated zeroed (untouched pages cost no RSS) and counted.
+pub fn plan(
+    cfg: crate::gpt2::Gpt2Config,
+    precision: crate::precision::Precision,
+    b: usize,
+    t: usize,
+) -> octet_core::Result<Ledger> {
+    use std::sync::Arc;
+    if t == 0 || t > cfg.max_seq_len || b == 0 {
+        return Err(octet_core::Error::config("seq", format!("need 0 < seq <= {} and batch > 0", cfg.max_seq_len)));
+    }
+    let layout = Arc::new(crate::gpt2::param_layout(&cfg));
+    let params = vec![0.0f32; layout.total()];
+    let mut model = Gpt2::new(cfg, octet_kernels::CpuBackend, params)?
+        .with_precision(precision, &octet_core::scaling::Recipe::default())?;
+    model.ensure_acts(b, t);
+    let opt = AdamW::new(layout.clone(), crate::gpt2::decay_flags(&layout), Default::default());
+    Ok(Ledger::of(&model, &opt))
+}
