@@ -131,46 +131,70 @@ pub fn init_params(c: &Gpt2Config, layout: &Layout, seed: u64) -> Vec<f32> {
     p
 }
 
+/// A block's twelve tensors, in `param_layout` order; `T` is a slice of parameters or gradients.
+pub struct Block<T> {
+    pub ln1w: T,
+    pub ln1b: T,
+    pub qkvw: T,
+    pub qkvb: T,
+    pub attprojw: T,
+    pub attprojb: T,
+    pub ln2w: T,
+    pub ln2b: T,
+    pub fcw: T,
+    pub fcb: T,
+    pub fcprojw: T,
+    pub fcprojb: T,
+}
+
+impl<T> Block<T> {
+    pub const NAMES: [&'static str; 12] =
+        ["ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb"];
+    fn from_array(
+        [ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb]: [T; 12],
+    ) -> Self {
+        Block { ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb }
+    }
+}
+
+/// The tensors outside the blocks.
+pub struct Top<T> {
+    pub wte: T,
+    pub wpe: T,
+    pub lnfw: T,
+    pub lnfb: T,
+}
+
+impl<T> Top<T> {
+    pub const NAMES: [&'static str; 4] = ["wte", "wpe", "lnfw", "lnfb"];
+    fn from_array([wte, wpe, lnfw, lnfb]: [T; 4]) -> Self {
+        Top { wte, wpe, lnfw, lnfb }
+    }
+}
+
+/// Tensor ids of `Block::NAMES` and `Top::NAMES`, resolved once.
 struct ParamIds {
-    wte: TensorId,
-    wpe: TensorId,
-    ln1w: TensorId,
-    ln1b: TensorId,
-    qkvw: TensorId,
-    qkvb: TensorId,
-    attprojw: TensorId,
-    attprojb: TensorId,
-    ln2w: TensorId,
-    ln2b: TensorId,
-    fcw: TensorId,
-    fcb: TensorId,
-    fcprojw: TensorId,
-    fcprojb: TensorId,
-    lnfw: TensorId,
-    lnfb: TensorId,
+    block: [TensorId; 12],
+    top: [TensorId; 4],
 }
 
 impl ParamIds {
     fn new(l: &Layout) -> Self {
-        let id = |n| l.expect_id(n);
-        ParamIds {
-            wte: id("wte"),
-            wpe: id("wpe"),
-            ln1w: id("ln1w"),
-            ln1b: id("ln1b"),
-            qkvw: id("qkvw"),
-            qkvb: id("qkvb"),
-            attprojw: id("attprojw"),
-            attprojb: id("attprojb"),
-            ln2w: id("ln2w"),
-            ln2b: id("ln2b"),
-            fcw: id("fcw"),
-            fcb: id("fcb"),
-            fcprojw: id("fcprojw"),
-            fcprojb: id("fcprojb"),
-            lnfw: id("lnfw"),
-            lnfb: id("lnfb"),
-        }
+        ParamIds { block: Block::<()>::NAMES.map(|n| l.expect_id(n)), top: Top::<()>::NAMES.map(|n| l.expect_id(n)) }
+    }
+    fn block<'a, F>(&self, s: &'a Slab<F>, l: usize) -> Block<&'a [F]> {
+        Block::from_array(self.block.map(|id| &s.data[s.layout.range_at(id, l)]))
+    }
+    fn block_mut<'a, F>(&self, s: &'a mut Slab<F>, l: usize) -> Block<&'a mut [F]> {
+        let r = self.block.map(|id| s.layout.range_at(id, l));
+        Block::from_array(s.disjoint_mut(r))
+    }
+    fn top<'a, F>(&self, s: &'a Slab<F>) -> Top<&'a [F]> {
+        Top::from_array(self.top.map(|id| s.get(id)))
+    }
+    fn top_mut<'a, F>(&self, s: &'a mut Slab<F>) -> Top<&'a mut [F]> {
+        let r = self.top.map(|id| s.layout.range(id));
+        Top::from_array(s.disjoint_mut(r))
     }
 }
 
@@ -231,6 +255,53 @@ const QKV_LIN: usize = 0;
 const ATTPROJ_LIN: usize = 1;
 const FC_LIN: usize = 2;
 const FCPROJ_LIN: usize = 3;
+
+/// Runs a block's linears at the model's precision: backend, level, scaling state, cast workspace.
+struct Linears<'a, Bk: Backend> {
+    be: &'a Bk,
+    prec: Precision,
+    mode: ScalingMode,
+    scaling: &'a mut [LinearScaling],
+    ws: &'a mut Workspace<Bk::F>,
+}
+
+impl<Bk: Backend> Linears<'_, Bk> {
+    /// out (N,OC) = inp (N,IC) @ w^T + bias for linear `k` of layer `l`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        l: usize,
+        k: usize,
+        out: &mut [Bk::F],
+        inp: &[Bk::F],
+        w: &[Bk::F],
+        b: &[Bk::F],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let sc = self.scaling.get_mut(l * LINEARS + k);
+        linear_forward(self.be, self.prec, sc, self.mode, self.ws, out, inp, w, Some(b), n, ic, oc);
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &mut self,
+        l: usize,
+        k: usize,
+        dinp: &mut [Bk::F],
+        dw: &mut [Bk::F],
+        db: &mut [Bk::F],
+        dout: &[Bk::F],
+        inp: &[Bk::F],
+        w: &[Bk::F],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let sc = self.scaling.get_mut(l * LINEARS + k);
+        linear_backward(self.be, self.prec, sc, self.mode, self.ws, dinp, dw, Some(db), dout, inp, w, n, ic, oc);
+    }
+}
 
 /// A GPT-2 model bound to a backend: parameters, their gradients, and activations for one batch shape.
 pub struct Gpt2<Bk: Backend> {
@@ -361,99 +432,48 @@ impl<Bk: Backend> Gpt2<Bk> {
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        let be = &self.backend;
-        let p = &self.params;
-        let pid = &self.ids;
-        let (prec, mode) = (self.precision, self.scaling_mode);
-        let scaling = &mut self.scaling;
+        let (be, p, pid) = (&self.backend, &self.params, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
-        let (a, ws) = (&mut acts.a, &mut acts.ws);
+        let a = &mut acts.a;
+        let mut lin =
+            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
-        let pw = |id: TensorId, l: usize| &p.data[p.layout.range_at(id, l)];
+        let top = pid.top(p);
 
-        be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.wte), p.get(pid.wpe), b, t, d);
+        be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
+            let w = pid.block(p, l);
+            // x -> residual2 = x + attproj(attention(qkv(ln1(x)))) -> residual3 = residual2 + mlp(ln2(residual2))
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             let [ln1, mean, rstd, x] = a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
-            be.layernorm_forward(ln1, mean, rstd, x, pw(pid.ln1w, l), pw(pid.ln1b, l), n, d);
+            be.layernorm_forward(ln1, mean, rstd, x, w.ln1w, w.ln1b, n, d);
             let [qkv, ln1] = a.disjoint_mut([ar(QKV, l), ar(LN1, l)]);
-            linear_forward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + QKV_LIN),
-                mode,
-                ws,
-                qkv,
-                ln1,
-                pw(pid.qkvw, l),
-                Some(pw(pid.qkvb, l)),
-                n,
-                d,
-                3 * d,
-            );
+            lin.forward(l, QKV_LIN, qkv, ln1, w.qkvw, w.qkvb, n, d, 3 * d);
             let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
             be.attention_forward(atty, lse, qkv, b, t, d, nh);
             let [proj, atty] = a.disjoint_mut([ar(ATTPROJ, l), ar(ATTY, l)]);
-            linear_forward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + ATTPROJ_LIN),
-                mode,
-                ws,
-                proj,
-                atty,
-                pw(pid.attprojw, l),
-                Some(pw(pid.attprojb, l)),
-                n,
-                d,
-                d,
-            );
+            lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, w.attprojb, n, d, d);
             let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, ar(ATTPROJ, l)]);
             be.residual_forward(r2, x, proj);
             let [ln2, mean, rstd, r2] =
                 a.disjoint_mut([ar(LN2, l), ar(LN2_MEAN, l), ar(LN2_RSTD, l), ar(RESIDUAL2, l)]);
-            be.layernorm_forward(ln2, mean, rstd, r2, pw(pid.ln2w, l), pw(pid.ln2b, l), n, d);
+            be.layernorm_forward(ln2, mean, rstd, r2, w.ln2w, w.ln2b, n, d);
             let [fch, ln2] = a.disjoint_mut([ar(FCH, l), ar(LN2, l)]);
-            linear_forward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + FC_LIN),
-                mode,
-                ws,
-                fch,
-                ln2,
-                pw(pid.fcw, l),
-                Some(pw(pid.fcb, l)),
-                n,
-                d,
-                4 * d,
-            );
+            lin.forward(l, FC_LIN, fch, ln2, w.fcw, w.fcb, n, d, 4 * d);
             let [g, fch] = a.disjoint_mut([ar(FCH_GELU, l), ar(FCH, l)]);
             be.gelu_forward(g, fch);
             let [proj, g] = a.disjoint_mut([ar(FCPROJ, l), ar(FCH_GELU, l)]);
-            linear_forward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + FCPROJ_LIN),
-                mode,
-                ws,
-                proj,
-                g,
-                pw(pid.fcprojw, l),
-                Some(pw(pid.fcprojb, l)),
-                n,
-                4 * d,
-                d,
-            );
+            lin.forward(l, FCPROJ_LIN, proj, g, w.fcprojw, w.fcprojb, n, 4 * d, d);
             let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
             be.residual_forward(r3, r2, proj);
         }
         let [lnf, mean, rstd, x] = a.disjoint_mut([aw(LNF), aw(LNF_MEAN), aw(LNF_RSTD), ar(RESIDUAL3, l_n - 1)]);
-        be.layernorm_forward(lnf, mean, rstd, x, p.get(pid.lnfw), p.get(pid.lnfb), n, d);
+        be.layernorm_forward(lnf, mean, rstd, x, top.lnfw, top.lnfb, n, d);
+        // Tied output projection, kept in f32 at every level (as Transformer Engine leaves the head).
         let [logits, lnf] = a.disjoint_mut([aw(LOGITS), aw(LNF)]);
-        be.matmul_forward(logits, lnf, p.get(pid.wte), None, n, d, vp);
+        be.matmul_forward(logits, lnf, top.wte, None, n, d, vp);
 
         self.loss = None;
         if let Some(tg) = targets {
@@ -482,68 +502,42 @@ impl<Bk: Backend> Gpt2<Bk> {
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
         let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        let be = &self.backend;
-        let p = &self.params;
-        let g = &mut self.grads;
-        let pid = &self.ids;
-        let al = acts.a.layout.clone();
-        let dl = acts.d.layout.clone();
-        let (prec, mode) = (self.precision, self.scaling_mode);
-        let scaling = &mut self.scaling;
-        let (a, da, ws) = (&mut acts.a, &mut acts.d, &mut acts.ws);
+        let (be, p, g, pid) = (&self.backend, &self.params, &mut self.grads, &self.ids);
+        let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
+        let (a, da) = (&mut acts.a, &mut acts.d);
+        let mut lin =
+            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let dw = |i: usize| dl.range(TensorId(i));
-        let pr = |id: TensorId, l: usize| p.layout.range_at(id, l);
-        let pw = |id: TensorId, l: usize| &p.data[p.layout.range_at(id, l)];
+        let top = pid.top(p);
 
-        // Loss and logits: dlogits in place of the probabilities; dlnf; dresidual from the final norm.
-        be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, 1.0 / n as f64, n, c.vocab_size, vp);
-        be.matmul_backward(
-            da.get_mut(TensorId(DLN)),
-            g.get_mut(pid.wte),
-            None,
-            a.get(TensorId(LOGITS)),
-            a.get(TensorId(LNF)),
-            p.get(pid.wte),
-            n,
-            d,
-            vp,
-        );
-        da.get_mut(TensorId(DRES)).fill(Bk::F::default());
+        // Loss, tied head and final norm: dlogits in place of the probabilities, dlnf, dresidual.
         {
+            let gt = pid.top_mut(g);
+            be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, 1.0 / n as f64, n, c.vocab_size, vp);
+            let dln = da.get_mut(TensorId(DLN));
+            be.matmul_backward(dln, gt.wte, None, a.get(TensorId(LOGITS)), a.get(TensorId(LNF)), top.wte, n, d, vp);
+            da.get_mut(TensorId(DRES)).fill(Bk::F::default());
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            let [gw, gb] = g.disjoint_mut([g.layout.range(pid.lnfw), g.layout.range(pid.lnfb)]);
-            be.layernorm_backward(
-                dres,
-                gw,
-                gb,
-                dln,
-                &a.data[ar(RESIDUAL3, l_n - 1)],
-                p.get(pid.lnfw),
-                a.get(TensorId(LNF_MEAN)),
-                a.get(TensorId(LNF_RSTD)),
-                n,
-                d,
-            );
+            let (x, mean, rstd) =
+                (&a.data[ar(RESIDUAL3, l_n - 1)], a.get(TensorId(LNF_MEAN)), a.get(TensorId(LNF_RSTD)));
+            be.layernorm_backward(dres, gt.lnfw, gt.lnfb, dln, x, top.lnfw, mean, rstd, n, d);
         }
         for l in (0..l_n).rev() {
+            let (w, gw) = (pid.block(p, l), pid.block_mut(g, l));
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             let [dfg, dres] = da.disjoint_mut([dw(DFCH_GELU), dw(DRES)]);
-            let [gw, gb] = g.disjoint_mut([pr(pid.fcprojw, l), pr(pid.fcprojb, l)]);
-            linear_backward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + FCPROJ_LIN),
-                mode,
-                ws,
+            lin.backward(
+                l,
+                FCPROJ_LIN,
                 dfg,
-                gw,
-                Some(gb),
+                gw.fcprojw,
+                gw.fcprojb,
                 dres,
                 &a.data[ar(FCH_GELU, l)],
-                pw(pid.fcprojw, l),
+                w.fcprojw,
                 n,
                 4 * d,
                 d,
@@ -551,103 +545,36 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [dfch, dfg] = da.disjoint_mut([dw(DFCH), dw(DFCH_GELU)]);
             be.gelu_backward(dfch, &a.data[ar(FCH, l)], dfg);
             let [dln, dfch] = da.disjoint_mut([dw(DLN), dw(DFCH)]);
-            let [gw, gb] = g.disjoint_mut([pr(pid.fcw, l), pr(pid.fcb, l)]);
-            linear_backward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + FC_LIN),
-                mode,
-                ws,
-                dln,
-                gw,
-                Some(gb),
-                dfch,
-                &a.data[ar(LN2, l)],
-                pw(pid.fcw, l),
-                n,
-                d,
-                4 * d,
-            );
+            lin.backward(l, FC_LIN, dln, gw.fcw, gw.fcb, dfch, &a.data[ar(LN2, l)], w.fcw, n, d, 4 * d);
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            let [gw, gb] = g.disjoint_mut([pr(pid.ln2w, l), pr(pid.ln2b, l)]);
-            be.layernorm_backward(
-                dres,
-                gw,
-                gb,
-                dln,
-                &a.data[ar(RESIDUAL2, l)],
-                pw(pid.ln2w, l),
-                &a.data[ar(LN2_MEAN, l)],
-                &a.data[ar(LN2_RSTD, l)],
-                n,
-                d,
-            );
+            let (x, mean, rstd) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(LN2_MEAN, l)], &a.data[ar(LN2_RSTD, l)]);
+            be.layernorm_backward(dres, gw.ln2w, gw.ln2b, dln, x, w.ln2w, mean, rstd, n, d);
             // Attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
             let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
-            let [gw, gb] = g.disjoint_mut([pr(pid.attprojw, l), pr(pid.attprojb, l)]);
-            linear_backward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + ATTPROJ_LIN),
-                mode,
-                ws,
+            lin.backward(
+                l,
+                ATTPROJ_LIN,
                 datty,
-                gw,
-                Some(gb),
+                gw.attprojw,
+                gw.attprojb,
                 dres,
                 &a.data[ar(ATTY, l)],
-                pw(pid.attprojw, l),
+                w.attprojw,
                 n,
                 d,
                 d,
             );
             let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
-            be.attention_backward(
-                dqkv,
-                datty,
-                &a.data[ar(QKV, l)],
-                &a.data[ar(ATTY, l)],
-                &a.data[ar(ATT_LSE, l)],
-                b,
-                t,
-                d,
-                nh,
-            );
+            let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
+            be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
             let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-            let [gw, gb] = g.disjoint_mut([pr(pid.qkvw, l), pr(pid.qkvb, l)]);
-            linear_backward(
-                be,
-                prec,
-                scaling.get_mut(l * LINEARS + QKV_LIN),
-                mode,
-                ws,
-                dln,
-                gw,
-                Some(gb),
-                dqkv,
-                &a.data[ar(LN1, l)],
-                pw(pid.qkvw, l),
-                n,
-                d,
-                3 * d,
-            );
+            lin.backward(l, QKV_LIN, dln, gw.qkvw, gw.qkvb, dqkv, &a.data[ar(LN1, l)], w.qkvw, n, d, 3 * d);
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            let [gw, gb] = g.disjoint_mut([pr(pid.ln1w, l), pr(pid.ln1b, l)]);
-            be.layernorm_backward(
-                dres,
-                gw,
-                gb,
-                dln,
-                &a.data[res],
-                pw(pid.ln1w, l),
-                &a.data[ar(LN1_MEAN, l)],
-                &a.data[ar(LN1_RSTD, l)],
-                n,
-                d,
-            );
+            let (x, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
+            be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, x, w.ln1w, mean, rstd, n, d);
         }
-        let [gte, gpe] = g.disjoint_mut([g.layout.range(pid.wte), g.layout.range(pid.wpe)]);
-        be.encoder_backward(gte, gpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);
+        let gt = pid.top_mut(g);
+        be.encoder_backward(gt.wte, gt.wpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);
         Ok(())
     }
 }
