@@ -239,3 +239,20 @@ fn memory_ledger_reports_16_bytes_per_param_for_fp32_adamw() {
     let o = octet(&["memory", "--precision", "fp8-o2"]);
     assert!(!o.status.success() && stderr(&o).contains("fp8-o2"));
 }
+
+#[test]
+fn prepared_data_directory_trains_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train(dir.path(), "a", &["--steps", "1"]).status.success());
+    let data = dir.path().join("a/data");
+    let out = dir.path().join("b");
+    let mut args = vec!["train", "--json", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--steps", "4", "--until", "2"]);
+    let o = octet(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.join("data").exists(), "a prepared directory is used in place, not copied");
+    let r = octet(&["train", "--json", "--resume", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(step_losses(&json_lines(&r)).len(), 2);
+}

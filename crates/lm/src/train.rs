@@ -234,7 +234,12 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                 out: run_dir.clone(),
                 ..l.state.train.clone()
             };
-            (cfg, Source::Path(run_dir.join("data")), Some(l))
+            // Data the run prepared lives in its `data/`; a prepared directory given with --data stays put.
+            let data = match &cfg.data {
+                Some(d) if d.is_dir() => d.clone(),
+                _ => run_dir.join("data"),
+            };
+            (cfg, Source::Path(data), Some(l))
         }
     };
     cfg.validate()?;
