@@ -13,6 +13,9 @@ use octet_lm::precision::Precision;
 use octet_lm::train::{self, Event, Source, Start, TrainConfig};
 use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
 
+mod gguf_generate;
+mod materials;
+
 /// The default corpus compiled into the binary: the Python 3.11 tutorial, FAQ and language reference
 /// (0.9 MB, PSF License v2, see crates/cli/assets/LICENSE-PSF.txt), rebuilt by tools/make_default_corpus.sh.
 const EMBEDDED_CORPUS: &str = include_str!("../assets/python-docs.txt");
@@ -29,7 +32,7 @@ struct Cli {
 enum Cmd {
     /// Train a GPT-2 model (with no flags: a small model on the embedded Python docs, ~2 min).
     Train(TrainArgs),
-    /// Sample text from a checkpoint.
+    /// Sample text from a checkpoint, or from a GGUF Llama model (SmolLM2) with --gguf.
     Generate(GenerateArgs),
     /// Bytes per role (weights, gradients, optimizer state, activations) of a training run, and bytes
     /// per parameter.
@@ -37,6 +40,9 @@ enum Cmd {
     /// Measure throughput (machine-readable with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// GNoME-style materials discovery: data (models, discovery: not yet).
+    #[command(subcommand)]
+    Materials(materials::MaterialsCmd),
 }
 
 #[derive(Args)]
@@ -146,9 +152,16 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Checkpoint directory or run directory.
+    /// Checkpoint directory or run directory (or give --gguf).
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
+    /// A GGUF Llama model file, e.g. SmolLM2-135M-Instruct.Q4_1.gguf (or give --checkpoint).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// With --gguf: wrap the prompt as a user turn of the model's chat template (ChatML) and stop at the
+    /// end of the assistant's turn.
+    #[arg(long)]
+    chat: bool,
     #[arg(long, default_value = "\n")]
     prompt: String,
     #[arg(long, default_value_t = 200)]
@@ -279,14 +292,25 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
-    let ck = checkpoint::load(&a.checkpoint, false)?;
+    let sc = SampleConfig { max_new_tokens: a.max_tokens, temperature: a.temperature, top_k: a.top_k, seed: a.seed };
+    let dir = match (&a.checkpoint, &a.gguf) {
+        (Some(dir), None) => dir,
+        (None, Some(path)) => {
+            let g = gguf_generate::GgufGenerate { path, prompt: &a.prompt, chat: a.chat, sample: sc, json: a.json };
+            return gguf_generate::run(&g);
+        }
+        _ => return Err(Error::config("generate", "give exactly one of --checkpoint DIR or --gguf FILE")),
+    };
+    if a.chat {
+        return Err(Error::config("chat", "--chat needs --gguf (the chat template comes from the GGUF file)"));
+    }
+    let ck = checkpoint::load(dir, false)?;
     let tok = TextTokenizer::load(&ck.dir.join("tokenizer.json"))?;
     let mut model = Gpt2::new(ck.state.model, CpuBackend, ck.params)?;
     let prompt = tok.encode(&a.prompt)?;
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.cfg.vocab_size) {
         return Err(Error::config("prompt", format!("token {bad} is outside the model's vocabulary")));
     }
-    let sc = SampleConfig { max_new_tokens: a.max_tokens, temperature: a.temperature, top_k: a.top_k, seed: a.seed };
     let t0 = std::time::Instant::now();
     let ids = sample(&mut model, &prompt, &sc)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -372,6 +396,7 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Bench(c) => run_bench(c),
         Cmd::Memory(a) => run_memory(a),
+        Cmd::Materials(c) => materials::run(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

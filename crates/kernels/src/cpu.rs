@@ -520,3 +520,161 @@ pub fn qdq_fp8(dst: &mut [f32], src: &[f32], format: Fp8Format, scale: f32) -> f
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| qdq_chunk(d, s, m, emin, max, scale, inv));
     fp8::amax(src)
 }
+
+pub fn embed_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], n: usize, c: usize) {
+    out[..n * c].par_chunks_mut(c).zip(tokens.par_iter()).for_each(|(o, &tok)| {
+        o.copy_from_slice(&wte[tok as usize * c..][..c]);
+    });
+}
+
+pub fn embed_backward(dwte: &mut [f32], dout: &[f32], tokens: &[u32], n: usize, c: usize) {
+    // Scatter-add with repeated tokens: sequential to stay deterministic; O(N C), negligible.
+    for r in 0..n {
+        let tok = tokens[r] as usize;
+        for (w, &g) in dwte[tok * c..][..c].iter_mut().zip(&dout[r * c..][..c]) {
+            *w += g;
+        }
+    }
+}
+
+/// cos and sin of every (position pos0 + t, pair) angle, (T, hs/2) each: computed in f64, rounded once.
+fn rope_table(tt: usize, pos0: usize, hs: usize, base: f64, sign: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = hs / 2;
+    let (mut cos, mut sin) = (vec![0.0f32; tt * half], vec![0.0f32; tt * half]);
+    for p in 0..tt {
+        for i in 0..half {
+            let (s, c) = (sign * crate::reference::rope_angle(pos0 + p, i, hs, base)).sin_cos();
+            cos[p * half + i] = c as f32;
+            sin[p * half + i] = s as f32;
+        }
+    }
+    (cos, sin)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rope_rotate(
+    out: &mut [f32],
+    inp: &[f32],
+    b: usize,
+    tt: usize,
+    pos0: usize,
+    w: usize,
+    rot: usize,
+    hs: usize,
+    base: f64,
+    sign: f64,
+) {
+    let half = hs / 2;
+    let (cos, sin) = rope_table(tt, pos0, hs, base, sign);
+    out[..b * tt * w].par_chunks_mut(w).zip(inp.par_chunks(w)).enumerate().for_each(|(r, (o, x))| {
+        let p = r % tt;
+        let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        for (oh, xh) in o[..rot].chunks_exact_mut(hs).zip(x[..rot].chunks_exact(hs)) {
+            for i in 0..half {
+                let (x0, x1) = (xh[2 * i], xh[2 * i + 1]);
+                oh[2 * i] = x0 * c[i] - x1 * s[i];
+                oh[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+        o[rot..].copy_from_slice(&x[rot..]);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rope_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    b: usize,
+    tt: usize,
+    pos0: usize,
+    w: usize,
+    rot: usize,
+    hs: usize,
+    base: f64,
+) {
+    rope_rotate(out, inp, b, tt, pos0, w, rot, hs, base, 1.0);
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rope_backward(
+    dinp: &mut [f32],
+    dout: &[f32],
+    b: usize,
+    tt: usize,
+    pos0: usize,
+    w: usize,
+    rot: usize,
+    hs: usize,
+    base: f64,
+) {
+    rope_rotate(dinp, dout, b, tt, pos0, w, rot, hs, base, -1.0);
+}
+
+pub fn repeat_kv_forward(out: &mut [f32], inp: &[f32], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    out[..n * 3 * c].par_chunks_mut(3 * c).zip(inp.par_chunks(c + 2 * kvd)).for_each(|(o, x)| {
+        o[..c].copy_from_slice(&x[..c]);
+        for part in 0..2 {
+            let src = &x[c + part * kvd..][..kvd];
+            for (h, oh) in o[(1 + part) * c..][..c].chunks_exact_mut(hs).enumerate() {
+                oh.copy_from_slice(&src[(h / rep) * hs..][..hs]);
+            }
+        }
+    });
+}
+
+pub fn repeat_kv_backward(dinp: &mut [f32], dout: &[f32], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    dinp[..n * (c + 2 * kvd)].par_chunks_mut(c + 2 * kvd).zip(dout.par_chunks(3 * c)).for_each(|(dx, d)| {
+        dx[..c].copy_from_slice(&d[..c]);
+        for part in 0..2 {
+            let src = &d[(1 + part) * c..][..c];
+            for (g, dg) in dx[c + part * kvd..][..kvd].chunks_exact_mut(hs).enumerate() {
+                dg.copy_from_slice(&src[g * rep * hs..][..hs]);
+                for j in 1..rep {
+                    for (a, &v) in dg.iter_mut().zip(&src[(g * rep + j) * hs..][..hs]) {
+                        *a += v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One rayon task per (query row, head); scores, softmax and the weighted sum of values in f32.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_kv_forward(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    tq: usize,
+    tk: usize,
+    ldq: usize,
+    nh: usize,
+    nkv: usize,
+    hs: usize,
+) {
+    let (kvd, rep, scale) = (nkv * hs, nh / nkv, 1.0 / (hs as f32).sqrt());
+    out[..tq * nh * hs].par_chunks_mut(hs).enumerate().for_each(|(idx, o)| {
+        let (i, h) = (idx / nh, idx % nh);
+        let (g, last) = (h / rep, tk - tq + i);
+        let qh = &q[i * ldq + h * hs..][..hs];
+        let mut s: Vec<f32> = (0..=last)
+            .map(|j| qh.iter().zip(&k[j * kvd + g * hs..][..hs]).map(|(a, b)| a * b).sum::<f32>() * scale)
+            .collect();
+        let mx = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let mut z = 0.0f32;
+        for x in s.iter_mut() {
+            *x = (*x - mx).exp();
+            z += *x;
+        }
+        o.fill(0.0);
+        for (j, &p) in s.iter().enumerate() {
+            let w = p / z;
+            for (a, &x) in o.iter_mut().zip(&v[j * kvd + g * hs..][..hs]) {
+                *a += w * x;
+            }
+        }
+    });
+}

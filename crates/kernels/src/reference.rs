@@ -435,3 +435,170 @@ pub fn qdq_fp8<F: Float>(dst: &mut [F], src: &[F], format: Fp8Format, scale: f32
     }
     amax(src)
 }
+
+/// out (N,C) = wte[tokens]: a token embedding without positions (RoPE models).
+pub fn embed_forward<F: Float>(out: &mut [F], tokens: &[u32], wte: &[F], n: usize, c: usize) {
+    for r in 0..n {
+        let tok = tokens[r] as usize;
+        out[r * c..][..c].copy_from_slice(&wte[tok * c..][..c]);
+    }
+}
+
+/// dwte[tokens] += dout (N,C).
+pub fn embed_backward<F: Float>(dwte: &mut [F], dout: &[F], tokens: &[u32], n: usize, c: usize) {
+    for r in 0..n {
+        let tok = tokens[r] as usize;
+        for i in 0..c {
+            dwte[tok * c + i] = t(f(dwte[tok * c + i]) + f(dout[r * c + i]));
+        }
+    }
+}
+
+/// The RoPE angle of pair `i` (of hs/2) at position `pos`: pos * base^(-2i/hs).
+#[inline]
+pub fn rope_angle(pos: usize, i: usize, hs: usize, base: f64) -> f64 {
+    pos as f64 * base.powf(-2.0 * i as f64 / hs as f64)
+}
+
+/// Rotary position embedding with interleaved pairs (GPT-J style; ggml's "NORM" mode, which GGUF
+/// `llama` weights expect). inp (B,T,W): in each row the first `rot` columns are heads of `hs` values;
+/// row t is at position p = pos0 + t (pos0 > 0 continues a sequence whose keys are cached), and pair
+/// (2i, 2i+1) of every head rotates by a = rope_angle(p, i, hs, base):
+/// out[2i] = x[2i] cos a - x[2i+1] sin a, out[2i+1] = x[2i] sin a + x[2i+1] cos a.
+/// Columns rot..W pass through unchanged (the V of a fused QKV row).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_forward<F: Float>(
+    out: &mut [F],
+    inp: &[F],
+    b: usize,
+    tt: usize,
+    pos0: usize,
+    w: usize,
+    rot: usize,
+    hs: usize,
+    base: f64,
+) {
+    rope_rotate(out, inp, b, tt, pos0, w, rot, hs, base, 1.0);
+}
+
+/// RoPE backward: the rotation is orthogonal, so dinp = rotation of dout by the negative angle;
+/// pass-through columns copy dout (overwrite).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_backward<F: Float>(
+    dinp: &mut [F],
+    dout: &[F],
+    b: usize,
+    tt: usize,
+    pos0: usize,
+    w: usize,
+    rot: usize,
+    hs: usize,
+    base: f64,
+) {
+    rope_rotate(dinp, dout, b, tt, pos0, w, rot, hs, base, -1.0);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rope_rotate<F: Float>(
+    out: &mut [F],
+    inp: &[F],
+    b: usize,
+    tt: usize,
+    pos0: usize,
+    w: usize,
+    rot: usize,
+    hs: usize,
+    base: f64,
+    sign: f64,
+) {
+    for r in 0..b * tt {
+        let pos = pos0 + r % tt;
+        let (x, o) = (&inp[r * w..][..w], &mut out[r * w..][..w]);
+        for h in 0..rot / hs {
+            for i in 0..hs / 2 {
+                let a = sign * rope_angle(pos, i, hs, base);
+                let (s, c) = a.sin_cos();
+                let (x0, x1) = (f(x[h * hs + 2 * i]), f(x[h * hs + 2 * i + 1]));
+                o[h * hs + 2 * i] = t(x0 * c - x1 * s);
+                o[h * hs + 2 * i + 1] = t(x0 * s + x1 * c);
+            }
+        }
+        o[rot..].copy_from_slice(&x[rot..]);
+    }
+}
+
+/// Grouped-query attention to multi-head layout: inp (N, (NH + 2 NKV) hs) = [q | k | v] with NH query
+/// and NKV key/value heads -> out (N, 3 NH hs) = [q | k | v] with every kv head repeated NH/NKV times:
+/// query head h reads kv head h / (NH/NKV) (as HF `repeat_kv` and ggml's broadcast).
+pub fn repeat_kv_forward<F: Float>(out: &mut [F], inp: &[F], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    let wi = c + 2 * kvd;
+    for r in 0..n {
+        let (x, o) = (&inp[r * wi..][..wi], &mut out[r * 3 * c..][..3 * c]);
+        o[..c].copy_from_slice(&x[..c]);
+        for h in 0..nh {
+            let g = h / rep;
+            for part in 0..2 {
+                for d in 0..hs {
+                    o[(1 + part) * c + h * hs + d] = x[c + part * kvd + g * hs + d];
+                }
+            }
+        }
+    }
+}
+
+/// Backward of `repeat_kv_forward` (overwrite): dq copied; each kv head's dk and dv are the sums over
+/// the NH/NKV query heads that read it.
+pub fn repeat_kv_backward<F: Float>(dinp: &mut [F], dout: &[F], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    let wi = c + 2 * kvd;
+    for r in 0..n {
+        let (d, dx) = (&dout[r * 3 * c..][..3 * c], &mut dinp[r * wi..][..wi]);
+        dx[..c].copy_from_slice(&d[..c]);
+        for part in 0..2 {
+            for g in 0..nkv {
+                for k in 0..hs {
+                    let s: f64 = (0..rep).map(|j| f(d[(1 + part) * c + (g * rep + j) * hs + k])).sum();
+                    dx[c + part * kvd + g * hs + k] = t(s);
+                }
+            }
+        }
+    }
+}
+
+/// Attention of new queries against cached keys and values (inference, one sequence, no backward).
+/// q: Tq rows of stride `ldq`, the first NH hs columns of each the query heads, at positions
+/// tk - tq .. tk; k, v (Tk, NKV hs): keys and values of positions 0..tk, the new ones included.
+/// out (Tq, NH hs): query i attends keys 0..=tk-tq+i, head h reading kv head h / (NH/NKV), scores
+/// scaled by 1/sqrt(hs) — the same result as `attention_forward` on the whole sequence's rows tk-tq..tk.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_kv_forward<F: Float>(
+    out: &mut [F],
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    tq: usize,
+    tk: usize,
+    ldq: usize,
+    nh: usize,
+    nkv: usize,
+    hs: usize,
+) {
+    let (kvd, rep, scale) = (nkv * hs, nh / nkv, 1.0 / (hs as f64).sqrt());
+    for i in 0..tq {
+        let last = tk - tq + i;
+        for h in 0..nh {
+            let g = h / rep;
+            let qh = &q[i * ldq + h * hs..][..hs];
+            let s: Vec<f64> = (0..=last)
+                .map(|j| (0..hs).map(|d| f(qh[d]) * f(k[j * kvd + g * hs + d])).sum::<f64>() * scale)
+                .collect();
+            let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|&x| (x - mx).exp()).sum();
+            for d in 0..hs {
+                let acc: f64 = (0..=last).map(|j| (s[j] - mx).exp() / z * f(v[j * kvd + g * hs + d])).sum();
+                out[i * nh * hs + h * hs + d] = t(acc);
+            }
+        }
+    }
+}

@@ -34,7 +34,8 @@ pub fn sample<Bk: Backend>(model: &mut Gpt2<Bk>, prompt: &[u32], sc: &SampleConf
     Ok(out)
 }
 
-fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
+/// Greedy at temperature 0, else softmax(logits / T) sampling over the top-k (0 = all).
+pub fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
     let argmax = || logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
     if sc.temperature <= 0.0 {
         return argmax();

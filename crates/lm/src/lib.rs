@@ -7,6 +7,7 @@ pub mod data;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
+pub mod llama;
 pub mod memory;
 pub mod precision;
 pub mod train;

@@ -6,8 +6,10 @@
 //! formula-hash split). `pyliteral` parses the Python-literal dicts the flla CSV stores.
 
 pub mod composition;
+pub mod composition_data;
 pub mod dataset;
 pub mod element;
+pub mod fetch;
 pub mod io;
 pub mod lattice;
 pub mod neighbors;

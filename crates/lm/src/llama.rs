@@ -1,0 +1,989 @@
+//! Llama (the architecture of SmolLM2, the base model for domain adaptation): token embedding, Pre-RMSNorm
+//! blocks with rotary positions and grouped-query attention, SwiGLU MLP, tied or separate output head —
+//! forward and hand-written backward side by side, written once against `Backend` like gpt2.rs, and a
+//! loader for GGUF `llama` files.
+//!
+//! Parameters, activations and activation gradients each live in one `Slab` whose layout table is built
+//! here; weights are (out, in), y = x @ W^T, no biases. Parameter gradients accumulate; activation
+//! gradients overwrite, except the residual stream's.
+//!
+//! One block, x (N,C) -> residual3 (N,C), with hs = C/NH, KVD = NKV hs:
+//! ```text
+//! xn    = rmsnorm(x) * attn_norm                       (N, C)
+//! raw   = xn @ attn_qkv^T                              (N, C + 2 KVD) = [q | k | v]
+//! rot   = rope(raw) on the NH + NKV heads of q and k    (N, C + 2 KVD), v passes through
+//! qkv   = repeat_kv(rot)                               (N, 3C): kv head g serves query heads g*NH/NKV..
+//! y     = causal_attention(qkv)                        (N, C), scale 1/sqrt(hs)
+//! r2    = x + y @ attn_output^T
+//! gu    = (rmsnorm(r2) * ffn_norm) @ ffn_gate_up^T     (N, 2H) = [gate | up]
+//! r3    = r2 + (silu(gate) * up) @ ffn_down^T
+//! ```
+//! then logits = (rmsnorm(r_L) * output_norm) @ head^T, head = `output` or, tied, `token_embd`.
+//!
+//! Inference: `forward_last` (the head on each sequence's last row only) and `forward_cached` with a
+//! `KvCache` (keys and values of past positions; RoPE continues from the cached length), which
+//! `generate` uses; `ChatMl` renders SmolLM2's chat template.
+//!
+//! RoPE pairing (the trap of GGUF Llama): HF's `LlamaAttention` rotates half-split pairs (i, i + hs/2)
+//! (`rotate_half`, ggml's NEOX mode), but llama.cpp's `convert_hf_to_gguf.py` permutes the rows of
+//! q_proj and k_proj (`LlamaModel.permute`: reshape (heads, 2, hs/2, C), swap axes 1 and 2) so that GGUF
+//! `llama` weights expect *interleaved* pairs (2i, 2i + 1) — llama.cpp's `llama_model_rope_type` puts
+//! `LLM_ARCH_LLAMA` under `LLAMA_ROPE_TYPE_NORM` ("a normal RoPE, operating on pairs of consecutive head
+//! values"), with angle pos * base^(-2i/n_rot). The weights here are GGUF's, so `rope_forward` pairs
+//! interleaved; tools/ref/llama_reference.py checks on the real model that this pairing predicts the
+//! text far better than the half-split one (mean next-token NLL over three prompts: 3.69, 2.29, 4.46
+//! nats interleaved against 4.21, 2.84, 5.86 half-split).
+
+use std::sync::Arc;
+
+use octet_core::scaling::{Recipe, ScalingMode};
+use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
+use octet_kernels::Backend;
+
+use crate::generate::{SampleConfig, pick};
+use crate::gguf::GgufFile;
+use crate::precision::{LinearScaling, Precision, Workspace, linear_backward, linear_forward};
+
+/// Model shape and the two constants of its layers.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    /// >= vocab_size: embedding rows rounded up for efficient GEMMs; the loss ignores the extra columns.
+    pub padded_vocab: usize,
+    /// Longest sequence a forward accepts (RoPE itself has no table and no limit).
+    pub max_seq_len: usize,
+    pub n_layer: usize,
+    /// Query heads NH.
+    pub n_head: usize,
+    /// Key/value heads NKV (divides NH; NKV = NH is plain multi-head attention).
+    pub n_kv_head: usize,
+    /// Width C (= NH * head size).
+    pub n_embd: usize,
+    /// SwiGLU hidden width H: gate and up are (H, C), down is (C, H).
+    pub ffn_hidden: usize,
+    /// RoPE base theta: pair i of a head rotates by pos * base^(-2i/hs).
+    pub rope_base: f64,
+    /// RMSNorm epsilon.
+    pub norm_eps: f64,
+    /// Output head = token embedding (no `output` tensor).
+    pub tied_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Tiny debug model: 2 layers, 4 query heads sharing 2 kv heads, d=32.
+    pub fn tiny() -> Self {
+        LlamaConfig {
+            vocab_size: 61,
+            padded_vocab: 64,
+            max_seq_len: 16,
+            n_layer: 2,
+            n_head: 4,
+            n_kv_head: 2,
+            n_embd: 32,
+            ffn_hidden: 64,
+            rope_base: 10_000.0,
+            norm_eps: 1e-5,
+            tied_embeddings: true,
+        }
+    }
+    /// SmolLM2-135M: 30 layers, d=576, 9 heads / 3 kv heads, FFN 1536, RoPE base 1e5, vocabulary 49152,
+    /// tied embeddings, 8192 positions (the GGUF's `llama.*` metadata).
+    pub fn smollm2_135m() -> Self {
+        LlamaConfig {
+            vocab_size: 49152,
+            padded_vocab: 49152,
+            max_seq_len: 8192,
+            n_layer: 30,
+            n_head: 9,
+            n_kv_head: 3,
+            n_embd: 576,
+            ffn_hidden: 1536,
+            rope_base: 100_000.0,
+            // 1e-5 as the GGUF stores it, an f32.
+            norm_eps: 1e-5f32 as f64,
+            tied_embeddings: true,
+        }
+    }
+    /// Head size hs = C / NH.
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+    /// Width of the key (and of the value) projection: NKV * hs.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.head_size()
+    }
+    /// Columns of the fused projection [q | k | v]: C + 2 KVD.
+    pub fn qkv_dim(&self) -> usize {
+        self.n_embd + 2 * self.kv_dim()
+    }
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, m: String| Err(Error::config(f, m));
+        if self.vocab_size == 0 || self.padded_vocab < self.vocab_size {
+            return bad("padded_vocab", format!("{} must be >= vocab_size {} > 0", self.padded_vocab, self.vocab_size));
+        }
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) || !self.head_size().is_multiple_of(2) {
+            return bad(
+                "n_head",
+                format!("n_embd {} must be n_head {} times an even head size", self.n_embd, self.n_head),
+            );
+        }
+        if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
+            return bad("n_kv_head", format!("{} must divide n_head {}", self.n_kv_head, self.n_head));
+        }
+        if self.n_layer == 0 || self.max_seq_len == 0 || self.ffn_hidden == 0 {
+            return bad("n_layer", "n_layer, max_seq_len and ffn_hidden must be positive".into());
+        }
+        let ok = |x: f64, lo: f64| x.is_finite() && x > lo;
+        if !ok(self.rope_base, 1.0) || !ok(self.norm_eps, 0.0) {
+            return bad(
+                "rope_base",
+                format!("rope_base {} must be > 1, norm_eps {} > 0", self.rope_base, self.norm_eps),
+            );
+        }
+        Ok(())
+    }
+    pub fn num_params(&self) -> usize {
+        param_layout(self).total()
+    }
+
+    /// The shape of a GGUF `llama` model, from its `llama.*` metadata (defaults as llama.cpp: kv heads =
+    /// heads, RoPE base 10000, rope dims = head size) and the token embedding's shape; tied when there
+    /// is no `output.weight`. Refused with a clear error: another architecture, RoPE scaling, partial
+    /// rotary dims, key/value head sizes other than C/NH.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let path = g.path();
+        let arch = g.architecture()?;
+        if arch != "llama" {
+            return Err(Error::format(path, "general.architecture", format!("`{arch}`; this loader reads `llama`")));
+        }
+        let opt_usize = |key: &str| g.get(key).map(|_| g.get_usize(key)).transpose();
+        let (n_embd, n_head) = (g.get_usize("llama.embedding_length")?, g.get_usize("llama.attention.head_count")?);
+        let n_kv_head = opt_usize("llama.attention.head_count_kv")?.unwrap_or(n_head);
+        let emb =
+            g.tensor_info("token_embd.weight").ok_or_else(|| Error::format(path, "token_embd.weight", "missing"))?;
+        let vocab_size = match emb.dims[..] {
+            [c, v] if c as usize == n_embd => v as usize,
+            _ => {
+                return Err(Error::format(
+                    path,
+                    "token_embd.weight",
+                    format!("dims {:?}, want [{n_embd}, vocab]", emb.dims),
+                ));
+            }
+        };
+        if let Some(v) = opt_usize("llama.vocab_size")?
+            && v != vocab_size
+        {
+            return Err(Error::format(path, "llama.vocab_size", format!("{v} but token_embd has {vocab_size} rows")));
+        }
+        if let Some(s) = g.get("llama.rope.scaling.type").map(|_| g.get_str("llama.rope.scaling.type")).transpose()?
+            && s != "none"
+        {
+            return Err(Error::format(
+                path,
+                "llama.rope.scaling.type",
+                format!("`{s}` is not supported (plain RoPE only)"),
+            ));
+        }
+        let cfg = LlamaConfig {
+            vocab_size,
+            padded_vocab: vocab_size,
+            max_seq_len: g.get_usize("llama.context_length")?,
+            n_layer: g.get_usize("llama.block_count")?,
+            n_head,
+            n_kv_head,
+            n_embd,
+            ffn_hidden: g.get_usize("llama.feed_forward_length")?,
+            rope_base: match g.get("llama.rope.freq_base") {
+                Some(_) => g.get_f64("llama.rope.freq_base")?,
+                None => 10_000.0,
+            },
+            norm_eps: g.get_f64("llama.attention.layer_norm_rms_epsilon")?,
+            tied_embeddings: g.tensor_info("output.weight").is_none(),
+        };
+        cfg.validate().map_err(|e| Error::format(path, "llama.*", e.to_string()))?;
+        let hs = cfg.head_size();
+        for key in ["llama.rope.dimension_count", "llama.attention.key_length", "llama.attention.value_length"] {
+            if let Some(v) = opt_usize(key)?
+                && v != hs
+            {
+                return Err(Error::format(path, key, format!("{v}; only the head size C/NH = {hs} is supported")));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The parameter table. Fused tensors keep GGUF's pieces as row blocks: `attn_qkv` rows are
+/// [attn_q (C) | attn_k (KVD) | attn_v (KVD)], `ffn_gate_up` rows [ffn_gate (H) | ffn_up (H)].
+pub fn param_layout(c: &LlamaConfig) -> Layout {
+    let (v, l, d, h) = (c.padded_vocab, c.n_layer, c.n_embd, c.ffn_hidden);
+    let mut t = vec![
+        ("token_embd", vec![v, d]),
+        ("attn_norm", vec![l, d]),
+        ("attn_qkv", vec![l, c.qkv_dim(), d]),
+        ("attn_output", vec![l, d, d]),
+        ("ffn_norm", vec![l, d]),
+        ("ffn_gate_up", vec![l, 2 * h, d]),
+        ("ffn_down", vec![l, d, h]),
+        ("output_norm", vec![d]),
+    ];
+    if !c.tied_embeddings {
+        t.push(("output", vec![v, d]));
+    }
+    Layout::new(t)
+}
+
+/// Which parameter tensors get weight decay: the matrices (embeddings included), not the norm gains.
+pub fn decay_flags(layout: &Layout) -> Vec<bool> {
+    layout.specs().iter().map(|s| !s.name.ends_with("norm")).collect()
+}
+
+/// Initialisation for training from scratch: N(0, 0.02) matrices, residual projections (attn_output,
+/// ffn_down) N(0, 0.02/sqrt(2L)), unit norm gains.
+pub fn init_params(c: &LlamaConfig, layout: &Layout, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let mut p = vec![0.0f32; layout.total()];
+    let proj_std = 0.02 / (2.0 * c.n_layer as f64).sqrt();
+    for s in layout.specs() {
+        let out = &mut p[s.range()];
+        let std = match s.name.as_str() {
+            n if n.ends_with("norm") => {
+                out.fill(1.0);
+                continue;
+            }
+            "attn_output" | "ffn_down" => proj_std,
+            _ => 0.02,
+        };
+        out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+    }
+    p
+}
+
+/// A block's six tensors, in `param_layout` order; `T` is a slice of parameters or gradients.
+pub struct Block<T> {
+    pub attn_norm: T,
+    pub attn_qkv: T,
+    pub attn_output: T,
+    pub ffn_norm: T,
+    pub ffn_gate_up: T,
+    pub ffn_down: T,
+}
+
+impl<T> Block<T> {
+    pub const NAMES: [&'static str; 6] =
+        ["attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate_up", "ffn_down"];
+    fn from_array([attn_norm, attn_qkv, attn_output, ffn_norm, ffn_gate_up, ffn_down]: [T; 6]) -> Self {
+        Block { attn_norm, attn_qkv, attn_output, ffn_norm, ffn_gate_up, ffn_down }
+    }
+}
+
+/// Tensor ids of `Block::NAMES`, the embedding, the final norm and the output head, resolved once.
+struct ParamIds {
+    block: [TensorId; 6],
+    token_embd: TensorId,
+    output_norm: TensorId,
+    /// `output`, or `token_embd` when tied.
+    head: TensorId,
+}
+
+impl ParamIds {
+    fn new(l: &Layout) -> Self {
+        let token_embd = l.expect_id("token_embd");
+        ParamIds {
+            block: Block::<()>::NAMES.map(|n| l.expect_id(n)),
+            token_embd,
+            output_norm: l.expect_id("output_norm"),
+            head: l.id("output").unwrap_or(token_embd),
+        }
+    }
+    fn block<'a, F>(&self, s: &'a Slab<F>, l: usize) -> Block<&'a [F]> {
+        Block::from_array(self.block.map(|id| &s.data[s.layout.range_at(id, l)]))
+    }
+    fn block_mut<'a, F>(&self, s: &'a mut Slab<F>, l: usize) -> Block<&'a mut [F]> {
+        let r = self.block.map(|id| s.layout.range_at(id, l));
+        Block::from_array(s.disjoint_mut(r))
+    }
+}
+
+/// The activation table for a (B, T) batch: what forward saves for backward, then per-layer scratch.
+pub fn act_layout(c: &LlamaConfig, b: usize, t: usize) -> Layout {
+    let (l, d, h, n) = (c.n_layer, c.n_embd, c.ffn_hidden, b * t);
+    Layout::new([
+        ("encoded", vec![n, d]),
+        ("attn_xn", vec![l, n, d]),
+        ("attn_rrms", vec![l, n]),
+        ("qkv", vec![l, n, 3 * d]),
+        ("atty", vec![l, n, d]),
+        ("att_lse", vec![l, b * c.n_head * t]),
+        ("residual2", vec![l, n, d]),
+        ("ffn_xn", vec![l, n, d]),
+        ("ffn_rrms", vec![l, n]),
+        ("gate_up", vec![l, n, 2 * h]),
+        ("swiglu", vec![l, n, h]),
+        ("residual3", vec![l, n, d]),
+        ("out_xn", vec![n, d]),
+        ("out_rrms", vec![n]),
+        ("logits", vec![n, c.padded_vocab]),
+        ("losses", vec![n]),
+        // Scratch reused by every layer (backward needs none of it: RoPE and repeat_kv are linear).
+        ("qkv_raw", vec![n, c.qkv_dim()]),
+        ("qkv_rope", vec![n, c.qkv_dim()]),
+        ("proj", vec![n, d]),
+    ])
+}
+
+/// Activation-gradient scratch: one layer's worth, reused from the top layer down, plus the residual
+/// stream's gradient.
+pub fn grad_act_layout(c: &LlamaConfig, b: usize, t: usize) -> Layout {
+    let (d, h, n) = (c.n_embd, c.ffn_hidden, b * t);
+    Layout::new([
+        ("dresidual", vec![n, d]),
+        ("dxn", vec![n, d]),
+        ("dswiglu", vec![n, h]),
+        ("dgate_up", vec![n, 2 * h]),
+        ("datty", vec![n, d]),
+        ("dqkv", vec![n, 3 * d]),
+        ("dqkv_rope", vec![n, c.qkv_dim()]),
+        ("dqkv_raw", vec![n, c.qkv_dim()]),
+    ])
+}
+
+// Activation indices (act_layout order).
+const ENCODED: usize = 0;
+const ATTN_XN: usize = 1;
+const ATTN_RRMS: usize = 2;
+const QKV: usize = 3;
+const ATTY: usize = 4;
+const ATT_LSE: usize = 5;
+const RESIDUAL2: usize = 6;
+const FFN_XN: usize = 7;
+const FFN_RRMS: usize = 8;
+const GATE_UP: usize = 9;
+const SWIGLU: usize = 10;
+const RESIDUAL3: usize = 11;
+const OUT_XN: usize = 12;
+const OUT_RRMS: usize = 13;
+const LOGITS: usize = 14;
+const LOSSES: usize = 15;
+const QKV_RAW: usize = 16;
+const QKV_ROPE: usize = 17;
+const PROJ: usize = 18;
+// Gradient scratch indices (grad_act_layout order).
+const DRES: usize = 0;
+const DXN: usize = 1;
+const DSWIGLU: usize = 2;
+const DGATE_UP: usize = 3;
+const DATTY: usize = 4;
+const DQKV: usize = 5;
+const DQKV_ROPE: usize = 6;
+const DQKV_RAW: usize = 7;
+
+struct Acts<F> {
+    b: usize,
+    t: usize,
+    a: Slab<F>,
+    d: Slab<F>,
+    /// Cast GEMM operands (empty at fp32).
+    ws: Workspace<F>,
+}
+
+/// The four linears of a block, in order; `scaling[l * LINEARS + k]` is layer l's linear k.
+pub const LINEARS: usize = 4;
+const QKV_LIN: usize = 0;
+const ATTN_OUT_LIN: usize = 1;
+const GATE_UP_LIN: usize = 2;
+const DOWN_LIN: usize = 3;
+
+/// Runs a block's (bias-free) linears at the model's precision.
+struct Linears<'a, Bk: Backend> {
+    be: &'a Bk,
+    prec: Precision,
+    mode: ScalingMode,
+    scaling: &'a mut [LinearScaling],
+    ws: &'a mut Workspace<Bk::F>,
+}
+
+impl<Bk: Backend> Linears<'_, Bk> {
+    /// out (N,OC) = inp (N,IC) @ w^T for linear `k` of layer `l`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        l: usize,
+        k: usize,
+        out: &mut [Bk::F],
+        inp: &[Bk::F],
+        w: &[Bk::F],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let sc = self.scaling.get_mut(l * LINEARS + k);
+        linear_forward(self.be, self.prec, sc, self.mode, self.ws, out, inp, w, None, n, ic, oc);
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &mut self,
+        l: usize,
+        k: usize,
+        dinp: &mut [Bk::F],
+        dw: &mut [Bk::F],
+        dout: &[Bk::F],
+        inp: &[Bk::F],
+        w: &[Bk::F],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let sc = self.scaling.get_mut(l * LINEARS + k);
+        linear_backward(self.be, self.prec, sc, self.mode, self.ws, dinp, dw, None, dout, inp, w, n, ic, oc);
+    }
+}
+
+/// A Llama model bound to a backend: parameters, their gradients, and activations for one batch shape.
+pub struct Llama<Bk: Backend> {
+    pub cfg: LlamaConfig,
+    pub backend: Bk,
+    pub params: Slab<Bk::F>,
+    /// Allocated zeroed; pages the OS maps lazily, so inference never touches them.
+    pub grads: Slab<Bk::F>,
+    ids: ParamIds,
+    acts: Option<Acts<Bk::F>>,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    /// Mean loss of the last forward with targets.
+    pub loss: Option<f64>,
+    /// GEMM precision of the block linears (the output head stays f32).
+    pub precision: Precision,
+    pub scaling_mode: ScalingMode,
+    /// FP8 scaling state per block linear (empty unless the precision is FP8).
+    pub scaling: Vec<LinearScaling>,
+}
+
+/// Which rows of the output head a forward computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// Every position: (B*T, Vp), as training needs.
+    All,
+    /// Each sequence's last position into rows 0..B, as generation needs.
+    Last,
+}
+
+impl<Bk: Backend> Llama<Bk> {
+    /// A model with the given parameter values (laid out as `param_layout(&cfg)`).
+    pub fn new(cfg: LlamaConfig, backend: Bk, params: Vec<Bk::F>) -> Result<Self> {
+        cfg.validate()?;
+        let layout = Arc::new(param_layout(&cfg));
+        let ids = ParamIds::new(&layout);
+        let params = Slab::from_vec(layout.clone(), params)?;
+        Ok(Llama {
+            cfg,
+            backend,
+            params,
+            grads: Slab::zeros(layout),
+            ids,
+            acts: None,
+            tokens: vec![],
+            targets: vec![],
+            loss: None,
+            precision: Precision::Fp32,
+            scaling_mode: ScalingMode::Delayed,
+            scaling: vec![],
+        })
+    }
+
+    /// The model in a GGUF `llama` file, dequantised to the backend's float type.
+    pub fn from_gguf(g: &GgufFile, backend: Bk) -> Result<Self> {
+        let cfg = LlamaConfig::from_gguf(g)?;
+        let params = params_from_gguf(g, &cfg)?;
+        Self::new(cfg, backend, params)
+    }
+
+    /// Run the block linears at `precision`, FP8 scaling per `recipe`.
+    pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
+        precision.check_supported()?;
+        recipe.validate()?;
+        self.precision = precision;
+        self.scaling_mode = recipe.mode;
+        self.scaling =
+            if precision.is_fp8() { vec![LinearScaling::new(recipe); self.cfg.n_layer * LINEARS] } else { vec![] };
+        self.acts = None;
+        Ok(self)
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.data.fill(Bk::F::default());
+    }
+
+    /// Allocate activations for (B, T) batches (forward does this on demand).
+    pub fn ensure_acts(&mut self, b: usize, t: usize) {
+        if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
+            return;
+        }
+        let c = &self.cfg;
+        let al = Arc::new(act_layout(c, b, t));
+        let dl = Arc::new(grad_act_layout(c, b, t));
+        let (n, d, h) = (b * t, c.n_embd, c.ffn_hidden);
+        // Largest operands over the four linears: inputs (N, max(C, H)), weights and outputs of
+        // qkv (C+2KVD, C), gate_up (2H, C), down (C, H).
+        let ws = if self.precision == Precision::Fp32 {
+            Workspace::new(0, 0, 0)
+        } else {
+            let oc = c.qkv_dim().max(2 * h).max(d);
+            Workspace::new(n * d.max(h), oc * d.max(h), n * oc)
+        };
+        self.acts = Some(Acts { b, t, a: Slab::zeros(al), d: Slab::zeros(dl), ws });
+    }
+
+    fn check_tokens(&self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
+        let c = &self.cfg;
+        if b == 0 || t == 0 || t > c.max_seq_len || tokens.len() != b * t || targets.is_some_and(|x| x.len() != b * t) {
+            return Err(Error::Shape {
+                name: "tokens".into(),
+                expected: vec![b, t.min(c.max_seq_len)],
+                found: vec![tokens.len()],
+            });
+        }
+        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
+            return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
+        }
+        Ok(())
+    }
+
+    /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
+    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
+    pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
+        self.check_tokens(tokens, targets, b, t)?;
+        self.run_forward(tokens, b, t, Head::All);
+        self.loss = None;
+        if let Some(tg) = targets {
+            let (n, v, vp) = (b * t, self.cfg.vocab_size, self.cfg.padded_vocab);
+            self.targets.clear();
+            self.targets.extend_from_slice(tg);
+            let a = &mut self.acts.as_mut().expect("allocated by run_forward").a;
+            let al = a.layout.clone();
+            let [losses, logits] = a.disjoint_mut([al.range(TensorId(LOSSES)), al.range(TensorId(LOGITS))]);
+            self.backend.softmax_xent_forward(losses, logits, tg, n, v, vp);
+            self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64);
+        }
+        Ok(self.loss)
+    }
+
+    /// Forward for generation: the logits (B, Vp) of each sequence's last position only (the output
+    /// head, a (Vp, C) GEMM, is skipped for the other rows). No backward after this.
+    pub fn forward_last(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[Bk::F]> {
+        self.check_tokens(tokens, None, b, t)?;
+        self.run_forward(tokens, b, t, Head::Last);
+        self.loss = None;
+        let vp = self.cfg.padded_vocab;
+        Ok(&self.acts.as_ref().expect("allocated by run_forward").a.get(TensorId(LOGITS))[..b * vp])
+    }
+
+    /// Raw logits (B*T, Vp) of the last `forward` without targets.
+    pub fn logits(&self) -> &[Bk::F] {
+        let a = &self.acts.as_ref().expect("forward first").a;
+        a.get(TensorId(LOGITS))
+    }
+
+    fn run_forward(&mut self, tokens: &[u32], b: usize, t: usize, head: Head) {
+        let c = self.cfg;
+        self.ensure_acts(b, t);
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+        let (d, nh, nkv, hs, h, l_n, n, vp) =
+            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
+        let (qd, eps) = (c.qkv_dim(), c.norm_eps);
+        let (be, p, pid) = (&self.backend, &self.params, &self.ids);
+        let acts = self.acts.as_mut().expect("allocated above");
+        let al = acts.a.layout.clone();
+        let a = &mut acts.a;
+        let mut lin =
+            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let aw = |i: usize| al.range(TensorId(i));
+
+        be.embed_forward(a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.token_embd), n, d);
+        for l in 0..l_n {
+            let w = pid.block(p, l);
+            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
+            // Attention branch: residual2 = x + attn_output(attention(repeat_kv(rope(qkv(rmsnorm(x)))))).
+            let [xn, rrms, x] = a.disjoint_mut([ar(ATTN_XN, l), ar(ATTN_RRMS, l), res.clone()]);
+            be.rmsnorm_forward(xn, rrms, x, w.attn_norm, n, d, eps);
+            let [raw, xn] = a.disjoint_mut([aw(QKV_RAW), ar(ATTN_XN, l)]);
+            lin.forward(l, QKV_LIN, raw, xn, w.attn_qkv, n, d, qd);
+            let [rot, raw] = a.disjoint_mut([aw(QKV_ROPE), aw(QKV_RAW)]);
+            be.rope_forward(rot, raw, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
+            let [qkv, rot] = a.disjoint_mut([ar(QKV, l), aw(QKV_ROPE)]);
+            be.repeat_kv_forward(qkv, rot, n, nh, nkv, hs);
+            let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
+            be.attention_forward(atty, lse, qkv, b, t, d, nh);
+            let [proj, atty] = a.disjoint_mut([aw(PROJ), ar(ATTY, l)]);
+            lin.forward(l, ATTN_OUT_LIN, proj, atty, w.attn_output, n, d, d);
+            let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, aw(PROJ)]);
+            be.residual_forward(r2, x, proj);
+            // MLP branch: residual3 = residual2 + ffn_down(swiglu(ffn_gate_up(rmsnorm(residual2)))).
+            let [xn, rrms, r2] = a.disjoint_mut([ar(FFN_XN, l), ar(FFN_RRMS, l), ar(RESIDUAL2, l)]);
+            be.rmsnorm_forward(xn, rrms, r2, w.ffn_norm, n, d, eps);
+            let [gu, xn] = a.disjoint_mut([ar(GATE_UP, l), ar(FFN_XN, l)]);
+            lin.forward(l, GATE_UP_LIN, gu, xn, w.ffn_gate_up, n, d, 2 * h);
+            let [sw, gu] = a.disjoint_mut([ar(SWIGLU, l), ar(GATE_UP, l)]);
+            be.swiglu_forward(sw, gu, n, h);
+            let [proj, sw] = a.disjoint_mut([aw(PROJ), ar(SWIGLU, l)]);
+            lin.forward(l, DOWN_LIN, proj, sw, w.ffn_down, n, h, d);
+            let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), aw(PROJ)]);
+            be.residual_forward(r3, r2, proj);
+        }
+        let [xn, rrms, x] = a.disjoint_mut([aw(OUT_XN), aw(OUT_RRMS), ar(RESIDUAL3, l_n - 1)]);
+        be.rmsnorm_forward(xn, rrms, x, p.get(pid.output_norm), n, d, eps);
+        // Output head, kept in f32 at every precision level (as Transformer Engine leaves the head).
+        let [logits, xn] = a.disjoint_mut([aw(LOGITS), aw(OUT_XN)]);
+        let w_head = p.get(pid.head);
+        match head {
+            Head::All => be.matmul_forward(logits, xn, w_head, None, n, d, vp),
+            Head::Last => {
+                for bi in 0..b {
+                    let row = &xn[(bi * t + t - 1) * d..][..d];
+                    be.matmul_forward(&mut logits[bi * vp..][..vp], row, w_head, None, 1, d, vp);
+                }
+            }
+        }
+    }
+
+    /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
+    pub fn backward(&mut self) -> Result<()> {
+        if self.loss.is_none() {
+            return Err(Error::Other("backward needs a forward with targets first".into()));
+        }
+        let c = self.cfg;
+        let acts = self.acts.as_mut().expect("forward allocated activations");
+        let (b, t) = (acts.b, acts.t);
+        let (d, nh, nkv, hs, h, l_n, n, vp) =
+            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
+        let (qd, be, p, g, pid) = (c.qkv_dim(), &self.backend, &self.params, &mut self.grads, &self.ids);
+        let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
+        let (a, da) = (&mut acts.a, &mut acts.d);
+        let mut lin =
+            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let aw = |i: usize| al.range(TensorId(i));
+        let dw = |i: usize| dl.range(TensorId(i));
+
+        // Loss, head and final norm: dlogits in place of the probabilities, dxn, then dresidual.
+        be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, 1.0 / n as f64, n, c.vocab_size, vp);
+        let dhead = &mut g.data[g.layout.range(pid.head)];
+        be.matmul_backward(
+            da.get_mut(TensorId(DXN)),
+            dhead,
+            None,
+            &a.data[aw(LOGITS)],
+            &a.data[aw(OUT_XN)],
+            p.get(pid.head),
+            n,
+            d,
+            vp,
+        );
+        da.get_mut(TensorId(DRES)).fill(Bk::F::default());
+        {
+            let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
+            let dnorm = &mut g.data[g.layout.range(pid.output_norm)];
+            let (x, rrms) = (&a.data[ar(RESIDUAL3, l_n - 1)], &a.data[aw(OUT_RRMS)]);
+            be.rmsnorm_backward(dres, dnorm, dxn, x, p.get(pid.output_norm), rrms, n, d);
+        }
+        for l in (0..l_n).rev() {
+            let (w, gw) = (pid.block(p, l), pid.block_mut(g, l));
+            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
+            // MLP branch.
+            let [dsw, dres] = da.disjoint_mut([dw(DSWIGLU), dw(DRES)]);
+            lin.backward(l, DOWN_LIN, dsw, gw.ffn_down, dres, &a.data[ar(SWIGLU, l)], w.ffn_down, n, h, d);
+            let [dgu, dsw] = da.disjoint_mut([dw(DGATE_UP), dw(DSWIGLU)]);
+            be.swiglu_backward(dgu, &a.data[ar(GATE_UP, l)], dsw, n, h);
+            let [dxn, dgu] = da.disjoint_mut([dw(DXN), dw(DGATE_UP)]);
+            lin.backward(l, GATE_UP_LIN, dxn, gw.ffn_gate_up, dgu, &a.data[ar(FFN_XN, l)], w.ffn_gate_up, n, d, 2 * h);
+            let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
+            let (x, rrms) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(FFN_RRMS, l)]);
+            be.rmsnorm_backward(dres, gw.ffn_norm, dxn, x, w.ffn_norm, rrms, n, d);
+            // Attention branch.
+            let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
+            lin.backward(l, ATTN_OUT_LIN, datty, gw.attn_output, dres, &a.data[ar(ATTY, l)], w.attn_output, n, d, d);
+            let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
+            let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
+            be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
+            let [drot, dqkv] = da.disjoint_mut([dw(DQKV_ROPE), dw(DQKV)]);
+            be.repeat_kv_backward(drot, dqkv, n, nh, nkv, hs);
+            let [draw, drot] = da.disjoint_mut([dw(DQKV_RAW), dw(DQKV_ROPE)]);
+            be.rope_backward(draw, drot, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
+            let [dxn, draw] = da.disjoint_mut([dw(DXN), dw(DQKV_RAW)]);
+            lin.backward(l, QKV_LIN, dxn, gw.attn_qkv, draw, &a.data[ar(ATTN_XN, l)], w.attn_qkv, n, d, qd);
+            let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
+            let (x, rrms) = (&a.data[res], &a.data[ar(ATTN_RRMS, l)]);
+            be.rmsnorm_backward(dres, gw.attn_norm, dxn, x, w.attn_norm, rrms, n, d);
+        }
+        let dembd = &mut g.data[g.layout.range(pid.token_embd)];
+        be.embed_backward(dembd, da.get(TensorId(DRES)), &self.tokens, n, d);
+        Ok(())
+    }
+}
+
+/// The parameters of a GGUF `llama` model in `param_layout(cfg)` order, dequantised (GGUF `[in, out]`
+/// matrices are row-major (out, in), octet's convention, so each copies straight in); padded vocabulary
+/// rows are zero. Every tensor's dims are checked against `cfg`.
+pub fn params_from_gguf<F: Float>(g: &GgufFile, cfg: &LlamaConfig) -> Result<Vec<F>> {
+    cfg.validate()?;
+    let layout = param_layout(cfg);
+    let mut p = vec![F::default(); layout.total()];
+    let (d, h, kvd, v) = (cfg.n_embd, cfg.ffn_hidden, cfg.kv_dim(), cfg.vocab_size);
+    let mut copy = |name: &str, dims: [usize; 2], dst: usize| -> Result<()> {
+        let info = g.tensor_info(name).ok_or_else(|| Error::format(g.path(), name, "missing tensor"))?;
+        let want: Vec<u64> = dims.iter().filter(|&&x| x > 0).map(|&x| x as u64).collect();
+        if info.dims != want {
+            return Err(Error::format(g.path(), name, format!("dims {:?}, expected {want:?}", info.dims)));
+        }
+        for (o, x) in p[dst..].iter_mut().zip(g.tensor_f32(name)?) {
+            *o = F::from_f32(x);
+        }
+        Ok(())
+    };
+    let at = |name: &str, l: usize, row: usize, cols: usize| {
+        let id = layout.expect_id(name);
+        layout.range_at(id, l).start + row * cols
+    };
+    let start = |name: &str| layout.spec(layout.expect_id(name)).offset;
+    // GGUF dims are [in, out] ([C] for a vector; 0 marks "absent" here).
+    copy("token_embd.weight", [d, v], start("token_embd"))?;
+    for l in 0..cfg.n_layer {
+        let b = |s: &str| format!("blk.{l}.{s}.weight");
+        copy(&b("attn_norm"), [d, 0], at("attn_norm", l, 0, d))?;
+        copy(&b("attn_q"), [d, d], at("attn_qkv", l, 0, d))?;
+        copy(&b("attn_k"), [d, kvd], at("attn_qkv", l, d, d))?;
+        copy(&b("attn_v"), [d, kvd], at("attn_qkv", l, d + kvd, d))?;
+        copy(&b("attn_output"), [d, d], at("attn_output", l, 0, d))?;
+        copy(&b("ffn_norm"), [d, 0], at("ffn_norm", l, 0, d))?;
+        copy(&b("ffn_gate"), [d, h], at("ffn_gate_up", l, 0, d))?;
+        copy(&b("ffn_up"), [d, h], at("ffn_gate_up", l, h, d))?;
+        copy(&b("ffn_down"), [h, d], at("ffn_down", l, 0, h))?;
+    }
+    copy("output_norm.weight", [d, 0], start("output_norm"))?;
+    if !cfg.tied_embeddings {
+        copy("output.weight", [d, v], start("output"))?;
+    }
+    Ok(p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+/// Keys (RoPE applied) and values of the positions a sequence has seen, per layer, so generation feeds
+/// each new token once instead of recomputing the context. One sequence; filled by
+/// [`Llama::forward_cached`].
+pub struct KvCache<F> {
+    /// (L, cap, KVD) each.
+    k: Vec<F>,
+    v: Vec<F>,
+    kv_dim: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl<F: Float> KvCache<F> {
+    /// Room for `cap` positions (at most `max_seq_len`).
+    pub fn new(cfg: &LlamaConfig, cap: usize) -> Self {
+        let cap = cap.min(cfg.max_seq_len);
+        let n = cfg.n_layer * cap * cfg.kv_dim();
+        KvCache { k: vec![F::default(); n], v: vec![F::default(); n], kv_dim: cfg.kv_dim(), cap, len: 0 }
+    }
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+    /// Forget the sequence (the buffers stay allocated).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Layer l's cached keys and values, (cap, KVD) each.
+    fn layer_mut(&mut self, l: usize) -> (&mut [F], &mut [F]) {
+        let r = l * self.cap * self.kv_dim..(l + 1) * self.cap * self.kv_dim;
+        (&mut self.k[r.clone()], &mut self.v[r])
+    }
+}
+
+/// Per-call scratch of the cached forward over n new tokens.
+fn decode_layout(c: &LlamaConfig, n: usize) -> Layout {
+    let (d, h) = (c.n_embd, c.ffn_hidden);
+    Layout::new([
+        ("x", vec![n, d]),
+        ("x2", vec![n, d]),
+        ("xn", vec![n, d]),
+        ("rrms", vec![n]),
+        ("raw", vec![n, c.qkv_dim()]),
+        ("rot", vec![n, c.qkv_dim()]),
+        ("atty", vec![n, d]),
+        ("proj", vec![n, d]),
+        ("gate_up", vec![n, 2 * h]),
+        ("swiglu", vec![n, h]),
+        ("logits", vec![c.padded_vocab]),
+    ])
+}
+
+impl<Bk: Backend> Llama<Bk> {
+    /// Inference with a key/value cache: feed `tokens` (one sequence) at positions `cache.len()..`,
+    /// append their keys and values to the cache, and return the logits (Vp) of the last one. Equal to
+    /// `forward_last` over the whole sequence so far (up to rounding); the GEMMs run in fp32 whatever
+    /// `precision` says (inference keeps no FP8 scaling state). The keys and values are copied into the
+    /// cache on the host.
+    pub fn forward_cached(&mut self, cache: &mut KvCache<Bk::F>, tokens: &[u32]) -> Result<Vec<Bk::F>> {
+        let c = self.cfg;
+        let n = tokens.len();
+        if n == 0 || cache.len + n > cache.cap || cache.kv_dim != c.kv_dim() {
+            return Err(Error::Shape {
+                name: "tokens (cached)".into(),
+                expected: vec![cache.cap.saturating_sub(cache.len)],
+                found: vec![n],
+            });
+        }
+        self.check_tokens(tokens, None, 1, n)?;
+        let (d, nh, nkv, hs, h, kvd, qd) =
+            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.kv_dim(), c.qkv_dim());
+        let (be, p, pid, pos0) = (&self.backend, &self.params, &self.ids, cache.len);
+        let al = Arc::new(decode_layout(&c, n));
+        let mut a: Slab<Bk::F> = Slab::zeros(al.clone());
+        let r = |name: &str| al.range(al.expect_id(name));
+        let (x, x2, xn, rrms, raw, rot) = (r("x"), r("x2"), r("xn"), r("rrms"), r("raw"), r("rot"));
+        let (atty, proj, gu, sw, logits) = (r("atty"), r("proj"), r("gate_up"), r("swiglu"), r("logits"));
+
+        be.embed_forward(&mut a.data[x.clone()], tokens, p.get(pid.token_embd), n, d);
+        for l in 0..c.n_layer {
+            let w = pid.block(p, l);
+            let [o, s, i] = a.disjoint_mut([xn.clone(), rrms.clone(), x.clone()]);
+            be.rmsnorm_forward(o, s, i, w.attn_norm, n, d, c.norm_eps);
+            let [o, i] = a.disjoint_mut([raw.clone(), xn.clone()]);
+            be.matmul_forward(o, i, w.attn_qkv, None, n, d, qd);
+            let [o, i] = a.disjoint_mut([rot.clone(), raw.clone()]);
+            be.rope_forward(o, i, 1, n, pos0, qd, (nh + nkv) * hs, hs, c.rope_base);
+            let (kc, vc) = cache.layer_mut(l);
+            for (j, row) in a.data[rot.clone()].chunks_exact(qd).enumerate() {
+                kc[(pos0 + j) * kvd..][..kvd].copy_from_slice(&row[d..d + kvd]);
+                vc[(pos0 + j) * kvd..][..kvd].copy_from_slice(&row[d + kvd..]);
+            }
+            let (kc, vc) = (&kc[..(pos0 + n) * kvd], &vc[..(pos0 + n) * kvd]);
+            let [o, q] = a.disjoint_mut([atty.clone(), rot.clone()]);
+            be.attention_kv_forward(o, q, kc, vc, n, pos0 + n, qd, nh, nkv, hs);
+            let [o, i] = a.disjoint_mut([proj.clone(), atty.clone()]);
+            be.matmul_forward(o, i, w.attn_output, None, n, d, d);
+            let [o, i, pr] = a.disjoint_mut([x2.clone(), x.clone(), proj.clone()]);
+            be.residual_forward(o, i, pr);
+            let [o, s, i] = a.disjoint_mut([xn.clone(), rrms.clone(), x2.clone()]);
+            be.rmsnorm_forward(o, s, i, w.ffn_norm, n, d, c.norm_eps);
+            let [o, i] = a.disjoint_mut([gu.clone(), xn.clone()]);
+            be.matmul_forward(o, i, w.ffn_gate_up, None, n, d, 2 * h);
+            let [o, i] = a.disjoint_mut([sw.clone(), gu.clone()]);
+            be.swiglu_forward(o, i, n, h);
+            let [o, i] = a.disjoint_mut([proj.clone(), sw.clone()]);
+            be.matmul_forward(o, i, w.ffn_down, None, n, h, d);
+            let [o, i, pr] = a.disjoint_mut([x.clone(), x2.clone(), proj.clone()]);
+            be.residual_forward(o, i, pr);
+        }
+        // Final norm and head on the last row only.
+        let last = x.start + (n - 1) * d..x.end;
+        let [o, s, i] = a.disjoint_mut([xn.start..xn.start + d, rrms.start..rrms.start + 1, last]);
+        be.rmsnorm_forward(o, s, i, p.get(pid.output_norm), 1, d, c.norm_eps);
+        let [o, i] = a.disjoint_mut([logits.clone(), xn.start..xn.start + d]);
+        be.matmul_forward(o, i, p.get(pid.head), None, 1, d, c.padded_vocab);
+        cache.len += n;
+        Ok(a.data[logits].to_vec())
+    }
+}
+
+/// Continue `prompt` by up to `sc.max_new_tokens` tokens with a key/value cache: the prompt is fed
+/// once, then each new token. Stops after emitting a token in `stop` (which is returned too);
+/// `on_token` sees each new token as it is chosen. Past `max_seq_len` tokens the context becomes a
+/// sliding window of the last `max_seq_len`, recomputed each step.
+pub fn generate<Bk: Backend>(
+    model: &mut Llama<Bk>,
+    prompt: &[u32],
+    sc: &SampleConfig,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>> {
+    let v = model.cfg.vocab_size;
+    let mut rng = Rng::new(sc.seed);
+    let mut ctx: Vec<u32> = if prompt.is_empty() { vec![0] } else { prompt.to_vec() };
+    let mut cache = KvCache::new(&model.cfg, ctx.len() + sc.max_new_tokens);
+    let cap = cache.capacity();
+    let mut logits = model.forward_cached(&mut cache, &ctx[ctx.len().saturating_sub(cap)..])?;
+    let mut out = Vec::with_capacity(sc.max_new_tokens);
+    while out.len() < sc.max_new_tokens {
+        let row: Vec<f64> = logits[..v].iter().map(|&x| x.into()).collect();
+        let next = pick(&row, sc, &mut rng) as u32;
+        ctx.push(next);
+        out.push(next);
+        on_token(next);
+        if stop.contains(&next) || out.len() == sc.max_new_tokens {
+            break;
+        }
+        logits = if cache.len() < cap {
+            model.forward_cached(&mut cache, &[next])?
+        } else {
+            cache.clear();
+            model.forward_cached(&mut cache, &ctx[ctx.len() - cap..])?
+        };
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat template
+
+/// A chat template rendered without a template engine. GGUF files carry a Jinja template
+/// (`tokenizer.chat_template`); octet includes no general Jinja interpreter, but recognises the ChatML
+/// family (SmolLM2, Qwen, ...): every message is `<|im_start|>{role}\n{content}<|im_end|>\n`, the
+/// generation prompt `<|im_start|>assistant\n`, and — when the template inserts one for conversations
+/// without a system message, as SmolLM2's does — a default system message, whose text is read from the
+/// template's string literal. Any other template is refused with a clear error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMl {
+    /// System message inserted before the first message when the conversation has none.
+    pub default_system: Option<String>,
+}
+
+pub const IM_START: &str = "<|im_start|>";
+pub const IM_END: &str = "<|im_end|>";
+
+impl ChatMl {
+    pub fn from_template(template: &str) -> Result<ChatMl> {
+        let gen_prompt = format!("{IM_START}assistant\n");
+        if !(template.contains(IM_START) && template.contains(IM_END) && template.contains(&gen_prompt)) {
+            return Err(Error::config(
+                "chat_template",
+                "not a ChatML template (<|im_start|>role\\n...<|im_end|>); octet renders only ChatML, it has no Jinja engine",
+            ));
+        }
+        let sys = format!("{IM_START}system\n");
+        let default_system = match template.find(&sys) {
+            Some(at) if template.contains("!= 'system'") || template.contains("!= \"system\"") => {
+                let rest = &template[at + sys.len()..];
+                let end = rest.find(IM_END).ok_or_else(|| {
+                    Error::config("chat_template", "default system message without <|im_end|>".to_string())
+                })?;
+                Some(rest[..end].to_string())
+            }
+            _ => None,
+        };
+        Ok(ChatMl { default_system })
+    }
+
+    /// One user turn followed by the assistant generation prompt.
+    pub fn render_user(&self, prompt: &str) -> String {
+        let mut s = String::new();
+        if let Some(sys) = &self.default_system {
+            s += &format!("{IM_START}system\n{sys}{IM_END}\n");
+        }
+        s + &format!("{IM_START}user\n{prompt}{IM_END}\n{IM_START}assistant\n")
+    }
+}

