@@ -4,6 +4,7 @@
 pub mod dtype;
 pub mod error;
 pub mod fp8;
+pub mod fs;
 pub mod layout;
 pub mod rng;
 pub mod scaling;

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use octet_core::{Error, Layout, Result, Slab};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::data::write_atomic;
 use crate::gpt2::Gpt2Config;
 use crate::precision::LinearScaling;
 use crate::train::TrainConfig;
+use octet_core::fs::write_atomic;
 
 pub const STATE_VERSION: u32 = 1;
 

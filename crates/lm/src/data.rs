@@ -15,7 +15,6 @@
 //! ```
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -31,24 +30,7 @@ const HEADER: usize = 32;
 /// Separates documents; always token id 0 of trained tokenizers.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-/// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
+use octet_core::fs::write_atomic;
 
 /// A byte-level BPE tokenizer (GPT-2 style): any UTF-8 text encodes, decode(encode(x)) == x.
 pub struct TextTokenizer {

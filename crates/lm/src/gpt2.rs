@@ -12,7 +12,7 @@ use octet_core::scaling::{Recipe, ScalingMode};
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::precision::{LinearScaling, Precision, Workspace, linear_backward, linear_forward};
+use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
 /// the loss ignores the padded columns.
@@ -256,53 +256,6 @@ const ATTPROJ_LIN: usize = 1;
 const FC_LIN: usize = 2;
 const FCPROJ_LIN: usize = 3;
 
-/// Runs a block's linears at the model's precision: backend, level, scaling state, cast workspace.
-struct Linears<'a, Bk: Backend> {
-    be: &'a Bk,
-    prec: Precision,
-    mode: ScalingMode,
-    scaling: &'a mut [LinearScaling],
-    ws: &'a mut Workspace<Bk::F>,
-}
-
-impl<Bk: Backend> Linears<'_, Bk> {
-    /// out (N,OC) = inp (N,IC) @ w^T + bias for linear `k` of layer `l`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &mut self,
-        l: usize,
-        k: usize,
-        out: &mut [Bk::F],
-        inp: &[Bk::F],
-        w: &[Bk::F],
-        b: &[Bk::F],
-        n: usize,
-        ic: usize,
-        oc: usize,
-    ) {
-        let sc = self.scaling.get_mut(l * LINEARS + k);
-        linear_forward(self.be, self.prec, sc, self.mode, self.ws, out, inp, w, Some(b), n, ic, oc);
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &mut self,
-        l: usize,
-        k: usize,
-        dinp: &mut [Bk::F],
-        dw: &mut [Bk::F],
-        db: &mut [Bk::F],
-        dout: &[Bk::F],
-        inp: &[Bk::F],
-        w: &[Bk::F],
-        n: usize,
-        ic: usize,
-        oc: usize,
-    ) {
-        let sc = self.scaling.get_mut(l * LINEARS + k);
-        linear_backward(self.be, self.prec, sc, self.mode, self.ws, dinp, dw, Some(db), dout, inp, w, n, ic, oc);
-    }
-}
-
 /// A GPT-2 model bound to a backend: parameters, their gradients, and activations for one batch shape.
 pub struct Gpt2<Bk: Backend> {
     pub cfg: Gpt2Config,
@@ -436,8 +389,14 @@ impl<Bk: Backend> Gpt2<Bk> {
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
         let a = &mut acts.a;
-        let mut lin =
-            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
+        let mut lin = Linears {
+            be,
+            prec: self.precision,
+            mode: self.scaling_mode,
+            scaling: &mut self.scaling,
+            ws: &mut acts.ws,
+            per_layer: LINEARS,
+        };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let top = pid.top(p);
@@ -450,22 +409,22 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [ln1, mean, rstd, x] = a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
             be.layernorm_forward(ln1, mean, rstd, x, w.ln1w, w.ln1b, n, d);
             let [qkv, ln1] = a.disjoint_mut([ar(QKV, l), ar(LN1, l)]);
-            lin.forward(l, QKV_LIN, qkv, ln1, w.qkvw, w.qkvb, n, d, 3 * d);
+            lin.forward(l, QKV_LIN, qkv, ln1, w.qkvw, Some(w.qkvb), n, d, 3 * d);
             let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
             be.attention_forward(atty, lse, qkv, b, t, d, nh);
             let [proj, atty] = a.disjoint_mut([ar(ATTPROJ, l), ar(ATTY, l)]);
-            lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, w.attprojb, n, d, d);
+            lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, Some(w.attprojb), n, d, d);
             let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, ar(ATTPROJ, l)]);
             be.residual_forward(r2, x, proj);
             let [ln2, mean, rstd, r2] =
                 a.disjoint_mut([ar(LN2, l), ar(LN2_MEAN, l), ar(LN2_RSTD, l), ar(RESIDUAL2, l)]);
             be.layernorm_forward(ln2, mean, rstd, r2, w.ln2w, w.ln2b, n, d);
             let [fch, ln2] = a.disjoint_mut([ar(FCH, l), ar(LN2, l)]);
-            lin.forward(l, FC_LIN, fch, ln2, w.fcw, w.fcb, n, d, 4 * d);
+            lin.forward(l, FC_LIN, fch, ln2, w.fcw, Some(w.fcb), n, d, 4 * d);
             let [g, fch] = a.disjoint_mut([ar(FCH_GELU, l), ar(FCH, l)]);
             be.gelu_forward(g, fch);
             let [proj, g] = a.disjoint_mut([ar(FCPROJ, l), ar(FCH_GELU, l)]);
-            lin.forward(l, FCPROJ_LIN, proj, g, w.fcprojw, w.fcprojb, n, 4 * d, d);
+            lin.forward(l, FCPROJ_LIN, proj, g, w.fcprojw, Some(w.fcprojb), n, 4 * d, d);
             let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
             be.residual_forward(r3, r2, proj);
         }
@@ -505,8 +464,14 @@ impl<Bk: Backend> Gpt2<Bk> {
         let (be, p, g, pid) = (&self.backend, &self.params, &mut self.grads, &self.ids);
         let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
         let (a, da) = (&mut acts.a, &mut acts.d);
-        let mut lin =
-            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
+        let mut lin = Linears {
+            be,
+            prec: self.precision,
+            mode: self.scaling_mode,
+            scaling: &mut self.scaling,
+            ws: &mut acts.ws,
+            per_layer: LINEARS,
+        };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let dw = |i: usize| dl.range(TensorId(i));
@@ -534,7 +499,7 @@ impl<Bk: Backend> Gpt2<Bk> {
                 FCPROJ_LIN,
                 dfg,
                 gw.fcprojw,
-                gw.fcprojb,
+                Some(gw.fcprojb),
                 dres,
                 &a.data[ar(FCH_GELU, l)],
                 w.fcprojw,
@@ -545,7 +510,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [dfch, dfg] = da.disjoint_mut([dw(DFCH), dw(DFCH_GELU)]);
             be.gelu_backward(dfch, &a.data[ar(FCH, l)], dfg);
             let [dln, dfch] = da.disjoint_mut([dw(DLN), dw(DFCH)]);
-            lin.backward(l, FC_LIN, dln, gw.fcw, gw.fcb, dfch, &a.data[ar(LN2, l)], w.fcw, n, d, 4 * d);
+            lin.backward(l, FC_LIN, dln, gw.fcw, Some(gw.fcb), dfch, &a.data[ar(LN2, l)], w.fcw, n, d, 4 * d);
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             let (x, mean, rstd) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(LN2_MEAN, l)], &a.data[ar(LN2_RSTD, l)]);
             be.layernorm_backward(dres, gw.ln2w, gw.ln2b, dln, x, w.ln2w, mean, rstd, n, d);
@@ -556,7 +521,7 @@ impl<Bk: Backend> Gpt2<Bk> {
                 ATTPROJ_LIN,
                 datty,
                 gw.attprojw,
-                gw.attprojb,
+                Some(gw.attprojb),
                 dres,
                 &a.data[ar(ATTY, l)],
                 w.attprojw,
@@ -568,7 +533,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
             be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
             let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-            lin.backward(l, QKV_LIN, dln, gw.qkvw, gw.qkvb, dqkv, &a.data[ar(LN1, l)], w.qkvw, n, d, 3 * d);
+            lin.backward(l, QKV_LIN, dln, gw.qkvw, Some(gw.qkvb), dqkv, &a.data[ar(LN1, l)], w.qkvw, n, d, 3 * d);
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             let (x, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
             be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, x, w.ln1w, mean, rstd, n, d);

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod llama;
+pub mod llama_hf;
 pub mod memory;
 pub mod precision;
 pub mod train;

@@ -42,7 +42,7 @@ use octet_kernels::Backend;
 
 use crate::generate::{SampleConfig, pick};
 use crate::gguf::GgufFile;
-use crate::precision::{LinearScaling, Precision, Workspace, linear_backward, linear_forward};
+use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// Model shape and the two constants of its layers.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -396,51 +396,6 @@ const ATTN_OUT_LIN: usize = 1;
 const GATE_UP_LIN: usize = 2;
 const DOWN_LIN: usize = 3;
 
-/// Runs a block's (bias-free) linears at the model's precision.
-struct Linears<'a, Bk: Backend> {
-    be: &'a Bk,
-    prec: Precision,
-    mode: ScalingMode,
-    scaling: &'a mut [LinearScaling],
-    ws: &'a mut Workspace<Bk::F>,
-}
-
-impl<Bk: Backend> Linears<'_, Bk> {
-    /// out (N,OC) = inp (N,IC) @ w^T for linear `k` of layer `l`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &mut self,
-        l: usize,
-        k: usize,
-        out: &mut [Bk::F],
-        inp: &[Bk::F],
-        w: &[Bk::F],
-        n: usize,
-        ic: usize,
-        oc: usize,
-    ) {
-        let sc = self.scaling.get_mut(l * LINEARS + k);
-        linear_forward(self.be, self.prec, sc, self.mode, self.ws, out, inp, w, None, n, ic, oc);
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &mut self,
-        l: usize,
-        k: usize,
-        dinp: &mut [Bk::F],
-        dw: &mut [Bk::F],
-        dout: &[Bk::F],
-        inp: &[Bk::F],
-        w: &[Bk::F],
-        n: usize,
-        ic: usize,
-        oc: usize,
-    ) {
-        let sc = self.scaling.get_mut(l * LINEARS + k);
-        linear_backward(self.be, self.prec, sc, self.mode, self.ws, dinp, dw, None, dout, inp, w, n, ic, oc);
-    }
-}
-
 /// A Llama model bound to a backend: parameters, their gradients, and activations for one batch shape.
 pub struct Llama<Bk: Backend> {
     pub cfg: LlamaConfig,
@@ -598,8 +553,14 @@ impl<Bk: Backend> Llama<Bk> {
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
         let a = &mut acts.a;
-        let mut lin =
-            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
+        let mut lin = Linears {
+            be,
+            prec: self.precision,
+            mode: self.scaling_mode,
+            scaling: &mut self.scaling,
+            ws: &mut acts.ws,
+            per_layer: LINEARS,
+        };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
 
@@ -611,7 +572,7 @@ impl<Bk: Backend> Llama<Bk> {
             let [xn, rrms, x] = a.disjoint_mut([ar(ATTN_XN, l), ar(ATTN_RRMS, l), res.clone()]);
             be.rmsnorm_forward(xn, rrms, x, w.attn_norm, n, d, eps);
             let [raw, xn] = a.disjoint_mut([aw(QKV_RAW), ar(ATTN_XN, l)]);
-            lin.forward(l, QKV_LIN, raw, xn, w.attn_qkv, n, d, qd);
+            lin.forward(l, QKV_LIN, raw, xn, w.attn_qkv, None, n, d, qd);
             let [rot, raw] = a.disjoint_mut([aw(QKV_ROPE), aw(QKV_RAW)]);
             be.rope_forward(rot, raw, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
             let [qkv, rot] = a.disjoint_mut([ar(QKV, l), aw(QKV_ROPE)]);
@@ -619,18 +580,18 @@ impl<Bk: Backend> Llama<Bk> {
             let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
             be.attention_forward(atty, lse, qkv, b, t, d, nh);
             let [proj, atty] = a.disjoint_mut([aw(PROJ), ar(ATTY, l)]);
-            lin.forward(l, ATTN_OUT_LIN, proj, atty, w.attn_output, n, d, d);
+            lin.forward(l, ATTN_OUT_LIN, proj, atty, w.attn_output, None, n, d, d);
             let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, aw(PROJ)]);
             be.residual_forward(r2, x, proj);
             // MLP branch: residual3 = residual2 + ffn_down(swiglu(ffn_gate_up(rmsnorm(residual2)))).
             let [xn, rrms, r2] = a.disjoint_mut([ar(FFN_XN, l), ar(FFN_RRMS, l), ar(RESIDUAL2, l)]);
             be.rmsnorm_forward(xn, rrms, r2, w.ffn_norm, n, d, eps);
             let [gu, xn] = a.disjoint_mut([ar(GATE_UP, l), ar(FFN_XN, l)]);
-            lin.forward(l, GATE_UP_LIN, gu, xn, w.ffn_gate_up, n, d, 2 * h);
+            lin.forward(l, GATE_UP_LIN, gu, xn, w.ffn_gate_up, None, n, d, 2 * h);
             let [sw, gu] = a.disjoint_mut([ar(SWIGLU, l), ar(GATE_UP, l)]);
             be.swiglu_forward(sw, gu, n, h);
             let [proj, sw] = a.disjoint_mut([aw(PROJ), ar(SWIGLU, l)]);
-            lin.forward(l, DOWN_LIN, proj, sw, w.ffn_down, n, h, d);
+            lin.forward(l, DOWN_LIN, proj, sw, w.ffn_down, None, n, h, d);
             let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), aw(PROJ)]);
             be.residual_forward(r3, r2, proj);
         }
@@ -663,8 +624,14 @@ impl<Bk: Backend> Llama<Bk> {
         let (qd, be, p, g, pid) = (c.qkv_dim(), &self.backend, &self.params, &mut self.grads, &self.ids);
         let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
         let (a, da) = (&mut acts.a, &mut acts.d);
-        let mut lin =
-            Linears { be, prec: self.precision, mode: self.scaling_mode, scaling: &mut self.scaling, ws: &mut acts.ws };
+        let mut lin = Linears {
+            be,
+            prec: self.precision,
+            mode: self.scaling_mode,
+            scaling: &mut self.scaling,
+            ws: &mut acts.ws,
+            per_layer: LINEARS,
+        };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let dw = |i: usize| dl.range(TensorId(i));
@@ -695,17 +662,41 @@ impl<Bk: Backend> Llama<Bk> {
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch.
             let [dsw, dres] = da.disjoint_mut([dw(DSWIGLU), dw(DRES)]);
-            lin.backward(l, DOWN_LIN, dsw, gw.ffn_down, dres, &a.data[ar(SWIGLU, l)], w.ffn_down, n, h, d);
+            lin.backward(l, DOWN_LIN, dsw, gw.ffn_down, None, dres, &a.data[ar(SWIGLU, l)], w.ffn_down, n, h, d);
             let [dgu, dsw] = da.disjoint_mut([dw(DGATE_UP), dw(DSWIGLU)]);
             be.swiglu_backward(dgu, &a.data[ar(GATE_UP, l)], dsw, n, h);
             let [dxn, dgu] = da.disjoint_mut([dw(DXN), dw(DGATE_UP)]);
-            lin.backward(l, GATE_UP_LIN, dxn, gw.ffn_gate_up, dgu, &a.data[ar(FFN_XN, l)], w.ffn_gate_up, n, d, 2 * h);
+            lin.backward(
+                l,
+                GATE_UP_LIN,
+                dxn,
+                gw.ffn_gate_up,
+                None,
+                dgu,
+                &a.data[ar(FFN_XN, l)],
+                w.ffn_gate_up,
+                n,
+                d,
+                2 * h,
+            );
             let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
             let (x, rrms) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(FFN_RRMS, l)]);
             be.rmsnorm_backward(dres, gw.ffn_norm, dxn, x, w.ffn_norm, rrms, n, d);
             // Attention branch.
             let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
-            lin.backward(l, ATTN_OUT_LIN, datty, gw.attn_output, dres, &a.data[ar(ATTY, l)], w.attn_output, n, d, d);
+            lin.backward(
+                l,
+                ATTN_OUT_LIN,
+                datty,
+                gw.attn_output,
+                None,
+                dres,
+                &a.data[ar(ATTY, l)],
+                w.attn_output,
+                n,
+                d,
+                d,
+            );
             let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
             let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
             be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
@@ -714,7 +705,7 @@ impl<Bk: Backend> Llama<Bk> {
             let [draw, drot] = da.disjoint_mut([dw(DQKV_RAW), dw(DQKV_ROPE)]);
             be.rope_backward(draw, drot, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
             let [dxn, draw] = da.disjoint_mut([dw(DXN), dw(DQKV_RAW)]);
-            lin.backward(l, QKV_LIN, dxn, gw.attn_qkv, draw, &a.data[ar(ATTN_XN, l)], w.attn_qkv, n, d, qd);
+            lin.backward(l, QKV_LIN, dxn, gw.attn_qkv, None, draw, &a.data[ar(ATTN_XN, l)], w.attn_qkv, n, d, qd);
             let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
             let (x, rrms) = (&a.data[res], &a.data[ar(ATTN_RRMS, l)]);
             be.rmsnorm_backward(dres, gw.attn_norm, dxn, x, w.attn_norm, rrms, n, d);

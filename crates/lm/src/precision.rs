@@ -205,3 +205,54 @@ pub fn linear_backward<Bk: Backend>(
         be.bias_backward(db, dout, n, oc);
     }
 }
+
+/// The linears of a model's blocks at one precision: backend, level, scaling mode, the FP8 scaling
+/// state of every linear (`per_layer` of them per block) and the cast workspace.
+pub struct Linears<'a, Bk: Backend> {
+    pub be: &'a Bk,
+    pub prec: Precision,
+    pub mode: ScalingMode,
+    pub scaling: &'a mut [LinearScaling],
+    pub ws: &'a mut Workspace<Bk::F>,
+    pub per_layer: usize,
+}
+
+impl<Bk: Backend> Linears<'_, Bk> {
+    /// out (N,OC) = inp (N,IC) @ w^T (+ bias) for linear `k` of layer `l`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &mut self,
+        l: usize,
+        k: usize,
+        out: &mut [Bk::F],
+        inp: &[Bk::F],
+        w: &[Bk::F],
+        bias: Option<&[Bk::F]>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let sc = self.scaling.get_mut(l * self.per_layer + k);
+        linear_forward(self.be, self.prec, sc, self.mode, self.ws, out, inp, w, bias, n, ic, oc);
+    }
+
+    /// Backward of `forward`: dinp overwritten, dw (and dbias) accumulated.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        l: usize,
+        k: usize,
+        dinp: &mut [Bk::F],
+        dw: &mut [Bk::F],
+        dbias: Option<&mut [Bk::F]>,
+        dout: &[Bk::F],
+        inp: &[Bk::F],
+        w: &[Bk::F],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let sc = self.scaling.get_mut(l * self.per_layer + k);
+        linear_backward(self.be, self.prec, sc, self.mode, self.ws, dinp, dw, dbias, dout, inp, w, n, ic, oc);
+    }
+}

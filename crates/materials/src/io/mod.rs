@@ -84,20 +84,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-/// Writes `contents` to a temporary file beside `path`, then renames it over `path`, so a reader
-/// never sees a half-written file.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let name = path.file_name().ok_or_else(|| Error::format(path, "path", "has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
+pub use octet_core::fs::write_atomic;
 
 /// `Error::Format` for 1-based line `line` of `path`.
 pub(crate) fn line_error(path: &Path, line: usize, msg: impl Into<String>) -> Error {
