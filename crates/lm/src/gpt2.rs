@@ -12,6 +12,7 @@ use octet_core::scaling::{Recipe, ScalingMode};
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
+use crate::acts::Acts;
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
@@ -238,15 +239,6 @@ pub fn grad_act_layout(c: &Gpt2Config, b: usize, t: usize) -> Layout {
         ("datty", vec![n, d]),
         ("dqkv", vec![n, 3 * d]),
     ])
-}
-
-struct Acts<F> {
-    b: usize,
-    t: usize,
-    a: Slab<F>,
-    d: Slab<F>,
-    /// Cast GEMM operands (empty at fp32).
-    ws: Workspace<F>,
 }
 
 /// The four linears of a block, in order; `scaling[l * LINEARS + k]` is layer l's linear k.

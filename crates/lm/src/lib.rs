@@ -1,6 +1,7 @@
 //! octet-lm: GPT-2 model, data pipeline (tokenizer, token shards, batches), trainer, checkpoints and
 //! generation.
 
+mod acts;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

@@ -40,6 +40,7 @@ use octet_core::scaling::{Recipe, ScalingMode};
 use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
+use crate::acts::Acts;
 use crate::generate::{SampleConfig, pick};
 use crate::gguf::GgufFile;
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
@@ -379,15 +380,6 @@ const DATTY: usize = 4;
 const DQKV: usize = 5;
 const DQKV_ROPE: usize = 6;
 const DQKV_RAW: usize = 7;
-
-struct Acts<F> {
-    b: usize,
-    t: usize,
-    a: Slab<F>,
-    d: Slab<F>,
-    /// Cast GEMM operands (empty at fp32).
-    ws: Workspace<F>,
-}
 
 /// The four linears of a block, in order; `scaling[l * LINEARS + k]` is layer l's linear k.
 pub const LINEARS: usize = 4;
