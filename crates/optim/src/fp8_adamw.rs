@@ -574,6 +574,70 @@ impl ScaledBuf {
         }
         amax
     }
+
+    /// Sum of squares of the decoded buffer, accumulated in f64 (for the global gradient norm of
+    /// gradients stored narrow). Chunked and parallel; the sum is reduced in a fixed order, so the
+    /// result does not depend on the thread count.
+    pub fn sum_squares(&self) -> f64 {
+        let items = layout_items(&self.layout);
+        let view = self.as_ref();
+        let parts: Vec<f64> = items
+            .par_iter()
+            .map_init(
+                || vec![0.0f32; CHUNK],
+                |scratch, it| {
+                    let out = &mut scratch[..it.len];
+                    view.decode_item(it, out);
+                    out.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+                },
+            )
+            .collect();
+        parts.iter().sum()
+    }
+
+    /// The stored elements as little-endian bytes and the scales (for checkpoints; `from_raw`
+    /// restores the buffer bit for bit).
+    pub fn to_raw(&self) -> (Vec<u8>, Vec<f32>) {
+        let bytes = match self.data.data() {
+            StateData::F32(d) => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            StateData::U16(d) => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            StateData::U8(d) => d.to_vec(),
+        };
+        (bytes, self.scales.clone())
+    }
+
+    /// Inverse of `to_raw`: a buffer of `format` over `layout` from its bytes and scales; an error
+    /// names what does not match.
+    pub fn from_raw(
+        format: StateFormat,
+        layout: Arc<Layout>,
+        bytes: &[u8],
+        scales: &[f32],
+        margin: i32,
+    ) -> Result<Self, String> {
+        let mut buf = ScaledBuf::zeros(format, layout).with_margin(margin);
+        let want = buf.numel() * format.element_bytes();
+        if bytes.len() != want {
+            return Err(format!("{format} buffer needs {want} bytes, found {}", bytes.len()));
+        }
+        if scales.len() != buf.scales.len() {
+            return Err(format!("{format} buffer needs {} scales, found {}", buf.scales.len(), scales.len()));
+        }
+        if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("scale {bad} is not a positive finite number"));
+        }
+        buf.scales.copy_from_slice(scales);
+        match &mut buf.data {
+            Storage::F32(d) => d.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(x, b)| {
+                *x = f32::from_le_bytes(b.try_into().unwrap());
+            }),
+            Storage::U16(d) => d.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(x, b)| {
+                *x = u16::from_le_bytes(b.try_into().unwrap());
+            }),
+            Storage::U8(d) => d.copy_from_slice(bytes),
+        }
+        Ok(buf)
+    }
 }
 
 /// One unit of work: `len <= CHUNK` elements of tensor `tensor` starting at element `start` of the
@@ -808,7 +872,7 @@ macro_rules! avx2_dispatch {
 struct Stage1<'a> {
     probe: Probe,
     coeffs: &'a [Coeffs],
-    grads: &'a [f32],
+    grads: Grads<'a>,
     m: BufRef<'a>,
     v: BufRef<'a>,
     p: BufRef<'a>,
@@ -819,8 +883,8 @@ avx2_dispatch!(stage1_item, stage1_item_avx2, stage1_item_body, (s: &Stage1<'_>,
 /// Stage 1 for one item: the amaxes `s.probe` asks for (see `Probe`).
 #[inline(always)]
 fn stage1_item_body(s: &Stage1<'_>, scratch: &mut Scratch, it: &Item) -> Amaxes {
-    let [ms, vs, ps] = scratch.parts(it.len);
-    let g = &s.grads[it.range()];
+    let [ms, vs, ps, gs] = scratch.parts(it.len);
+    let g = s.grads.item(it, gs);
     let k = &s.coeffs[it.tensor];
     let mut a = Amaxes { g: amax_bits(g), ..Amaxes::default() };
     if s.probe == Probe::Grads {
@@ -851,7 +915,7 @@ struct Stage2Buf<'a> {
 /// What stage 2 reads, shared by every item.
 struct Stage2<'a> {
     coeffs: &'a [Coeffs],
-    grads: &'a [f32],
+    grads: Grads<'a>,
     m: Stage2Buf<'a>,
     v: Stage2Buf<'a>,
     p: Stage2Buf<'a>,
@@ -873,11 +937,11 @@ avx2_dispatch!(
 #[inline(always)]
 fn stage2_item_body(s: &Stage2<'_>, scratch: &mut Scratch, it: &Item, m: Part<'_>, v: Part<'_>, p: Part<'_>) {
     let t = it.tensor;
-    let [ms, vs, ps] = scratch.parts(it.len);
+    let [ms, vs, ps, gs] = scratch.parts(it.len);
     let ((md, mb), (vd, vb), (pd, pb)) = (m, v, p);
     decode_run(s.m.format, md.as_ref(), run_scales(mb, s.m.old, t), ms);
     decode_run(s.v.format, vd.as_ref(), run_scales(vb, s.v.old, t), vs);
-    let g = &s.grads[it.range()];
+    let g = s.grads.item(it, gs);
     if let DataMut::F32(p) = pd {
         // f32 parameters are updated in place: no copy through scratch.
         adam_chunk(&s.coeffs[t], g, ms, vs, p);
@@ -894,6 +958,31 @@ fn stage2_item_body(s: &Stage2<'_>, scratch: &mut Scratch, it: &Item, m: Part<'_
 enum Params<'a> {
     Plain(&'a mut [f32]),
     Master(&'a mut ScaledBuf),
+}
+
+/// Where the gradients live: plain f32, or a `ScaledBuf` (FP8-LM O1/O2 keep them in E4M3) read
+/// through a multiplier (clipping factor / gradient scale), decoded per item into scratch.
+#[derive(Clone, Copy)]
+enum Grads<'a> {
+    Plain(&'a [f32]),
+    Scaled { buf: BufRef<'a>, mult: f32 },
+}
+
+impl Grads<'_> {
+    /// The gradients of item `it`: a slice of the plain buffer, or decoded (times `mult`) into `scratch`.
+    #[inline(always)]
+    fn item<'s>(&'s self, it: &Item, scratch: &'s mut [f32]) -> &'s [f32] {
+        match self {
+            Grads::Plain(g) => &g[it.range()],
+            Grads::Scaled { buf, mult } => {
+                buf.decode_item(it, scratch);
+                if *mult != 1.0 {
+                    scratch.iter_mut().for_each(|x| *x *= mult);
+                }
+                scratch
+            }
+        }
+    }
 }
 
 /// FP8-LM AdamW: moments stored as `ScaledBuf`s, two-stage update (see the module doc).
@@ -939,7 +1028,8 @@ impl Fp8AdamW {
     /// One AdamW step of f32 `params` (laid out as `self.layout()`) with learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) -> UpdateReport {
         assert_eq!(params.len(), self.layout().total(), "params length vs layout");
-        self.step_impl(Params::Plain(params), grads, lr)
+        assert_eq!(grads.len(), self.layout().total(), "grads length vs layout");
+        self.step_impl(Params::Plain(params), Grads::Plain(grads), lr)
     }
 
     /// One AdamW step of weights stored in `master` (same layout; e.g. F16 master weights with
@@ -948,12 +1038,27 @@ impl Fp8AdamW {
     pub fn update_master(&mut self, master: &mut ScaledBuf, grads: &[f32], lr: f64) -> UpdateReport {
         let same = Arc::ptr_eq(master.layout(), self.layout()) || **master.layout() == **self.layout();
         assert!(same, "master weights layout vs optimizer layout");
-        self.step_impl(Params::Master(master), grads, lr)
+        assert_eq!(grads.len(), self.layout().total(), "grads length vs layout");
+        self.step_impl(Params::Master(master), Grads::Plain(grads), lr)
     }
 
-    fn step_impl(&mut self, mut params: Params<'_>, grads: &[f32], lr: f64) -> UpdateReport {
+    /// `update_master` with gradients stored in a `ScaledBuf` of the same layout (FP8-LM O1/O2: E4M3
+    /// weight gradients), each read as `decode(g) * grad_mult` (`grad_mult` folds in the clipping
+    /// factor and the inverse gradient scale). Never materialises an f32 copy of the gradients.
+    pub fn update_master_scaled(
+        &mut self,
+        master: &mut ScaledBuf,
+        grads: &ScaledBuf,
+        grad_mult: f32,
+        lr: f64,
+    ) -> UpdateReport {
+        let same = |b: &ScaledBuf| Arc::ptr_eq(b.layout(), self.layout()) || **b.layout() == **self.layout();
+        assert!(same(master) && same(grads), "master / gradient layout vs optimizer layout");
+        self.step_impl(Params::Master(master), Grads::Scaled { buf: grads.as_ref(), mult: grad_mult }, lr)
+    }
+
+    fn step_impl(&mut self, mut params: Params<'_>, grads: Grads<'_>, lr: f64) -> UpdateReport {
         let layout = self.m.layout.clone();
-        assert_eq!(grads.len(), layout.total(), "grads length vs layout");
         let t = self.step + 1;
         let coeffs: Vec<Coeffs> = self.decay.iter().map(|&d| Coeffs::new(&self.cfg, t, lr, d)).collect();
         let (m, v, items) = (&mut self.m, &mut self.v, &self.items);
@@ -1078,15 +1183,16 @@ struct Scratch {
     m: Vec<f32>,
     v: Vec<f32>,
     p: Vec<f32>,
+    g: Vec<f32>,
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        Scratch { m: vec![0.0; CHUNK], v: vec![0.0; CHUNK], p: vec![0.0; CHUNK] }
+        Scratch { m: vec![0.0; CHUNK], v: vec![0.0; CHUNK], p: vec![0.0; CHUNK], g: vec![0.0; CHUNK] }
     }
-    /// The first `n` elements of each buffer.
-    fn parts(&mut self, n: usize) -> [&mut [f32]; 3] {
-        [&mut self.m[..n], &mut self.v[..n], &mut self.p[..n]]
+    /// The first `n` elements of each buffer: m, v, p, g.
+    fn parts(&mut self, n: usize) -> [&mut [f32]; 4] {
+        [&mut self.m[..n], &mut self.v[..n], &mut self.p[..n], &mut self.g[..n]]
     }
 }
 

@@ -700,3 +700,55 @@ fn update_speed_10m_parameters() {
     });
     println!("{:>28}  {:.2}x AdamW", "", s / base);
 }
+
+/// O1/O2 keep weight gradients in E4M3: `update_master_scaled` must be exactly `update_master` fed the
+/// decoded gradients times the multiplier (clip factor / gradient scale), step after step.
+#[test]
+fn scaled_gradients_equal_their_decoded_values_bit_for_bit() {
+    let pb = problem(5);
+    let mult = 0.375f32; // not a power of two: the product is rounded, identically on both paths
+    let mut a = Fp8AdamW::o2(pb.layout.clone(), pb.decay.clone(), pb.cfg);
+    let mut b = a.clone();
+    let mut wa = ScaledBuf::from_f32(StateFormat::F16, pb.layout.clone(), &pb.p0);
+    let mut wb = wa.clone();
+    for g in &pb.grads {
+        let gq = ScaledBuf::from_f32(StateFormat::E4M3, pb.layout.clone(), g);
+        let decoded: Vec<f32> = gq.to_f32().iter().map(|x| x * mult).collect();
+        let ra = a.update_master_scaled(&mut wa, &gq, mult, LR);
+        let rb = b.update_master(&mut wb, &decoded, LR);
+        assert_eq!(ra, rb);
+        assert!(!ra.skipped);
+    }
+    assert_eq!(wa, wb);
+    assert_eq!((a.m, a.v), (b.m, b.v));
+}
+
+#[test]
+fn nan_in_scaled_gradients_skips_the_step() {
+    let pb = problem(1);
+    let mut opt = Fp8AdamW::o2(pb.layout.clone(), pb.decay.clone(), pb.cfg);
+    let mut w = ScaledBuf::from_f32(StateFormat::F16, pb.layout.clone(), &pb.p0);
+    let before = w.clone();
+    let mut g = pb.grads[0].clone();
+    g[7] = f32::NAN;
+    let gq = ScaledBuf::from_f32(StateFormat::E4M3, pb.layout.clone(), &g);
+    let r = opt.update_master_scaled(&mut w, &gq, 1.0, LR);
+    assert!(r.skipped && r.step == 0);
+    assert_eq!(w, before);
+}
+
+#[test]
+fn raw_bytes_round_trip_every_format_and_sum_squares_matches() {
+    let pb = problem(1);
+    for format in [StateFormat::F32, StateFormat::Bf16, StateFormat::F16, StateFormat::E4M3, StateFormat::E4M3Block128]
+    {
+        let buf = ScaledBuf::from_f32(format, pb.layout.clone(), &pb.grads[0]).with_margin(1);
+        let (bytes, scales) = buf.to_raw();
+        let back = ScaledBuf::from_raw(format, pb.layout.clone(), &bytes, &scales, 1).unwrap();
+        assert_eq!(back, buf, "{format}");
+        let naive: f64 = buf.to_f32().iter().map(|&x| x as f64 * x as f64).sum();
+        // Same terms, different summation order (per chunk, then over chunks): f64 rounding only.
+        Tolerance { atol: 0.0, rtol: 1e-12 }.assert_close("sum_squares", &[buf.sum_squares()], &[naive]);
+        assert!(ScaledBuf::from_raw(format, pb.layout.clone(), &bytes[1..], &scales, 1).is_err());
+    }
+}
