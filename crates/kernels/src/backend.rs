@@ -103,4 +103,20 @@ backend_ops! {
     /// Inference attention of Tq new queries (rows of stride ldq) against cached k, v (Tk, NKV hs) of
     /// positions 0..Tk (new ones included) -> out (Tq, NH hs); grouped-query, causal, one sequence.
     fn attention_kv_forward(out: &mut [Self::F], q: &[Self::F], k: &[Self::F], v: &[Self::F], tq: usize, tk: usize, ldq: usize, nh: usize, nkv: usize, hs: usize);
+    /// Shaped attention: out (B,T,C) = (alpha_h I + beta_h softmax(q k^T / sqrt(hs) + M) - gamma_h C) v per
+    /// head h, qk (B,T,2C) = [q | k], v (B,T,C), alpha/beta/gamma (NH); saves lse (B,NH,T).
+    fn shaped_attention_forward(out: &mut [Self::F], lse: &mut [Self::F], qk: &[Self::F], v: &[Self::F], alpha: &[Self::F], beta: &[Self::F], gamma: &[Self::F], b: usize, t: usize, c: usize, nh: usize);
+    /// Shaped attention backward: dqk, dv overwritten; dalpha, dbeta, dgamma (NH) accumulate.
+    #[allow(clippy::too_many_arguments)]
+    fn shaped_attention_backward(dqk: &mut [Self::F], dv: &mut [Self::F], dalpha: &mut [Self::F], dbeta: &mut [Self::F], dgamma: &mut [Self::F], dout: &[Self::F], qk: &[Self::F], v: &[Self::F], lse: &[Self::F], alpha: &[Self::F], beta: &[Self::F], gamma: &[Self::F], b: usize, t: usize, c: usize, nh: usize);
+    /// out = g[0] inp (a trainable scalar gain, g a one-element parameter slice).
+    fn scale_forward(out: &mut [Self::F], inp: &[Self::F], g: &[Self::F]);
+    /// dinp = g[0] dout (overwrite); dg[0] += <dout, inp>.
+    fn scale_backward(dinp: &mut [Self::F], dg: &mut [Self::F], dout: &[Self::F], inp: &[Self::F], g: &[Self::F]);
+    /// out = a[0] x + b[0] y.
+    fn scale_add_forward(out: &mut [Self::F], x: &[Self::F], y: &[Self::F], a: &[Self::F], b: &[Self::F]);
+    /// dx = a[0] dout, dy = b[0] dout (overwrite); da[0] += <dout, x>, db[0] += <dout, y>.
+    fn scale_add_backward(dx: &mut [Self::F], dy: &mut [Self::F], da: &mut [Self::F], db: &mut [Self::F], dout: &[Self::F], x: &[Self::F], y: &[Self::F], a: &[Self::F], b: &[Self::F]);
+    /// acc += x.
+    fn accumulate(acc: &mut [Self::F], x: &[Self::F]);
 }

@@ -678,3 +678,211 @@ pub fn attention_kv_forward(
         }
     });
 }
+
+/// Shaped attention, one rayon task per batch row (each owns its rows of `out`); per head,
+/// S = Q K^T / sqrt(hs) by gemm, row softmax, then the row is rewritten in place into
+/// A = beta P - gamma C + alpha I (the masked half zeroed), and O = A V by one gemm.
+#[allow(clippy::too_many_arguments)]
+pub fn shaped_attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qk: &[f32],
+    v: &[f32],
+    alpha: &[f32],
+    beta: &[f32],
+    gamma: &[f32],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    out[..b * tt * c].par_chunks_mut(tt * c).zip(lse[..b * nh * tt].par_chunks_mut(nh * tt)).enumerate().for_each(
+        |(bi, (o, l))| {
+            let x = &qk[bi * tt * 2 * c..][..tt * 2 * c];
+            let vb = &v[bi * tt * c..][..tt * c];
+            let mut s = vec![0.0f32; tt * tt];
+            for h in 0..nh {
+                let q = Mat::strided(&x[h * hs..], tt, hs, 2 * c);
+                let k = Mat::strided(&x[c + h * hs..], tt, hs, 2 * c);
+                let vh = Mat::strided(&vb[h * hs..], tt, hs, c);
+                sgemm(&mut s, tt, false, q, k.t(), scale, Parallelism::None);
+                for i in 0..tt {
+                    let row = &mut s[i * tt..][..tt];
+                    let mx = row[..=i].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    exp_shift_sum(&mut row[..=i], mx);
+                    let z: f32 = row[..=i].iter().sum();
+                    l[h * tt + i] = mx + z.ln();
+                    let (bz, gc) = (beta[h] / z, gamma[h] / (i + 1) as f32);
+                    row[..=i].iter_mut().for_each(|e| *e = *e * bz - gc);
+                    row[i] += alpha[h];
+                    row[i + 1..].fill(0.0);
+                }
+                sgemm(&mut o[h * hs..], c, false, Mat::rm(&s, tt, tt), vh, 1.0, Parallelism::None);
+            }
+        },
+    );
+}
+
+/// Shaped attention backward, one rayon task per batch row: rebuild P from lse, G = dO V^T by gemm;
+/// the gains' gradients are sums over G (diagonal, P-weighted, C-weighted); dS = beta P (G - rowsum(P G))
+/// gives dQ = dS K / sqrt(hs) and dK = dS^T Q / sqrt(hs); P is rewritten into A for dV = A^T dO.
+/// Per-row partial gain gradients (f64) are reduced in batch order, so results are deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn shaped_attention_backward(
+    dqk: &mut [f32],
+    dv: &mut [f32],
+    dalpha: &mut [f32],
+    dbeta: &mut [f32],
+    dgamma: &mut [f32],
+    dout: &[f32],
+    qk: &[f32],
+    v: &[f32],
+    lse: &[f32],
+    alpha: &[f32],
+    beta: &[f32],
+    gamma: &[f32],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let partials: Vec<Vec<f64>> = dqk[..b * tt * 2 * c]
+        .par_chunks_mut(tt * 2 * c)
+        .zip(dv[..b * tt * c].par_chunks_mut(tt * c))
+        .enumerate()
+        .map(|(bi, (dx, dvb))| {
+            let x = &qk[bi * tt * 2 * c..][..tt * 2 * c];
+            let vb = &v[bi * tt * c..][..tt * c];
+            let dob = &dout[bi * tt * c..][..tt * c];
+            let lse = &lse[bi * nh * tt..][..nh * tt];
+            let mut p = vec![0.0f32; tt * tt];
+            let mut g = vec![0.0f32; tt * tt];
+            let mut part = vec![0.0f64; 3 * nh]; // [dalpha | dbeta | dgamma]
+            for h in 0..nh {
+                let q = Mat::strided(&x[h * hs..], tt, hs, 2 * c);
+                let k = Mat::strided(&x[c + h * hs..], tt, hs, 2 * c);
+                let vh = Mat::strided(&vb[h * hs..], tt, hs, c);
+                let d_o = Mat::strided(&dob[h * hs..], tt, hs, c);
+                sgemm(&mut p, tt, false, q, k.t(), scale, Parallelism::None);
+                sgemm(&mut g, tt, false, d_o, vh.t(), 1.0, Parallelism::None);
+                let (al, be, ga) = (alpha[h], beta[h], gamma[h]);
+                let (mut da, mut db, mut dg) = (0.0f64, 0.0f64, 0.0f64);
+                for i in 0..tt {
+                    let (pr, gr) = (&mut p[i * tt..][..tt], &mut g[i * tt..][..tt]);
+                    exp_shift_sum(&mut pr[..=i], lse[h * tt + i]);
+                    let (mut pg, mut gs) = (0.0f32, 0.0f32);
+                    for j in 0..=i {
+                        pg += pr[j] * gr[j];
+                        gs += gr[j];
+                    }
+                    let cw = 1.0 / (i + 1) as f32;
+                    da += gr[i] as f64;
+                    db += pg as f64;
+                    dg -= (cw * gs) as f64;
+                    let gc = ga * cw;
+                    for j in 0..=i {
+                        gr[j] = be * pr[j] * (gr[j] - pg);
+                        pr[j] = be * pr[j] - gc;
+                    }
+                    pr[i] += al;
+                    pr[i + 1..].fill(0.0);
+                    gr[i + 1..].fill(0.0);
+                }
+                part[h] = da;
+                part[nh + h] = db;
+                part[2 * nh + h] = dg;
+                sgemm(&mut dx[h * hs..], 2 * c, false, Mat::rm(&g, tt, tt), k, scale, Parallelism::None);
+                sgemm(&mut dx[c + h * hs..], 2 * c, false, Mat::rm(&g, tt, tt).t(), q, scale, Parallelism::None);
+                sgemm(&mut dvb[h * hs..], c, false, Mat::rm(&p, tt, tt).t(), d_o, 1.0, Parallelism::None);
+            }
+            part
+        })
+        .collect();
+    for part in partials {
+        for h in 0..nh {
+            dalpha[h] += part[h] as f32;
+            dbeta[h] += part[nh + h] as f32;
+            dgamma[h] += part[2 * nh + h] as f32;
+        }
+    }
+}
+
+pub fn scale_forward(out: &mut [f32], inp: &[f32], g: &[f32]) {
+    let g = g[0];
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = g * x;
+        }
+    });
+}
+
+/// Per-chunk partial dot products in f64, summed in chunk order (deterministic).
+pub fn scale_backward(dinp: &mut [f32], dg: &mut [f32], dout: &[f32], inp: &[f32], g: &[f32]) {
+    let gv = g[0];
+    let partials: Vec<f64> = dinp
+        .par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
+        .map(|(dx, (d, x))| {
+            let mut acc = 0.0f64;
+            for i in 0..dx.len() {
+                acc += d[i] as f64 * x[i] as f64;
+                dx[i] = gv * d[i];
+            }
+            acc
+        })
+        .collect();
+    dg[0] += partials.iter().sum::<f64>() as f32;
+}
+
+pub fn scale_add_forward(out: &mut [f32], x: &[f32], y: &[f32], a: &[f32], b: &[f32]) {
+    let (a, b) = (a[0], b[0]);
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(|(o, (x, y))| {
+        for i in 0..o.len() {
+            o[i] = a * x[i] + b * y[i];
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn scale_add_backward(
+    dx: &mut [f32],
+    dy: &mut [f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    y: &[f32],
+    a: &[f32],
+    b: &[f32],
+) {
+    let (av, bv) = (a[0], b[0]);
+    let partials: Vec<(f64, f64)> = dx
+        .par_chunks_mut(CHUNK)
+        .zip(dy.par_chunks_mut(CHUNK))
+        .zip(dout.par_chunks(CHUNK).zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))))
+        .map(|((dx, dy), (d, (x, y)))| {
+            let (mut sa, mut sb) = (0.0f64, 0.0f64);
+            for i in 0..dx.len() {
+                sa += d[i] as f64 * x[i] as f64;
+                sb += d[i] as f64 * y[i] as f64;
+                dx[i] = av * d[i];
+                dy[i] = bv * d[i];
+            }
+            (sa, sb)
+        })
+        .collect();
+    da[0] += partials.iter().map(|p| p.0).sum::<f64>() as f32;
+    db[0] += partials.iter().map(|p| p.1).sum::<f64>() as f32;
+}
+
+pub fn accumulate(acc: &mut [f32], x: &[f32]) {
+    acc.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(a, x)| {
+        for (a, &v) in a.iter_mut().zip(x) {
+            *a += v;
+        }
+    });
+}

@@ -602,3 +602,188 @@ pub fn attention_kv_forward<F: Float>(
         }
     }
 }
+
+// ---- Shaped attention and scalar gains (simplified transformer blocks, PAPERS.md section 2) ----
+
+/// Shaped attention (He & Hofmann 2023), per head h of hs = C/NH columns:
+/// A_h = alpha_h I + beta_h P_h - gamma_h C, out_h = A_h v_h, where
+/// P_h = softmax(q_h k_h^T / sqrt(hs) + causal mask) and C is the uniform causal matrix
+/// (C_ij = 1/(i+1) for j <= i, 0 above: row i averages the first i+1 values).
+/// qk (B,T,2C) holds [q | k] per row; v (B,T,C) the values (often the block's normalised input
+/// itself: identity value weights); alpha, beta, gamma (NH). Saves lse (B,NH,T), the log-sum-exp of
+/// each score row, from which backward rebuilds P. With alpha = beta = gamma = 1 and q = 0,
+/// P = C and A = I: the block starts as the identity.
+#[allow(clippy::too_many_arguments)]
+pub fn shaped_attention_forward<F: Float>(
+    out: &mut [F],
+    lse: &mut [F],
+    qk: &[F],
+    v: &[F],
+    alpha: &[F],
+    beta: &[F],
+    gamma: &[F],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut s = vec![0.0f64; tt];
+    for bi in 0..b {
+        for h in 0..nh {
+            let (al, be, ga) = (f(alpha[h]), f(beta[h]), f(gamma[h]));
+            for i in 0..tt {
+                let q = &qk[(bi * tt + i) * 2 * c + h * hs..][..hs];
+                let mut mx = f64::NEG_INFINITY;
+                for j in 0..=i {
+                    let k = &qk[(bi * tt + j) * 2 * c + c + h * hs..][..hs];
+                    s[j] = (0..hs).map(|d| f(q[d]) * f(k[d])).sum::<f64>() * scale;
+                    mx = mx.max(s[j]);
+                }
+                let z: f64 = (0..=i).map(|j| (s[j] - mx).exp()).sum();
+                let l = mx + z.ln();
+                lse[(bi * nh + h) * tt + i] = t(l);
+                let cw = 1.0 / (i + 1) as f64;
+                for d in 0..hs {
+                    let mut acc = 0.0;
+                    for j in 0..=i {
+                        let a = be * (s[j] - l).exp() - ga * cw + if j == i { al } else { 0.0 };
+                        acc += a * f(v[(bi * tt + j) * c + h * hs + d]);
+                    }
+                    out[(bi * tt + i) * c + h * hs + d] = t(acc);
+                }
+            }
+        }
+    }
+}
+
+/// Shaped attention backward. With P rebuilt from lse and G_ij = <dout_i, v_j> (j <= i):
+/// dalpha += sum_i G_ii; dbeta += sum_ij P_ij G_ij; dgamma -= sum_ij C_ij G_ij (accumulate, (NH));
+/// dS = beta P (G - rowsum(P G)) (softmax backward of dP = beta G); dq = dS k / sqrt(hs),
+/// dk = dS^T q / sqrt(hs); dv = A^T dout. dqk (B,T,2C) and dv (B,T,C) are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn shaped_attention_backward<F: Float>(
+    dqk: &mut [F],
+    dv: &mut [F],
+    dalpha: &mut [F],
+    dbeta: &mut [F],
+    dgamma: &mut [F],
+    dout: &[F],
+    qk: &[F],
+    v: &[F],
+    lse: &[F],
+    alpha: &[F],
+    beta: &[F],
+    gamma: &[F],
+    b: usize,
+    tt: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut aqk = vec![0.0f64; dqk.len()];
+    let mut av = vec![0.0f64; dv.len()];
+    let q = |bi: usize, i: usize, h: usize, d: usize| f(qk[(bi * tt + i) * 2 * c + h * hs + d]);
+    let k = |bi: usize, j: usize, h: usize, d: usize| f(qk[(bi * tt + j) * 2 * c + c + h * hs + d]);
+    let row = |bi: usize, i: usize, h: usize, d: usize| (bi * tt + i) * c + h * hs + d;
+    for h in 0..nh {
+        let (al, be, ga) = (f(alpha[h]), f(beta[h]), f(gamma[h]));
+        let (mut da, mut db, mut dg) = (0.0f64, 0.0f64, 0.0f64);
+        for bi in 0..b {
+            for i in 0..tt {
+                let l = f(lse[(bi * nh + h) * tt + i]);
+                let cw = 1.0 / (i + 1) as f64;
+                let p: Vec<f64> = (0..=i)
+                    .map(|j| ((0..hs).map(|d| q(bi, i, h, d) * k(bi, j, h, d)).sum::<f64>() * scale - l).exp())
+                    .collect();
+                let g: Vec<f64> = (0..=i)
+                    .map(|j| (0..hs).map(|d| f(dout[row(bi, i, h, d)]) * f(v[row(bi, j, h, d)])).sum())
+                    .collect();
+                let pg: f64 = (0..=i).map(|j| p[j] * g[j]).sum();
+                da += g[i];
+                db += pg;
+                dg -= cw * g.iter().sum::<f64>();
+                for j in 0..=i {
+                    let ds = be * p[j] * (g[j] - pg);
+                    let a = be * p[j] - ga * cw + if j == i { al } else { 0.0 };
+                    for d in 0..hs {
+                        aqk[(bi * tt + i) * 2 * c + h * hs + d] += ds * k(bi, j, h, d) * scale;
+                        aqk[(bi * tt + j) * 2 * c + c + h * hs + d] += ds * q(bi, i, h, d) * scale;
+                        av[row(bi, j, h, d)] += a * f(dout[row(bi, i, h, d)]);
+                    }
+                }
+            }
+        }
+        dalpha[h] = t(f(dalpha[h]) + da);
+        dbeta[h] = t(f(dbeta[h]) + db);
+        dgamma[h] = t(f(dgamma[h]) + dg);
+    }
+    for (o, a) in dqk.iter_mut().zip(aqk) {
+        *o = t(a);
+    }
+    for (o, a) in dv.iter_mut().zip(av) {
+        *o = t(a);
+    }
+}
+
+/// out = g[0] * inp: a trainable scalar gain on a branch (g is a one-element parameter slice).
+pub fn scale_forward<F: Float>(out: &mut [F], inp: &[F], g: &[F]) {
+    let g = f(g[0]);
+    for (o, &x) in out.iter_mut().zip(inp) {
+        *o = t(g * f(x));
+    }
+}
+
+/// dinp = g[0] * dout (overwrite); dg[0] += <dout, inp>.
+pub fn scale_backward<F: Float>(dinp: &mut [F], dg: &mut [F], dout: &[F], inp: &[F], g: &[F]) {
+    let gv = f(g[0]);
+    let mut acc = 0.0;
+    for i in 0..dinp.len() {
+        acc += f(dout[i]) * f(inp[i]);
+        dinp[i] = t(gv * f(dout[i]));
+    }
+    dg[0] = t(f(dg[0]) + acc);
+}
+
+/// out = a[0] * x + b[0] * y: two branches joined with trainable scalar gains.
+pub fn scale_add_forward<F: Float>(out: &mut [F], x: &[F], y: &[F], a: &[F], b: &[F]) {
+    let (a, b) = (f(a[0]), f(b[0]));
+    for i in 0..out.len() {
+        out[i] = t(a * f(x[i]) + b * f(y[i]));
+    }
+}
+
+/// dx = a[0] dout, dy = b[0] dout (overwrite); da[0] += <dout, x>, db[0] += <dout, y>.
+#[allow(clippy::too_many_arguments)]
+pub fn scale_add_backward<F: Float>(
+    dx: &mut [F],
+    dy: &mut [F],
+    da: &mut [F],
+    db: &mut [F],
+    dout: &[F],
+    x: &[F],
+    y: &[F],
+    a: &[F],
+    b: &[F],
+) {
+    let (av, bv) = (f(a[0]), f(b[0]));
+    let (mut sa, mut sb) = (0.0, 0.0);
+    for i in 0..dout.len() {
+        let d = f(dout[i]);
+        sa += d * f(x[i]);
+        sb += d * f(y[i]);
+        dx[i] = t(av * d);
+        dy[i] = t(bv * d);
+    }
+    da[0] = t(f(da[0]) + sa);
+    db[0] = t(f(db[0]) + sb);
+}
+
+/// acc += x: sums a second branch into an output or a gradient.
+pub fn accumulate<F: Float>(acc: &mut [F], x: &[F]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = t(f(*a) + f(v));
+    }
+}
