@@ -4,15 +4,21 @@
 //! `structure` (validated crystal) -> `neighbors` (periodic edge lists for graph networks) ->
 //! `io` (CIF, POSCAR, extended XYZ) and `dataset` (matminer flla conversion, JSON-lines data sets,
 //! formula-hash split). `pyliteral` parses the Python-literal dicts the flla CSV stores.
+//! Models: `graph` (featurizer: structures and compositions -> batched graphs) -> `ops` (GNN
+//! kernels) -> `gnn` (the GNoME network, forward and backward) -> `train` (training, ensembles,
+//! checkpoints, prediction).
 
 pub mod composition;
 pub mod composition_data;
 pub mod dataset;
 pub mod element;
 pub mod fetch;
+pub mod gnn;
+pub mod graph;
 pub mod io;
 pub mod lattice;
 pub mod neighbors;
+pub mod ops;
 pub mod pyliteral;
 pub mod structure;
 

@@ -1,0 +1,446 @@
+//! The GNoME-style energy network on a `GraphBatch`, with a hand-written backward beside the forward.
+//! One network serves both GNoME models: the structural model (structure graphs, Gaussian edge
+//! basis) and the compositional model (one node per element with its embedding scaled by the atomic
+//! fraction, fully connected, no edge features). Generic over `Num`: f32 runs on the fast gemm
+//! kernels, f64 on the reference loops for finite-difference checks (tests/gnn_gradcheck.rs).
+//!
+//! Shapes: N nodes, E edges, B graphs in the batch, D the width, K the basis width.
+//! ```text
+//! embed     h = scale_n * Embed[Z_n]                          (N, D)   one-hot @ W = a table row
+//!           g = Global                                         (B, D)   global node, from zeros
+//! step t    [P | Q] = [h, g_node] @ We^T + be                  (N, 2D)
+//!           pre_e = P[center_e] + Q[neighbour_e] + basis_e @ Wb^T + bb   (E, D)
+//!           agg_n = sum_{e: center_e = n} swish(pre_e) / avg_adj           (N, D)
+//!           h += swish([h, agg, g_node] @ W1^T + b1) @ W2^T + b2           (N, D)
+//!           g += swish([mean_graph(h), g] @ V1^T + c1) @ V2^T + c2         (B, D)
+//! readout   out = swish([mean_graph(h), g] @ R1^T + r1) @ R2^T + r2        (B, 1)
+//!           y = scale * out + shift   (per atom);  energy = atoms * y
+//! ```
+//! The edge update is GNoME's edge MLP on [sender, receiver, edge features, global] (one hidden
+//! swish layer): its output layer is linear and the messages are only summed, so that layer is
+//! folded into the node MLP's input matrix (linear after linear), and edges carry no state between
+//! steps — which keeps every per-edge cost at O(K D + D) and lets all D x D products run per node.
+//! Messages are normalised by the data set's average adjacency (edges per node), as GNoME's
+//! `segment_normalized`; node and global updates are residual.
+//!
+//! Gradient convention (as the kernels crate): parameter gradients accumulate (`+=`), activation
+//! gradients overwrite, except the residual streams dh, dg.
+
+use std::sync::Arc;
+
+use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
+use serde::{Deserialize, Serialize};
+
+use crate::graph::GraphBatch;
+use crate::ops::{self, Num};
+
+/// Rows of the embedding table: atomic numbers 0..=118 (row 0 unused).
+pub const NUM_Z: usize = 119;
+
+/// Network hyper-parameters and the constants of the readout and message normalisation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GnnConfig {
+    /// Width D of every hidden feature.
+    pub width: usize,
+    /// Message-passing steps.
+    pub steps: usize,
+    /// Edge basis width K (graph::NUM_BASIS for structures, 0 for compositions).
+    pub basis_dim: usize,
+    /// Messages are divided by this (mean edges per node of the training set).
+    pub avg_adjacency: f64,
+    /// y = scale * out + shift: the training targets' standard deviation and mean.
+    pub scale: f64,
+    pub shift: f64,
+}
+
+/// Resolved ids of one step's tensors.
+#[derive(Clone, Copy, Debug)]
+struct StepIds {
+    edge_w: TensorId,
+    edge_b: TensorId,
+    basis_w: Option<TensorId>,
+    basis_b: TensorId,
+    node1_w: TensorId,
+    node1_b: TensorId,
+    node2_w: TensorId,
+    node2_b: TensorId,
+    glob1_w: TensorId,
+    glob1_b: TensorId,
+    glob2_w: TensorId,
+    glob2_b: TensorId,
+}
+
+#[derive(Clone, Debug)]
+struct Ids {
+    embed: TensorId,
+    global: TensorId,
+    steps: Vec<StepIds>,
+    read1_w: TensorId,
+    read1_b: TensorId,
+    read2_w: TensorId,
+    read2_b: TensorId,
+}
+
+impl GnnConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.width == 0 || self.steps == 0 {
+            return Err(Error::config("width/steps", "must be positive"));
+        }
+        for (name, v) in [("avg_adjacency", self.avg_adjacency), ("scale", self.scale), ("shift", self.shift)] {
+            if !v.is_finite() {
+                return Err(Error::config(name, format!("must be finite, got {v}")));
+            }
+        }
+        if self.avg_adjacency <= 0.0 || self.scale <= 0.0 {
+            return Err(Error::config("avg_adjacency/scale", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The parameter table: (name, shape) in order; weights are (out, in) as the gemm kernels take.
+    pub fn layout(&self) -> Layout {
+        let (d, k) = (self.width, self.basis_dim);
+        let mut t: Vec<(String, Vec<usize>)> = vec![("embed".into(), vec![NUM_Z, d]), ("global".into(), vec![d])];
+        for s in 0..self.steps {
+            let p = |n: &str| format!("step{s}.{n}");
+            t.push((p("edge.w"), vec![2 * d, 2 * d]));
+            t.push((p("edge.b"), vec![2 * d]));
+            if k > 0 {
+                t.push((p("basis.w"), vec![d, k]));
+            }
+            t.push((p("basis.b"), vec![d]));
+            t.push((p("node1.w"), vec![d, 3 * d]));
+            t.push((p("node1.b"), vec![d]));
+            t.push((p("node2.w"), vec![d, d]));
+            t.push((p("node2.b"), vec![d]));
+            t.push((p("glob1.w"), vec![d, 2 * d]));
+            t.push((p("glob1.b"), vec![d]));
+            t.push((p("glob2.w"), vec![d, d]));
+            t.push((p("glob2.b"), vec![d]));
+        }
+        t.push(("readout1.w".into(), vec![d, 2 * d]));
+        t.push(("readout1.b".into(), vec![d]));
+        t.push(("readout2.w".into(), vec![1, d]));
+        t.push(("readout2.b".into(), vec![1]));
+        Layout::new(t)
+    }
+
+    fn ids(&self, l: &Layout) -> Ids {
+        let steps = (0..self.steps)
+            .map(|s| {
+                let id = |n: &str| l.expect_id(&format!("step{s}.{n}"));
+                StepIds {
+                    edge_w: id("edge.w"),
+                    edge_b: id("edge.b"),
+                    basis_w: l.id(&format!("step{s}.basis.w")),
+                    basis_b: id("basis.b"),
+                    node1_w: id("node1.w"),
+                    node1_b: id("node1.b"),
+                    node2_w: id("node2.w"),
+                    node2_b: id("node2.b"),
+                    glob1_w: id("glob1.w"),
+                    glob1_b: id("glob1.b"),
+                    glob2_w: id("glob2.w"),
+                    glob2_b: id("glob2.b"),
+                }
+            })
+            .collect();
+        Ids {
+            embed: l.expect_id("embed"),
+            global: l.expect_id("global"),
+            steps,
+            read1_w: l.expect_id("readout1.w"),
+            read1_b: l.expect_id("readout1.b"),
+            read2_w: l.expect_id("readout2.w"),
+            read2_b: l.expect_id("readout2.b"),
+        }
+    }
+}
+
+/// The network: configuration plus one parameter slab.
+#[derive(Clone, Debug)]
+pub struct Gnn<T> {
+    pub cfg: GnnConfig,
+    pub params: Slab<T>,
+    ids: Ids,
+}
+
+/// Saved activations of one step.
+#[derive(Clone, Debug, Default)]
+struct StepActs<T> {
+    xe: Vec<T>,  // (N, 2D) [h, g_node]
+    pre: Vec<T>, // (E, D)
+    xn: Vec<T>,  // (N, 3D) [h, agg, g_node]
+    a: Vec<T>,   // (N, D)
+    s: Vec<T>,   // (N, D)
+    xg: Vec<T>,  // (B, 2D) [mean h, g]
+    ag: Vec<T>,  // (B, D)
+    sg: Vec<T>,  // (B, D)
+}
+
+/// Everything the backward pass needs from a forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct Acts<T> {
+    steps: Vec<StepActs<T>>,
+    basis: Vec<T>,     // (E, K)
+    xr: Vec<T>,        // (B, 2D)
+    ar: Vec<T>,        // (B, D)
+    sr: Vec<T>,        // (B, D)
+    ones: Vec<T>,      // (B) 1
+    inv_nodes: Vec<T>, // (B) 1 / nodes of the graph
+    inv_adj: Vec<T>,   // (N) 1 / avg_adjacency
+}
+
+impl<T: Num> Gnn<T> {
+    /// Parameters drawn from `seed`: embedding N(0, 1); each weight N(0, gain / fan_in) with gain 2
+    /// for layers feeding a swish and 1 for output layers; biases and the global node 0.
+    pub fn init(cfg: GnnConfig, seed: u64) -> Result<Gnn<T>> {
+        cfg.validate()?;
+        let layout = Arc::new(cfg.layout());
+        let mut params = Slab::zeros(layout.clone());
+        let mut rng = Rng::new(seed);
+        for spec in layout.specs() {
+            let name = spec.name.as_str();
+            let std = if name == "embed" {
+                1.0
+            } else if name.ends_with(".w") {
+                let fan_in = spec.shape[1] as f64;
+                let gain = if name.contains("node2") || name.contains("glob2") || name.contains("readout2") {
+                    1.0
+                } else {
+                    2.0
+                };
+                (gain / fan_in).sqrt()
+            } else {
+                0.0
+            };
+            if std > 0.0 {
+                for x in &mut params.data[spec.range()] {
+                    *x = T::from_f64(std * rng.normal());
+                }
+            }
+        }
+        let ids = cfg.ids(&layout);
+        Ok(Gnn { cfg, params, ids })
+    }
+
+    /// A network with given parameters (same layout as `cfg.layout()`).
+    pub fn from_params(cfg: GnnConfig, data: Vec<T>) -> Result<Gnn<T>> {
+        cfg.validate()?;
+        let layout = Arc::new(cfg.layout());
+        let ids = cfg.ids(&layout);
+        Ok(Gnn { cfg, params: Slab::from_vec(layout, data)?, ids })
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.data.len()
+    }
+
+    fn p(&self, id: TensorId) -> &[T] {
+        self.params.get(id)
+    }
+
+    /// Per-atom predictions y (B) for every graph of the batch; saves what `backward` needs.
+    pub fn forward(&self, acts: &mut Acts<T>, batch: &GraphBatch) -> Result<Vec<T>> {
+        let (n, e, b, d, k) =
+            (batch.num_nodes(), batch.num_edges(), batch.num_graphs(), self.cfg.width, self.cfg.basis_dim);
+        if batch.basis_dim != k {
+            return Err(Error::config(
+                "basis_dim",
+                format!("model expects edge basis {k}, batch has {}", batch.basis_dim),
+            ));
+        }
+        if let Some(&z) = batch.species.iter().find(|&&z| z as usize >= NUM_Z || z == 0) {
+            return Err(Error::config("species", format!("atomic number {z} outside 1..{NUM_Z}")));
+        }
+        acts.basis = batch.basis.iter().map(|&x| T::from_f32(x)).collect();
+        acts.ones = vec![T::one(); b];
+        acts.inv_nodes = (0..b).map(|g| T::from_f64(1.0 / batch.nodes_of(g) as f64)).collect();
+        acts.inv_adj = vec![T::from_f64(1.0 / self.cfg.avg_adjacency); n];
+        acts.steps.resize_with(self.cfg.steps, StepActs::default);
+
+        // Embedding and global node.
+        let emb = self.p(self.ids.embed);
+        let mut h = vec![T::zero(); n * d];
+        for (i, row) in h.chunks_mut(d).enumerate() {
+            let (z, c) = (batch.species[i] as usize, T::from_f32(batch.node_scale[i]));
+            for (o, &w) in row.iter_mut().zip(&emb[z * d..][..d]) {
+                *o = w * c;
+            }
+        }
+        let mut g: Vec<T> = self.p(self.ids.global).iter().copied().cycle().take(b * d).collect();
+
+        let mut gnode = vec![T::zero(); n * d];
+        let mut pq = vec![T::zero(); n * 2 * d];
+        let mut fb = vec![T::zero(); e * d];
+        let mut m = vec![T::zero(); e * d];
+        let mut agg = vec![T::zero(); n * d];
+        let mut tmp_n = vec![T::zero(); n * d];
+        let mut hm = vec![T::zero(); b * d];
+        let mut tmp_b = vec![T::zero(); b * d];
+        for (t, ids) in self.ids.steps.iter().enumerate() {
+            let sa = &mut acts.steps[t];
+            ops::segment_broadcast(&mut gnode, &g, &batch.node_offsets, &acts.ones, d);
+            sa.xe.resize(n * 2 * d, T::zero());
+            ops::concat_columns(&mut sa.xe, &[(&h, d), (&gnode, d)]);
+            T::matmul_forward(&mut pq, &sa.xe, self.p(ids.edge_w), Some(self.p(ids.edge_b)), n, 2 * d, 2 * d);
+            match ids.basis_w {
+                Some(w) => T::matmul_forward(&mut fb, &acts.basis, self.p(w), Some(self.p(ids.basis_b)), e, k, d),
+                None => fb.chunks_mut(d).for_each(|r| r.copy_from_slice(self.p(ids.basis_b))),
+            }
+            sa.pre.resize(e * d, T::zero());
+            ops::edge_gather_forward(&mut sa.pre, &pq, &fb, &batch.centers, &batch.neighbors, d);
+            ops::swish_forward(&mut m, &sa.pre);
+            ops::segment_sum(&mut agg, &m, &batch.edge_offsets, &acts.inv_adj, d);
+            sa.xn.resize(n * 3 * d, T::zero());
+            ops::concat_columns(&mut sa.xn, &[(&h, d), (&agg, d), (&gnode, d)]);
+            sa.a.resize(n * d, T::zero());
+            T::matmul_forward(&mut sa.a, &sa.xn, self.p(ids.node1_w), Some(self.p(ids.node1_b)), n, 3 * d, d);
+            sa.s.resize(n * d, T::zero());
+            ops::swish_forward(&mut sa.s, &sa.a);
+            T::matmul_forward(&mut tmp_n, &sa.s, self.p(ids.node2_w), Some(self.p(ids.node2_b)), n, d, d);
+            h.iter_mut().zip(&tmp_n).for_each(|(h, &u)| *h = *h + u);
+
+            ops::segment_sum(&mut hm, &h, &batch.node_offsets, &acts.inv_nodes, d);
+            sa.xg.resize(b * 2 * d, T::zero());
+            ops::concat_columns(&mut sa.xg, &[(&hm, d), (&g, d)]);
+            sa.ag.resize(b * d, T::zero());
+            T::matmul_forward(&mut sa.ag, &sa.xg, self.p(ids.glob1_w), Some(self.p(ids.glob1_b)), b, 2 * d, d);
+            sa.sg.resize(b * d, T::zero());
+            ops::swish_forward(&mut sa.sg, &sa.ag);
+            T::matmul_forward(&mut tmp_b, &sa.sg, self.p(ids.glob2_w), Some(self.p(ids.glob2_b)), b, d, d);
+            g.iter_mut().zip(&tmp_b).for_each(|(g, &u)| *g = *g + u);
+        }
+
+        ops::segment_sum(&mut hm, &h, &batch.node_offsets, &acts.inv_nodes, d);
+        acts.xr.resize(b * 2 * d, T::zero());
+        ops::concat_columns(&mut acts.xr, &[(&hm, d), (&g, d)]);
+        acts.ar.resize(b * d, T::zero());
+        T::matmul_forward(
+            &mut acts.ar,
+            &acts.xr,
+            self.p(self.ids.read1_w),
+            Some(self.p(self.ids.read1_b)),
+            b,
+            2 * d,
+            d,
+        );
+        acts.sr.resize(b * d, T::zero());
+        ops::swish_forward(&mut acts.sr, &acts.ar);
+        let mut out = vec![T::zero(); b];
+        T::matmul_forward(&mut out, &acts.sr, self.p(self.ids.read2_w), Some(self.p(self.ids.read2_b)), b, d, 1);
+        let (scale, shift) = (T::from_f64(self.cfg.scale), T::from_f64(self.cfg.shift));
+        Ok(out.into_iter().map(|o| scale * o + shift).collect())
+    }
+
+    /// Accumulates into `grads` (laid out as `params`) the gradient of a loss whose derivative with
+    /// respect to the predictions y is `dy` (B), using the activations of the forward pass on `batch`.
+    pub fn backward(&self, grads: &mut Slab<T>, acts: &Acts<T>, batch: &GraphBatch, dy: &[T]) {
+        let (n, e, b, d, k) =
+            (batch.num_nodes(), batch.num_edges(), batch.num_graphs(), self.cfg.width, self.cfg.basis_dim);
+        let scale = T::from_f64(self.cfg.scale);
+        let dout: Vec<T> = dy.iter().map(|&x| x * scale).collect();
+
+        let mut dsr = vec![T::zero(); b * d];
+        self.dense_backward(grads, self.ids.read2_w, self.ids.read2_b, &mut dsr, &dout, &acts.sr, b, d, 1);
+        let mut dar = vec![T::zero(); b * d];
+        ops::swish_backward(&mut dar, &acts.ar, &dsr);
+        let mut dx2 = vec![T::zero(); b * 2 * d];
+        self.dense_backward(grads, self.ids.read1_w, self.ids.read1_b, &mut dx2, &dar, &acts.xr, b, 2 * d, d);
+        // Residual streams: dh (N, D) and dg (B, D).
+        let mut dhm = vec![T::zero(); b * d];
+        ops::copy_columns(&mut dhm, &dx2, 0, d, 2 * d);
+        let mut dh = vec![T::zero(); n * d];
+        ops::segment_broadcast(&mut dh, &dhm, &batch.node_offsets, &acts.inv_nodes, d);
+        let mut dg = vec![T::zero(); b * d];
+        ops::copy_columns(&mut dg, &dx2, d, d, 2 * d);
+
+        let mut dsb = vec![T::zero(); b * d];
+        let mut dab = vec![T::zero(); b * d];
+        let mut dsn = vec![T::zero(); n * d];
+        let mut dan = vec![T::zero(); n * d];
+        let mut dxn = vec![T::zero(); n * 3 * d];
+        let mut dgnode = vec![T::zero(); n * d];
+        let mut dm = vec![T::zero(); e * d];
+        let mut dpre = vec![T::zero(); e * d];
+        let mut dpq = vec![T::zero(); n * 2 * d];
+        let mut dxe = vec![T::zero(); n * 2 * d];
+        let mut dbasis = vec![T::zero(); e * k];
+        let mut tmp_b = vec![T::zero(); b * d];
+        for (t, ids) in self.ids.steps.iter().enumerate().rev() {
+            let sa = &acts.steps[t];
+            // g' = g + MLP([mean h', g]).
+            self.dense_backward(grads, ids.glob2_w, ids.glob2_b, &mut dsb, &dg, &sa.sg, b, d, d);
+            ops::swish_backward(&mut dab, &sa.ag, &dsb);
+            self.dense_backward(grads, ids.glob1_w, ids.glob1_b, &mut dx2, &dab, &sa.xg, b, 2 * d, d);
+            ops::copy_columns(&mut dhm, &dx2, 0, d, 2 * d);
+            ops::segment_broadcast(&mut dsn, &dhm, &batch.node_offsets, &acts.inv_nodes, d);
+            dh.iter_mut().zip(&dsn).for_each(|(a, &x)| *a = *a + x);
+            ops::add_columns(&mut dg, &dx2, d, d, 2 * d);
+            // h' = h + MLP([h, agg, g_node]).
+            self.dense_backward(grads, ids.node2_w, ids.node2_b, &mut dsn, &dh, &sa.s, n, d, d);
+            ops::swish_backward(&mut dan, &sa.a, &dsn);
+            self.dense_backward(grads, ids.node1_w, ids.node1_b, &mut dxn, &dan, &sa.xn, n, 3 * d, d);
+            ops::add_columns(&mut dh, &dxn, 0, d, 3 * d);
+            ops::copy_columns(&mut dgnode, &dxn, 2 * d, d, 3 * d);
+            // agg = segment_sum(swish(pre)) / avg_adj: dm[e] = dagg[center_e] / avg_adj.
+            ops::copy_columns(&mut dsn, &dxn, d, d, 3 * d);
+            ops::segment_broadcast(&mut dm, &dsn, &batch.edge_offsets, &acts.inv_adj, d);
+            ops::swish_backward(&mut dpre, &sa.pre, &dm);
+            match ids.basis_w {
+                Some(w) => self.dense_backward(grads, w, ids.basis_b, &mut dbasis, &dpre, &acts.basis, e, k, d),
+                None => {
+                    let db = grads.get_mut(ids.basis_b);
+                    for row in dpre.chunks(d) {
+                        db.iter_mut().zip(row).for_each(|(a, &x)| *a = *a + x);
+                    }
+                }
+            }
+            ops::edge_gather_backward(&mut dpq, &dpre, &batch.edge_offsets, &batch.reverse, d);
+            self.dense_backward(grads, ids.edge_w, ids.edge_b, &mut dxe, &dpq, &sa.xe, n, 2 * d, 2 * d);
+            ops::add_columns(&mut dh, &dxe, 0, d, 2 * d);
+            ops::add_columns(&mut dgnode, &dxe, d, d, 2 * d);
+            // g_node = broadcast(g): dg += segment sums of dg_node.
+            ops::segment_sum(&mut tmp_b, &dgnode, &batch.node_offsets, &acts.ones, d);
+            dg.iter_mut().zip(&tmp_b).for_each(|(a, &x)| *a = *a + x);
+        }
+
+        // h = scale_n * Embed[Z_n]; g = Global.
+        let demb = grads.get_mut(self.ids.embed);
+        for (i, row) in dh.chunks(d).enumerate() {
+            let (z, c) = (batch.species[i] as usize, T::from_f32(batch.node_scale[i]));
+            for (a, &x) in demb[z * d..][..d].iter_mut().zip(row) {
+                *a = *a + x * c;
+            }
+        }
+        let dglob = grads.get_mut(self.ids.global);
+        for row in dg.chunks(d) {
+            dglob.iter_mut().zip(row).for_each(|(a, &x)| *a = *a + x);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward(
+        &self,
+        grads: &mut Slab<T>,
+        w: TensorId,
+        bias: TensorId,
+        dinp: &mut [T],
+        dout: &[T],
+        inp: &[T],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let l = grads.layout.clone();
+        let [dw, db] = grads.disjoint_mut([l.range(w), l.range(bias)]);
+        T::matmul_backward(dinp, dw, Some(db), dout, inp, self.p(w), n, ic, oc);
+    }
+}
+
+impl Gnn<f32> {
+    /// The same network in f64 (for reference checks).
+    pub fn to_f64(&self) -> Gnn<f64> {
+        Gnn::from_params(self.cfg.clone(), self.params.data.iter().map(|&x| x as f64).collect()).expect("same layout")
+    }
+}
