@@ -165,7 +165,6 @@ fn bad_flag_values_are_rejected_with_the_field_and_write_nothing() {
         (&["--batch", "0"][..], "batch"),
         (&["--model", "gpt5"], "gpt5"),
         (&["--seq", "10000", "--steps", "1", "--model", "tiny"], "seq"),
-        (&["--precision", "fp8-o2"], "fp8-o2"),
         (&["--precision", "fp9"], "fp9"),
         (&["--lr=-1"], "lr"),
     ] {
@@ -236,8 +235,26 @@ fn memory_ledger_reports_16_bytes_per_param_for_fp32_adamw() {
         assert_eq!(v["bytes"][role], 4 * 124_475_904, "{role}");
     }
     assert!(v["bytes"]["activations"].as_u64().unwrap() > 0);
-    let o = octet(&["memory", "--precision", "fp8-o2"]);
-    assert!(!o.status.success() && stderr(&o).contains("fp8-o2"));
+}
+
+#[test]
+fn memory_ledger_reports_6_bytes_per_param_for_fp8_o2() {
+    let o = octet(&["memory", "--model", "gpt2-124m", "--precision", "fp8-o2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = &json_lines(&o)[0];
+    let bpp = v["bytes_per_param"].as_f64().unwrap();
+    assert!((6.0..6.5).contains(&bpp), "{bpp}");
+    assert_eq!(v["bytes"]["gradients"].as_u64().unwrap() / 124_475_904, 1);
+}
+
+#[test]
+fn resume_is_bit_identical_at_fp8_o2_with_narrow_weights_and_moments() {
+    assert_resume_bit_identical(&["--precision", "fp8-o2"]);
+}
+
+#[test]
+fn resume_is_bit_identical_at_fp8_o1() {
+    assert_resume_bit_identical(&["--precision", "fp8-o1"]);
 }
 
 #[test]

@@ -1,16 +1,16 @@
-//! Training-step throughput benchmark: forward + backward + clip + AdamW on random tokens, timed per
+//! Training-step throughput benchmark: forward + backward + clip + AdamW (`step::train_step`, any precision level) on random tokens, timed per
 //! step after warm-up; reports tokens/s, the median step time and achieved model GFLOP/s.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use octet_core::{Result, Rng};
 use octet_kernels::CpuBackend;
-use octet_optim::{AdamW, AdamWConfig, clip_global_norm};
+use octet_optim::AdamWConfig;
 
-use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params, param_layout};
+use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::memory::Ledger;
 use crate::precision::Precision;
+use crate::step::{GradScaler, Optimizer, train_step};
 use crate::train::peak_rss_bytes;
 use octet_core::scaling::Recipe;
 
@@ -51,21 +51,16 @@ pub fn bench_train(
     warmup: usize,
     seed: u64,
 ) -> Result<BenchResult> {
-    let layout = Arc::new(param_layout(&cfg));
-    let mut model =
-        Gpt2::new(cfg, CpuBackend, init_params(&cfg, &layout, seed))?.with_precision(precision, &Recipe::default())?;
-    let mut opt = AdamW::new(layout.clone(), decay_flags(&layout), AdamWConfig::default());
+    let mut model = Gpt2::init(cfg, CpuBackend, precision, &Recipe::default(), seed)?;
+    let mut opt = Optimizer::for_model(&model, AdamWConfig::default());
+    let mut scaler = GradScaler::default();
     let mut rng = Rng::new(seed);
     let mut times = vec![];
     for i in 0..warmup + steps {
         let x: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
         let y: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
         let t0 = Instant::now();
-        model.zero_grad();
-        model.forward(&x, Some(&y), b, t)?;
-        model.backward()?;
-        clip_global_norm(&mut model.grads.data, 1.0);
-        opt.update(&mut model.params.data, &model.grads.data, 1e-4);
+        train_step(&mut model, &mut opt, &mut scaler, &x, &y, b, t, 1.0, 1e-4)?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -74,7 +69,7 @@ pub fn bench_train(
     let med = times[times.len() / 2];
     let tps = (b * t) as f64 / med;
     let fpt = flops_per_token(&cfg, t);
-    let ledger = Ledger::of(&model, &opt);
+    let ledger = Ledger::of(&model, opt.state_bytes());
     let rss = peak_rss_bytes();
     Ok(BenchResult {
         model: cfg,

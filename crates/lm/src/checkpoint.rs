@@ -1,5 +1,9 @@
 //! Checkpoints: a directory holding `model.safetensors` (parameters by name, f32), `optimizer.safetensors`
 //! (AdamW m and v by name), `state.json` (step, configs, data fingerprint) and `tokenizer.json`.
+//! At the narrow levels (fp8-o1, fp8-o2) the buffers are saved as stored, bit for bit: each as two
+//! tensors `<name>.codes` (U8, the elements' little-endian bytes in their format) and `<name>.scales`
+//! (F32, one per unit tensor), the formats in the safetensors metadata (`weights`, `m`, `v`); the unit
+//! layout is `narrow::unit_layout` of the model's parameter layout.
 //! Written into a temporary directory and renamed into place, then the run's `latest` pointer is
 //! replaced atomically: an interrupted write never leaves a half checkpoint that resume would load.
 
@@ -7,10 +11,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use octet_core::{Error, Layout, Result, Slab};
+use octet_optim::{ScaledBuf, StateFormat};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::gpt2::Gpt2Config;
 use crate::precision::LinearScaling;
+use crate::step::GradScaler;
 use crate::train::TrainConfig;
 use octet_core::fs::write_atomic;
 
@@ -31,6 +37,75 @@ pub struct State {
     /// FP8 scaling state of every block linear (amax histories and scales), for bit-identical resume.
     #[serde(default)]
     pub scaling: Vec<LinearScaling>,
+    /// Gradient scale of the narrow levels (`step::GradScaler`).
+    #[serde(default)]
+    pub scaler: GradScaler,
+    /// Completed optimizer steps, when they differ from `step` (skipped steps at the narrow levels).
+    #[serde(default)]
+    pub optimizer_step: Option<u64>,
+}
+
+/// Parameters and optimizer state as a run holds them.
+pub enum Tensors<'a> {
+    Plain { params: &'a Slab<f32>, m: &'a Slab<f32>, v: &'a Slab<f32> },
+    Narrow { weights: &'a ScaledBuf, m: &'a ScaledBuf, v: &'a ScaledBuf },
+}
+
+/// Narrow buffers as loaded (the optimizer's only when asked for).
+pub struct NarrowParts {
+    pub weights: ScaledBuf,
+    pub m: Option<ScaledBuf>,
+    pub v: Option<ScaledBuf>,
+}
+
+/// `bufs` (name, buffer) as raw safetensors bytes; formats and margins in the metadata.
+fn raw_safetensors(bufs: &[(&str, &ScaledBuf)]) -> Result<Vec<u8>> {
+    let mut meta = HashMap::from([("format".to_string(), "octet-gpt2-narrow".to_string())]);
+    let mut owned: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = vec![];
+    for (name, b) in bufs {
+        let (codes, scales) = b.to_raw();
+        meta.insert(name.to_string(), b.format().name().to_string());
+        meta.insert(format!("{name}.margin"), b.margin().to_string());
+        owned.push((format!("{name}.codes"), vec![codes.len()], Dtype::U8, codes));
+        owned.push((format!("{name}.scales"), vec![scales.len()], Dtype::F32, f32_bytes(&scales)));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, d, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("shape matches")))
+        .collect();
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("safetensors: {e}")))
+}
+
+/// Buffer `name` of a file written by `raw_safetensors`, over `layout`.
+fn raw_load(path: &Path, bytes: &[u8], name: &str, layout: &std::sync::Arc<Layout>) -> Result<ScaledBuf> {
+    let (_, md) = SafeTensors::read_metadata(bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let get = |k: &str| meta.get(k).ok_or_else(|| Error::format(path, k, "missing from the metadata"));
+    const FORMATS: [StateFormat; 6] = [
+        StateFormat::F32,
+        StateFormat::F16,
+        StateFormat::Bf16,
+        StateFormat::E4M3,
+        StateFormat::E5M2,
+        StateFormat::E4M3Block128,
+    ];
+    let fname = get(name)?;
+    let format = FORMATS
+        .into_iter()
+        .find(|f| f.name() == fname)
+        .ok_or_else(|| Error::format(path, name, format!("unknown storage format `{fname}`")))?;
+    let margin: i32 = get(&format!("{name}.margin"))?
+        .parse()
+        .map_err(|_| Error::format(path, format!("{name}.margin"), "not an integer"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
+    let tensor = |n: String| st.tensor(&n).map_err(|_| Error::format(path, &n, "tensor missing"));
+    let codes = tensor(format!("{name}.codes"))?;
+    let scales_t = tensor(format!("{name}.scales"))?;
+    if codes.dtype() != Dtype::U8 || scales_t.dtype() != Dtype::F32 {
+        return Err(Error::format(path, name, "expected U8 codes and F32 scales"));
+    }
+    let scales: Vec<f32> = scales_t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    ScaledBuf::from_raw(format, layout.clone(), codes.data(), &scales, margin).map_err(|e| Error::format(path, name, e))
 }
 
 fn f32_bytes(x: &[f32]) -> Vec<u8> {
@@ -78,9 +153,7 @@ pub fn load_into(path: &Path, bytes: &[u8], prefix: &str, layout: &Layout, out: 
 pub fn save(
     run_dir: &Path,
     state: &State,
-    params: &Slab<f32>,
-    m: &Slab<f32>,
-    v: &Slab<f32>,
+    tensors: Tensors<'_>,
     tokenizer_json: &Path,
     keep: usize,
 ) -> Result<PathBuf> {
@@ -92,9 +165,17 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    let meta = HashMap::from([("format".to_string(), "octet-gpt2".to_string())]);
-    write_atomic(&tmp.join("model.safetensors"), &to_safetensors(&[("", params)], meta.clone())?)?;
-    write_atomic(&tmp.join("optimizer.safetensors"), &to_safetensors(&[("m.", m), ("v.", v)], meta)?)?;
+    let (model, opt) = match tensors {
+        Tensors::Plain { params, m, v } => {
+            let meta = HashMap::from([("format".to_string(), "octet-gpt2".to_string())]);
+            (to_safetensors(&[("", params)], meta.clone())?, to_safetensors(&[("m.", m), ("v.", v)], meta)?)
+        }
+        Tensors::Narrow { weights, m, v } => {
+            (raw_safetensors(&[("weights", weights)])?, raw_safetensors(&[("m", m), ("v", v)])?)
+        }
+    };
+    write_atomic(&tmp.join("model.safetensors"), &model)?;
+    write_atomic(&tmp.join("optimizer.safetensors"), &opt)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     write_atomic(&tmp.join("state.json"), json.as_bytes())?;
     std::fs::copy(tokenizer_json, tmp.join("tokenizer.json")).map_err(|e| io(tokenizer_json, e))?;
@@ -138,6 +219,9 @@ pub struct Loaded {
     pub params: Vec<f32>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+    /// The narrow levels' buffers as stored; then `params` holds the decoded weights only when the
+    /// optimizer was not asked for (sampling), and `m`, `v` are empty.
+    pub narrow: Option<NarrowParts>,
 }
 
 /// Load and validate a checkpoint; `with_optimizer` also reads m and v.
@@ -155,8 +239,23 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
         let p = dir.join(name);
         std::fs::read(&p).map(|b| (p.clone(), b)).map_err(|e| Error::io(&p, e))
     };
-    let mut params = vec![0.0; layout.total()];
     let (p, b) = read("model.safetensors")?;
+    if state.train.precision.is_narrow() {
+        let working = crate::gpt2::param_layout(&Gpt2Config { n_layer: 1, ..state.model });
+        let units = std::sync::Arc::new(crate::narrow::unit_layout(&layout, &working).0);
+        let weights = raw_load(&p, &b, "weights", &units)?;
+        let (mut m, mut v, mut params) = (None, None, vec![]);
+        if with_optimizer {
+            let (p, b) = read("optimizer.safetensors")?;
+            m = Some(raw_load(&p, &b, "m", &units)?);
+            v = Some(raw_load(&p, &b, "v", &units)?);
+        } else {
+            params = weights.to_f32();
+        }
+        let narrow = Some(NarrowParts { weights, m, v });
+        return Ok(Loaded { dir, state, params, m: vec![], v: vec![], narrow });
+    }
+    let mut params = vec![0.0; layout.total()];
     load_into(&p, &b, "", &layout, &mut params)?;
     let (mut m, mut v) = (vec![], vec![]);
     if with_optimizer {
@@ -166,5 +265,5 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
         load_into(&p, &b, "m.", &layout, &mut m)?;
         load_into(&p, &b, "v.", &layout, &mut v)?;
     }
-    Ok(Loaded { dir, state, params, m, v })
+    Ok(Loaded { dir, state, params, m, v, narrow: None })
 }

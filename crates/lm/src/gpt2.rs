@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use octet_core::scaling::{Recipe, ScalingMode};
-use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
+use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
+use crate::narrow::{Narrow, as_f32, as_f32_mut};
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
@@ -115,21 +116,30 @@ pub fn decay_flags(layout: &Layout) -> Vec<bool> {
 /// GPT-2 initialisation: N(0, 0.02) matrices, residual projections N(0, 0.02/sqrt(2L)), zero biases,
 /// unit norm gains.
 pub fn init_params(c: &Gpt2Config, layout: &Layout, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
     let mut p = vec![0.0f32; layout.total()];
+    init_tensors(c, layout, seed, |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
+    p
+}
+
+/// `init_params` one tensor at a time: `f(tensor index, values)` in layout order, through one scratch
+/// buffer the size of the largest tensor (narrow storage encodes each as it comes, never holding an
+/// f32 copy of the whole model). Same values as `init_params`.
+pub fn init_tensors(c: &Gpt2Config, layout: &Layout, seed: u64, mut f: impl FnMut(usize, &[f32])) {
+    let mut rng = Rng::new(seed);
     let proj_std = 0.02 / (2.0 * c.n_layer as f64).sqrt();
-    for s in layout.specs() {
-        let out = &mut p[s.range()];
+    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
+    for (t, s) in layout.specs().iter().enumerate() {
+        let out = &mut scratch[..s.numel()];
         match s.name.as_str() {
             "ln1w" | "ln2w" | "lnfw" => out.fill(1.0),
             "attprojw" | "fcprojw" => out.iter_mut().for_each(|x| *x = (rng.normal() * proj_std) as f32),
             n if n.ends_with('w') || n == "wte" || n == "wpe" => {
                 out.iter_mut().for_each(|x| *x = (rng.normal() * 0.02) as f32)
             }
-            _ => {} // biases stay zero
+            _ => out.fill(0.0), // biases
         }
+        f(t, out);
     }
-    p
 }
 
 /// A block's twelve tensors, in `param_layout` order; `T` is a slice of parameters or gradients.
@@ -249,11 +259,20 @@ const FC_LIN: usize = 2;
 const FCPROJ_LIN: usize = 3;
 
 /// A GPT-2 model bound to a backend: parameters, their gradients, and activations for one batch shape.
+///
+/// At `fp8-o1` / `fp8-o2` the weights and gradients live in `narrow` (f16 and E4M3, see
+/// `crate::narrow`) and `params` / `grads` are only the f32 working set: the top tensors and one block
+/// (`param_layout` with `n_layer = 1`), staged layer by layer.
 pub struct Gpt2<Bk: Backend> {
     pub cfg: Gpt2Config,
     pub backend: Bk,
     pub params: Slab<Bk::F>,
     pub grads: Slab<Bk::F>,
+    /// Narrow weight and gradient storage (O1/O2), else None.
+    pub narrow: Option<Narrow>,
+    /// Multiplies the loss gradient in backward (a power of two; the trainer lowers it when a
+    /// gradient overflows). Gradients come out scaled by it.
+    pub grad_scale: f64,
     ids: ParamIds,
     acts: Option<Acts<Bk::F>>,
     tokens: Vec<u32>,
@@ -309,6 +328,8 @@ impl<Bk: Backend> Gpt2<Bk> {
             backend,
             params,
             grads: Slab::zeros(layout),
+            narrow: None,
+            grad_scale: 1.0,
             ids,
             acts: None,
             tokens: vec![],
@@ -320,10 +341,56 @@ impl<Bk: Backend> Gpt2<Bk> {
         })
     }
 
+    /// A freshly initialised model (`init_tensors` with `seed`) at `precision`. At the narrow levels
+    /// the weights are encoded tensor by tensor: no f32 copy of the whole model is ever made.
+    pub fn init(cfg: Gpt2Config, backend: Bk, precision: Precision, recipe: &Recipe, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        if !precision.is_narrow() {
+            let layout = param_layout(&cfg);
+            let p = init_params(&cfg, &layout, seed).into_iter().map(Bk::F::from_f32).collect();
+            return Gpt2::new(cfg, backend, p)?.with_precision(precision, recipe);
+        }
+        let full = param_layout(&cfg);
+        let mut nw = Narrow::zeros(&full, &param_layout(&Gpt2Config { n_layer: 1, ..cfg }), cfg.n_layer);
+        init_tensors(&cfg, &full, seed, |t, v| nw.set_tensor(t, v));
+        Gpt2::with_narrow(cfg, backend, nw)?.with_precision(precision, recipe)
+    }
+
+    /// A model whose weights are `nw` (narrow storage over `param_layout(&cfg)`'s units).
+    pub fn with_narrow(cfg: Gpt2Config, backend: Bk, nw: Narrow) -> Result<Self> {
+        if std::any::TypeId::of::<Bk::F>() != std::any::TypeId::of::<f32>() {
+            return Err(Error::config("precision", "narrow weight storage is for f32 compute only"));
+        }
+        let working = Arc::new(param_layout(&Gpt2Config { n_layer: 1, ..cfg }));
+        let mut m = Gpt2::new(Gpt2Config { n_layer: 1, ..cfg }, backend, vec![Bk::F::default(); working.total()])?;
+        m.cfg = cfg;
+        m.ids = ParamIds::new(&working);
+        m.narrow = Some(nw);
+        Ok(m)
+    }
+
     /// Run the block linears at `precision`, FP8 scaling per `recipe`.
     pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
-        precision.check_supported()?;
         recipe.validate()?;
+        if precision.is_narrow() && self.narrow.is_some() {
+            // Already narrow (O1 <-> O2 differ only in the optimizer).
+        } else if precision.is_narrow() {
+            if std::any::TypeId::of::<Bk::F>() != std::any::TypeId::of::<f32>() {
+                return Err(Error::config("precision", format!("`{precision}` stores weights for f32 compute only")));
+            }
+            let working = Arc::new(param_layout(&Gpt2Config { n_layer: 1, ..self.cfg }));
+            let nw = Narrow::new(&self.params.layout, &working, self.cfg.n_layer, as_f32(&self.params.data));
+            self.ids = ParamIds::new(&working);
+            self.params = Slab::zeros(working.clone());
+            self.grads = Slab::zeros(working);
+            self.narrow = Some(nw);
+        } else if let Some(nw) = self.narrow.take() {
+            let full = Arc::new(param_layout(&self.cfg));
+            let p = nw.weights_f32().into_iter().map(Bk::F::from_f32).collect();
+            self.params = Slab::from_vec(full.clone(), p)?;
+            self.grads = Slab::zeros(full.clone());
+            self.ids = ParamIds::new(&full);
+        }
         self.precision = precision;
         self.scaling_mode = recipe.mode;
         self.scaling =
@@ -377,7 +444,10 @@ impl<Bk: Backend> Gpt2<Bk> {
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        let (be, p, pid) = (&self.backend, &self.params, &self.ids);
+        if let Some(nw) = &self.narrow {
+            nw.stage_top(as_f32_mut(&mut self.params.data));
+        }
+        let (be, pid) = (&self.backend, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
         let a = &mut acts.a;
@@ -391,11 +461,18 @@ impl<Bk: Backend> Gpt2<Bk> {
         };
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
-        let top = pid.top(p);
-
+        let top = pid.top(&self.params);
         be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
-            let w = pid.block(p, l);
+            // Narrow storage: decode layer l into the working set's one block.
+            let lw = match &self.narrow {
+                Some(nw) => {
+                    nw.stage_layer(l, as_f32_mut(&mut self.params.data));
+                    0
+                }
+                None => l,
+            };
+            let w = pid.block(&self.params, lw);
             // x -> residual2 = x + attproj(attention(qkv(ln1(x)))) -> residual3 = residual2 + mlp(ln2(residual2))
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             let [ln1, mean, rstd, x] = a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
@@ -420,6 +497,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
             be.residual_forward(r3, r2, proj);
         }
+        let top = pid.top(&self.params);
         let [lnf, mean, rstd, x] = a.disjoint_mut([aw(LNF), aw(LNF_MEAN), aw(LNF_RSTD), ar(RESIDUAL3, l_n - 1)]);
         be.layernorm_forward(lnf, mean, rstd, x, top.lnfw, top.lnfb, n, d);
         // Tied output projection, kept in f32 at every level (as Transformer Engine leaves the head).
@@ -453,7 +531,11 @@ impl<Bk: Backend> Gpt2<Bk> {
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
         let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        let (be, p, g, pid) = (&self.backend, &self.params, &mut self.grads, &self.ids);
+        let (be, pid) = (&self.backend, &self.ids);
+        let (p, g) = (&mut self.params, &mut self.grads);
+        if let Some(nw) = &mut self.narrow {
+            nw.begin_backward();
+        }
         let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
         let (a, da) = (&mut acts.a, &mut acts.d);
         let mut lin = Linears {
@@ -467,12 +549,12 @@ impl<Bk: Backend> Gpt2<Bk> {
         let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
         let aw = |i: usize| al.range(TensorId(i));
         let dw = |i: usize| dl.range(TensorId(i));
-        let top = pid.top(p);
 
         // Loss, tied head and final norm: dlogits in place of the probabilities, dlnf, dresidual.
         {
-            let gt = pid.top_mut(g);
-            be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, 1.0 / n as f64, n, c.vocab_size, vp);
+            let (top, gt) = (pid.top(p), pid.top_mut(g));
+            let dloss = self.grad_scale / n as f64;
+            be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, dloss, n, c.vocab_size, vp);
             let dln = da.get_mut(TensorId(DLN));
             be.matmul_backward(dln, gt.wte, None, a.get(TensorId(LOGITS)), a.get(TensorId(LNF)), top.wte, n, d, vp);
             da.get_mut(TensorId(DRES)).fill(Bk::F::default());
@@ -482,7 +564,19 @@ impl<Bk: Backend> Gpt2<Bk> {
             be.layernorm_backward(dres, gt.lnfw, gt.lnfb, dln, x, top.lnfw, mean, rstd, n, d);
         }
         for l in (0..l_n).rev() {
-            let (w, gw) = (pid.block(p, l), pid.block_mut(g, l));
+            // Narrow storage: layer l's weights into the working block (the last layer is still there
+            // from forward), its gradient block zeroed, encoded to E4M3 after the layer.
+            let lw = match &self.narrow {
+                Some(nw) => {
+                    if l + 1 != l_n {
+                        nw.stage_layer(l, as_f32_mut(&mut p.data));
+                    }
+                    nw.zero_layer_grads(l, as_f32_mut(&mut g.data));
+                    0
+                }
+                None => l,
+            };
+            let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             let [dfg, dres] = da.disjoint_mut([dw(DFCH_GELU), dw(DRES)]);
@@ -529,9 +623,15 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             let (x, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
             be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, x, w.ln1w, mean, rstd, n, d);
+            if let Some(nw) = &mut self.narrow {
+                nw.store_layer_grads(l, as_f32(&g.data));
+            }
         }
         let gt = pid.top_mut(g);
         be.encoder_backward(gt.wte, gt.wpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);
+        if let Some(nw) = &mut self.narrow {
+            nw.store_top_grads(as_f32(&g.data));
+        }
         Ok(())
     }
 }

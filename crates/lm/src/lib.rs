@@ -3,6 +3,7 @@
 
 mod acts;
 pub mod bench;
+pub mod blocks;
 pub mod checkpoint;
 pub mod data;
 pub mod generate;
@@ -11,7 +12,9 @@ pub mod gpt2;
 pub mod llama;
 pub mod llama_hf;
 pub mod memory;
+pub mod narrow;
 pub mod precision;
+pub mod step;
 pub mod train;
 
 pub use gpt2::{Gpt2, Gpt2Config};

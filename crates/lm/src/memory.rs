@@ -4,7 +4,6 @@
 //! FP8-LM reports (16 B for fp32 AdamW; 6 B for its O3 level).
 
 use octet_kernels::Backend;
-use octet_optim::AdamW;
 
 use crate::gpt2::Gpt2;
 
@@ -36,19 +35,26 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn of<Bk: Backend>(model: &Gpt2<Bk>, opt: &AdamW) -> Self {
+    /// The buffers of `model` and of an optimizer whose m and v take `adam_bytes`.
+    pub fn of<Bk: Backend>(model: &Gpt2<Bk>, adam_bytes: (usize, usize)) -> Self {
         let e = size_of::<Bk::F>();
         let (acts, dacts, ws) = model.activation_elems();
+        // At the narrow levels `params` / `grads` are the f32 working set (one block): workspace.
+        let working = (model.params.data.len() + model.grads.data.len()) * e;
+        let (weights, grads, work) = match &model.narrow {
+            Some(nw) => (nw.weights.bytes(), nw.grads.bytes(), working),
+            None => (model.params.data.len() * e, model.grads.data.len() * e, 0),
+        };
         Ledger {
-            params: model.params.data.len(),
+            params: model.cfg.num_params(),
             bytes: vec![
-                (MemRole::Weights, model.params.data.len() * e),
+                (MemRole::Weights, weights),
                 (MemRole::Master, 0),
-                (MemRole::Gradients, model.grads.data.len() * e),
-                (MemRole::AdamM, opt.m.data.len() * size_of::<f32>()),
-                (MemRole::AdamV, opt.v.data.len() * size_of::<f32>()),
+                (MemRole::Gradients, grads),
+                (MemRole::AdamM, adam_bytes.0),
+                (MemRole::AdamV, adam_bytes.1),
                 (MemRole::Activations, (acts + dacts) * e),
-                (MemRole::Workspace, ws * e),
+                (MemRole::Workspace, ws * e + work),
             ],
         }
     }
@@ -94,6 +100,6 @@ pub fn plan(
     let mut model = Gpt2::new(cfg, octet_kernels::CpuBackend, params)?
         .with_precision(precision, &octet_core::scaling::Recipe::default())?;
     model.ensure_acts(b, t);
-    let opt = AdamW::new(layout.clone(), crate::gpt2::decay_flags(&layout), Default::default());
-    Ok(Ledger::of(&model, &opt))
+    let opt = crate::step::Optimizer::for_model(&model, Default::default());
+    Ok(Ledger::of(&model, opt.state_bytes()))
 }

@@ -4,10 +4,10 @@
 //! cast is a quantise-dequantise into f32 scratch: the products and sums are exactly those of an FP8
 //! tensor-core GEMM over the same bytes and scales.
 //!
-//! Implemented: `fp32`, `bf16` (bf16 GEMM operands; f32 master weights and Adam), `fp8-te` (FP8
-//! GEMMs; everything else f32). `fp8-o1` / `fp8-o2` (FP8 weight gradients and all-reduce, fp16
-//! weights, FP8/fp16 Adam state) need per-tensor storage formats in the parameter and optimizer
-//! buffers and are refused with a clear error until they exist.
+//! Levels: `fp32`; `bf16` (bf16 GEMM operands; f32 master weights and Adam); `fp8-te` (FP8 GEMMs;
+//! everything else f32); `fp8-o1` (also f16 weights with tensor scaling and E4M3 weight gradients,
+//! `crate::narrow`; Adam in f32); `fp8-o2` (also Adam m in E4M3 and v in f16, FP8-LM's two-stage
+//! optimizer `octet_optim::Fp8AdamW`): 16, 16, 16, 11 and 6 bytes per parameter (+ scales).
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +16,7 @@ use octet_core::fp8::Fp8Format;
 use octet_core::scaling::{Recipe, Role, ScalingMeta, ScalingMode};
 use octet_core::{Error, Result};
 use octet_kernels::Backend;
+use octet_optim::StateFormats;
 
 /// A precision level (`--precision`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -43,18 +44,13 @@ impl Precision {
     pub fn is_fp8(self) -> bool {
         matches!(self, Precision::Fp8Te | Precision::Fp8O1 | Precision::Fp8O2)
     }
-    /// Levels the trainer can run today.
-    pub fn check_supported(self) -> Result<()> {
-        match self {
-            Precision::Fp8O1 | Precision::Fp8O2 => Err(Error::config(
-                "precision",
-                format!(
-                    "`{}` needs FP8 weight-gradient and FP8/fp16 optimizer-state storage, not implemented yet; use fp32, bf16 or fp8-te",
-                    self.name()
-                ),
-            )),
-            _ => Ok(()),
-        }
+    /// Weights in f16 and weight gradients in E4M3 (`crate::narrow`): O1 and O2.
+    pub fn is_narrow(self) -> bool {
+        matches!(self, Precision::Fp8O1 | Precision::Fp8O2)
+    }
+    /// Storage formats of Adam's m and v: f32 up to O1, E4M3 / f16 with tensor scaling at O2.
+    pub fn adam_formats(self) -> StateFormats {
+        if self == Precision::Fp8O2 { StateFormats::O2 } else { StateFormats::F32 }
     }
 }
 

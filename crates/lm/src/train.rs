@@ -3,18 +3,19 @@
 //! decides how to show them (progress bar or JSON lines).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use octet_core::{Error, Result};
 use octet_kernels::CpuBackend;
-use octet_optim::{AdamW, AdamWConfig, Decay, Schedule, clip_global_norm};
+use octet_optim::{AdamWConfig, Decay, Schedule};
 
-use crate::checkpoint::{self, STATE_VERSION, State};
+use crate::checkpoint::{self, STATE_VERSION, State, Tensors};
 use crate::data::{self, Batches, Shard, TextTokenizer};
 use crate::generate::{SampleConfig, sample};
-use crate::gpt2::{Gpt2, Gpt2Config, decay_flags, init_params};
+use crate::gpt2::{Gpt2, Gpt2Config, param_layout};
+use crate::narrow::Narrow;
 use crate::precision::Precision;
+use crate::step::{GradScaler, Optimizer, train_step};
 use octet_core::scaling::Recipe;
 
 /// Everything a training run is configured by (TOML file keys; flags override them).
@@ -27,7 +28,7 @@ pub struct TrainConfig {
     pub n_layer: Option<usize>,
     pub n_head: Option<usize>,
     pub n_embd: Option<usize>,
-    /// GEMM precision: fp32, bf16, fp8-te (fp8-o1, fp8-o2 not yet).
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1, fp8-o2 (see `precision`).
     pub precision: Precision,
     /// A text file, or a directory with tokenizer.json + train.bin + val.bin; none = embedded corpus.
     pub data: Option<PathBuf>,
@@ -148,6 +149,9 @@ pub struct StepLog {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
+    /// The update was skipped (a gradient overflowed; narrow levels only) and the gradient scale halved.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// The run's result (the last JSON object `octet train --json` prints).
@@ -163,6 +167,8 @@ pub struct Summary {
     pub memory: serde_json::Value,
     pub params: usize,
     pub precision: Precision,
+    /// Steps whose update was skipped because a gradient overflowed (narrow levels).
+    pub skipped_steps: u64,
     pub train_seconds: f64,
     pub checkpoint: PathBuf,
     pub sample: Option<String>,
@@ -251,7 +257,6 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             format!("{} exceeds the model's max_seq_len {}", cfg.seq, preset.max_seq_len),
         ));
     }
-    cfg.precision.check_supported()?;
     let (data_dir, tokenizer) = prepare_data(&cfg, &source)?;
     let train_shard = Shard::open(&data_dir.join("train.bin"))?;
     let val_shard = Shard::open(&data_dir.join("val.bin"))?;
@@ -290,30 +295,67 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
     let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
 
-    let layout = Arc::new(crate::gpt2::param_layout(&model_cfg));
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
-    let mut opt = AdamW::new(layout.clone(), decay_flags(&layout), adam);
-    let mut scaling = vec![];
-    let (params, start) = match loaded {
+    let recipe = Recipe::default();
+    let mut scaler = GradScaler::default();
+    let (mut model, mut opt, start) = match loaded {
         Some(l) => {
-            opt.m.data = l.m;
-            opt.v.data = l.v;
-            opt.step = l.state.step as u64;
-            scaling = l.state.scaling;
-            (l.params, l.state.step)
+            let mut model = match l.narrow {
+                Some(parts) => {
+                    let full = param_layout(&model_cfg);
+                    let working = param_layout(&Gpt2Config { n_layer: 1, ..model_cfg });
+                    let nw = Narrow::from_weights(&full, &working, model_cfg.n_layer, parts.weights);
+                    let mut model =
+                        Gpt2::with_narrow(model_cfg, CpuBackend, nw)?.with_precision(cfg.precision, &recipe)?;
+                    let mut opt = Optimizer::for_model(&model, adam);
+                    if let (Optimizer::Narrow(o), Some(m), Some(v)) = (&mut opt, parts.m, parts.v) {
+                        if m.format() != o.m.format() || v.format() != o.v.format() {
+                            return Err(Error::format(
+                                &l.dir,
+                                "optimizer",
+                                "moment formats do not match the precision",
+                            ));
+                        }
+                        (o.m, o.v) = (m, v);
+                        o.step = l.state.optimizer_step.unwrap_or(l.state.step as u64);
+                    }
+                    model.grad_scale = l.state.scaler.scale;
+                    (model, opt)
+                }
+                None => {
+                    let model = Gpt2::new(model_cfg, CpuBackend, l.params)?.with_precision(cfg.precision, &recipe)?;
+                    let mut opt = Optimizer::for_model(&model, adam);
+                    if let Optimizer::Plain(o) = &mut opt {
+                        o.m.data = l.m;
+                        o.v.data = l.v;
+                        o.step = l.state.optimizer_step.unwrap_or(l.state.step as u64);
+                    }
+                    (model, opt)
+                }
+            };
+            let scaling = l.state.scaling;
+            if !scaling.is_empty() {
+                if scaling.len() != model.0.scaling.len() {
+                    return Err(Error::config(
+                        "scaling",
+                        format!(
+                            "checkpoint has {} FP8 scaling states, model needs {}",
+                            scaling.len(),
+                            model.0.scaling.len()
+                        ),
+                    ));
+                }
+                model.0.scaling = scaling;
+            }
+            scaler = l.state.scaler;
+            (model.0, model.1, l.state.step)
         }
-        None => (init_params(&model_cfg, &layout, cfg.seed), 0),
+        None => {
+            let model = Gpt2::init(model_cfg, CpuBackend, cfg.precision, &recipe, cfg.seed)?;
+            let opt = Optimizer::for_model(&model, adam);
+            (model, opt, 0)
+        }
     };
-    let mut model = Gpt2::new(model_cfg, CpuBackend, params)?.with_precision(cfg.precision, &Recipe::default())?;
-    if !scaling.is_empty() {
-        if scaling.len() != model.scaling.len() {
-            return Err(Error::config(
-                "scaling",
-                format!("checkpoint has {} FP8 scaling states, model needs {}", scaling.len(), model.scaling.len()),
-            ));
-        }
-        model.scaling = scaling;
-    }
     let sched =
         Schedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_frac: cfg.min_lr_frac, decay: cfg.decay };
     let stop = until.unwrap_or(cfg.steps).min(cfg.steps);
@@ -335,6 +377,8 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         train_tokens,
         last_loss: None,
         scaling: vec![],
+        scaler,
+        optimizer_step: None,
     };
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
@@ -343,18 +387,9 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     for step in start..stop {
         let t0 = Instant::now();
         let (x, y) = train.train_batch(step);
-        model.zero_grad();
-        let loss = model.forward(&x, Some(&y), cfg.batch, cfg.seq)?.expect("targets given");
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
-        }
-        model.backward()?;
-        let grad_norm = clip_global_norm(&mut model.grads.data, cfg.grad_clip);
-        if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
-        }
         let lr = sched.lr_at(step);
-        opt.update(&mut model.params.data, &model.grads.data, lr);
+        let out = train_step(&mut model, &mut opt, &mut scaler, &x, &y, cfg.batch, cfg.seq, cfg.grad_clip, lr)?;
+        let (loss, grad_norm) = (out.loss, out.grad_norm);
         let dt = t0.elapsed().as_secs_f64();
         train_secs += dt;
         trained_tokens += cfg.batch * cfg.seq;
@@ -365,6 +400,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             lr,
             grad_norm,
             tokens_per_s: (cfg.batch * cfg.seq) as f64 / dt,
+            skipped: out.skipped,
         }));
         let done = step + 1;
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
@@ -375,7 +411,14 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             state.step = done;
             state.last_loss = Some(loss);
             state.scaling = model.scaling.clone();
-            last_ckpt = checkpoint::save(&cfg.out, &state, &model.params, &opt.m, &opt.v, &tok_json, 2)?;
+            state.scaler = scaler;
+            state.optimizer_step = Some(opt.step());
+            let tensors = match (&opt, &model.narrow) {
+                (Optimizer::Plain(o), None) => Tensors::Plain { params: &model.params, m: &o.m, v: &o.v },
+                (Optimizer::Narrow(o), Some(nw)) => Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v },
+                _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
+            };
+            last_ckpt = checkpoint::save(&cfg.out, &state, tensors, &tok_json, 2)?;
             on(&Event::Checkpoint { step: done, path: last_ckpt.clone() });
         }
     }
@@ -393,9 +436,10 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         val_loss,
         tokens_per_s: if train_secs > 0.0 { trained_tokens as f64 / train_secs } else { 0.0 },
         peak_rss_bytes: peak_rss_bytes(),
-        memory: crate::memory::Ledger::of(&model, &opt).to_json(),
+        memory: crate::memory::Ledger::of(&model, opt.state_bytes()).to_json(),
         params: model_cfg.num_params(),
         precision: cfg.precision,
+        skipped_steps: scaler.skipped,
         train_seconds: train_secs,
         checkpoint: last_ckpt,
         sample,

@@ -1,0 +1,157 @@
+//! One optimizer step of a GPT-2 at any precision level, shared by the trainer and the benchmark:
+//! forward, backward, global-norm clipping, AdamW — plain f32 AdamW over f32 parameters (fp32, bf16,
+//! fp8-te), or FP8-LM's two-stage AdamW over narrow storage (fp8-o1, fp8-o2: f16 weights, E4M3
+//! gradients, m / v in f32 or E4M3 / f16; see `crate::narrow`, `octet_optim::fp8_adamw`).
+//!
+//! Overflow: at the narrow levels the loss gradient is multiplied by a power-of-two gradient scale
+//! (`GradScaler`, FP8-LM's automatic scaling factor for gradients). If any weight gradient comes out
+//! NaN or inf, the step is skipped — weights, moments and the step counter untouched — and the scale
+//! halves; after `GROW_INTERVAL` clean steps it doubles again, up to 1. The scale is a power of two,
+//! so E4M3 codes of the scaled gradient equal those of the unscaled one and only the stored tensor
+//! scale differs; the optimizer reads `decode(g) * clip / scale`.
+
+use octet_core::{Error, Result};
+use octet_kernels::CpuBackend;
+use octet_optim::{AdamW, AdamWConfig, Fp8AdamW, clip_global_norm};
+
+use crate::gpt2::{Gpt2, decay_flags};
+
+/// Clean steps after which the gradient scale doubles (up to `MAX_SCALE`).
+pub const GROW_INTERVAL: u64 = 1000;
+/// The gradient scale never exceeds 1: on the CPU activation gradients are f32, so a larger scale
+/// would buy no range; only overflow needs handling.
+pub const MAX_SCALE: f64 = 1.0;
+
+/// Dynamic gradient scale: halve on overflow, double after `GROW_INTERVAL` clean steps.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GradScaler {
+    pub scale: f64,
+    /// Clean steps since the last change of scale.
+    pub clean: u64,
+    /// Steps skipped so far.
+    pub skipped: u64,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler { scale: MAX_SCALE, clean: 0, skipped: 0 }
+    }
+}
+
+impl GradScaler {
+    fn overflowed(&mut self) {
+        self.scale *= 0.5;
+        self.clean = 0;
+        self.skipped += 1;
+    }
+    fn succeeded(&mut self) {
+        self.clean += 1;
+        if self.clean >= GROW_INTERVAL && self.scale < MAX_SCALE {
+            self.scale = (self.scale * 2.0).min(MAX_SCALE);
+            self.clean = 0;
+        }
+    }
+}
+
+/// The optimizer of a run.
+#[derive(Clone, Debug)]
+pub enum Optimizer {
+    /// f32 AdamW over the model's f32 parameters (fp32, bf16, fp8-te).
+    Plain(AdamW),
+    /// FP8-LM AdamW over the model's narrow weights (fp8-o1: m, v f32; fp8-o2: m E4M3, v f16).
+    Narrow(Fp8AdamW),
+}
+
+impl Optimizer {
+    /// The optimizer `model`'s precision calls for, fresh (step 0).
+    pub fn for_model(model: &Gpt2<CpuBackend>, cfg: AdamWConfig) -> Optimizer {
+        let decay = decay_flags(&crate::gpt2::param_layout(&model.cfg));
+        match &model.narrow {
+            None => Optimizer::Plain(AdamW::new(model.params.layout.clone(), decay, cfg)),
+            Some(nw) => Optimizer::Narrow(Fp8AdamW::new(
+                nw.units.clone(),
+                nw.unit_flags(&decay),
+                cfg,
+                model.precision.adam_formats(),
+            )),
+        }
+    }
+
+    /// Completed steps.
+    pub fn step(&self) -> u64 {
+        match self {
+            Optimizer::Plain(o) => o.step,
+            Optimizer::Narrow(o) => o.step,
+        }
+    }
+
+    /// Bytes of Adam's m and v (with their scales).
+    pub fn state_bytes(&self) -> (usize, usize) {
+        match self {
+            Optimizer::Plain(o) => (o.m.data.len() * 4, o.v.data.len() * 4),
+            Optimizer::Narrow(o) => (o.m.bytes(), o.v.bytes()),
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    pub loss: f64,
+    /// Global gradient norm before clipping (of the unscaled gradient).
+    pub grad_norm: f64,
+    /// The weights were not changed (a gradient overflowed); the gradient scale was halved.
+    pub skipped: bool,
+}
+
+/// One training step on (B, T) tokens `x` with targets `y`: clip the global gradient norm to `clip`
+/// (0 = off) and update with learning rate `lr`. A non-finite loss, or a non-finite gradient at a
+/// level without a gradient scale, is an error naming the step.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &mut Gpt2<CpuBackend>,
+    opt: &mut Optimizer,
+    scaler: &mut GradScaler,
+    x: &[u32],
+    y: &[u32],
+    b: usize,
+    t: usize,
+    clip: f64,
+    lr: f64,
+) -> Result<StepOutcome> {
+    let step = opt.step() as usize;
+    model.zero_grad();
+    model.grad_scale = if model.narrow.is_some() { scaler.scale } else { 1.0 };
+    let loss = model.forward(x, Some(y), b, t)?.expect("targets given");
+    if !loss.is_finite() {
+        return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
+    }
+    model.backward()?;
+    match opt {
+        Optimizer::Plain(o) => {
+            let grad_norm = clip_global_norm(&mut model.grads.data, clip);
+            if !grad_norm.is_finite() {
+                return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
+            }
+            o.update(&mut model.params.data, &model.grads.data, lr);
+            Ok(StepOutcome { loss, grad_norm, skipped: false })
+        }
+        Optimizer::Narrow(o) => {
+            let nw = model.narrow.as_mut().expect("narrow optimizer needs narrow storage");
+            let s = scaler.scale;
+            let grad_norm = nw.grads.sum_squares().sqrt() / s;
+            if nw.overflow || !grad_norm.is_finite() {
+                scaler.overflowed();
+                return Ok(StepOutcome { loss, grad_norm: f64::INFINITY, skipped: true });
+            }
+            let clip_factor = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+            let report = o.update_master_scaled(&mut nw.weights, &nw.grads, (clip_factor / s) as f32, lr);
+            if report.skipped {
+                scaler.overflowed();
+            } else {
+                scaler.succeeded();
+            }
+            Ok(StepOutcome { loss, grad_norm, skipped: report.skipped })
+        }
+    }
+}
