@@ -13,6 +13,7 @@ use octet_lm::precision::Precision;
 use octet_lm::train::{self, Event, Source, Start, TrainConfig};
 use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
 
+mod adapt;
 mod gguf_generate;
 mod materials;
 
@@ -43,6 +44,9 @@ enum Cmd {
     /// GNoME-style materials discovery: data (models, discovery: not yet).
     #[command(subcommand)]
     Materials(materials::MaterialsCmd),
+    /// ChipNeMo-style domain adaptation: corpus (tokenizer, DAPT, SFT: not yet).
+    #[command(subcommand)]
+    Adapt(adapt::AdaptCmd),
 }
 
 #[derive(Args)]
@@ -397,6 +401,7 @@ fn main() -> ExitCode {
         Cmd::Bench(c) => run_bench(c),
         Cmd::Memory(a) => run_memory(a),
         Cmd::Materials(c) => materials::run(c),
+        Cmd::Adapt(c) => adapt::run(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

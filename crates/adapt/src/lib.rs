@@ -1,0 +1,7 @@
+//! octet-adapt: ChipNeMo-style domain adaptation of a pretrained Llama (SmolLM2) to chip design — the
+//! domain corpus built from registry packages (`corpus`, `dedup`, `sources`) and tokenizer augmentation
+//! with the matching model resize (`bpe`, `augment`, `resize`).
+
+pub mod corpus;
+pub mod dedup;
+pub mod sources;
