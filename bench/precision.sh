@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Step time per GEMM precision level on the CPU: `octet bench train` at fp32, bf16 and fp8-te,
+# Step time per precision level on the CPU: `octet bench train` at fp32, bf16, fp8-te, fp8-o1, fp8-o2,
 # interleaved over REPS rounds (so drift on a shared machine hits every level alike); prints each
 # level's median tokens/s and its ratio to fp32, and writes every JSON line to bench/results-precision.jsonl.
-#   bench/precision.sh            (env: MODEL=small BATCH=16 SEQ=128 STEPS=20 REPS=5)
+#   bench/precision.sh            (env: MODEL=small BATCH=16 SEQ=128 STEPS=20 REPS=5 LEVELS="fp32 bf16 ...")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODEL=${MODEL:-small} BATCH=${BATCH:-16} SEQ=${SEQ:-128} STEPS=${STEPS:-20} REPS=${REPS:-5}
@@ -11,7 +11,7 @@ out=bench/results-precision.jsonl
 tmp=$(mktemp bench/.results-precision.XXXXXX)
 trap 'rm -f "$tmp"' EXIT
 for r in $(seq "$REPS"); do
-  for p in fp32 bf16 fp8-te; do
+  for p in ${LEVELS:-fp32 bf16 fp8-te fp8-o1 fp8-o2}; do
     target/release/octet bench train --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --precision "$p" --json >> "$tmp"
   done
 done
