@@ -1,7 +1,10 @@
 //! octet-adapt: ChipNeMo-style domain adaptation of a pretrained Llama (SmolLM2) to chip design — the
 //! domain corpus built from registry packages (`corpus`, `dedup`, `sources`) and tokenizer augmentation
-//! with the matching model resize (`bpe`, `augment`, `resize`).
+//! with the matching model resize (`augment`, `resize`).
 
+pub mod augment;
 pub mod corpus;
 pub mod dedup;
+pub mod extend;
+pub mod resize;
 pub mod sources;

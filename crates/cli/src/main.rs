@@ -44,7 +44,7 @@ enum Cmd {
     /// GNoME-style materials discovery: data (models, discovery: not yet).
     #[command(subcommand)]
     Materials(materials::MaterialsCmd),
-    /// ChipNeMo-style domain adaptation: corpus (tokenizer, DAPT, SFT: not yet).
+    /// ChipNeMo-style domain adaptation: corpus, tokenizer (DAPT, SFT: not yet).
     #[command(subcommand)]
     Adapt(adapt::AdaptCmd),
 }
