@@ -70,6 +70,8 @@ struct MemoryArgs {
 enum BenchCmd {
     /// Training-step throughput of a GPT-2 on random tokens (forward, backward, clip, AdamW).
     Train(BenchTrainArgs),
+    /// Screening throughput (graph building + GNoME ensemble inference) and GNN training throughput.
+    Materials(materials::BenchMaterialsArgs),
 }
 
 #[derive(Args)]
@@ -363,6 +365,7 @@ fn run_memory(a: MemoryArgs) -> Result<()> {
 
 fn run_bench(cmd: BenchCmd) -> Result<()> {
     match cmd {
+        BenchCmd::Materials(a) => materials::run_bench(a),
         BenchCmd::Train(a) => {
             let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
             if a.seq == 0 || a.seq > cfg.max_seq_len || a.batch == 0 || a.steps == 0 {

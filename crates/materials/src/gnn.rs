@@ -8,10 +8,10 @@
 //! ```text
 //! embed     h = scale_n * Embed[Z_n]                          (N, D)   one-hot @ W = a table row
 //!           g = Global                                         (B, D)   global node, from zeros
-//! step t    [P | Q] = [h, g_node] @ We^T + be                  (N, 2D)
+//! step t    [P | Q] = h @ We^T + (g @ Weg^T)_node + be            (N, 2D)
 //!           pre_e = P[center_e] + Q[neighbour_e] + basis_e @ Wb^T + bb   (E, D)
 //!           agg_n = sum_{e: center_e = n} swish(pre_e) / avg_adj           (N, D)
-//!           h += swish([h, agg, g_node] @ W1^T + b1) @ W2^T + b2           (N, D)
+//!           h += swish([h, agg] @ W1^T + (g @ W1g^T)_node + b1) @ W2^T + b2   (N, D)
 //!           g += swish([mean_graph(h), g] @ V1^T + c1) @ V2^T + c2         (B, D)
 //! readout   out = swish([mean_graph(h), g] @ R1^T + r1) @ R2^T + r2        (B, 1)
 //!           y = scale * out + shift   (per atom);  energy = atoms * y
@@ -20,6 +20,8 @@
 //! swish layer): its output layer is linear and the messages are only summed, so that layer is
 //! folded into the node MLP's input matrix (linear after linear), and edges carry no state between
 //! steps — which keeps every per-edge cost at O(K D + D) and lets all D x D products run per node.
+//! The global node's share of the edge and node MLP inputs (the concatenated g) is multiplied once
+//! per graph, `(.)_node` broadcasting it to the graph's nodes.
 //! Messages are normalised by the data set's average adjacency (edges per node), as GNoME's
 //! `segment_normalized`; node and global updates are residual.
 //!
@@ -57,10 +59,12 @@ pub struct GnnConfig {
 #[derive(Clone, Copy, Debug)]
 struct StepIds {
     edge_w: TensorId,
+    edge_wg: TensorId,
     edge_b: TensorId,
     basis_w: Option<TensorId>,
     basis_b: TensorId,
     node1_w: TensorId,
+    node1_wg: TensorId,
     node1_b: TensorId,
     node2_w: TensorId,
     node2_b: TensorId,
@@ -103,13 +107,15 @@ impl GnnConfig {
         let mut t: Vec<(String, Vec<usize>)> = vec![("embed".into(), vec![NUM_Z, d]), ("global".into(), vec![d])];
         for s in 0..self.steps {
             let p = |n: &str| format!("step{s}.{n}");
-            t.push((p("edge.w"), vec![2 * d, 2 * d]));
+            t.push((p("edge.w"), vec![2 * d, d]));
+            t.push((p("edge.wg"), vec![2 * d, d]));
             t.push((p("edge.b"), vec![2 * d]));
             if k > 0 {
                 t.push((p("basis.w"), vec![d, k]));
             }
             t.push((p("basis.b"), vec![d]));
-            t.push((p("node1.w"), vec![d, 3 * d]));
+            t.push((p("node1.w"), vec![d, 2 * d]));
+            t.push((p("node1.wg"), vec![d, d]));
             t.push((p("node1.b"), vec![d]));
             t.push((p("node2.w"), vec![d, d]));
             t.push((p("node2.b"), vec![d]));
@@ -131,10 +137,12 @@ impl GnnConfig {
                 let id = |n: &str| l.expect_id(&format!("step{s}.{n}"));
                 StepIds {
                     edge_w: id("edge.w"),
+                    edge_wg: id("edge.wg"),
                     edge_b: id("edge.b"),
                     basis_w: l.id(&format!("step{s}.basis.w")),
                     basis_b: id("basis.b"),
                     node1_w: id("node1.w"),
+                    node1_wg: id("node1.wg"),
                     node1_b: id("node1.b"),
                     node2_w: id("node2.w"),
                     node2_b: id("node2.b"),
@@ -168,9 +176,10 @@ pub struct Gnn<T> {
 /// Saved activations of one step.
 #[derive(Clone, Debug, Default)]
 struct StepActs<T> {
-    xe: Vec<T>,  // (N, 2D) [h, g_node]
+    h: Vec<T>,   // (N, D) h at the start of the step
+    g: Vec<T>,   // (B, D) g at the start of the step
     pre: Vec<T>, // (E, D)
-    xn: Vec<T>,  // (N, 3D) [h, agg, g_node]
+    xn: Vec<T>,  // (N, 2D) [h, agg]
     a: Vec<T>,   // (N, D)
     s: Vec<T>,   // (N, D)
     xg: Vec<T>,  // (B, 2D) [mean h, g]
@@ -182,13 +191,11 @@ struct StepActs<T> {
 #[derive(Clone, Debug, Default)]
 pub struct Acts<T> {
     steps: Vec<StepActs<T>>,
-    basis: Vec<T>,     // (E, K)
     xr: Vec<T>,        // (B, 2D)
     ar: Vec<T>,        // (B, D)
     sr: Vec<T>,        // (B, D)
     ones: Vec<T>,      // (B) 1
     inv_nodes: Vec<T>, // (B) 1 / nodes of the graph
-    inv_adj: Vec<T>,   // (N) 1 / avg_adjacency
 }
 
 impl<T: Num> Gnn<T> {
@@ -242,6 +249,15 @@ impl<T: Num> Gnn<T> {
 
     /// Per-atom predictions y (B) for every graph of the batch; saves what `backward` needs.
     pub fn forward(&self, acts: &mut Acts<T>, batch: &GraphBatch) -> Result<Vec<T>> {
+        self.forward_impl(acts, batch, true)
+    }
+
+    /// Like `forward` but without saving the per-edge pre-activations (inference).
+    pub fn predict(&self, acts: &mut Acts<T>, batch: &GraphBatch) -> Result<Vec<T>> {
+        self.forward_impl(acts, batch, false)
+    }
+
+    fn forward_impl(&self, acts: &mut Acts<T>, batch: &GraphBatch, save: bool) -> Result<Vec<T>> {
         let (n, e, b, d, k) =
             (batch.num_nodes(), batch.num_edges(), batch.num_graphs(), self.cfg.width, self.cfg.basis_dim);
         if batch.basis_dim != k {
@@ -253,10 +269,10 @@ impl<T: Num> Gnn<T> {
         if let Some(&z) = batch.species.iter().find(|&&z| z as usize >= NUM_Z || z == 0) {
             return Err(Error::config("species", format!("atomic number {z} outside 1..{NUM_Z}")));
         }
-        acts.basis = batch.basis.iter().map(|&x| T::from_f32(x)).collect();
+        let basis = T::from_f32_slice(&batch.basis);
         acts.ones = vec![T::one(); b];
         acts.inv_nodes = (0..b).map(|g| T::from_f64(1.0 / batch.nodes_of(g) as f64)).collect();
-        acts.inv_adj = vec![T::from_f64(1.0 / self.cfg.avg_adjacency); n];
+        let inv_adj = T::from_f64(1.0 / self.cfg.avg_adjacency);
         acts.steps.resize_with(self.cfg.steps, StepActs::default);
 
         // Embedding and global node.
@@ -270,35 +286,45 @@ impl<T: Num> Gnn<T> {
         }
         let mut g: Vec<T> = self.p(self.ids.global).iter().copied().cycle().take(b * d).collect();
 
-        let mut gnode = vec![T::zero(); n * d];
+        let mut gpq = vec![T::zero(); b * 2 * d];
+        let mut gpq_node = vec![T::zero(); n * 2 * d];
         let mut pq = vec![T::zero(); n * 2 * d];
         let mut fb = vec![T::zero(); e * d];
-        let mut m = vec![T::zero(); e * d];
         let mut agg = vec![T::zero(); n * d];
         let mut tmp_n = vec![T::zero(); n * d];
         let mut hm = vec![T::zero(); b * d];
         let mut tmp_b = vec![T::zero(); b * d];
         for (t, ids) in self.ids.steps.iter().enumerate() {
             let sa = &mut acts.steps[t];
-            ops::segment_broadcast(&mut gnode, &g, &batch.node_offsets, &acts.ones, d);
-            sa.xe.resize(n * 2 * d, T::zero());
-            ops::concat_columns(&mut sa.xe, &[(&h, d), (&gnode, d)]);
-            T::matmul_forward(&mut pq, &sa.xe, self.p(ids.edge_w), Some(self.p(ids.edge_b)), n, 2 * d, 2 * d);
+            // [P | Q] = h We^T + be + broadcast(g Weg^T).
+            T::matmul_forward(&mut pq, &h, self.p(ids.edge_w), Some(self.p(ids.edge_b)), n, d, 2 * d);
+            T::matmul_forward(&mut gpq, &g, self.p(ids.edge_wg), None, b, d, 2 * d);
+            ops::segment_broadcast(&mut gpq_node, &gpq, &batch.node_offsets, &acts.ones, 2 * d);
+            pq.iter_mut().zip(&gpq_node).for_each(|(p, &x)| *p = *p + x);
             match ids.basis_w {
-                Some(w) => T::matmul_forward(&mut fb, &acts.basis, self.p(w), Some(self.p(ids.basis_b)), e, k, d),
+                Some(w) => T::matmul_forward(&mut fb, &basis, self.p(w), Some(self.p(ids.basis_b)), e, k, d),
                 None => fb.chunks_mut(d).for_each(|r| r.copy_from_slice(self.p(ids.basis_b))),
             }
-            sa.pre.resize(e * d, T::zero());
-            ops::edge_gather_forward(&mut sa.pre, &pq, &fb, &batch.centers, &batch.neighbors, d);
-            ops::swish_forward(&mut m, &sa.pre);
-            ops::segment_sum(&mut agg, &m, &batch.edge_offsets, &acts.inv_adj, d);
-            sa.xn.resize(n * 3 * d, T::zero());
-            ops::concat_columns(&mut sa.xn, &[(&h, d), (&agg, d), (&gnode, d)]);
+            if save {
+                sa.pre.resize(e * d, T::zero());
+            }
+            let pre = if save { Some(&mut sa.pre[..]) } else { None };
+            ops::edge_message_forward(&mut agg, pre, &pq, &fb, &batch.edge_offsets, &batch.neighbors, inv_adj, d);
+            // a = [h, agg] W1^T + b1 + broadcast(g W1g^T).
+            sa.xn.resize(n * 2 * d, T::zero());
+            ops::concat_columns(&mut sa.xn, &[(&h, d), (&agg, d)]);
             sa.a.resize(n * d, T::zero());
-            T::matmul_forward(&mut sa.a, &sa.xn, self.p(ids.node1_w), Some(self.p(ids.node1_b)), n, 3 * d, d);
+            T::matmul_forward(&mut sa.a, &sa.xn, self.p(ids.node1_w), Some(self.p(ids.node1_b)), n, 2 * d, d);
+            T::matmul_forward(&mut tmp_b, &g, self.p(ids.node1_wg), None, b, d, d);
+            ops::segment_broadcast(&mut tmp_n, &tmp_b, &batch.node_offsets, &acts.ones, d);
+            sa.a.iter_mut().zip(&tmp_n).for_each(|(a, &x)| *a = *a + x);
             sa.s.resize(n * d, T::zero());
             ops::swish_forward(&mut sa.s, &sa.a);
             T::matmul_forward(&mut tmp_n, &sa.s, self.p(ids.node2_w), Some(self.p(ids.node2_b)), n, d, d);
+            if save {
+                sa.h.clone_from(&h);
+                sa.g.clone_from(&g);
+            }
             h.iter_mut().zip(&tmp_n).for_each(|(h, &u)| *h = *h + u);
 
             ops::segment_sum(&mut hm, &h, &batch.node_offsets, &acts.inv_nodes, d);
@@ -334,19 +360,21 @@ impl<T: Num> Gnn<T> {
     }
 
     /// Accumulates into `grads` (laid out as `params`) the gradient of a loss whose derivative with
-    /// respect to the predictions y is `dy` (B), using the activations of the forward pass on `batch`.
+    /// respect to the predictions y is `dy` (B), using the activations of `forward` on `batch`.
     pub fn backward(&self, grads: &mut Slab<T>, acts: &Acts<T>, batch: &GraphBatch, dy: &[T]) {
         let (n, e, b, d, k) =
             (batch.num_nodes(), batch.num_edges(), batch.num_graphs(), self.cfg.width, self.cfg.basis_dim);
         let scale = T::from_f64(self.cfg.scale);
+        let inv_adj = T::from_f64(1.0 / self.cfg.avg_adjacency);
         let dout: Vec<T> = dy.iter().map(|&x| x * scale).collect();
+        let basis = T::from_f32_slice(&batch.basis);
 
         let mut dsr = vec![T::zero(); b * d];
-        self.dense_backward(grads, self.ids.read2_w, self.ids.read2_b, &mut dsr, &dout, &acts.sr, b, d, 1);
+        self.dense_backward(grads, self.ids.read2_w, Some(self.ids.read2_b), &mut dsr, &dout, &acts.sr, b, d, 1);
         let mut dar = vec![T::zero(); b * d];
         ops::swish_backward(&mut dar, &acts.ar, &dsr);
         let mut dx2 = vec![T::zero(); b * 2 * d];
-        self.dense_backward(grads, self.ids.read1_w, self.ids.read1_b, &mut dx2, &dar, &acts.xr, b, 2 * d, d);
+        self.dense_backward(grads, self.ids.read1_w, Some(self.ids.read1_b), &mut dx2, &dar, &acts.xr, b, 2 * d, d);
         // Residual streams: dh (N, D) and dg (B, D).
         let mut dhm = vec![T::zero(); b * d];
         ops::copy_columns(&mut dhm, &dx2, 0, d, 2 * d);
@@ -359,36 +387,35 @@ impl<T: Num> Gnn<T> {
         let mut dab = vec![T::zero(); b * d];
         let mut dsn = vec![T::zero(); n * d];
         let mut dan = vec![T::zero(); n * d];
-        let mut dxn = vec![T::zero(); n * 3 * d];
-        let mut dgnode = vec![T::zero(); n * d];
-        let mut dm = vec![T::zero(); e * d];
+        let mut dxn = vec![T::zero(); n * 2 * d];
         let mut dpre = vec![T::zero(); e * d];
         let mut dpq = vec![T::zero(); n * 2 * d];
-        let mut dxe = vec![T::zero(); n * 2 * d];
+        let mut dgpq = vec![T::zero(); b * 2 * d];
         let mut dbasis = vec![T::zero(); e * k];
         let mut tmp_b = vec![T::zero(); b * d];
         for (t, ids) in self.ids.steps.iter().enumerate().rev() {
             let sa = &acts.steps[t];
             // g' = g + MLP([mean h', g]).
-            self.dense_backward(grads, ids.glob2_w, ids.glob2_b, &mut dsb, &dg, &sa.sg, b, d, d);
+            self.dense_backward(grads, ids.glob2_w, Some(ids.glob2_b), &mut dsb, &dg, &sa.sg, b, d, d);
             ops::swish_backward(&mut dab, &sa.ag, &dsb);
-            self.dense_backward(grads, ids.glob1_w, ids.glob1_b, &mut dx2, &dab, &sa.xg, b, 2 * d, d);
+            self.dense_backward(grads, ids.glob1_w, Some(ids.glob1_b), &mut dx2, &dab, &sa.xg, b, 2 * d, d);
             ops::copy_columns(&mut dhm, &dx2, 0, d, 2 * d);
             ops::segment_broadcast(&mut dsn, &dhm, &batch.node_offsets, &acts.inv_nodes, d);
             dh.iter_mut().zip(&dsn).for_each(|(a, &x)| *a = *a + x);
             ops::add_columns(&mut dg, &dx2, d, d, 2 * d);
-            // h' = h + MLP([h, agg, g_node]).
-            self.dense_backward(grads, ids.node2_w, ids.node2_b, &mut dsn, &dh, &sa.s, n, d, d);
+            // h' = h + swish([h, agg] W1^T + b1 + (g W1g^T)_node) W2^T + b2.
+            self.dense_backward(grads, ids.node2_w, Some(ids.node2_b), &mut dsn, &dh, &sa.s, n, d, d);
             ops::swish_backward(&mut dan, &sa.a, &dsn);
-            self.dense_backward(grads, ids.node1_w, ids.node1_b, &mut dxn, &dan, &sa.xn, n, 3 * d, d);
-            ops::add_columns(&mut dh, &dxn, 0, d, 3 * d);
-            ops::copy_columns(&mut dgnode, &dxn, 2 * d, d, 3 * d);
-            // agg = segment_sum(swish(pre)) / avg_adj: dm[e] = dagg[center_e] / avg_adj.
-            ops::copy_columns(&mut dsn, &dxn, d, d, 3 * d);
-            ops::segment_broadcast(&mut dm, &dsn, &batch.edge_offsets, &acts.inv_adj, d);
-            ops::swish_backward(&mut dpre, &sa.pre, &dm);
+            self.dense_backward(grads, ids.node1_w, Some(ids.node1_b), &mut dxn, &dan, &sa.xn, n, 2 * d, d);
+            ops::segment_sum(&mut dab, &dan, &batch.node_offsets, &acts.ones, d);
+            self.dense_backward(grads, ids.node1_wg, None, &mut tmp_b, &dab, &sa.g, b, d, d);
+            dg.iter_mut().zip(&tmp_b).for_each(|(a, &x)| *a = *a + x);
+            ops::add_columns(&mut dh, &dxn, 0, d, 2 * d);
+            // agg = sum swish(pre) / avg_adj.
+            ops::copy_columns(&mut dsn, &dxn, d, d, 2 * d);
+            ops::edge_message_backward(&mut dpre, &sa.pre, &dsn, &batch.edge_offsets, inv_adj, d);
             match ids.basis_w {
-                Some(w) => self.dense_backward(grads, w, ids.basis_b, &mut dbasis, &dpre, &acts.basis, e, k, d),
+                Some(w) => self.dense_backward(grads, w, Some(ids.basis_b), &mut dbasis, &dpre, &basis, e, k, d),
                 None => {
                     let db = grads.get_mut(ids.basis_b);
                     for row in dpre.chunks(d) {
@@ -396,12 +423,12 @@ impl<T: Num> Gnn<T> {
                     }
                 }
             }
+            // pre = P[center] + Q[neighbour] + fb; [P | Q] = h We^T + be + (g Weg^T)_node.
             ops::edge_gather_backward(&mut dpq, &dpre, &batch.edge_offsets, &batch.reverse, d);
-            self.dense_backward(grads, ids.edge_w, ids.edge_b, &mut dxe, &dpq, &sa.xe, n, 2 * d, 2 * d);
-            ops::add_columns(&mut dh, &dxe, 0, d, 2 * d);
-            ops::add_columns(&mut dgnode, &dxe, d, d, 2 * d);
-            // g_node = broadcast(g): dg += segment sums of dg_node.
-            ops::segment_sum(&mut tmp_b, &dgnode, &batch.node_offsets, &acts.ones, d);
+            self.dense_backward(grads, ids.edge_w, Some(ids.edge_b), &mut dsn, &dpq, &sa.h, n, d, 2 * d);
+            dh.iter_mut().zip(&dsn).for_each(|(a, &x)| *a = *a + x);
+            ops::segment_sum(&mut dgpq, &dpq, &batch.node_offsets, &acts.ones, 2 * d);
+            self.dense_backward(grads, ids.edge_wg, None, &mut tmp_b, &dgpq, &sa.g, b, d, 2 * d);
             dg.iter_mut().zip(&tmp_b).for_each(|(a, &x)| *a = *a + x);
         }
 
@@ -424,7 +451,7 @@ impl<T: Num> Gnn<T> {
         &self,
         grads: &mut Slab<T>,
         w: TensorId,
-        bias: TensorId,
+        bias: Option<TensorId>,
         dinp: &mut [T],
         dout: &[T],
         inp: &[T],
@@ -433,8 +460,13 @@ impl<T: Num> Gnn<T> {
         oc: usize,
     ) {
         let l = grads.layout.clone();
-        let [dw, db] = grads.disjoint_mut([l.range(w), l.range(bias)]);
-        T::matmul_backward(dinp, dw, Some(db), dout, inp, self.p(w), n, ic, oc);
+        match bias {
+            Some(bias) => {
+                let [dw, db] = grads.disjoint_mut([l.range(w), l.range(bias)]);
+                T::matmul_backward(dinp, dw, Some(db), dout, inp, self.p(w), n, ic, oc);
+            }
+            None => T::matmul_backward(dinp, grads.get_mut(w), None, dout, inp, self.p(w), n, ic, oc),
+        }
     }
 }
 

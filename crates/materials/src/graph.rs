@@ -44,7 +44,7 @@ pub fn gaussian_basis(out: &mut [f32], distances: &[f64]) {
         let r = r as f32;
         for (o, &c) in row.iter_mut().zip(&centers) {
             let t = r - c;
-            *o = octet_kernels::cpu::fast_exp(-t * t * inv_w2);
+            *o = crate::ops::exp_f32(-t * t * inv_w2);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! kernels) -> `gnn` (the GNoME network, forward and backward) -> `train` (training, ensembles,
 //! checkpoints, prediction).
 
+pub mod bench;
 pub mod composition;
 pub mod composition_data;
 pub mod dataset;
@@ -21,6 +22,7 @@ pub mod neighbors;
 pub mod ops;
 pub mod pyliteral;
 pub mod structure;
+pub mod train;
 
 pub use composition::Composition;
 pub use dataset::{Conversion, DatasetHeader, Entry, Split};

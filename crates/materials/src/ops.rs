@@ -10,8 +10,29 @@
 //! output (`=`); parameter-gradient accumulation (`+=`) happens only in `Num::matmul_backward`.
 //! Segments are given by offsets: segment s is rows `offsets[s]..offsets[s + 1]`.
 
+use std::borrow::Cow;
+
 use octet_core::Float;
 use rayon::prelude::*;
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the workspace builds for baseline
+/// x86-64, whose 4-wide SSE halves the throughput of the elementwise loops); `f` must be
+/// `#[inline(always)]` so that its body is compiled inside the feature-enabled function.
+#[inline(always)]
+fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `avx2` was compiled with (checked above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
 
 /// Rows per rayon task for row-parallel kernels (enough work to amortise task overhead).
 const MIN_ROWS: usize = 64;
@@ -44,6 +65,8 @@ pub trait Num: Float {
     );
     /// The logistic function 1 / (1 + e^-x).
     fn sigmoid(self) -> Self;
+    /// f32 data (graph features) in this type: borrowed for f32, converted for f64.
+    fn from_f32_slice(x: &[f32]) -> Cow<'_, [Self]>;
 }
 
 impl Num for f32 {
@@ -65,7 +88,10 @@ impl Num for f32 {
     }
     #[inline(always)]
     fn sigmoid(self) -> f32 {
-        1.0 / (1.0 + octet_kernels::cpu::fast_exp(-self))
+        1.0 / (1.0 + exp_f32(-self))
+    }
+    fn from_f32_slice(x: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(x)
     }
 }
 
@@ -90,14 +116,42 @@ impl Num for f64 {
     fn sigmoid(self) -> f64 {
         1.0 / (1.0 + (-self).exp())
     }
+    fn from_f32_slice(x: &[f32]) -> Cow<'_, [f64]> {
+        Cow::Owned(x.iter().map(|&v| v as f64).collect())
+    }
+}
+
+/// e^x for f32 that vectorises (no libm call): x = n ln2 + r, n = round(x log2 e) by the
+/// 1.5 * 2^23 magic-number trick (exact round-to-nearest for |n| < 2^22), e^r by its degree-6
+/// Taylor polynomial (|r| <= ln2/2: truncation 1.2e-7 relative), 2^n through the exponent bits.
+/// Inputs are clamped to [-87, 88], so the result is finite and positive (e^-87 ~ 1.6e-38 for
+/// anything lower, which the sigmoid turns into 1 - 1.6e-38 = 1 exactly in f32).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // t's bits are 0x4B40_0000 + n (two's complement n in the low mantissa bits): 2^n without a
+    // float -> int conversion, so the loop stays in vector registers.
+    p * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23)
 }
 
 /// swish(x) = x sigmoid(x) (SiLU), elementwise.
 pub fn swish_forward<T: Num>(out: &mut [T], inp: &[T]) {
     out.par_chunks_mut(1 << 14).zip(inp.par_chunks(1 << 14)).for_each(|(o, i)| {
-        for (o, &x) in o.iter_mut().zip(i) {
-            *o = x * x.sigmoid();
-        }
+        with_simd(
+            #[inline(always)]
+            || {
+                for (o, &x) in o.iter_mut().zip(i) {
+                    *o = x * x.sigmoid();
+                }
+            },
+        )
     });
 }
 
@@ -137,6 +191,114 @@ pub fn edge_gather_forward<T: Num>(pre: &mut [T], pq: &[T], fb: &[T], a: &[u32],
             }
         },
     );
+}
+
+/// Fused message step, per center node n (in parallel): pre_e = pq[n, ..D] + pq[nb_e, D..] +
+/// fb[e] for its edges e (written to `pre` when given: training saves it), and
+/// agg[n] = inv_adj * sum_e swish(pre_e). Equals `edge_gather_forward`, `swish_forward` and
+/// `segment_sum` in turn (the test's reference) without materialising the messages.
+#[allow(clippy::too_many_arguments)]
+pub fn edge_message_forward<T: Num>(
+    agg: &mut [T],
+    pre: Option<&mut [T]>,
+    pq: &[T],
+    fb: &[T],
+    offsets: &[u32],
+    neighbors: &[u32],
+    inv_adj: T,
+    d: usize,
+) {
+    let body = |n: usize, a: &mut [T], pre: Option<&mut [T]>| {
+        with_simd(
+            #[inline(always)]
+            || message_node(n, a, pre, pq, fb, offsets, neighbors, inv_adj, d),
+        )
+    };
+    match pre {
+        Some(pre) => {
+            // Split `pre` into per-node edge ranges so each task owns its slice.
+            let mut parts = Vec::with_capacity(offsets.len() - 1);
+            let mut rest = pre;
+            for n in 0..offsets.len() - 1 {
+                let (head, tail) = rest.split_at_mut((offsets[n + 1] - offsets[n]) as usize * d);
+                parts.push(head);
+                rest = tail;
+            }
+            agg.par_chunks_mut(d)
+                .zip(parts.into_par_iter())
+                .enumerate()
+                .with_min_len(MIN_ROWS / 8)
+                .for_each(|(n, (a, p))| body(n, a, Some(p)));
+        }
+        None => agg.par_chunks_mut(d).enumerate().with_min_len(MIN_ROWS / 8).for_each(|(n, a)| body(n, a, None)),
+    }
+}
+
+/// One center node of `edge_message_forward`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn message_node<T: Num>(
+    n: usize,
+    a: &mut [T],
+    mut pre: Option<&mut [T]>,
+    pq: &[T],
+    fb: &[T],
+    offsets: &[u32],
+    neighbors: &[u32],
+    inv_adj: T,
+    d: usize,
+) {
+    a.fill(T::zero());
+    let (lo, hi) = (offsets[n] as usize, offsets[n + 1] as usize);
+    let p = &pq[n * 2 * d..][..d];
+    for e in lo..hi {
+        let q = &pq[neighbors[e] as usize * 2 * d + d..][..d];
+        let f = &fb[e * d..][..d];
+        match pre.as_deref_mut() {
+            Some(pr) => {
+                let pr = &mut pr[(e - lo) * d..][..d];
+                for k in 0..d {
+                    let x = p[k] + q[k] + f[k];
+                    pr[k] = x;
+                    a[k] = a[k] + x * x.sigmoid();
+                }
+            }
+            None => {
+                for k in 0..d {
+                    let x = p[k] + q[k] + f[k];
+                    a[k] = a[k] + x * x.sigmoid();
+                }
+            }
+        }
+    }
+    a.iter_mut().for_each(|a| *a = *a * inv_adj);
+}
+
+/// Backward of the message step's swish and sum: dpre[e] = swish'(pre[e]) * inv_adj * dagg[center_e]
+/// (overwrite), per center node in parallel.
+pub fn edge_message_backward<T: Num>(dpre: &mut [T], pre: &[T], dagg: &[T], offsets: &[u32], inv_adj: T, d: usize) {
+    let mut parts = Vec::with_capacity(offsets.len() - 1);
+    let mut rest = dpre;
+    for n in 0..offsets.len() - 1 {
+        let (head, tail) = rest.split_at_mut((offsets[n + 1] - offsets[n]) as usize * d);
+        parts.push(head);
+        rest = tail;
+    }
+    parts.into_par_iter().enumerate().with_min_len(MIN_ROWS / 8).for_each(|(n, dp)| {
+        let g = &dagg[n * d..][..d];
+        let x = &pre[offsets[n] as usize * d..offsets[n + 1] as usize * d];
+        with_simd(
+            #[inline(always)]
+            || {
+                for (dp, x) in dp.chunks_mut(d).zip(x.chunks(d)) {
+                    for k in 0..d {
+                        let s = x[k].sigmoid();
+                        dp[k] = g[k] * inv_adj * s * (T::one() + x[k] * (T::one() - s));
+                    }
+                }
+            },
+        )
+    });
 }
 
 /// Adjoint of `edge_gather_forward` for pq: dpq[n, ..D] = sum over edges e with a[e] = n of

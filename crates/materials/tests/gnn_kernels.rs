@@ -107,3 +107,37 @@ fn gaussian_basis_matches_reference() {
     // The first centre is 0.05 A, the last 4 A, width 0.5 A: r = 4 gives 1 in the last column.
     assert!((b[499 * NUM_BASIS + NUM_BASIS - 1] - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn fused_message_step_matches_gather_swish_sum() {
+    let mut rng = Rng::new(4);
+    let (n, d) = (40, 7);
+    let (c, nb, _, off) = random_edges(&mut rng, n);
+    let e = c.len();
+    let pq = randn(&mut rng, n * 2 * d);
+    let fb = randn(&mut rng, e * d);
+    let inv = 1.0 / 6.5f32;
+    // Reference: gather, swish, scaled segment sum, each by its reference.
+    let mut pre_ref = vec![0.0f32; e * d];
+    ops::reference_edge_gather_forward(&mut pre_ref, &pq, &fb, &c, &nb, d);
+    let mut m = vec![0.0f32; e * d];
+    ops::reference_swish_forward(&mut m, &pre_ref);
+    let mut agg_ref = vec![0.0f32; n * d];
+    ops::reference_segment_sum(&mut agg_ref, &m, &off, &vec![inv; n], d);
+    let (mut agg, mut pre) = (vec![5.0f32; n * d], vec![5.0f32; e * d]);
+    ops::edge_message_forward(&mut agg, Some(&mut pre), &pq, &fb, &off, &nb, inv, d);
+    Tolerance::F32.assert_close("pre", &pre, &pre_ref);
+    Tolerance::F32.assert_close("agg", &agg, &agg_ref);
+    let mut agg2 = vec![5.0f32; n * d];
+    ops::edge_message_forward(&mut agg2, None, &pq, &fb, &off, &nb, inv, d);
+    Tolerance::EXACT.assert_close("agg without saving", &agg2, &agg);
+    // Backward: dpre = swish'(pre) * broadcast(dagg * inv).
+    let dagg = randn(&mut rng, n * d);
+    let mut dm = vec![0.0f32; e * d];
+    ops::reference_segment_broadcast(&mut dm, &dagg, &off, &vec![inv; n], d);
+    let mut dpre_ref = vec![0.0f32; e * d];
+    ops::reference_swish_backward(&mut dpre_ref, &pre_ref, &dm);
+    let mut dpre = vec![5.0f32; e * d];
+    ops::edge_message_backward(&mut dpre, &pre, &dagg, &off, inv, d);
+    Tolerance::F32.assert_close("dpre", &dpre, &dpre_ref);
+}
