@@ -203,3 +203,57 @@ fn gain_kernels_match_finite_differences_and_cpu() {
     cpu::accumulate(&mut acc32, &x32);
     TOL.assert_close("cpu accumulate", &acc32, &acc);
 }
+
+/// CPU seconds of this process, all threads (sum of /proc/self/task/*/schedstat run times).
+fn cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release -p octet-kernels --test shaped_attention -- --ignored --nocapture"]
+fn shaped_vs_standard_attention_cost() {
+    // The issue-4 shape: B=8, T=128, C=256, 8 heads. Forward + backward, median CPU time of 9 runs.
+    let (b, t, c, nh) = (8, 128, 256, 8);
+    let mut rng = Rng::new(9);
+    let qkv = f32s(&randn(&mut rng, b * t * 3 * c, 1.0));
+    let qk = f32s(&randn(&mut rng, b * t * 2 * c, 1.0));
+    let v = f32s(&randn(&mut rng, b * t * c, 1.0));
+    let d = f32s(&randn(&mut rng, b * t * c, 1.0));
+    let g = vec![1.0f32; nh];
+    let (mut o, mut l) = (vec![0.0f32; b * t * c], vec![0.0f32; b * nh * t]);
+    let (mut dqkv, mut dqk, mut dv) = (vec![0.0f32; qkv.len()], vec![0.0f32; qk.len()], vec![0.0f32; v.len()]);
+    let (mut da, mut db, mut dg) = (vec![0.0f32; nh], vec![0.0f32; nh], vec![0.0f32; nh]);
+    let time = |f: &mut dyn FnMut()| {
+        let mut v: Vec<f64> = (0..9)
+            .map(|_| {
+                let c0 = cpu_seconds();
+                f();
+                cpu_seconds() - c0
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[4] * 1e3
+    };
+    let std_ms = time(&mut || {
+        cpu::attention_forward(&mut o, &mut l, &qkv, b, t, c, nh);
+        cpu::attention_backward(&mut dqkv, &d, &qkv, &o, &l, b, t, c, nh);
+    });
+    let sa_ms = time(&mut || {
+        cpu::shaped_attention_forward(&mut o, &mut l, &qk, &v, &g, &g, &g, b, t, c, nh);
+        cpu::shaped_attention_backward(
+            &mut dqk, &mut dv, &mut da, &mut db, &mut dg, &d, &qk, &v, &l, &g, &g, &g, b, t, c, nh,
+        );
+    });
+    let n = b * t * c;
+    let (x, y) = (f32s(&randn(&mut rng, n, 1.0)), f32s(&randn(&mut rng, n, 1.0)));
+    let (mut dx, mut dy, mut ga, mut gb) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32], vec![0.0f32]);
+    let gain_ms = time(&mut || {
+        cpu::scale_add_forward(&mut dx, &x, &y, &[0.5], &[0.5]);
+        cpu::scale_add_backward(&mut dx, &mut dy, &mut ga, &mut gb, &d, &x, &y, &[0.5], &[0.5]);
+    });
+    println!("attention fwd+bwd: standard {std_ms:.1} ms, shaped {sa_ms:.1} ms CPU; scale_add fwd+bwd {gain_ms:.2} ms");
+}

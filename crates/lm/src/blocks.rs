@@ -36,7 +36,7 @@ use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
-use crate::gpt2::{Gpt2Config, pad_vocab};
+use crate::gpt2::Gpt2Config;
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
@@ -156,19 +156,6 @@ impl BlocksConfig {
     /// A named preset (`Gpt2Config::named`: tiny, small, gpt2-124m) with `block`.
     pub fn named(name: &str, vocab_size: usize, block: BlockKind) -> Result<Self> {
         Ok(Self::from_gpt2(&Gpt2Config::named(name, vocab_size)?, block))
-    }
-    /// The block-comparison shape of issue 4: `n_layer` layers of width `n_embd`, heads of 64 (at least
-    /// one), context `max_seq_len`.
-    pub fn with_shape(vocab_size: usize, max_seq_len: usize, n_layer: usize, n_embd: usize, block: BlockKind) -> Self {
-        BlocksConfig {
-            vocab_size,
-            padded_vocab: pad_vocab(vocab_size, 64),
-            max_seq_len,
-            n_layer,
-            n_head: (n_embd / 64).max(1),
-            n_embd,
-            block,
-        }
     }
     pub fn validate(&self) -> Result<()> {
         let bad = |f: &str, m: String| Err(Error::config(f, m));

@@ -12,18 +12,19 @@ use octet_lm::blocks::{BlockKind, BlocksConfig, BlocksLm, decay_flags};
 use octet_lm::precision::Precision;
 use octet_optim::{AdamW, AdamWConfig};
 
-/// CPU seconds (user + system) of this process, all threads: /proc/self/stat fields 14 and 15, in
-/// clock ticks of 1/100 s. Less sensitive than wall time to other processes on a shared machine.
+/// CPU seconds of this process, all threads: the sum over /proc/self/task/*/schedstat of the time
+/// spent on a CPU (ns). Less sensitive than wall time to other processes on a shared machine.
 fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = s.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-    if f.len() > 13 { (f[11] + f[12]) / 100.0 } else { 0.0 }
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[test]
@@ -90,7 +91,7 @@ fn block_step_times() {
         let (f, s, c) = (median(fb[k].clone()), median(step[k].clone()), median(cpu[k].clone()));
         let tok = (b * t) as f64;
         println!(
-            "| {kind} | {p} | {:.3} | {:.1} | {:.1} | {:.0} | {:.3}x (fwd+bwd {:.3}x) | {c:.2} | {:.3}x |",
+            "| {kind} | {p} | {:.3} | {:.1} | {:.1} | {:.0} | {:.3}x (fwd+bwd {:.3}x) | {c:.3} | {:.3}x |",
             p as f64 / base_p,
             f * 1e3,
             s * 1e3,
