@@ -19,6 +19,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use octet_core::{Error, Result, Rng};
+use octet_materials::Composition;
 use octet_materials::bench;
 use octet_materials::composition_data::{self, BadKind, CRABNET_SETS, CsvSource};
 use octet_materials::dataset::{self, BadRow, DatasetHeader};
@@ -96,6 +97,11 @@ pub struct TrainArgs {
     /// Evaluate on at most this many held-out samples (a seeded random subset).
     #[arg(long)]
     max_test: Option<usize>,
+    /// Delta learning: a trained compositional ensemble (directory) whose median prediction is
+    /// subtracted from every target; the model learns the rest, and predictions add it back. It is
+    /// copied to `<out>/baseline/`, where `predict` finds it.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// One JSON object per line (events, then a summary) instead of a progress bar.
     #[arg(long)]
     json: bool,
@@ -426,6 +432,32 @@ fn run_train(a: TrainArgs) -> Result<()> {
     };
     say(format!("reading {}", data.display()));
     let samples = train::read_samples(&data, kind, cfg.cutoff)?;
+    let mut samples = samples;
+    let baseline = match &a.baseline {
+        Some(dir) => {
+            let members = load_ensemble(dir)?;
+            if members[0].kind != ModelKind::Compositional {
+                return Err(Error::format(dir, "kind", "the baseline must be a compositional ensemble"));
+            }
+            let comps = samples
+                .iter()
+                .map(|s| octet_materials::graph::composition_graph(&Composition::parse(&s.formula)?))
+                .collect::<Result<Vec<_>>>()?;
+            let preds = train::ensemble_predict(&members, &comps.iter().collect::<Vec<_>>(), 512)?;
+            let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p.energy_per_atom).abs()).sum::<f64>()
+                / samples.len().max(1) as f64;
+            say(format!(
+                "baseline {}: MAE {:.1} meV/atom on the whole data set; learning the residual",
+                dir.display(),
+                1e3 * mae
+            ));
+            for (s, p) in samples.iter_mut().zip(&preds) {
+                s.target -= p.energy_per_atom;
+            }
+            Some(members)
+        }
+        None => None,
+    };
     let (mut test, mut pool) = (Vec::new(), Vec::new());
     for s in samples {
         match dataset::split_of(&s.formula) {
@@ -451,6 +483,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
         return Err(Error::format(&data, "formula", "no entry falls in the held-out split"));
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    if let Some(b) = &baseline {
+        for (k, m) in b.iter().enumerate() {
+            let p = out.join("baseline").join(format!("member-{k}.safetensors"));
+            train::save_member(&p, m.kind, m.cutoff, m.seed, m.valid_mae, &m.model)?;
+        }
+    }
 
     let mut members = Vec::new();
     let mut member_reports = Vec::new();
@@ -542,6 +580,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         "members": member_reports,
         "ensemble_test_mae": ens_mae,
         "ensemble_mean_iqr": mean_iqr,
+        "baseline": a.baseline,
         "unit": "eV/atom",
         "seconds": t0.elapsed().as_secs_f64(),
     });
@@ -687,6 +726,24 @@ fn run_predict(a: PredictArgs) -> Result<()> {
             train::ensemble_predict(&members, &graphs.iter().collect::<Vec<_>>(), 256)?
         }
     };
+    let mut preds = preds;
+    let base_dir = a.model.join("baseline");
+    if a.model.is_dir() && base_dir.is_dir() {
+        let base = load_ensemble(&base_dir)?;
+        let comps = inputs
+            .iter()
+            .map(|i| {
+                let c = i.composition.clone().or_else(|| i.structure.as_ref().map(|s| s.composition()));
+                octet_materials::graph::composition_graph(&c.expect("every input has one"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bp = train::ensemble_predict(&base, &comps.iter().collect::<Vec<_>>(), 512)?;
+        for (p, b) in preds.iter_mut().zip(&bp) {
+            p.energy_per_atom += b.energy_per_atom;
+            p.energy = p.energy_per_atom * p.atoms;
+            p.members.iter_mut().for_each(|m| *m += b.energy_per_atom);
+        }
+    }
     let mut text = String::new();
     if a.format == "csv" {
         text.push_str("id,formula,atoms,energy_per_atom,energy,iqr,volume_factor,target\n");
