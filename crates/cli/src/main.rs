@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use octet_core::{Error, Result};
-use octet_kernels::CpuBackend;
+use octet_lm::blocks::BlockKind;
 use octet_lm::generate::{SampleConfig, sample};
 use octet_lm::precision::Precision;
 use octet_lm::train::{self, Event, Source, Start, TrainConfig};
-use octet_lm::{Gpt2, checkpoint, data::TextTokenizer};
+use octet_lm::{checkpoint, data::TextTokenizer};
 
 mod adapt;
 mod gguf_generate;
@@ -79,7 +79,10 @@ struct BenchTrainArgs {
     /// Model preset: tiny, small, gpt2-124m.
     #[arg(long, default_value = "small")]
     model: String,
-    /// GEMM precision: fp32, bf16, fp8-te.
+    /// Block kind (preln, parallel, sas, sas-p, sas-p-nonorm); default: GPT-2's own block.
+    #[arg(long)]
+    block: Option<BlockKind>,
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1, fp8-o2.
     #[arg(long, default_value = "fp32")]
     precision: Precision,
     /// Vocabulary for tiny/small (gpt2-124m keeps 50257).
@@ -115,7 +118,11 @@ struct TrainArgs {
     /// Override the preset's width.
     #[arg(long)]
     n_embd: Option<usize>,
-    /// GEMM precision: fp32, bf16, fp8-te (fp8-o1 and fp8-o2 are not implemented yet).
+    /// Block kind: preln, parallel, sas, sas-p, sas-p-nonorm (simplified transformer blocks, RMSNorm,
+    /// ReLU, no biases); default: GPT-2's own block.
+    #[arg(long)]
+    block: Option<BlockKind>,
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1 (f16 weights, E4M3 gradients), fp8-o2 (also E4M3/f16 Adam).
     #[arg(long)]
     precision: Option<Precision>,
     /// Text file (UTF-8) or prepared data directory (tokenizer.json, train.bin, val.bin).
@@ -207,6 +214,9 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.tokenizer.is_some() {
         c.tokenizer = a.tokenizer.clone();
+    }
+    if a.block.is_some() {
+        c.block = a.block;
     }
     c.validate()?;
     Ok(c)
@@ -312,13 +322,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let ck = checkpoint::load(dir, false)?;
     let tok = TextTokenizer::load(&ck.dir.join("tokenizer.json"))?;
-    let mut model = Gpt2::new(ck.state.model, CpuBackend, ck.params)?;
+    let recipe = octet_core::scaling::Recipe::default();
+    let mut model = octet_lm::model::from_params(ck.state.model, ck.state.block, ck.params, Precision::Fp32, &recipe)?;
     let prompt = tok.encode(&a.prompt)?;
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.cfg.vocab_size) {
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.vocab().0) {
         return Err(Error::config("prompt", format!("token {bad} is outside the model's vocabulary")));
     }
     let t0 = std::time::Instant::now();
-    let ids = sample(&mut model, &prompt, &sc)?;
+    let ids = sample(model.as_mut(), &prompt, &sc)?;
     let secs = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids)?;
     if a.json {
@@ -374,13 +385,14 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
                     format!("need 0 < seq <= {}, batch > 0, steps > 0", cfg.max_seq_len),
                 ));
             }
-            let r = octet_lm::bench::bench_train(cfg, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?;
+            let r = octet_lm::bench::bench_train(cfg, a.block, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r).expect("serialises"));
             } else {
                 println!(
-                    "{} {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    "{}{} {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
                     a.model,
+                    a.block.map_or(String::new(), |b| format!(" --block {b}")),
                     a.precision,
                     r.params as f64 / 1e6,
                     r.batch,

@@ -253,6 +253,11 @@ fn resume_is_bit_identical_at_fp8_o2_with_narrow_weights_and_moments() {
 }
 
 #[test]
+fn resume_is_bit_identical_with_a_simplified_block() {
+    assert_resume_bit_identical(&["--block", "sas-p", "--precision", "fp8-te"]);
+}
+
+#[test]
 fn resume_is_bit_identical_at_fp8_o1() {
     assert_resume_bit_identical(&["--precision", "fp8-o1"]);
 }

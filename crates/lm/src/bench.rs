@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use octet_core::{Result, Rng};
-use octet_kernels::CpuBackend;
 use octet_optim::AdamWConfig;
 
-use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::blocks::BlockKind;
+use crate::gpt2::Gpt2Config;
 use crate::memory::Ledger;
 use crate::precision::Precision;
 use crate::step::{GradScaler, Optimizer, train_step};
@@ -17,6 +17,8 @@ use octet_core::scaling::Recipe;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchResult {
     pub model: Gpt2Config,
+    /// Block kind (none: GPT-2's own block).
+    pub block: Option<BlockKind>,
     pub precision: Precision,
     pub batch: usize,
     pub seq: usize,
@@ -24,8 +26,7 @@ pub struct BenchResult {
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
-    /// Matmul FLOPs per token, forward + backward: 6 per weight of every GEMM (incl. the logits
-    /// projection) plus causal attention's 6 * L * T * C (QK^T and PV, half the T x T masked off).
+    /// Matmul FLOPs per token, forward + backward (`model::flops_per_token`).
     pub flops_per_token: f64,
     pub gflops: f64,
     pub peak_rss_bytes: u64,
@@ -35,15 +36,11 @@ pub struct BenchResult {
     pub rss_over_ledger: f64,
 }
 
-/// FLOPs per trained token (see `BenchResult::flops_per_token`).
-pub fn flops_per_token(c: &Gpt2Config, t: usize) -> f64 {
-    let (l, d, vp) = (c.n_layer as f64, c.n_embd as f64, c.padded_vocab as f64);
-    let gemm_weights = l * 12.0 * d * d + d * vp;
-    6.0 * gemm_weights + 6.0 * l * t as f64 * d
-}
-
+/// Time `steps` training steps (after `warmup`) of GPT-2 (`block` None) or a `BlocksLm` of GPT-2's shape.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_train(
     cfg: Gpt2Config,
+    block: Option<BlockKind>,
     precision: Precision,
     b: usize,
     t: usize,
@@ -51,8 +48,8 @@ pub fn bench_train(
     warmup: usize,
     seed: u64,
 ) -> Result<BenchResult> {
-    let mut model = Gpt2::init(cfg, CpuBackend, precision, &Recipe::default(), seed)?;
-    let mut opt = Optimizer::for_model(&model, AdamWConfig::default());
+    let mut model = crate::model::init(cfg, block, precision, &Recipe::default(), seed)?;
+    let mut opt = Optimizer::for_model(model.as_ref(), AdamWConfig::default());
     let mut scaler = GradScaler::default();
     let mut rng = Rng::new(seed);
     let mut times = vec![];
@@ -60,7 +57,7 @@ pub fn bench_train(
         let x: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
         let y: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
         let t0 = Instant::now();
-        train_step(&mut model, &mut opt, &mut scaler, &x, &y, b, t, 1.0, 1e-4)?;
+        train_step(model.as_mut(), &mut opt, &mut scaler, &x, &y, b, t, 1.0, 1e-4)?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -68,16 +65,17 @@ pub fn bench_train(
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
     let tps = (b * t) as f64 / med;
-    let fpt = flops_per_token(&cfg, t);
-    let ledger = Ledger::of(&model, opt.state_bytes());
+    let fpt = crate::model::flops_per_token(&model.full_layout(), cfg.n_layer, cfg.n_embd, t);
+    let ledger = Ledger::of(model.as_ref(), opt.state_bytes());
     let rss = peak_rss_bytes();
     Ok(BenchResult {
         model: cfg,
+        block,
         precision,
         batch: b,
         seq: t,
         steps,
-        params: cfg.num_params(),
+        params: model.num_params(),
         median_step_ms: med * 1e3,
         tokens_per_s: tps,
         flops_per_token: fpt,

@@ -43,6 +43,9 @@ pub struct State {
     /// Completed optimizer steps, when they differ from `step` (skipped steps at the narrow levels).
     #[serde(default)]
     pub optimizer_step: Option<u64>,
+    /// Block kind of a `BlocksLm` run (none: GPT-2).
+    #[serde(default)]
+    pub block: Option<crate::blocks::BlockKind>,
 }
 
 /// Parameters and optimizer state as a run holds them.
@@ -234,7 +237,10 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
         return Err(Error::format(&sp, "version", format!("expected {STATE_VERSION}, found {}", state.version)));
     }
     state.model.validate().map_err(|e| Error::format(&sp, "model", e.to_string()))?;
-    let layout = crate::gpt2::param_layout(&state.model);
+    let layout = match state.block {
+        Some(k) => crate::blocks::param_layout(&crate::blocks::BlocksConfig::from_gpt2(&state.model, k)),
+        None => crate::gpt2::param_layout(&state.model),
+    };
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).map(|b| (p.clone(), b)).map_err(|e| Error::io(&p, e))

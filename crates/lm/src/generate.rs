@@ -2,9 +2,8 @@
 //! window of at most `max_seq_len` tokens of context.
 
 use octet_core::{Result, Rng};
-use octet_kernels::Backend;
 
-use crate::gpt2::Gpt2;
+use crate::model::LanguageModel;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SampleConfig {
@@ -17,8 +16,8 @@ pub struct SampleConfig {
 }
 
 /// Continue `prompt` by `max_new_tokens` tokens; returns only the new tokens.
-pub fn sample<Bk: Backend>(model: &mut Gpt2<Bk>, prompt: &[u32], sc: &SampleConfig) -> Result<Vec<u32>> {
-    let (v, vp, tmax) = (model.cfg.vocab_size, model.cfg.padded_vocab, model.cfg.max_seq_len);
+pub fn sample<M: LanguageModel + ?Sized>(model: &mut M, prompt: &[u32], sc: &SampleConfig) -> Result<Vec<u32>> {
+    let ((v, vp), tmax) = (model.vocab(), model.max_seq_len());
     let mut rng = Rng::new(sc.seed);
     let mut ctx: Vec<u32> = if prompt.is_empty() { vec![0] } else { prompt.to_vec() };
     let mut out = Vec::with_capacity(sc.max_new_tokens);

@@ -12,6 +12,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod llama_hf;
 pub mod memory;
+pub mod model;
 pub mod narrow;
 pub mod precision;
 pub mod step;

@@ -3,9 +3,8 @@
 //! (weights, master weights, gradients, Adam m and v) divided by the parameter count is the number
 //! FP8-LM reports (16 B for fp32 AdamW; 6 B for its O3 level).
 
-use octet_kernels::Backend;
-
 use crate::gpt2::Gpt2;
+use crate::model::LanguageModel;
 
 /// What a buffer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -36,17 +35,16 @@ pub struct Ledger {
 
 impl Ledger {
     /// The buffers of `model` and of an optimizer whose m and v take `adam_bytes`.
-    pub fn of<Bk: Backend>(model: &Gpt2<Bk>, adam_bytes: (usize, usize)) -> Self {
-        let e = size_of::<Bk::F>();
+    pub fn of(model: &dyn LanguageModel, adam_bytes: (usize, usize)) -> Self {
+        let e = size_of::<f32>();
         let (acts, dacts, ws) = model.activation_elems();
-        // At the narrow levels `params` / `grads` are the f32 working set (one block): workspace.
-        let working = (model.params.data.len() + model.grads.data.len()) * e;
-        let (weights, grads, work) = match &model.narrow {
-            Some(nw) => (nw.weights.bytes(), nw.grads.bytes(), working),
-            None => (model.params.data.len() * e, model.grads.data.len() * e, 0),
+        let (weights, grads) = match (model.narrow(), model.plain()) {
+            (Some(nw), _) => (nw.weights.bytes(), nw.grads.bytes()),
+            (None, Some((p, g))) => (p.data.len() * e, g.data.len() * e),
+            (None, None) => (0, 0),
         };
         Ledger {
-            params: model.cfg.num_params(),
+            params: model.num_params(),
             bytes: vec![
                 (MemRole::Weights, weights),
                 (MemRole::Master, 0),
@@ -54,7 +52,8 @@ impl Ledger {
                 (MemRole::AdamM, adam_bytes.0),
                 (MemRole::AdamV, adam_bytes.1),
                 (MemRole::Activations, (acts + dacts) * e),
-                (MemRole::Workspace, ws * e + work),
+                // At the narrow levels the f32 working set (one block) is workspace.
+                (MemRole::Workspace, ws * e + model.working_bytes()),
             ],
         }
     }

@@ -11,10 +11,9 @@
 //! scale differs; the optimizer reads `decode(g) * clip / scale`.
 
 use octet_core::{Error, Result};
-use octet_kernels::CpuBackend;
 use octet_optim::{AdamW, AdamWConfig, Fp8AdamW, clip_global_norm};
 
-use crate::gpt2::{Gpt2, decay_flags};
+use crate::model::{Buffers, LanguageModel};
 
 /// Clean steps after which the gradient scale doubles (up to `MAX_SCALE`).
 pub const GROW_INTERVAL: u64 = 1000;
@@ -64,16 +63,17 @@ pub enum Optimizer {
 
 impl Optimizer {
     /// The optimizer `model`'s precision calls for, fresh (step 0).
-    pub fn for_model(model: &Gpt2<CpuBackend>, cfg: AdamWConfig) -> Optimizer {
-        let decay = decay_flags(&crate::gpt2::param_layout(&model.cfg));
-        match &model.narrow {
-            None => Optimizer::Plain(AdamW::new(model.params.layout.clone(), decay, cfg)),
-            Some(nw) => Optimizer::Narrow(Fp8AdamW::new(
+    pub fn for_model(model: &dyn LanguageModel, cfg: AdamWConfig) -> Optimizer {
+        let decay = model.decay_flags();
+        match (model.narrow(), model.plain()) {
+            (Some(nw), _) => Optimizer::Narrow(Fp8AdamW::new(
                 nw.units.clone(),
                 nw.unit_flags(&decay),
                 cfg,
-                model.precision.adam_formats(),
+                model.precision().adam_formats(),
             )),
+            (None, Some((params, _))) => Optimizer::Plain(AdamW::new(params.layout.clone(), decay, cfg)),
+            (None, None) => unreachable!("a model keeps its weights plain or narrow"),
         }
     }
 
@@ -109,7 +109,7 @@ pub struct StepOutcome {
 /// level without a gradient scale, is an error naming the step.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
-    model: &mut Gpt2<CpuBackend>,
+    model: &mut dyn LanguageModel,
     opt: &mut Optimizer,
     scaler: &mut GradScaler,
     x: &[u32],
@@ -121,23 +121,22 @@ pub fn train_step(
 ) -> Result<StepOutcome> {
     let step = opt.step() as usize;
     model.zero_grad();
-    model.grad_scale = if model.narrow.is_some() { scaler.scale } else { 1.0 };
+    model.set_grad_scale(if model.narrow().is_some() { scaler.scale } else { 1.0 });
     let loss = model.forward(x, Some(y), b, t)?.expect("targets given");
     if !loss.is_finite() {
         return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
     }
     model.backward()?;
-    match opt {
-        Optimizer::Plain(o) => {
-            let grad_norm = clip_global_norm(&mut model.grads.data, clip);
+    match (opt, model.buffers()) {
+        (Optimizer::Plain(o), Buffers::Plain { params, grads }) => {
+            let grad_norm = clip_global_norm(&mut grads.data, clip);
             if !grad_norm.is_finite() {
                 return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
             }
-            o.update(&mut model.params.data, &model.grads.data, lr);
+            o.update(&mut params.data, &grads.data, lr);
             Ok(StepOutcome { loss, grad_norm, skipped: false })
         }
-        Optimizer::Narrow(o) => {
-            let nw = model.narrow.as_mut().expect("narrow optimizer needs narrow storage");
+        (Optimizer::Narrow(o), Buffers::Narrow(nw)) => {
             let s = scaler.scale;
             let grad_norm = nw.grads.sum_squares().sqrt() / s;
             if nw.overflow || !grad_norm.is_finite() {
@@ -153,5 +152,6 @@ pub fn train_step(
             }
             Ok(StepOutcome { loss, grad_norm, skipped: report.skipped })
         }
+        _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
     }
 }

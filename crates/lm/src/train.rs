@@ -9,10 +9,12 @@ use octet_core::{Error, Result};
 use octet_kernels::CpuBackend;
 use octet_optim::{AdamWConfig, Decay, Schedule};
 
+use crate::blocks::BlockKind;
 use crate::checkpoint::{self, STATE_VERSION, State, Tensors};
 use crate::data::{self, Batches, Shard, TextTokenizer};
 use crate::generate::{SampleConfig, sample};
 use crate::gpt2::{Gpt2, Gpt2Config, param_layout};
+use crate::model::{self, LanguageModel};
 use crate::narrow::Narrow;
 use crate::precision::Precision;
 use crate::step::{GradScaler, Optimizer, train_step};
@@ -24,6 +26,9 @@ use octet_core::scaling::Recipe;
 pub struct TrainConfig {
     /// Model preset: tiny, small, gpt2-124m.
     pub model: String,
+    /// Block kind (`crate::blocks`: preln, parallel, sas, sas-p, sas-p-nonorm); none = GPT-2's own
+    /// block (LayerNorm, GELU, biases).
+    pub block: Option<BlockKind>,
     /// Override the preset's depth, heads and width (e.g. 6 layers, d=256 for the parity runs).
     pub n_layer: Option<usize>,
     pub n_head: Option<usize>,
@@ -66,6 +71,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             model: "small".into(),
+            block: None,
             n_layer: None,
             n_head: None,
             n_embd: None,
@@ -211,7 +217,7 @@ fn prepare_data(cfg: &TrainConfig, source: &Source) -> Result<(PathBuf, TextToke
     Ok((dir, prep.tokenizer))
 }
 
-fn evaluate(model: &mut Gpt2<CpuBackend>, val: &Batches, n: usize) -> Result<f64> {
+fn evaluate(model: &mut dyn LanguageModel, val: &Batches, n: usize) -> Result<f64> {
     let mut total = 0.0;
     for i in 0..n {
         let (x, y) = val.eval_batch(i);
@@ -298,15 +304,25 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let recipe = Recipe::default();
     let mut scaler = GradScaler::default();
-    let (mut model, mut opt, start) = match loaded {
+    let block = cfg.block;
+    let (mut model, mut opt, start): (Box<dyn LanguageModel>, Optimizer, usize) = match loaded {
         Some(l) => {
-            let mut model = match l.narrow {
+            if l.state.block != block {
+                return Err(Error::format(
+                    &l.dir,
+                    "block",
+                    "the checkpoint's block kind differs from the configuration's",
+                ));
+            }
+            let (mut model, opt): (Box<dyn LanguageModel>, Optimizer) = match l.narrow {
                 Some(parts) => {
+                    if block.is_some() {
+                        return Err(Error::format(&l.dir, "precision", "narrow checkpoints exist for GPT-2 only"));
+                    }
                     let full = param_layout(&model_cfg);
                     let working = param_layout(&Gpt2Config { n_layer: 1, ..model_cfg });
                     let nw = Narrow::from_weights(&full, &working, model_cfg.n_layer, parts.weights);
-                    let mut model =
-                        Gpt2::with_narrow(model_cfg, CpuBackend, nw)?.with_precision(cfg.precision, &recipe)?;
+                    let model = Gpt2::with_narrow(model_cfg, CpuBackend, nw)?.with_precision(cfg.precision, &recipe)?;
                     let mut opt = Optimizer::for_model(&model, adam);
                     if let (Optimizer::Narrow(o), Some(m), Some(v)) = (&mut opt, parts.m, parts.v) {
                         if m.format() != o.m.format() || v.format() != o.v.format() {
@@ -319,12 +335,11 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                         (o.m, o.v) = (m, v);
                         o.step = l.state.optimizer_step.unwrap_or(l.state.step as u64);
                     }
-                    model.grad_scale = l.state.scaler.scale;
-                    (model, opt)
+                    (Box::new(model), opt)
                 }
                 None => {
-                    let model = Gpt2::new(model_cfg, CpuBackend, l.params)?.with_precision(cfg.precision, &recipe)?;
-                    let mut opt = Optimizer::for_model(&model, adam);
+                    let model = model::from_params(model_cfg, block, l.params, cfg.precision, &recipe)?;
+                    let mut opt = Optimizer::for_model(model.as_ref(), adam);
                     if let Optimizer::Plain(o) = &mut opt {
                         o.m.data = l.m;
                         o.v.data = l.v;
@@ -335,24 +350,24 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             };
             let scaling = l.state.scaling;
             if !scaling.is_empty() {
-                if scaling.len() != model.0.scaling.len() {
+                if scaling.len() != model.scaling().len() {
                     return Err(Error::config(
                         "scaling",
                         format!(
                             "checkpoint has {} FP8 scaling states, model needs {}",
                             scaling.len(),
-                            model.0.scaling.len()
+                            model.scaling().len()
                         ),
                     ));
                 }
-                model.0.scaling = scaling;
+                *model.scaling_mut() = scaling;
             }
             scaler = l.state.scaler;
-            (model.0, model.1, l.state.step)
+            (model, opt, l.state.step)
         }
         None => {
-            let model = Gpt2::init(model_cfg, CpuBackend, cfg.precision, &recipe, cfg.seed)?;
-            let opt = Optimizer::for_model(&model, adam);
+            let model = model::init(model_cfg, block, cfg.precision, &recipe, cfg.seed)?;
+            let opt = Optimizer::for_model(model.as_ref(), adam);
             (model, opt, 0)
         }
     };
@@ -360,7 +375,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         Schedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_frac: cfg.min_lr_frac, decay: cfg.decay };
     let stop = until.unwrap_or(cfg.steps).min(cfg.steps);
     on(&Event::Start {
-        params: model_cfg.num_params(),
+        params: model.num_params(),
         train_tokens,
         val_tokens,
         vocab_size: vocab,
@@ -379,6 +394,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         scaling: vec![],
         scaler,
         optimizer_step: None,
+        block,
     };
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
@@ -388,7 +404,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         let t0 = Instant::now();
         let (x, y) = train.train_batch(step);
         let lr = sched.lr_at(step);
-        let out = train_step(&mut model, &mut opt, &mut scaler, &x, &y, cfg.batch, cfg.seq, cfg.grad_clip, lr)?;
+        let out = train_step(model.as_mut(), &mut opt, &mut scaler, &x, &y, cfg.batch, cfg.seq, cfg.grad_clip, lr)?;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
         let dt = t0.elapsed().as_secs_f64();
         train_secs += dt;
@@ -404,18 +420,18 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         }));
         let done = step + 1;
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-            val_loss = evaluate(&mut model, &val, cfg.eval_batches)?;
+            val_loss = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
             on(&Event::Eval { step: done, val_loss });
         }
         if done == stop || (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) {
             state.step = done;
             state.last_loss = Some(loss);
-            state.scaling = model.scaling.clone();
+            state.scaling = model.scaling().to_vec();
             state.scaler = scaler;
             state.optimizer_step = Some(opt.step());
-            let tensors = match (&opt, &model.narrow) {
-                (Optimizer::Plain(o), None) => Tensors::Plain { params: &model.params, m: &o.m, v: &o.v },
-                (Optimizer::Narrow(o), Some(nw)) => Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v },
+            let tensors = match (&opt, model.narrow(), model.plain()) {
+                (Optimizer::Plain(o), None, Some((params, _))) => Tensors::Plain { params, m: &o.m, v: &o.v },
+                (Optimizer::Narrow(o), Some(nw), _) => Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v },
                 _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
             };
             last_ckpt = checkpoint::save(&cfg.out, &state, tensors, &tok_json, 2)?;
@@ -425,7 +441,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let sample = if cfg.sample_tokens > 0 && stop == cfg.steps {
         let prompt = tokenizer.encode("\n")?;
         let sc = SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, seed: cfg.seed };
-        let ids = sample(&mut model, &prompt, &sc)?;
+        let ids = sample(model.as_mut(), &prompt, &sc)?;
         Some(tokenizer.decode(&ids)?)
     } else {
         None
@@ -436,8 +452,8 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         val_loss,
         tokens_per_s: if train_secs > 0.0 { trained_tokens as f64 / train_secs } else { 0.0 },
         peak_rss_bytes: peak_rss_bytes(),
-        memory: crate::memory::Ledger::of(&model, opt.state_bytes()).to_json(),
-        params: model_cfg.num_params(),
+        memory: crate::memory::Ledger::of(model.as_ref(), opt.state_bytes()).to_json(),
+        params: model.num_params(),
         precision: cfg.precision,
         skipped_steps: scaler.skipped,
         train_seconds: train_secs,

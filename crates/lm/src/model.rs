@@ -1,0 +1,195 @@
+//! The one interface the trainer, the training benchmark, the memory ledger and the sampler drive a
+//! decoder-only language model through, so `octet train --block ...` runs every block kind with the
+//! same loop, checkpoints and precision levels as GPT-2. Implemented for the f32 CPU models: `Gpt2`
+//! and `BlocksLm` (Pre-LN, Parallel, SAS, SAS-P, SAS-P without norms).
+
+use octet_core::{Result, Slab};
+use octet_kernels::CpuBackend;
+
+use crate::blocks::{self, BlocksLm};
+use crate::gpt2::{self, Gpt2, Gpt2Config};
+use crate::narrow::Narrow;
+use crate::precision::{LinearScaling, Precision};
+
+/// Where a model keeps its weights and gradients.
+pub enum Buffers<'a> {
+    /// f32 parameters and gradients over the model's parameter layout (fp32, bf16, fp8-te).
+    Plain { params: &'a mut Slab<f32>, grads: &'a mut Slab<f32> },
+    /// f16 weights and E4M3 gradients (fp8-o1, fp8-o2; `crate::narrow`).
+    Narrow(&'a mut Narrow),
+}
+
+/// A decoder-only language model with hand-written backward (see `Gpt2` for the conventions).
+pub trait LanguageModel {
+    /// Forward over `tokens` (B*T); with `targets`, the mean cross-entropy.
+    fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>>;
+    /// Backward of the last forward with targets (loss gradient times the gradient scale).
+    fn backward(&mut self) -> Result<()>;
+    fn zero_grad(&mut self);
+    /// Raw logits (B*T, padded vocab) of the last forward without targets.
+    fn logits(&self) -> &[f32];
+    /// (vocab_size, padded_vocab).
+    fn vocab(&self) -> (usize, usize);
+    fn max_seq_len(&self) -> usize;
+    fn num_params(&self) -> usize;
+    /// Weight decay per tensor of the full parameter layout.
+    fn decay_flags(&self) -> Vec<bool>;
+    /// The full parameter layout (also at the narrow levels, whose f32 buffers hold one block).
+    fn full_layout(&self) -> octet_core::Layout;
+    fn buffers(&mut self) -> Buffers<'_>;
+    fn narrow(&self) -> Option<&Narrow>;
+    /// Plain parameters and gradients (None at the narrow levels).
+    fn plain(&self) -> Option<(&Slab<f32>, &Slab<f32>)>;
+    fn set_grad_scale(&mut self, s: f64);
+    fn precision(&self) -> Precision;
+    fn scaling(&self) -> &[LinearScaling];
+    fn scaling_mut(&mut self) -> &mut Vec<LinearScaling>;
+    /// Elements of activations, activation-gradient scratch and cast workspace.
+    fn activation_elems(&self) -> (usize, usize, usize);
+    /// Bytes of f32 buffers besides the weight-related state (the narrow levels' working set).
+    fn working_bytes(&self) -> usize;
+}
+
+macro_rules! impl_language_model {
+    ($ty:ty, $layout:path, $decay:path) => {
+        impl LanguageModel for $ty {
+            fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
+                <$ty>::forward(self, tokens, targets, b, t)
+            }
+            fn backward(&mut self) -> Result<()> {
+                <$ty>::backward(self)
+            }
+            fn zero_grad(&mut self) {
+                <$ty>::zero_grad(self)
+            }
+            fn logits(&self) -> &[f32] {
+                <$ty>::logits(self)
+            }
+            fn vocab(&self) -> (usize, usize) {
+                (self.cfg.vocab_size, self.cfg.padded_vocab)
+            }
+            fn max_seq_len(&self) -> usize {
+                self.cfg.max_seq_len
+            }
+            fn num_params(&self) -> usize {
+                self.cfg.num_params()
+            }
+            fn decay_flags(&self) -> Vec<bool> {
+                $decay(&$layout(&self.cfg))
+            }
+            fn full_layout(&self) -> octet_core::Layout {
+                $layout(&self.cfg)
+            }
+            fn buffers(&mut self) -> Buffers<'_> {
+                match narrow_of(self) {
+                    true => Buffers::Narrow(narrow_mut_of(self).expect("narrow")),
+                    false => Buffers::Plain { params: &mut self.params, grads: &mut self.grads },
+                }
+            }
+            fn narrow(&self) -> Option<&Narrow> {
+                narrow_ref_of(self)
+            }
+            fn plain(&self) -> Option<(&Slab<f32>, &Slab<f32>)> {
+                if narrow_of(self) { None } else { Some((&self.params, &self.grads)) }
+            }
+            fn set_grad_scale(&mut self, s: f64) {
+                self.grad_scale = s;
+            }
+            fn precision(&self) -> Precision {
+                self.precision
+            }
+            fn scaling(&self) -> &[LinearScaling] {
+                &self.scaling
+            }
+            fn scaling_mut(&mut self) -> &mut Vec<LinearScaling> {
+                &mut self.scaling
+            }
+            fn activation_elems(&self) -> (usize, usize, usize) {
+                <$ty>::activation_elems(self)
+            }
+            fn working_bytes(&self) -> usize {
+                if narrow_of(self) { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
+            }
+        }
+    };
+}
+
+/// Narrow storage of a model, for the macro (GPT-2 has it; `BlocksLm` gets it through `NarrowStore`).
+trait NarrowStore {
+    fn narrow_store(&self) -> Option<&Narrow>;
+    fn narrow_store_mut(&mut self) -> Option<&mut Narrow>;
+}
+
+impl NarrowStore for Gpt2<CpuBackend> {
+    fn narrow_store(&self) -> Option<&Narrow> {
+        self.narrow.as_ref()
+    }
+    fn narrow_store_mut(&mut self) -> Option<&mut Narrow> {
+        self.narrow.as_mut()
+    }
+}
+
+impl NarrowStore for BlocksLm<CpuBackend> {
+    fn narrow_store(&self) -> Option<&Narrow> {
+        None
+    }
+    fn narrow_store_mut(&mut self) -> Option<&mut Narrow> {
+        None
+    }
+}
+
+fn narrow_of<M: NarrowStore>(m: &M) -> bool {
+    m.narrow_store().is_some()
+}
+fn narrow_ref_of<M: NarrowStore>(m: &M) -> Option<&Narrow> {
+    m.narrow_store()
+}
+fn narrow_mut_of<M: NarrowStore>(m: &mut M) -> Option<&mut Narrow> {
+    m.narrow_store_mut()
+}
+
+impl_language_model!(Gpt2<CpuBackend>, gpt2::param_layout, gpt2::decay_flags);
+impl_language_model!(BlocksLm<CpuBackend>, blocks::param_layout, blocks::decay_flags);
+
+/// The model a configuration names: GPT-2 (`block` None) or a `BlocksLm` of that block kind with
+/// GPT-2's shape, freshly initialised from `seed` at `precision`.
+pub fn init(
+    cfg: Gpt2Config,
+    block: Option<blocks::BlockKind>,
+    precision: Precision,
+    recipe: &octet_core::scaling::Recipe,
+    seed: u64,
+) -> Result<Box<dyn LanguageModel>> {
+    Ok(match block {
+        None => Box::new(Gpt2::init(cfg, CpuBackend, precision, recipe, seed)?),
+        Some(k) => {
+            Box::new(BlocksLm::init(blocks::BlocksConfig::from_gpt2(&cfg, k), CpuBackend, precision, recipe, seed)?)
+        }
+    })
+}
+
+/// A model with the given f32 parameters (laid out as its full parameter layout) at `precision`.
+pub fn from_params(
+    cfg: Gpt2Config,
+    block: Option<blocks::BlockKind>,
+    params: Vec<f32>,
+    precision: Precision,
+    recipe: &octet_core::scaling::Recipe,
+) -> Result<Box<dyn LanguageModel>> {
+    Ok(match block {
+        None => Box::new(Gpt2::new(cfg, CpuBackend, params)?.with_precision(precision, recipe)?),
+        Some(k) => Box::new(
+            BlocksLm::new(blocks::BlocksConfig::from_gpt2(&cfg, k), CpuBackend, params)?
+                .with_precision(precision, recipe)?,
+        ),
+    })
+}
+
+/// Matmul FLOPs per trained token, forward + backward: 6 per weight of every GEMM (the block
+/// matrices and the tied logits projection; embedding lookups are not GEMMs) plus causal attention's
+/// 6 * L * T * C (QK^T and PV, half the T x T masked off).
+pub fn flops_per_token(layout: &octet_core::Layout, n_layer: usize, n_embd: usize, t: usize) -> f64 {
+    const GEMM: [&str; 7] = ["wte", "qkvw", "qkw", "attprojw", "fcw", "fcprojw", "v0w"];
+    let w: usize = layout.specs().iter().filter(|s| GEMM.contains(&s.name.as_str())).map(|s| s.numel()).sum();
+    6.0 * w as f64 + 6.0 * (n_layer * t * n_embd) as f64
+}
