@@ -258,6 +258,11 @@ fn resume_is_bit_identical_with_a_simplified_block() {
 }
 
 #[test]
+fn resume_is_bit_identical_with_sas_p_at_fp8_o2() {
+    assert_resume_bit_identical(&["--block", "sas-p", "--precision", "fp8-o2"]);
+}
+
+#[test]
 fn resume_is_bit_identical_at_fp8_o1() {
     assert_resume_bit_identical(&["--precision", "fp8-o1"]);
 }

@@ -37,6 +37,7 @@ use octet_kernels::Backend;
 
 use crate::acts::Acts;
 use crate::gpt2::Gpt2Config;
+use crate::narrow::{Narrow, as_f32, as_f32_mut};
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
@@ -476,6 +477,9 @@ pub struct BlocksLm<Bk: Backend> {
     pub grads: Slab<Bk::F>,
     /// Multiplies the loss gradient in backward (gradients come out scaled by it); 1 by default.
     pub grad_scale: f64,
+    /// Narrow weight and gradient storage at fp8-o1 / fp8-o2 (`crate::narrow`; `params` / `grads` are
+    /// then the one-block f32 working set), else None.
+    pub narrow: Option<Narrow>,
     ids: ParamIds,
     acts: Option<Acts<Bk::F>>,
     aid: Ids<20>,
@@ -506,6 +510,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             params,
             grads: Slab::zeros(layout),
             grad_scale: 1.0,
+            narrow: None,
             ids,
             acts: None,
             aid: Ids::new(&al, ACT_NAMES),
@@ -526,18 +531,30 @@ impl<Bk: Backend> BlocksLm<Bk> {
         BlocksLm::new(cfg, backend, p)?.with_precision(precision, recipe)
     }
 
-    /// Run the block linears at `precision`, FP8 scaling per `recipe`. The narrow-storage levels
-    /// (fp8-o1, fp8-o2) are GPT-2 only for now.
+    /// Run the block linears at `precision`, FP8 scaling per `recipe`. At fp8-o1 / fp8-o2 every
+    /// parameter, the shaped-attention scalars and gains included, is stored in f16 with its own
+    /// tensor scale (`crate::narrow`); they compute in f32.
     pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
-        if matches!(precision, Precision::Fp8O1 | Precision::Fp8O2) {
-            return Err(Error::config(
-                "precision",
-                format!(
-                    "`{precision}` (narrow weight storage) is not implemented for --block models; use fp32, bf16 or fp8-te"
-                ),
-            ));
-        }
         recipe.validate()?;
+        if precision.is_narrow() && self.narrow.is_none() {
+            if std::any::TypeId::of::<Bk::F>() != std::any::TypeId::of::<f32>() {
+                return Err(Error::config("precision", format!("`{precision}` stores weights for f32 compute only")));
+            }
+            let working = Arc::new(param_layout(&BlocksConfig { n_layer: 1, ..self.cfg }));
+            let nw = Narrow::new(&self.params.layout, &working, self.cfg.n_layer, as_f32(&self.params.data));
+            self.ids = ParamIds::new(&working);
+            self.params = Slab::zeros(working.clone());
+            self.grads = Slab::zeros(working);
+            self.narrow = Some(nw);
+        } else if !precision.is_narrow()
+            && let Some(nw) = self.narrow.take()
+        {
+            let full = Arc::new(param_layout(&self.cfg));
+            let p = nw.weights_f32().into_iter().map(Bk::F::from_f32).collect();
+            self.params = Slab::from_vec(full.clone(), p)?;
+            self.grads = Slab::zeros(full.clone());
+            self.ids = ParamIds::new(&full);
+        }
         self.precision = precision;
         self.scaling_mode = recipe.mode;
         let n = self.cfg.n_layer * self.cfg.block.linears_per_layer() + usize::from(self.cfg.block.is_shaped());
@@ -592,7 +609,10 @@ impl<Bk: Backend> BlocksLm<Bk> {
         self.tokens.extend_from_slice(tokens);
         let (d, nh, l_n, n, vp, kind) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab, c.block);
         let l1 = kind.normed_layers(l_n);
-        let (be, p, pid, aid) = (&self.backend, &self.params, &self.ids, &self.aid);
+        if let Some(nw) = &self.narrow {
+            nw.stage_top(as_f32_mut(&mut self.params.data));
+        }
+        let (be, pid, aid) = (&self.backend, &self.ids, &self.aid);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
         let a = &mut acts.a;
@@ -608,10 +628,18 @@ impl<Bk: Backend> BlocksLm<Bk> {
         let aw = |i: usize| aid.w(&al, i);
         let wq = qkv_width(&c);
 
-        let (_, top) = pid.views(p, 0);
+        let (_, top) = pid.views(&self.params, 0);
         be.encoder_forward(&mut a.data[aw(ENCODED)], tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
-            let (w, top) = pid.views(p, l);
+            // Narrow storage: decode layer l into the working set's one block.
+            let lw = match &self.narrow {
+                Some(nw) => {
+                    nw.stage_layer(l, as_f32_mut(&mut self.params.data));
+                    0
+                }
+                None => l,
+            };
+            let (w, top) = pid.views(&self.params, lw);
             let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
             // h = N1 x (every layer, or only the first without norms)
             let h = if l < l1 {
@@ -696,6 +724,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
                 }
             }
         }
+        let (_, top) = pid.views(&self.params, 0);
         let [lnf, rrms, x] = a.disjoint_mut([aw(LNF), aw(LNF_RRMS), ar(RESIDUAL, l_n - 1)]);
         be.rmsnorm_forward(lnf, rrms, x, top.lnfw, n, d, RMS_EPS);
         // Tied output projection, kept in f32 at every level (as Transformer Engine leaves the head).
@@ -730,7 +759,11 @@ impl<Bk: Backend> BlocksLm<Bk> {
         let (b, t) = (acts.b, acts.t);
         let (d, nh, l_n, n, vp, kind) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab, c.block);
         let l1 = kind.normed_layers(l_n);
-        let (be, p, g, pid, aid, did) = (&self.backend, &self.params, &mut self.grads, &self.ids, &self.aid, &self.did);
+        let (be, pid, aid, did) = (&self.backend, &self.ids, &self.aid, &self.did);
+        let (p, g) = (&mut self.params, &mut self.grads);
+        if let Some(nw) = &mut self.narrow {
+            nw.begin_backward();
+        }
         let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
         let (a, da) = (&mut acts.a, &mut acts.d);
         let mut lin = Linears {
@@ -760,8 +793,20 @@ impl<Bk: Backend> BlocksLm<Bk> {
             be.rmsnorm_backward(dres, gt.lnfw, dln, x, top.lnfw, rrms, n, d);
         }
         for l in (0..l_n).rev() {
-            let (w, top) = pid.views(p, l);
-            let (gw, gt) = pid.views_mut(g, l);
+            // Narrow storage: layer l's weights into the working block (the last layer is still there
+            // from forward), its gradient block zeroed, encoded to E4M3 after the layer.
+            let lw = match &self.narrow {
+                Some(nw) => {
+                    if l + 1 != l_n {
+                        nw.stage_layer(l, as_f32_mut(&mut p.data));
+                    }
+                    nw.zero_layer_grads(l, as_f32_mut(&mut g.data));
+                    0
+                }
+                None => l,
+            };
+            let (w, top) = pid.views(p, lw);
+            let (gw, gt) = pid.views_mut(g, lw);
             let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
             let h = if l < l1 { ar(LN1, l) } else { x.clone() };
             // Split dy (in dres) over the branches. Afterwards: d(MLP output) in `dm`, d(attention branch
@@ -867,9 +912,15 @@ impl<Bk: Backend> BlocksLm<Bk> {
             } else {
                 be.accumulate(dres, dln);
             }
+            if let Some(nw) = &mut self.narrow {
+                nw.store_layer_grads(l, as_f32(&g.data));
+            }
         }
         let (_, gt) = pid.views_mut(g, 0);
         be.encoder_backward(gt.wte, gt.wpe, &da.data[dw(DRES)], &self.tokens, b, t, d);
+        if let Some(nw) = &mut self.narrow {
+            nw.store_top_grads(as_f32(&g.data));
+        }
         Ok(())
     }
 }

@@ -237,17 +237,19 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
         return Err(Error::format(&sp, "version", format!("expected {STATE_VERSION}, found {}", state.version)));
     }
     state.model.validate().map_err(|e| Error::format(&sp, "model", e.to_string()))?;
-    let layout = match state.block {
-        Some(k) => crate::blocks::param_layout(&crate::blocks::BlocksConfig::from_gpt2(&state.model, k)),
-        None => crate::gpt2::param_layout(&state.model),
+    // The model's parameter layout, and the one-block layout its narrow units come from.
+    let layout_of = |c: &Gpt2Config| match state.block {
+        Some(k) => crate::blocks::param_layout(&crate::blocks::BlocksConfig::from_gpt2(c, k)),
+        None => crate::gpt2::param_layout(c),
     };
+    let layout = layout_of(&state.model);
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).map(|b| (p.clone(), b)).map_err(|e| Error::io(&p, e))
     };
     let (p, b) = read("model.safetensors")?;
     if state.train.precision.is_narrow() {
-        let working = crate::gpt2::param_layout(&Gpt2Config { n_layer: 1, ..state.model });
+        let working = layout_of(&Gpt2Config { n_layer: 1, ..state.model });
         let units = std::sync::Arc::new(crate::narrow::unit_layout(&layout, &working).0);
         let weights = raw_load(&p, &b, "weights", &units)?;
         let (mut m, mut v, mut params) = (None, None, vec![]);

@@ -131,10 +131,10 @@ impl NarrowStore for Gpt2<CpuBackend> {
 
 impl NarrowStore for BlocksLm<CpuBackend> {
     fn narrow_store(&self) -> Option<&Narrow> {
-        None
+        self.narrow.as_ref()
     }
     fn narrow_store_mut(&mut self) -> Option<&mut Narrow> {
-        None
+        self.narrow.as_mut()
     }
 }
 

@@ -6,16 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use octet_core::{Error, Result};
-use octet_kernels::CpuBackend;
 use octet_optim::{AdamWConfig, Decay, Schedule};
 
 use crate::blocks::BlockKind;
 use crate::checkpoint::{self, STATE_VERSION, State, Tensors};
 use crate::data::{self, Batches, Shard, TextTokenizer};
 use crate::generate::{SampleConfig, sample};
-use crate::gpt2::{Gpt2, Gpt2Config, param_layout};
-use crate::model::{self, LanguageModel};
-use crate::narrow::Narrow;
+use crate::gpt2::Gpt2Config;
+use crate::model::{self, Buffers, LanguageModel};
 use crate::precision::Precision;
 use crate::step::{GradScaler, Optimizer, train_step};
 use octet_core::scaling::Recipe;
@@ -316,14 +314,22 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             }
             let (mut model, opt): (Box<dyn LanguageModel>, Optimizer) = match l.narrow {
                 Some(parts) => {
-                    if block.is_some() {
-                        return Err(Error::format(&l.dir, "precision", "narrow checkpoints exist for GPT-2 only"));
+                    // The stored f16 weights, bit for bit (decoded only to build the model).
+                    let w = parts.weights.to_f32();
+                    let mut model = model::from_params(model_cfg, block, w, cfg.precision, &recipe)?;
+                    match model.buffers() {
+                        Buffers::Narrow(nw) if **nw.weights.layout() == **parts.weights.layout() => {
+                            nw.weights = parts.weights
+                        }
+                        _ => {
+                            return Err(Error::format(
+                                &l.dir,
+                                "precision",
+                                "narrow checkpoint, but not a narrow level",
+                            ));
+                        }
                     }
-                    let full = param_layout(&model_cfg);
-                    let working = param_layout(&Gpt2Config { n_layer: 1, ..model_cfg });
-                    let nw = Narrow::from_weights(&full, &working, model_cfg.n_layer, parts.weights);
-                    let model = Gpt2::with_narrow(model_cfg, CpuBackend, nw)?.with_precision(cfg.precision, &recipe)?;
-                    let mut opt = Optimizer::for_model(&model, adam);
+                    let mut opt = Optimizer::for_model(model.as_ref(), adam);
                     if let (Optimizer::Narrow(o), Some(m), Some(v)) = (&mut opt, parts.m, parts.v) {
                         if m.format() != o.m.format() || v.format() != o.v.format() {
                             return Err(Error::format(
@@ -335,7 +341,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                         (o.m, o.v) = (m, v);
                         o.step = l.state.optimizer_step.unwrap_or(l.state.step as u64);
                     }
-                    (Box::new(model), opt)
+                    (model, opt)
                 }
                 None => {
                     let model = model::from_params(model_cfg, block, l.params, cfg.precision, &recipe)?;

@@ -190,3 +190,29 @@ fn ledger_bytes_per_param_follow_the_levels() {
         assert!(got >= want && got < want + 0.01, "{p}: {got}");
     }
 }
+
+/// Every simplified block at O2 computes fp8-te on its f16 weights and stores fp8-te's gradients in
+/// E4M3 (the same staging as GPT-2, through the blocks' own parameter tables: per-layer gains and
+/// scalars are units of their own; `ln1w` of sas-p-nonorm, one row, is a top tensor).
+#[test]
+fn simplified_blocks_at_o2_compute_fp8_te_on_their_f16_weights() {
+    use octet_lm::blocks::{BlockKind, BlocksConfig, BlocksLm, init_params, param_layout as blocks_layout};
+    let (_, x, y) = golden();
+    for kind in BlockKind::ALL {
+        let c = BlocksConfig::tiny(kind);
+        let mut params = init_params(&c, &blocks_layout(&c), 7);
+        // Non-trivial attention (init has W_Q = 0): perturb every parameter a little.
+        params.iter_mut().enumerate().for_each(|(i, p)| *p += 0.01 * ((i * 7919 % 101) as f32 / 101.0 - 0.5));
+        let r = Recipe::default();
+        let mut o2 = BlocksLm::new(c, CpuBackend, params).unwrap().with_precision(Precision::Fp8O2, &r).unwrap();
+        let w16 = o2.narrow.as_ref().unwrap().weights_f32();
+        let mut te = BlocksLm::new(c, CpuBackend, w16).unwrap().with_precision(Precision::Fp8Te, &r).unwrap();
+        let (a, b) = (o2.forward(&x, Some(&y), 2, 8).unwrap(), te.forward(&x, Some(&y), 2, 8).unwrap());
+        assert_eq!(a, b, "{kind}: loss");
+        o2.backward().unwrap();
+        te.backward().unwrap();
+        let nw = o2.narrow.as_ref().unwrap();
+        let want = ScaledBuf::from_f32(StateFormat::E4M3, nw.units.clone(), &te.grads.data);
+        assert_eq!(nw.grads, want, "{kind}: gradients");
+    }
+}
