@@ -82,7 +82,7 @@ struct BenchTrainArgs {
     /// Block kind (preln, parallel, sas, sas-p, sas-p-nonorm); default: GPT-2's own block.
     #[arg(long)]
     block: Option<BlockKind>,
-    /// Precision level: fp32, bf16, fp8-te, fp8-o1, fp8-o2.
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o2-v8.
     #[arg(long, default_value = "fp32")]
     precision: Precision,
     /// Vocabulary for tiny/small (gpt2-124m keeps 50257).
@@ -122,7 +122,8 @@ struct TrainArgs {
     /// ReLU, no biases); default: GPT-2's own block.
     #[arg(long)]
     block: Option<BlockKind>,
-    /// Precision level: fp32, bf16, fp8-te, fp8-o1 (f16 weights, E4M3 gradients), fp8-o2 (also E4M3/f16 Adam).
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1 (f16 weights, E4M3 gradients), fp8-o2 (also E4M3/f16
+    /// Adam), fp8-o2-v8 (v in E4M3 with 1x128 block scales: beyond the paper).
     #[arg(long)]
     precision: Option<Precision>,
     /// Text file (UTF-8) or prepared data directory (tokenizer.json, train.bin, val.bin).

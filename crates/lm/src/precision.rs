@@ -7,7 +7,8 @@
 //! Levels: `fp32`; `bf16` (bf16 GEMM operands; f32 master weights and Adam); `fp8-te` (FP8 GEMMs;
 //! everything else f32); `fp8-o1` (also f16 weights with tensor scaling and E4M3 weight gradients,
 //! `crate::narrow`; Adam in f32); `fp8-o2` (also Adam m in E4M3 and v in f16, FP8-LM's two-stage
-//! optimizer `octet_optim::Fp8AdamW`): 16, 16, 16, 11 and 6 bytes per parameter (+ scales).
+//! optimizer `octet_optim::Fp8AdamW`): 16, 16, 16, 11 and 6 bytes per parameter (+ scales);
+//! `fp8-o2-v8` (beyond the paper, opt-in): v in E4M3 with 1x128 block scales, 5 bytes (+ 1/32).
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,7 +17,7 @@ use octet_core::fp8::Fp8Format;
 use octet_core::scaling::{Recipe, Role, ScalingMeta, ScalingMode};
 use octet_core::{Error, Result};
 use octet_kernels::Backend;
-use octet_optim::StateFormats;
+use octet_optim::{StateFormat, StateFormats};
 
 /// A precision level (`--precision`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -27,11 +28,13 @@ pub enum Precision {
     Fp8Te,
     Fp8O1,
     Fp8O2,
+    /// Beyond FP8-LM: O2 with v in E4M3 too, one scale per 1x128 block (`StateFormat::E4M3Block128`).
+    Fp8O2V8,
 }
 
 impl Precision {
-    pub const ALL: [Precision; 5] =
-        [Precision::Fp32, Precision::Bf16, Precision::Fp8Te, Precision::Fp8O1, Precision::Fp8O2];
+    pub const ALL: [Precision; 6] =
+        [Precision::Fp32, Precision::Bf16, Precision::Fp8Te, Precision::Fp8O1, Precision::Fp8O2, Precision::Fp8O2V8];
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
@@ -39,18 +42,23 @@ impl Precision {
             Precision::Fp8Te => "fp8-te",
             Precision::Fp8O1 => "fp8-o1",
             Precision::Fp8O2 => "fp8-o2",
+            Precision::Fp8O2V8 => "fp8-o2-v8",
         }
     }
     pub fn is_fp8(self) -> bool {
-        matches!(self, Precision::Fp8Te | Precision::Fp8O1 | Precision::Fp8O2)
+        matches!(self, Precision::Fp8Te | Precision::Fp8O1 | Precision::Fp8O2 | Precision::Fp8O2V8)
     }
     /// Weights in f16 and weight gradients in E4M3 (`crate::narrow`): O1 and O2.
     pub fn is_narrow(self) -> bool {
-        matches!(self, Precision::Fp8O1 | Precision::Fp8O2)
+        matches!(self, Precision::Fp8O1 | Precision::Fp8O2 | Precision::Fp8O2V8)
     }
     /// Storage formats of Adam's m and v: f32 up to O1, E4M3 / f16 with tensor scaling at O2.
     pub fn adam_formats(self) -> StateFormats {
-        if self == Precision::Fp8O2 { StateFormats::O2 } else { StateFormats::F32 }
+        match self {
+            Precision::Fp8O2 => StateFormats::O2,
+            Precision::Fp8O2V8 => StateFormats { m: StateFormat::E4M3, v: StateFormat::E4M3Block128 },
+            _ => StateFormats::F32,
+        }
     }
 }
 
@@ -66,7 +74,7 @@ impl FromStr for Precision {
         Precision::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
             Error::config(
                 "precision",
-                format!("unknown precision `{s}`; expected one of: fp32, bf16, fp8-te, fp8-o1, fp8-o2"),
+                format!("unknown precision `{s}`; expected one of: fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o2-v8"),
             )
         })
     }
