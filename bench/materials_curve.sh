@@ -6,7 +6,7 @@
 # of graph visits (VISITS_S / VISITS_C). One summary JSON line per run is appended to
 # bench/materials/curve.jsonl, then bench/materials_curve_plot.py draws bench/materials/curve.png.
 #   bench/materials_curve.sh     (env: S_SIZES="250 500 1000 2000" C_SIZES="1000 4000 16000 64000"
-#                                 VISITS_S=60000 VISITS_C=1000000 C_MAX_TEST=20000 WIDTH=128
+#                                 VISITS_S=60000 VISITS_C=1000000 C_MAX_TEST= WIDTH=128
 #                                 OCTET=path/to/octet to use a prebuilt binary)
 # Needs the data sets from `octet materials data`.
 set -euo pipefail
@@ -15,7 +15,7 @@ S_SIZES=${S_SIZES:-"250 500 1000 2000"}
 C_SIZES=${C_SIZES:-"1000 4000 16000 64000"}
 VISITS_S=${VISITS_S:-60000}
 VISITS_C=${VISITS_C:-1000000}
-C_MAX_TEST=${C_MAX_TEST:-20000}
+C_MAX_TEST=${C_MAX_TEST:-}
 WIDTH=${WIDTH:-128}
 OCTET=${OCTET:-}
 if [[ -z $OCTET ]]; then
@@ -36,6 +36,7 @@ for n in $S_SIZES; do
   run structural "$n" $(( (VISITS_S + n - 1) / n ))
 done
 for n in $C_SIZES; do
-  run compositional "$n" $(( (VISITS_C + n - 1) / n > 200 ? 200 : (VISITS_C + n - 1) / n )) --max-test "$C_MAX_TEST" --batch 64
+  run compositional "$n" $(( (VISITS_C + n - 1) / n > 200 ? 200 : (VISITS_C + n - 1) / n )) \
+    ${C_MAX_TEST:+--max-test "$C_MAX_TEST"} --batch 64
 done
 python3 bench/materials_curve_plot.py "$out" bench/materials/curve.png

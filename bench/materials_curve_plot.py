@@ -16,7 +16,8 @@ def main(src, dst):
     runs = [json.loads(line) for line in open(src) if line.strip()]
     by_model = {}
     for r in runs:
-        by_model.setdefault(r["model"], []).append((r["train"], 1e3 * r["ensemble_test_mae"], r["test"]))
+        name = r["data"].rsplit("/", 1)[-1].removesuffix(".jsonl")
+        by_model.setdefault(f'{r["model"]} ({name})', []).append((r["train"], 1e3 * r["ensemble_test_mae"], r["test"]))
     fig, ax = plt.subplots(figsize=(5.5, 4))
     print("| model | training samples | held-out MAE (meV/atom) | test samples |")
     print("| --- | ---: | ---: | ---: |")

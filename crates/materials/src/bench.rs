@@ -48,8 +48,11 @@ pub struct BenchReport {
     pub inference_s: f64,
     /// Forward passes (structure x member) per second.
     pub passes_per_s: f64,
-    /// Structures per second through graph building and the whole ensemble.
+    /// Structures per second through graph building and the whole ensemble (each structure costs
+    /// one graph and `ensemble` forward passes).
     pub structures_per_s: f64,
+    /// The same run counted per (structure, member) pass: `structures_per_s * ensemble`.
+    pub structure_passes_per_s: f64,
     pub train_graphs_per_s: f64,
     pub train_batch: usize,
 }
@@ -169,6 +172,7 @@ pub fn bench(cfg: &BenchConfig, structures: &[Structure], source: &str) -> Resul
         inference_s: t_infer,
         passes_per_s: (n * cfg.ensemble) as f64 / t_infer,
         structures_per_s: n as f64 / (t_graph + t_infer),
+        structure_passes_per_s: (n * cfg.ensemble) as f64 / (t_graph + t_infer),
         train_graphs_per_s: train_graphs as f64 / t_train.max(1e-9),
         train_batch: cfg.train_batch,
     })
