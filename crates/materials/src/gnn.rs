@@ -21,7 +21,8 @@
 //! folded into the node MLP's input matrix (linear after linear), and edges carry no state between
 //! steps — which keeps every per-edge cost at O(K D + D) and lets all D x D products run per node.
 //! The global node's share of the edge and node MLP inputs (the concatenated g) is multiplied once
-//! per graph, `(.)_node` broadcasting it to the graph's nodes.
+//! per graph, `(.)_node` broadcasting it to the graph's nodes; an edge and its reverse have the same
+//! length, so the basis projection runs once per pair (`GraphBatch::pair_first`).
 //! Messages are normalised by the data set's average adjacency (edges per node), as GNoME's
 //! `segment_normalized`; node and global updates are residual.
 //!
@@ -290,6 +291,9 @@ impl<T: Num> Gnn<T> {
         let mut gpq_node = vec![T::zero(); n * 2 * d];
         let mut pq = vec![T::zero(); n * 2 * d];
         let mut fb = vec![T::zero(); e * d];
+        let u = batch.pair_first.len();
+        let basis_pair = pair_rows(&basis, &batch.pair_first, k);
+        let mut fb_pair = vec![T::zero(); u * d];
         let mut agg = vec![T::zero(); n * d];
         let mut tmp_n = vec![T::zero(); n * d];
         let mut hm = vec![T::zero(); b * d];
@@ -301,8 +305,16 @@ impl<T: Num> Gnn<T> {
             T::matmul_forward(&mut gpq, &g, self.p(ids.edge_wg), None, b, d, 2 * d);
             ops::segment_broadcast(&mut gpq_node, &gpq, &batch.node_offsets, &acts.ones, 2 * d);
             pq.iter_mut().zip(&gpq_node).for_each(|(p, &x)| *p = *p + x);
+            // fb = basis Wb^T + bb, projected once per (edge, reverse) pair.
             match ids.basis_w {
-                Some(w) => T::matmul_forward(&mut fb, &basis, self.p(w), Some(self.p(ids.basis_b)), e, k, d),
+                Some(w) => {
+                    T::matmul_forward(&mut fb_pair, &basis_pair, self.p(w), Some(self.p(ids.basis_b)), u, k, d);
+                    for (h, &e0) in batch.pair_first.iter().enumerate() {
+                        let row = &fb_pair[h * d..][..d];
+                        fb[e0 as usize * d..][..d].copy_from_slice(row);
+                        fb[batch.reverse[e0 as usize] as usize * d..][..d].copy_from_slice(row);
+                    }
+                }
                 None => fb.chunks_mut(d).for_each(|r| r.copy_from_slice(self.p(ids.basis_b))),
             }
             if save {
@@ -391,7 +403,10 @@ impl<T: Num> Gnn<T> {
         let mut dpre = vec![T::zero(); e * d];
         let mut dpq = vec![T::zero(); n * 2 * d];
         let mut dgpq = vec![T::zero(); b * 2 * d];
-        let mut dbasis = vec![T::zero(); e * k];
+        let u = batch.pair_first.len();
+        let basis_pair = pair_rows(&basis, &batch.pair_first, k);
+        let mut dfb_pair = vec![T::zero(); u * d];
+        let mut dbasis = vec![T::zero(); u * k];
         let mut tmp_b = vec![T::zero(); b * d];
         for (t, ids) in self.ids.steps.iter().enumerate().rev() {
             let sa = &acts.steps[t];
@@ -415,7 +430,18 @@ impl<T: Num> Gnn<T> {
             ops::copy_columns(&mut dsn, &dxn, d, d, 2 * d);
             ops::edge_message_backward(&mut dpre, &sa.pre, &dsn, &batch.edge_offsets, inv_adj, d);
             match ids.basis_w {
-                Some(w) => self.dense_backward(grads, w, Some(ids.basis_b), &mut dbasis, &dpre, &basis, e, k, d),
+                Some(w) => {
+                    // The pair's two edges share their fb row: dfb_pair = dpre[e] + dpre[reverse e].
+                    for (h, &e0) in batch.pair_first.iter().enumerate() {
+                        let (e0, e1) = (e0 as usize, batch.reverse[e0 as usize] as usize);
+                        let row = &mut dfb_pair[h * d..][..d];
+                        row.copy_from_slice(&dpre[e0 * d..][..d]);
+                        if e1 != e0 {
+                            row.iter_mut().zip(&dpre[e1 * d..][..d]).for_each(|(a, &x)| *a = *a + x);
+                        }
+                    }
+                    self.dense_backward(grads, w, Some(ids.basis_b), &mut dbasis, &dfb_pair, &basis_pair, u, k, d)
+                }
                 None => {
                     let db = grads.get_mut(ids.basis_b);
                     for row in dpre.chunks(d) {
@@ -468,6 +494,15 @@ impl<T: Num> Gnn<T> {
             None => T::matmul_backward(dinp, grads.get_mut(w), None, dout, inp, self.p(w), n, ic, oc),
         }
     }
+}
+
+/// Rows `rows` of a (R, k) matrix.
+fn pair_rows<T: Num>(x: &[T], rows: &[u32], k: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * k);
+    for &r in rows {
+        out.extend_from_slice(&x[r as usize * k..][..k]);
+    }
+    out
 }
 
 impl Gnn<f32> {

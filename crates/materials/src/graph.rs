@@ -161,6 +161,10 @@ pub struct GraphBatch {
     pub reverse: Vec<u32>,
     pub basis: Vec<f32>,
     pub basis_dim: usize,
+    /// One edge of each (edge, reverse) pair, in edge order: e with e <= reverse[e]. The two edges
+    /// of a pair have the same length, hence the same basis row, so the model projects the basis
+    /// once per pair.
+    pub pair_first: Vec<u32>,
     /// Readout multiplier per graph.
     pub atoms: Vec<f32>,
 }
@@ -194,6 +198,7 @@ impl GraphBatch {
             reverse: Vec::with_capacity(edges),
             basis: Vec::with_capacity(edges * basis_dim),
             basis_dim,
+            pair_first: Vec::with_capacity(edges / 2 + 1),
             atoms: Vec::with_capacity(graphs.len()),
         };
         b.node_offsets.push(0);
@@ -224,6 +229,7 @@ impl GraphBatch {
             }
             b.node_offsets.push(b.species.len() as u32);
         }
+        b.pair_first = (0..b.reverse.len() as u32).filter(|&e| e <= b.reverse[e as usize]).collect();
         Ok(b)
     }
 
