@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# GPU benchmark for issue 7 (CUDA backend): kernel checks, then GPT-2 124M training throughput of
+# octet's CUDA step next to the PyTorch peer (bench/peer_torch_gpt2.py) on the same GPU, same run.
+#
+# The GPU machine has CUDA 13, a driver, PyTorch 2.11 and Python, but no Rust toolchain, so this runs
+# in two places:
+#
+#   bench/gpu.sh build     # on the CPU machine (Rust, no CUDA needed): builds the prebuilt binaries
+#                          # into target/gpu/ (copy the repository, or bench/ and target/gpu/, across)
+#   bench/gpu.sh           # on the GPU machine: checks, then benchmarks (under 5 minutes on an H200)
+#
+# What the GPU run does:
+#   1. prints the device (nvidia-smi) and makes libnvrtc and cuda_fp8.h findable: /usr/local/cuda, else
+#      the NVIDIA wheels that PyTorch installed (site-packages/nvidia/cu13/{lib,include});
+#   2. kernel checks: runs target/gpu/octet-cuda-kernels (the test binary of crates/cuda/tests/kernels.rs:
+#      every NVRTC kernel against octet_kernels::reference on random data). On this machine a skipped
+#      test (no driver/GPU found) is a failure;
+#   3. octet's own GPT-2 124M step on the device at bf16, fp8-o1, fp8-o2 — TODO: not implemented yet.
+#      The CUDA backend so far has only the elementwise kernels (issue 7's first slice); the model does
+#      not run on the device, so no octet GPU tokens/s are measured. This step prints a notice and
+#      records {"octet": "todo"} until `octet bench train --device cuda` exists;
+#   4. the PyTorch peer at B=16, T=1024: eager, then torch.compile (bf16 autocast; tokens/s, MFU, peak
+#      memory).
+# Every JSON line goes to bench/results-gpu.jsonl (written to a temp file, moved into place at the end)
+# and a table is printed.
+#
+# Environment (all optional):
+#   BATCH, SEQ        peer batch and sequence length (default 16, 1024)
+#   STEPS, WARMUP     timed / untimed peer steps (default 20, 5)
+#   PYTHON            interpreter with torch 2.11 (default python3)
+#   GPU_BIN           directory of the prebuilt binaries (default target/gpu)
+#   SKIP_KERNELS=1    skip step 2;  SKIP_PEER=1  skip step 4
+#   OUT               results file (default bench/results-gpu.jsonl)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BATCH=${BATCH:-16}
+SEQ=${SEQ:-1024}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-5}
+PYTHON=${PYTHON:-python3}
+GPU_BIN=${GPU_BIN:-target/gpu}
+OUT=${OUT:-bench/results-gpu.jsonl}
+
+if [[ "${1:-}" == "build" ]]; then
+    # The kernel checks: the octet-cuda test binary, built with the `cuda` feature (cudarc loads CUDA at
+    # run time, so this needs no CUDA here). `cargo test --no-run` prints the executable's path in its
+    # JSON messages; take the one of the `kernels` integration test.
+    mkdir -p "$GPU_BIN"
+    exe=$(cargo test --release -p octet-cuda --features cuda --no-run --message-format=json 2>/dev/null \
+        | "$PYTHON" -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kernels" and m.get("executable"):
+        print(m["executable"])')
+    [[ -n "$exe" ]] || { echo "gpu.sh build: no kernels test executable found" >&2; exit 1; }
+    cp "$exe" "$GPU_BIN/octet-cuda-kernels"
+    # TODO(issue 7): also build `octet` with `--features cuda` once the CLI has the CUDA backend, and copy
+    # target/release/octet to "$GPU_BIN/octet" for step 3.
+    echo "built $GPU_BIN/octet-cuda-kernels; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
+    exit 0
+fi
+
+tmp=$(mktemp "${OUT}.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+
+echo "== device"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
+
+# Libraries and headers: the CUDA toolkit if installed, else the wheels that came with PyTorch.
+nv_dir=$("$PYTHON" -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]) + "/nvidia")' 2>/dev/null || true)
+for d in /usr/local/cuda/lib64 "$nv_dir"/cu13/lib "$nv_dir"/cuda_nvrtc/lib; do
+    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+if [[ -z "${OCTET_CUDA_INCLUDE:-}" && ! -f /usr/local/cuda/include/cuda_fp8.h ]]; then
+    for d in "$nv_dir"/cu13/include "$nv_dir"/cuda_runtime/include; do
+        [[ -f "$d/cuda_fp8.h" ]] && export OCTET_CUDA_INCLUDE="$d" && break
+    done
+fi
+
+if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
+    echo "== kernel checks (CUDA kernels vs the CPU reference)"
+    log=$(mktemp)
+    status=0
+    "$GPU_BIN/octet-cuda-kernels" --test-threads=1 --nocapture 2>&1 | tee "$log" || status=$?
+    if grep -q 'SKIPPED' "$log"; then
+        echo "kernel checks were skipped: no usable CUDA driver/GPU (see the SKIPPED lines)" >&2
+        status=1
+    fi
+    passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed.*/\1/p' "$log" | head -n 1)
+    rm -f "$log"
+    echo "{\"kernel_checks\": \"$([[ $status == 0 ]] && echo pass || echo FAIL)\", \"passed\": ${passed:-0}}" >> "$tmp"
+    [[ $status == 0 ]] || { echo "kernel checks FAILED" >&2; mv "$tmp" "$OUT"; trap - EXIT; exit 1; }
+fi
+
+echo "== octet GPT-2 124M training step on the GPU (bf16, fp8-o1, fp8-o2)"
+# TODO(issue 7): replace with
+#   "$GPU_BIN/octet" bench train --device cuda --model gpt2-124m --batch $BATCH --seq $SEQ \
+#       --precision $p --steps $STEPS --warmup $WARMUP --json
+# for p in bf16 fp8-o1 fp8-o2, once the model runs on the CUDA backend. Not there yet.
+echo "NOT IMPLEMENTED YET: octet's GPU training step does not exist; only its elementwise kernels do."
+echo '{"octet": "todo", "note": "GPU training step not implemented yet (issue 7)"}' >> "$tmp"
+
+if [[ "${SKIP_PEER:-0}" != 1 ]]; then
+    for compile in "" "--compile"; do
+        echo "== PyTorch peer ${compile:-(eager)} B=$BATCH T=$SEQ"
+        "$PYTHON" bench/peer_torch_gpt2.py --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" \
+            $compile | tail -n 1 | tee -a "$tmp"
+    done
+fi
+
+mv "$tmp" "$OUT"
+trap - EXIT
+echo "== results ($OUT)"
+"$PYTHON" - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'system':<28} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+for r in rows:
+    if r.get("peer") == "pytorch":
+        name = "pytorch " + ("compile" if r["compile"] else "eager") + " " + r["precision"]
+        print(f"{name:<28} {r['tokens_per_s']:>10} {r['mfu']:>6.3f} {r['peak_mem_gib']:>9.2f}")
+    elif "octet" in r:
+        print(f"{'octet (GPU step)':<28} {'TODO':>10}")
+    elif "kernel_checks" in r:
+        print(f"{'octet kernel checks':<28} {r['kernel_checks']:>10} ({r['passed']} tests)")
+PY

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Compile-check octet's CUDA kernels offline, without a GPU: NVRTC from PyPI, loaded with ctypes.
+
+The kernel sources are the raw-string constants of crates/cuda/src/kernels.rs (PRELUDE and one per
+operation). Each operation is compiled on its own (PRELUDE + op, so an error names its kernel), then the
+whole module (what the backend compiles at run time) is compiled and its PTX checked for every entry
+point in KERNEL_NAMES. NVRTC needs no driver or GPU; the headers (cuda_fp8.h, cuda_bf16.h and their
+includes) come from the CUDA runtime wheel. Exit status 0 iff everything compiles.
+
+    pip download nvidia-cuda-nvrtc nvidia-cuda-runtime --no-deps -d /tmp/cu13   # CUDA 13 wheels
+    (cd /tmp/cu13 && for w in *.whl; do unzip -qo "$w"; done)
+    python3 tools/cuda/nvrtc_check.py --nvrtc /tmp/cu13/nvidia/cu13/lib/libnvrtc.so.13 \
+        -I /tmp/cu13/nvidia/cu13/include --arch sm_90
+"""
+import argparse
+import ctypes
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KERNELS_RS = ROOT / "crates" / "cuda" / "src" / "kernels.rs"
+
+
+def extract(path):
+    """(constants, kernel names): every `pub const NAME: &str = r#"..."#;` and the KERNEL_NAMES list."""
+    text = path.read_text()
+    consts = dict(re.findall(r'pub const (\w+): &str = r#"(.*?)"#;', text, re.S))
+    names_block = re.search(r"pub const KERNEL_NAMES: \[&str; \d+\] = \[(.*?)\];", text, re.S).group(1)
+    return consts, re.findall(r'"(\w+)"', names_block)
+
+
+class Nvrtc:
+    def __init__(self, lib):
+        self.lib = ctypes.CDLL(lib)
+        self.lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        self.check(self.lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)))
+        self.version = (major.value, minor.value)
+
+    def check(self, rc):
+        if rc != 0:
+            raise RuntimeError(self.lib.nvrtcGetErrorString(rc).decode())
+
+    def compile(self, src, name, options):
+        """(ok, log, ptx)."""
+        prog = ctypes.c_void_p()
+        self.check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None))
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        rc = self.lib.nvrtcCompileProgram(prog, len(options), opts)
+        size = ctypes.c_size_t()
+        self.check(self.lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)))
+        log = ctypes.create_string_buffer(size.value)
+        self.check(self.lib.nvrtcGetProgramLog(prog, log))
+        ptx = b""
+        if rc == 0:
+            self.check(self.lib.nvrtcGetPTXSize(prog, ctypes.byref(size)))
+            buf = ctypes.create_string_buffer(size.value)
+            self.check(self.lib.nvrtcGetPTX(prog, buf))
+            ptx = buf.value
+        self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        return rc == 0, log.value.decode(errors="replace").strip(), ptx.decode(errors="replace")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nvrtc", required=True, help="path to libnvrtc.so")
+    ap.add_argument("-I", dest="include", action="append", default=[], help="include directory (cuda_fp8.h)")
+    ap.add_argument("--arch", default="sm_90")
+    args = ap.parse_args()
+
+    consts, names = extract(KERNELS_RS)
+    prelude = consts.pop("PRELUDE")
+    nvrtc = Nvrtc(args.nvrtc)
+    options = [f"--gpu-architecture={args.arch}", "--std=c++17"] + [f"-I{d}" for d in args.include]
+    print(f"NVRTC {nvrtc.version[0]}.{nvrtc.version[1]}, options {' '.join(options)}")
+
+    failed = 0
+    for name, body in consts.items():
+        ok, log, _ = nvrtc.compile(prelude + body, f"{name.lower()}.cu", options)
+        print(f"  {name:<10} {'ok' if ok else 'FAILED'}")
+        if log:
+            print("    " + log.replace("\n", "\n    "))
+        failed += not ok
+
+    ok, log, ptx = nvrtc.compile(prelude + "".join(consts.values()), "octet.cu", options)
+    missing = [n for n in names if f".entry {n}(" not in ptx] if ok else names
+    print(f"  {'module':<10} {'ok' if ok else 'FAILED'}: {len(names) - len(missing)}/{len(names)} entry points, "
+          f"{len(ptx)} bytes of PTX")
+    if log:
+        print("    " + log.replace("\n", "\n    "))
+    if missing:
+        print(f"    missing entry points: {', '.join(missing)}")
+    failed += (not ok) + bool(missing)
+    print("all kernels compile" if not failed else f"{failed} failure(s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
