@@ -41,7 +41,7 @@ enum Cmd {
     /// Measure throughput (machine-readable with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// GNoME-style materials discovery: data (models, discovery: not yet).
+    /// GNoME-style materials discovery: data, train, predict (the discovery loop: not yet).
     #[command(subcommand)]
     Materials(materials::MaterialsCmd),
     /// ChipNeMo-style domain adaptation: corpus, tokenizer (DAPT, SFT: not yet).
