@@ -81,16 +81,16 @@ macro_rules! impl_language_model {
                 $layout(&self.cfg)
             }
             fn buffers(&mut self) -> Buffers<'_> {
-                match narrow_of(self) {
-                    true => Buffers::Narrow(narrow_mut_of(self).expect("narrow")),
-                    false => Buffers::Plain { params: &mut self.params, grads: &mut self.grads },
+                match &mut self.narrow {
+                    Some(nw) => Buffers::Narrow(nw),
+                    None => Buffers::Plain { params: &mut self.params, grads: &mut self.grads },
                 }
             }
             fn narrow(&self) -> Option<&Narrow> {
-                narrow_ref_of(self)
+                self.narrow.as_ref()
             }
             fn plain(&self) -> Option<(&Slab<f32>, &Slab<f32>)> {
-                if narrow_of(self) { None } else { Some((&self.params, &self.grads)) }
+                if self.narrow.is_some() { None } else { Some((&self.params, &self.grads)) }
             }
             fn set_grad_scale(&mut self, s: f64) {
                 self.grad_scale = s;
@@ -108,44 +108,10 @@ macro_rules! impl_language_model {
                 <$ty>::activation_elems(self)
             }
             fn working_bytes(&self) -> usize {
-                if narrow_of(self) { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
+                if self.narrow.is_some() { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
             }
         }
     };
-}
-
-/// Narrow storage of a model, for the macro (GPT-2 has it; `BlocksLm` gets it through `NarrowStore`).
-trait NarrowStore {
-    fn narrow_store(&self) -> Option<&Narrow>;
-    fn narrow_store_mut(&mut self) -> Option<&mut Narrow>;
-}
-
-impl NarrowStore for Gpt2<CpuBackend> {
-    fn narrow_store(&self) -> Option<&Narrow> {
-        self.narrow.as_ref()
-    }
-    fn narrow_store_mut(&mut self) -> Option<&mut Narrow> {
-        self.narrow.as_mut()
-    }
-}
-
-impl NarrowStore for BlocksLm<CpuBackend> {
-    fn narrow_store(&self) -> Option<&Narrow> {
-        self.narrow.as_ref()
-    }
-    fn narrow_store_mut(&mut self) -> Option<&mut Narrow> {
-        self.narrow.as_mut()
-    }
-}
-
-fn narrow_of<M: NarrowStore>(m: &M) -> bool {
-    m.narrow_store().is_some()
-}
-fn narrow_ref_of<M: NarrowStore>(m: &M) -> Option<&Narrow> {
-    m.narrow_store()
-}
-fn narrow_mut_of<M: NarrowStore>(m: &mut M) -> Option<&mut Narrow> {
-    m.narrow_store_mut()
 }
 
 impl_language_model!(Gpt2<CpuBackend>, gpt2::param_layout, gpt2::decay_flags);
