@@ -37,7 +37,7 @@ use octet_kernels::Backend;
 
 use crate::acts::Acts;
 use crate::gpt2::Gpt2Config;
-use crate::narrow::{Narrow, as_f32, as_f32_mut};
+use crate::narrow::{Narrow, as_f32, as_f32_mut, switch_storage};
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
@@ -536,24 +536,11 @@ impl<Bk: Backend> BlocksLm<Bk> {
     /// tensor scale (`crate::narrow`); they compute in f32.
     pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
         recipe.validate()?;
-        if precision.is_narrow() && self.narrow.is_none() {
-            if std::any::TypeId::of::<Bk::F>() != std::any::TypeId::of::<f32>() {
-                return Err(Error::config("precision", format!("`{precision}` stores weights for f32 compute only")));
-            }
-            let working = Arc::new(param_layout(&BlocksConfig { n_layer: 1, ..self.cfg }));
-            let nw = Narrow::new(&self.params.layout, &working, self.cfg.n_layer, as_f32(&self.params.data));
-            self.ids = ParamIds::new(&working);
-            self.params = Slab::zeros(working.clone());
-            self.grads = Slab::zeros(working);
-            self.narrow = Some(nw);
-        } else if !precision.is_narrow()
-            && let Some(nw) = self.narrow.take()
-        {
-            let full = Arc::new(param_layout(&self.cfg));
-            let p = nw.weights_f32().into_iter().map(Bk::F::from_f32).collect();
-            self.params = Slab::from_vec(full.clone(), p)?;
-            self.grads = Slab::zeros(full.clone());
-            self.ids = ParamIds::new(&full);
+        let (full, working) = (param_layout(&self.cfg), param_layout(&BlocksConfig { n_layer: 1, ..self.cfg }));
+        let n_layer = self.cfg.n_layer;
+        let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
+        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer)? {
+            self.ids = ParamIds::new(&l);
         }
         self.precision = precision;
         self.scaling_mode = recipe.mode;

@@ -20,7 +20,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use octet_core::Layout;
+use octet_core::{Error, Float, Layout, Result, Slab};
+
+use crate::precision::Precision;
 use octet_optim::{ScaledBuf, StateFormat};
 
 /// Storage formats of the narrow levels: f16 weights with tensor scaling, E4M3 weight gradients.
@@ -199,4 +201,42 @@ pub fn as_f32<F: 'static>(x: &[F]) -> &[f32] {
     assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>(), "narrow storage needs f32 compute");
     // SAFETY: as in `as_f32_mut`.
     unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+/// Move a model's weights into or out of narrow storage as `precision` requires: into `narrow` (the
+/// f32 `params` / `grads` shrink to the one-block `working` layout) for fp8-o1/o2, back to f32 over
+/// `full` otherwise; nothing between two narrow levels. Returns the layout of the model's f32 buffers
+/// when it changed (the model re-resolves its parameter ids from it).
+pub fn switch_storage<F: Float>(
+    precision: Precision,
+    narrow: &mut Option<Narrow>,
+    params: &mut Slab<F>,
+    grads: &mut Slab<F>,
+    full: Layout,
+    working: Layout,
+    n_layer: usize,
+) -> Result<Option<Arc<Layout>>> {
+    let layout = match (precision.is_narrow(), narrow.take()) {
+        (true, Some(nw)) => {
+            *narrow = Some(nw);
+            return Ok(None);
+        }
+        (true, None) => {
+            if std::any::TypeId::of::<F>() != std::any::TypeId::of::<f32>() {
+                return Err(Error::config("precision", format!("`{precision}` stores weights for f32 compute only")));
+            }
+            let working = Arc::new(working);
+            *narrow = Some(Narrow::new(&params.layout, &working, n_layer, as_f32(&params.data)));
+            *params = Slab::zeros(working.clone());
+            working
+        }
+        (false, Some(nw)) => {
+            let full = Arc::new(full);
+            *params = Slab::from_vec(full.clone(), nw.weights_f32().into_iter().map(F::from_f32).collect())?;
+            full
+        }
+        (false, None) => return Ok(None),
+    };
+    *grads = Slab::zeros(layout.clone());
+    Ok(Some(layout))
 }
