@@ -26,12 +26,15 @@ pub enum CudaError {
     /// NVRTC rejected the kernel source (the log is included).
     #[error("NVRTC compile for {arch}: {log}")]
     Compile { arch: String, log: String },
+    /// cuBLASLt rejected a GEMM (e.g. an unsupported type combination or alignment).
+    #[error("cuBLASLt: {0}")]
+    Blas(#[from] cudarc::cublaslt::result::CublasError),
     /// Buffers whose lengths do not match the sizes given.
     #[error("shape: {0}")]
     Shape(String),
 }
 
-type Result<T> = std::result::Result<T, CudaError>;
+pub(crate) type Result<T> = std::result::Result<T, CudaError>;
 
 /// Storage types the kernels are instantiated for; arithmetic is f32 in every case.
 pub trait DeviceFloat: DeviceRepr + Copy + 'static {
@@ -106,19 +109,25 @@ fn compiled_ptx(arch: &str) -> Result<Ptx> {
 }
 
 /// Threads per block for the elementwise kernels.
-const BLOCK: u32 = 256;
+pub(crate) const BLOCK: u32 = 256;
 
 /// A grid-stride launch over `n` elements: enough blocks to cover them, capped (each thread loops).
-fn elementwise(n: usize) -> LaunchConfig {
+pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535 * 8) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn check_len(name: &str, len: usize, want: usize) -> Result<()> {
+/// One warp per row for `n` rows (the layernorm and attention kernels): BLOCK / 32 rows per block.
+pub(crate) fn warp_rows(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil((BLOCK / 32) as usize).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+pub(crate) fn check_len(name: &str, len: usize, want: usize) -> Result<()> {
     if len == want { Ok(()) } else { Err(CudaError::Shape(format!("{name} has {len} elements, expected {want}"))) }
 }
 
-fn as_i32(name: &str, v: usize) -> Result<i32> {
+pub(crate) fn as_i32(name: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| CudaError::Shape(format!("{name} = {v} does not fit in i32")))
 }
 
@@ -163,12 +172,12 @@ impl Gpu {
         &self.arch
     }
 
-    fn function(&self, name: &str) -> &CudaFunction {
+    pub(crate) fn function(&self, name: &str) -> &CudaFunction {
         // KERNEL_NAMES are all loaded in `new`; wrappers only ask for those.
         &self.functions[name]
     }
 
-    fn typed<T: DeviceFloat>(&self, stem: &str) -> &CudaFunction {
+    pub(crate) fn typed<T: DeviceFloat>(&self, stem: &str) -> &CudaFunction {
         self.function(&format!("{stem}_{}", T::SUFFIX))
     }
 

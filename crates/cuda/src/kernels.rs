@@ -1,4 +1,4 @@
-//! CUDA C sources of the elementwise kernels of the GPT-2 step, compiled at run time by NVRTC.
+//! CUDA C sources of the GPT-2 step's kernels (all but the GEMMs: see `gemm`), compiled at run time by NVRTC.
 //!
 //! Each kernel is one raw-string constant (`PRELUDE` first, then one per operation) so that
 //! `tools/cuda/nvrtc_check.py` can extract and compile them offline without a GPU; [`source`] joins
@@ -13,6 +13,7 @@
 /// type list the kernels are instantiated for.
 pub const PRELUDE: &str = r#"
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
@@ -31,6 +32,46 @@ __device__ __forceinline__ unsigned int warp_max_u32(unsigned int v) {
     for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+
+// +inf without <math.h> (NVRTC has no INFINITY macro).
+#define OCTET_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide sum / max for blockDim.x a multiple of 32 (<= 1024): warp partials through shared
+// memory, then warp 0 reduces them; every thread gets the result. `scratch` holds 32 floats and may be
+// reused right after the call returns (the trailing barrier protects it).
+__device__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();
+    return v;
+}
+__device__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : -OCTET_INF;
+    v = warp_max(v);
+    __syncthreads();
+    return v;
+}
+
+// max |x| of a thread's values into *amax as f32 bits (see QUANTIZE): one atomic per warp. Every
+// lane of the warp must call it.
+__device__ __forceinline__ void amax_commit(unsigned int* amax, unsigned int m) {
+    m = warp_max_u32(m);
+    if (threadIdx.x % 32 == 0 && m != 0) atomicMax(amax, m);
+}
+__device__ __forceinline__ unsigned int abs_bits(float x) { return __float_as_uint(x) & 0x7fffffffu; }
 
 #define OCTET_GRID_STRIDE(i, n) \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \
@@ -162,8 +203,7 @@ __device__ void quantize_fp8(Q* out, unsigned int* amax, const T* inp, float sca
         m = max(m, __float_as_uint(x) & 0x7fffffffu);
         out[i].__x = __nv_cvt_float_to_fp8(x * scale, __NV_SATFINITE, F);
     }
-    m = warp_max_u32(m);
-    if (threadIdx.x % 32 == 0 && m != 0) atomicMax(amax, m);
+    amax_commit(amax, m);
 }
 #define OCTET_QUANTIZE(S, T) \
     extern "C" __global__ void quantize_e4m3_##S(__nv_fp8_e4m3* out, unsigned int* amax, const T* inp, \
@@ -198,18 +238,548 @@ extern "C" __global__ void transpose_fp8(__nv_fp8_storage_t* out, const __nv_fp8
 }
 "#;
 
+/// Encoder (token + position embedding), forward and backward.
+/// - `encoder_forward_*(out, tokens, wte, wpe, bt, t, c)`: out (B*T, C) row r = wte[tokens[r]] +
+///   wpe[r % T] (grid-stride over B*T*C).
+/// - `encoder_backward_wpe_*(dwpe, dout, b, t, c)`: dwpe (T, C) += sum over the batch of dout; one
+///   thread per (t, c), the B terms summed in f32 in batch order, then added once (deterministic).
+/// - `encoder_backward_wte_*(dwte, dout, starts, positions, ids, nbuckets, c)`: dwte[id] += sum of the
+///   dout rows whose token is `id`. The rows are grouped by token on the host (`positions[starts[u] ..
+///   starts[u + 1]]` are the rows of token `ids[u]`, ascending): grid (ceil(C / blockDim.x), buckets),
+///   one thread per (token, channel) sums its rows in order and adds once. No atomics, so the result
+///   does not depend on scheduling.
+pub const ENCODER: &str = r#"
+template <typename T>
+__device__ void encoder_forward(T* out, const unsigned int* tokens, const T* wte, const T* wpe, int bt, int t,
+                                int c) {
+    OCTET_GRID_STRIDE(i, (long long)bt * c) {
+        long long r = i / c;
+        int ch = (int)(i % c);
+        out[i] = from_f32<T>(to_f32(wte[(long long)tokens[r] * c + ch]) + to_f32(wpe[(r % t) * c + ch]));
+    }
+}
+template <typename T>
+__device__ void encoder_backward_wpe(T* dwpe, const T* dout, int b, int t, int c) {
+    OCTET_GRID_STRIDE(i, (long long)t * c) {
+        float acc = 0.0f;
+        for (int bi = 0; bi < b; bi++) acc += to_f32(dout[(long long)bi * t * c + i]);
+        dwpe[i] = from_f32<T>(to_f32(dwpe[i]) + acc);
+    }
+}
+template <typename T>
+__device__ void encoder_backward_wte(T* dwte, const T* dout, const int* starts, const int* positions,
+                                     const unsigned int* ids, int nbuckets, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    for (int u = blockIdx.y; u < nbuckets; u += gridDim.y) {
+        float acc = 0.0f;
+        for (int k = starts[u]; k < starts[u + 1]; k++) acc += to_f32(dout[(long long)positions[k] * c + ch]);
+        long long o = (long long)ids[u] * c + ch;
+        dwte[o] = from_f32<T>(to_f32(dwte[o]) + acc);
+    }
+}
+#define OCTET_ENCODER(S, T) \
+    extern "C" __global__ void encoder_forward_##S(T* out, const unsigned int* tokens, const T* wte, const T* wpe, \
+                                                   int bt, int t, int c) { \
+        encoder_forward<T>(out, tokens, wte, wpe, bt, t, c); \
+    } \
+    extern "C" __global__ void encoder_backward_wpe_##S(T* dwpe, const T* dout, int b, int t, int c) { \
+        encoder_backward_wpe<T>(dwpe, dout, b, t, c); \
+    } \
+    extern "C" __global__ void encoder_backward_wte_##S(T* dwte, const T* dout, const int* starts, \
+                                                        const int* positions, const unsigned int* ids, \
+                                                        int nbuckets, int c) { \
+        encoder_backward_wte<T>(dwte, dout, starts, positions, ids, nbuckets, c); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_ENCODER)
+"#;
+
+/// LayerNorm backward, in two kernels (the reference's formulas; mean and rstd (N) are f32):
+/// - `layernorm_backward_dinp_*(dinp, dout, inp, w, mean, rstd, n, c)`: one warp per row. With
+///   xhat = (x - mean) rstd and g = dout w: dinp += rstd (g - mean(g) - xhat mean(g xhat))
+///   (accumulates: the residual stream's gradient). Launch as `layernorm_forward`.
+/// - `layernorm_backward_dwdb_*(dw, db, dout, inp, mean, rstd, n, c)`: one thread per column,
+///   dw += sum_r dout xhat, db += sum_r dout over the rows in order (parameter gradients accumulate;
+///   coalesced like `bias_backward`, deterministic).
+pub const LAYERNORM_BACKWARD: &str = r#"
+template <typename T>
+__device__ void layernorm_backward_dinp(T* dinp, const T* dout, const T* inp, const T* w, const float* mean,
+                                        const float* rstd, int n, int c) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= n) return;
+    const T* x = inp + row * c;
+    const T* d = dout + row * c;
+    float m = mean[row], s = rstd[row];
+    float mg = 0.0f, mgx = 0.0f;
+    for (int i = lane; i < c; i += 32) {
+        float g = to_f32(d[i]) * to_f32(w[i]);
+        mg += g;
+        mgx += g * (to_f32(x[i]) - m) * s;
+    }
+    mg = warp_sum(mg) / c;
+    mgx = warp_sum(mgx) / c;
+    T* dx = dinp + row * c;
+    for (int i = lane; i < c; i += 32) {
+        float xhat = (to_f32(x[i]) - m) * s;
+        float g = to_f32(d[i]) * to_f32(w[i]);
+        dx[i] = from_f32<T>(to_f32(dx[i]) + s * (g - mg - xhat * mgx));
+    }
+}
+template <typename T>
+__device__ void layernorm_backward_dwdb(T* dw, T* db, const T* dout, const T* inp, const float* mean,
+                                        const float* rstd, int n, int c) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= c) return;
+    float aw = 0.0f, ab = 0.0f;
+    for (int r = 0; r < n; r++) {
+        float d = to_f32(dout[(long long)r * c + i]);
+        aw += d * (to_f32(inp[(long long)r * c + i]) - mean[r]) * rstd[r];
+        ab += d;
+    }
+    dw[i] = from_f32<T>(to_f32(dw[i]) + aw);
+    db[i] = from_f32<T>(to_f32(db[i]) + ab);
+}
+#define OCTET_LAYERNORM_BACKWARD(S, T) \
+    extern "C" __global__ void layernorm_backward_dinp_##S(T* dinp, const T* dout, const T* inp, const T* w, \
+                                                           const float* mean, const float* rstd, int n, int c) { \
+        layernorm_backward_dinp<T>(dinp, dout, inp, w, mean, rstd, n, c); \
+    } \
+    extern "C" __global__ void layernorm_backward_dwdb_##S(T* dw, T* db, const T* dout, const T* inp, \
+                                                           const float* mean, const float* rstd, int n, int c) { \
+        layernorm_backward_dwdb<T>(dw, db, dout, inp, mean, rstd, n, c); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_LAYERNORM_BACKWARD)
+"#;
+
+/// Causal multi-head attention over qkv (B, T, 3C) = [q | k | v] per row, head h in columns
+/// h*hs..(h+1)*hs of each part; lse (B, NH, T) is f32. Every kernel gives one warp to one row
+/// r = (b*NH + h)*T + i of lse (grid covering B*NH*T warps, blockDim.x a multiple of 32); lane l holds
+/// the head dimensions l, l + 32, ... in registers, so hs <= 32 * OCTET_ATTN_REGS = 256.
+/// - `attention_forward_*(out, lse, qkv, b, t, c, nh)`: online softmax over keys j <= i (running max
+///   and sum, rescaling the accumulator when the max grows), out = sum_j exp(s_ij - lse_i) v_j,
+///   lse_i = max + log(sum), s_ij = q_i . k_j / sqrt(hs).
+/// - `attention_backward_delta_*(delta, dout, out, ...)`: D_i = dout_i . out_i (B, NH, T), f32.
+/// - `attention_backward_dq_*(dqkv, dout, qkv, lse, delta, ...)`: per query i, over j <= i:
+///   p = exp(s_ij - lse_i), ds = p (dout_i . v_j - D_i), dq_i = sum_j ds k_j / sqrt(hs). Writes the q
+///   part of dqkv.
+/// - `attention_backward_dkv_*(dqkv, dout, qkv, lse, delta, ...)`: per key j, over i >= j:
+///   dv_j = sum_i p dout_i, dk_j = sum_i ds q_i / sqrt(hs). Writes the k and v parts.
+///
+/// Together they overwrite dqkv, with no atomics (deterministic).
+///
+/// Speed: correctness first. Each (query, key) pair costs one or two warp reductions (5 shuffles
+/// each) and nothing is reused through shared memory, so these are O(T^2 hs) with poor arithmetic
+/// intensity: at GPT-2 124M (B=16, T=1024, 12 heads of 64) roughly 0.1 G warp-iterations per layer
+/// forward and 0.2 G backward, i.e. an estimated several ms per layer on an H100-class GPU, one to
+/// two orders slower than a flash-attention kernel (not measured: no GPU in this session). A tiled
+/// kernel (blocks of queries sharing K/V tiles in shared memory, tensor-core MMAs) replaces these
+/// once the step runs on the device.
+pub const ATTENTION: &str = r#"
+#define OCTET_ATTN_REGS 8
+
+template <typename T>
+__device__ void attention_forward(T* out, float* lse, const T* qkv, int b, int t, int c, int nh) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= (long long)b * nh * t) return;
+    int hs = c / nh;
+    int i = (int)(row % t), h = (int)((row / t) % nh);
+    long long bi = row / ((long long)t * nh);
+    float scale = rsqrtf((float)hs);
+    const T* q = qkv + (bi * t + i) * 3 * c + h * hs;
+    float qr[OCTET_ATTN_REGS], acc[OCTET_ATTN_REGS];
+    for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+        int d = lane + 32 * k;
+        qr[k] = d < hs ? to_f32(q[d]) : 0.0f;
+        acc[k] = 0.0f;
+    }
+    float mx = -OCTET_INF, z = 0.0f;
+    for (int j = 0; j <= i; j++) {
+        const T* kj = qkv + (bi * t + j) * 3 * c + c + h * hs;
+        float s = 0.0f;
+        for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) s += qr[k] * to_f32(kj[d]);
+        }
+        s = warp_sum(s) * scale;
+        float mnew = fmaxf(mx, s);
+        float corr = expf(mx - mnew);  // 0 on the first key (mx = -inf)
+        float p = expf(s - mnew);
+        z = z * corr + p;
+        const T* vj = kj + c;
+        for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) acc[k] = acc[k] * corr + p * to_f32(vj[d]);
+        }
+        mx = mnew;
+    }
+    T* o = out + (bi * t + i) * c + h * hs;
+    for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+        int d = lane + 32 * k;
+        if (d < hs) o[d] = from_f32<T>(acc[k] / z);
+    }
+    if (lane == 0) lse[row] = mx + logf(z);
+}
+
+template <typename T>
+__device__ void attention_backward_delta(float* delta, const T* dout, const T* out, int b, int t, int c, int nh) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= (long long)b * nh * t) return;
+    int hs = c / nh;
+    int i = (int)(row % t), h = (int)((row / t) % nh);
+    long long bi = row / ((long long)t * nh);
+    long long off = (bi * t + i) * c + h * hs;
+    float acc = 0.0f;
+    for (int d = lane; d < hs; d += 32) acc += to_f32(dout[off + d]) * to_f32(out[off + d]);
+    acc = warp_sum(acc);
+    if (lane == 0) delta[row] = acc;
+}
+
+template <typename T>
+__device__ void attention_backward_dq(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* delta,
+                                      int b, int t, int c, int nh) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= (long long)b * nh * t) return;
+    int hs = c / nh;
+    int i = (int)(row % t), h = (int)((row / t) % nh);
+    long long bi = row / ((long long)t * nh);
+    float scale = rsqrtf((float)hs);
+    const T* q = qkv + (bi * t + i) * 3 * c + h * hs;
+    const T* dout_i = dout + (bi * t + i) * c + h * hs;
+    float qr[OCTET_ATTN_REGS], dor[OCTET_ATTN_REGS], dq[OCTET_ATTN_REGS];
+    for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+        int d = lane + 32 * k;
+        qr[k] = d < hs ? to_f32(q[d]) : 0.0f;
+        dor[k] = d < hs ? to_f32(dout_i[d]) : 0.0f;
+        dq[k] = 0.0f;
+    }
+    float l = lse[row], dd = delta[row];
+    for (int j = 0; j <= i; j++) {
+        const T* kj = qkv + (bi * t + j) * 3 * c + c + h * hs;
+        const T* vj = kj + c;
+        float s = 0.0f, dp = 0.0f;
+        for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) {
+                s += qr[k] * to_f32(kj[d]);
+                dp += dor[k] * to_f32(vj[d]);
+            }
+        }
+        s = warp_sum(s) * scale;
+        dp = warp_sum(dp);
+        float ds = expf(s - l) * (dp - dd) * scale;
+        for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) dq[k] += ds * to_f32(kj[d]);
+        }
+    }
+    T* o = dqkv + (bi * t + i) * 3 * c + h * hs;
+    for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+        int d = lane + 32 * k;
+        if (d < hs) o[d] = from_f32<T>(dq[k]);
+    }
+}
+
+template <typename T>
+__device__ void attention_backward_dkv(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* delta,
+                                       int b, int t, int c, int nh) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= (long long)b * nh * t) return;
+    int hs = c / nh;
+    int j = (int)(row % t), h = (int)((row / t) % nh);
+    long long bi = row / ((long long)t * nh);
+    long long lrow0 = row - j;  // lse/delta index of query 0 of this (b, h)
+    float scale = rsqrtf((float)hs);
+    const T* kj = qkv + (bi * t + j) * 3 * c + c + h * hs;
+    const T* vj = kj + c;
+    float kr[OCTET_ATTN_REGS], vr[OCTET_ATTN_REGS], dk[OCTET_ATTN_REGS], dv[OCTET_ATTN_REGS];
+    for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+        int d = lane + 32 * k;
+        kr[k] = d < hs ? to_f32(kj[d]) : 0.0f;
+        vr[k] = d < hs ? to_f32(vj[d]) : 0.0f;
+        dk[k] = 0.0f;
+        dv[k] = 0.0f;
+    }
+    for (int i = j; i < t; i++) {
+        const T* qi = qkv + (bi * t + i) * 3 * c + h * hs;
+        const T* dout_i = dout + (bi * t + i) * c + h * hs;
+        float s = 0.0f, dp = 0.0f;
+        for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) {
+                s += to_f32(qi[d]) * kr[k];
+                dp += to_f32(dout_i[d]) * vr[k];
+            }
+        }
+        s = warp_sum(s) * scale;
+        dp = warp_sum(dp);
+        float p = expf(s - lse[lrow0 + i]);
+        float ds = p * (dp - delta[lrow0 + i]) * scale;
+        for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) {
+                dv[k] += p * to_f32(dout_i[d]);
+                dk[k] += ds * to_f32(qi[d]);
+            }
+        }
+    }
+    T* ok = dqkv + (bi * t + j) * 3 * c + c + h * hs;
+    for (int k = 0; k < OCTET_ATTN_REGS; k++) {
+        int d = lane + 32 * k;
+        if (d < hs) {
+            ok[d] = from_f32<T>(dk[k]);
+            ok[c + d] = from_f32<T>(dv[k]);
+        }
+    }
+}
+#define OCTET_ATTENTION(S, T) \
+    extern "C" __global__ void attention_forward_##S(T* out, float* lse, const T* qkv, int b, int t, int c, int nh) { \
+        attention_forward<T>(out, lse, qkv, b, t, c, nh); \
+    } \
+    extern "C" __global__ void attention_backward_delta_##S(float* delta, const T* dout, const T* out, int b, int t, \
+                                                            int c, int nh) { \
+        attention_backward_delta<T>(delta, dout, out, b, t, c, nh); \
+    } \
+    extern "C" __global__ void attention_backward_dq_##S(T* dqkv, const T* dout, const T* qkv, const float* lse, \
+                                                         const float* delta, int b, int t, int c, int nh) { \
+        attention_backward_dq<T>(dqkv, dout, qkv, lse, delta, b, t, c, nh); \
+    } \
+    extern "C" __global__ void attention_backward_dkv_##S(T* dqkv, const T* dout, const T* qkv, const float* lse, \
+                                                          const float* delta, int b, int t, int c, int nh) { \
+        attention_backward_dkv<T>(dqkv, dout, qkv, lse, delta, b, t, c, nh); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_ATTENTION)
+"#;
+
+/// Fused softmax + cross-entropy over the first V of Vp columns (losses (N) are f32):
+/// - `softmax_xent_forward_*(losses, logits, targets, n, v, vp)`: one block per row (blockDim.x a
+///   multiple of 32, up to 1024): max, then sum of exp(x - max), both block reductions; loss =
+///   max + log(sum) - x[target]; the row becomes probabilities in place, padded columns V..Vp zero.
+/// - `softmax_xent_backward_*(probs, targets, dloss, n, v, vp)`: probs become dlogits =
+///   (probs - onehot(target)) dloss in place over the first V columns (grid-stride; padded columns
+///   are left as they are, zero after the forward).
+pub const SOFTMAX_XENT: &str = r#"
+template <typename T>
+__device__ void softmax_xent_forward(float* losses, T* logits, const unsigned int* targets, int n, int v, int vp) {
+    __shared__ float scratch[32];
+    for (long long r = blockIdx.x; r < n; r += gridDim.x) {
+        T* x = logits + r * vp;
+        float mx = -OCTET_INF;
+        for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, to_f32(x[j]));
+        mx = block_max(mx, scratch);
+        float z = 0.0f;
+        for (int j = threadIdx.x; j < v; j += blockDim.x) z += expf(to_f32(x[j]) - mx);
+        z = block_sum(z, scratch);
+        if (threadIdx.x == 0) losses[r] = mx + logf(z) - to_f32(x[targets[r]]);
+        __syncthreads();  // x[target] is read before any thread overwrites it
+        float inv = 1.0f / z;
+        for (int j = threadIdx.x; j < vp; j += blockDim.x) {
+            x[j] = from_f32<T>(j < v ? expf(to_f32(x[j]) - mx) * inv : 0.0f);
+        }
+    }
+}
+template <typename T>
+__device__ void softmax_xent_backward(T* probs, const unsigned int* targets, float dloss, int n, int v, int vp) {
+    OCTET_GRID_STRIDE(i, (long long)n * vp) {
+        long long r = i / vp;
+        int j = (int)(i % vp);
+        if (j < v) {
+            float ind = (unsigned int)j == targets[r] ? 1.0f : 0.0f;
+            probs[i] = from_f32<T>((to_f32(probs[i]) - ind) * dloss);
+        }
+    }
+}
+#define OCTET_SOFTMAX_XENT(S, T) \
+    extern "C" __global__ void softmax_xent_forward_##S(float* losses, T* logits, const unsigned int* targets, \
+                                                        int n, int v, int vp) { \
+        softmax_xent_forward<T>(losses, logits, targets, n, v, vp); \
+    } \
+    extern "C" __global__ void softmax_xent_backward_##S(T* probs, const unsigned int* targets, float dloss, int n, \
+                                                         int v, int vp) { \
+        softmax_xent_backward<T>(probs, targets, dloss, n, v, vp); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_SOFTMAX_XENT)
+"#;
+
+/// Reductions and casts.
+/// - `amax_*(amax, inp, n)`: `*amax = max(*amax, max |inp|)` as f32 bits, NaN above inf (as
+///   QUANTIZE; zero it first).
+/// - `cast_f32_to_bf16(out, inp, n)`: bf16 storage of f32 values, round to nearest even.
+/// - `round_bf16_f32(out, inp, n)`: the same rounding kept in f32 (a bf16 GEMM operand in the
+///   compute type: `Backend::round_bf16`).
+pub const CAST: &str = r#"
+template <typename T>
+__device__ void amax_reduce(unsigned int* amax, const T* inp, long long n) {
+    unsigned int m = 0;
+    OCTET_GRID_STRIDE(i, n) { m = max(m, abs_bits(to_f32(inp[i]))); }
+    amax_commit(amax, m);
+}
+#define OCTET_AMAX(S, T) \
+    extern "C" __global__ void amax_##S(unsigned int* amax, const T* inp, long long n) { amax_reduce<T>(amax, inp, n); }
+OCTET_FOR_EACH_TYPE(OCTET_AMAX)
+
+extern "C" __global__ void cast_f32_to_bf16(__nv_bfloat16* out, const float* inp, long long n) {
+    OCTET_GRID_STRIDE(i, n) { out[i] = __float2bfloat16_rn(inp[i]); }
+}
+extern "C" __global__ void round_bf16_f32(float* out, const float* inp, long long n) {
+    OCTET_GRID_STRIDE(i, n) { out[i] = __bfloat162float(__float2bfloat16_rn(inp[i])); }
+}
+"#;
+
+/// AdamW. Coefficients travel in one struct, `AdamCoeffs` (the f32 values `octet_optim`'s `Coeffs`
+/// holds: b1, b2, eps, lr, c1 = 1 - b1^t, c2 = 1 - b2^t, wd; `#[repr(C)]` twin in the device code).
+/// Every operation is an explicit round-to-nearest intrinsic (`__fmul_rn`, ...), which the compiler
+/// never contracts into an FMA, in the order `octet_optim::adamw::adamw_fast` evaluates it, so the
+/// device update is bit-identical to the CPU one:
+/// `m = b1 m + (1-b1) g; v = b2 v + ((1-b2) g) g; p = p - lr ((m/c1) / (sqrt(v/c2) + eps) + wd p)`.
+/// - `adamw_f32(p, m, v, g, k, n)`: f32 parameters and moments, in place.
+/// - FP8-LM O2 (`octet_optim::fp8_adamw`, formats F16 master, E4M3 m, F16 v, each with a per-tensor
+///   power-of-two scale, stored = round(x * scale)), two stages per step:
+///   - `adam_o2_stage1(amax, p, m, v, g, scales, grad_mult, k, n)`: decode with the current scales
+///     (`scales` = [p, m, v] of this tensor), update in f32 registers, and fold max |g|, |m'|, |v'|,
+///     |p'| into `amax` = [g, m, v, p] (f32 bits); writes nothing else.
+///   - `adam_o2_scales(next, skip, scales, amax, ntensors, fp8_max, f16_max, margins...)`: one block;
+///     `*skip = 1` if any amax of any tensor is NaN or inf (the whole step is skipped, as on the CPU),
+///     else each tensor's next scale = 2^(floor(log2(fp_max / amax)) - margin) (`compute_scale`;
+///     a zero amax keeps the scale). With skip, next = current.
+///   - `adam_o2_stage2(p, m, v, g, scales, next, skip, grad_mult, k, n)`: unless skipped, recompute
+///     exactly as stage 1 and store p, m, v with the next scales (f16 round to nearest even; E4M3
+///     saturating).
+///
+/// The scales stay on the device: no host round trip between the stages.
+pub const ADAM: &str = r#"
+struct AdamCoeffs {
+    float b1, b2, eps, lr, c1, c2, wd;
+};
+
+__device__ __forceinline__ void adam_update(const AdamCoeffs& k, float g, float& m, float& v, float& p) {
+    m = __fadd_rn(__fmul_rn(k.b1, m), __fmul_rn(__fsub_rn(1.0f, k.b1), g));
+    v = __fadd_rn(__fmul_rn(k.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, k.b2), g), g));
+    float step = __fdiv_rn(__fdiv_rn(m, k.c1), __fadd_rn(__fsqrt_rn(__fdiv_rn(v, k.c2)), k.eps));
+    p = __fsub_rn(p, __fmul_rn(k.lr, __fadd_rn(step, __fmul_rn(k.wd, p))));
+}
+
+extern "C" __global__ void adamw_f32(float* p, float* m, float* v, const float* g, AdamCoeffs k, long long n) {
+    OCTET_GRID_STRIDE(i, n) {
+        float pi = p[i], mi = m[i], vi = v[i];
+        adam_update(k, g[i], mi, vi, pi);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// (p, m, v) of element i decoded with the per-tensor scales s = [p, m, v]: stored * (1 / scale),
+// exact for power-of-two scales.
+__device__ __forceinline__ void o2_decode(const __half* p, const __nv_fp8_e4m3* m, const __half* v, const float* s,
+                                          long long i, float& pi, float& mi, float& vi) {
+    pi = __fmul_rn(__half2float(p[i]), __frcp_rn(s[0]));
+    mi = __fmul_rn(float(m[i]), __frcp_rn(s[1]));
+    vi = __fmul_rn(__half2float(v[i]), __frcp_rn(s[2]));
+}
+
+extern "C" __global__ void adam_o2_stage1(unsigned int* amax, const __half* p, const __nv_fp8_e4m3* m,
+                                          const __half* v, const float* g, const float* scales, float grad_mult,
+                                          AdamCoeffs k, long long n) {
+    unsigned int ag = 0, am = 0, av = 0, ap = 0;
+    OCTET_GRID_STRIDE(i, n) {
+        float pi, mi, vi;
+        o2_decode(p, m, v, scales, i, pi, mi, vi);
+        float gi = __fmul_rn(g[i], grad_mult);
+        adam_update(k, gi, mi, vi, pi);
+        ag = max(ag, abs_bits(gi));
+        am = max(am, abs_bits(mi));
+        av = max(av, abs_bits(vi));
+        ap = max(ap, abs_bits(pi));
+    }
+    amax_commit(amax + 0, ag);
+    amax_commit(amax + 1, am);
+    amax_commit(amax + 2, av);
+    amax_commit(amax + 3, ap);
+}
+
+// floor(log2(num / den)) for positive finite num, den (octet_core::scaling::floor_log2_ratio):
+// compare significands normalised to [2^23, 2^24) and subtract exponents.
+__device__ __forceinline__ void significand_exponent(float x, unsigned int& sig, int& e) {
+    unsigned int bits = __float_as_uint(x), field = (bits >> 23) & 0xff, mant = bits & 0x7fffff;
+    if (field == 0) {
+        int lz = __clz(mant) - 8;
+        sig = mant << lz;
+        e = -126 - lz;
+    } else {
+        sig = mant | 0x800000;
+        e = (int)field - 127;
+    }
+}
+// octet_core::scaling::compute_scale: 2^k, k = floor(log2(fp_max / amax)) - margin clamped to
+// +-126, or `previous` for a zero or non-finite amax.
+__device__ float compute_scale(float amax, float fp_max, int margin, float previous) {
+    if (!(isfinite(amax) && amax > 0.0f)) return previous;
+    unsigned int sn, sd;
+    int en, ed;
+    significand_exponent(fp_max, sn, en);
+    significand_exponent(amax, sd, ed);
+    int k = en - ed - (sn < sd ? 1 : 0) - margin;
+    k = min(max(k, -126), 126);
+    return __uint_as_float((unsigned int)(k + 127) << 23);
+}
+
+extern "C" __global__ void adam_o2_scales(float* next, unsigned int* skip, const float* scales,
+                                          const unsigned int* amax, int ntensors, float fp8_max, float f16_max,
+                                          int margin_p, int margin_m, int margin_v) {
+    int bad = 0;
+    for (int t = threadIdx.x; t < ntensors; t += blockDim.x) {
+        for (int j = 0; j < 4; j++) bad |= !isfinite(__uint_as_float(amax[4 * t + j]));
+    }
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) *skip = bad ? 1u : 0u;
+    for (int t = threadIdx.x; t < ntensors; t += blockDim.x) {
+        const float* s = scales + 3 * t;
+        const unsigned int* a = amax + 4 * t;
+        float* o = next + 3 * t;
+        o[0] = bad ? s[0] : compute_scale(__uint_as_float(a[3]), f16_max, margin_p, s[0]);
+        o[1] = bad ? s[1] : compute_scale(__uint_as_float(a[1]), fp8_max, margin_m, s[1]);
+        o[2] = bad ? s[2] : compute_scale(__uint_as_float(a[2]), f16_max, margin_v, s[2]);
+    }
+}
+
+extern "C" __global__ void adam_o2_stage2(__half* p, __nv_fp8_e4m3* m, __half* v, const float* g, const float* scales,
+                                          const float* next, const unsigned int* skip, float grad_mult, AdamCoeffs k,
+                                          long long n) {
+    if (*skip) return;
+    OCTET_GRID_STRIDE(i, n) {
+        float pi, mi, vi;
+        o2_decode(p, m, v, scales, i, pi, mi, vi);
+        adam_update(k, __fmul_rn(g[i], grad_mult), mi, vi, pi);
+        p[i] = __float2half_rn(__fmul_rn(pi, next[0]));
+        m[i].__x = __nv_cvt_float_to_fp8(__fmul_rn(mi, next[1]), __NV_SATFINITE, __NV_E4M3);
+        v[i] = __float2half_rn(__fmul_rn(vi, next[2]));
+    }
+}
+"#;
+
 /// Every operation's source, in module order (after [`PRELUDE`]), with its name.
-pub const OPS: [(&str, &str); 6] = [
+pub const OPS: [(&str, &str); 12] = [
     ("residual", RESIDUAL),
     ("gelu", GELU),
     ("bias", BIAS),
     ("layernorm", LAYERNORM),
     ("quantize", QUANTIZE),
     ("transpose", TRANSPOSE),
+    ("encoder", ENCODER),
+    ("layernorm_backward", LAYERNORM_BACKWARD),
+    ("attention", ATTENTION),
+    ("softmax_xent", SOFTMAX_XENT),
+    ("cast", CAST),
+    ("adam", ADAM),
 ];
 
 /// Every `extern "C"` entry point the module defines.
-pub const KERNEL_NAMES: [&str; 17] = [
+pub const KERNEL_NAMES: [&str; 47] = [
     "residual_forward_f32",
     "residual_forward_bf16",
     "gelu_forward_f32",
@@ -227,6 +797,36 @@ pub const KERNEL_NAMES: [&str; 17] = [
     "quantize_e5m2_f32",
     "quantize_e5m2_bf16",
     "transpose_fp8",
+    "encoder_forward_f32",
+    "encoder_forward_bf16",
+    "encoder_backward_wpe_f32",
+    "encoder_backward_wpe_bf16",
+    "encoder_backward_wte_f32",
+    "encoder_backward_wte_bf16",
+    "layernorm_backward_dinp_f32",
+    "layernorm_backward_dinp_bf16",
+    "layernorm_backward_dwdb_f32",
+    "layernorm_backward_dwdb_bf16",
+    "attention_forward_f32",
+    "attention_forward_bf16",
+    "attention_backward_delta_f32",
+    "attention_backward_delta_bf16",
+    "attention_backward_dq_f32",
+    "attention_backward_dq_bf16",
+    "attention_backward_dkv_f32",
+    "attention_backward_dkv_bf16",
+    "softmax_xent_forward_f32",
+    "softmax_xent_forward_bf16",
+    "softmax_xent_backward_f32",
+    "softmax_xent_backward_bf16",
+    "amax_f32",
+    "amax_bf16",
+    "cast_f32_to_bf16",
+    "round_bf16_f32",
+    "adamw_f32",
+    "adam_o2_stage1",
+    "adam_o2_scales",
+    "adam_o2_stage2",
 ];
 
 /// The whole module: [`PRELUDE`] followed by every operation in [`OPS`].

@@ -11,7 +11,13 @@ pub mod kernels;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
+mod ops;
+#[cfg(feature = "cuda")]
+pub mod optim;
+#[cfg(feature = "cuda")]
 pub use device::{CudaError, DeviceFloat, Gpu};
+#[cfg(feature = "cuda")]
+pub use ops::{MAX_HEAD_SIZE, TokenBuckets};
 
 /// Whether this build contains the CUDA backend (the `cuda` feature).
 pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");

@@ -18,8 +18,14 @@ mod device {
     use half::bf16;
     use octet_core::fp8::{self, Fp8Format};
     use octet_core::{Rng, Tolerance};
+    use std::sync::Arc;
+
+    use octet_core::Layout;
     use octet_cuda::Gpu;
+    use octet_cuda::optim::{AdamCoeffs, O2AdamW, O2HostState};
     use octet_kernels::reference;
+    use octet_optim::adamw::adamw_fast;
+    use octet_optim::{AdamWConfig, Fp8AdamW, ScaledBuf, StateFormat};
 
     /// Device 0, or `None` after saying why the test is skipped.
     fn gpu(test: &str) -> Option<Gpu> {
@@ -264,5 +270,294 @@ mod device {
             g.transpose_fp8(&mut out, &dx, rows, cols).unwrap();
             assert_eq!(s.clone_dtoh(&out).unwrap(), want, "transpose {rows}x{cols}");
         }
+    }
+    /// Random tokens below `v` with repeats (so the grouped backward sums several rows per token).
+    fn tokens(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
+        (0..n).map(|_| rng.below(v) as u32).collect()
+    }
+
+    #[test]
+    fn encoder_forward_and_backward_match_reference() {
+        let Some(g) = gpu("encoder_forward_and_backward_match_reference") else { return };
+        let s = g.stream();
+        let (b, t, c, v) = (3, 17, 75, 20);
+        let mut rng = Rng::new(6);
+        let tok = tokens(&mut rng, b * t, v);
+        let (wte, wpe, dout) =
+            (normal(&mut rng, v * c, 1.0), normal(&mut rng, t * c, 1.0), normal(&mut rng, b * t * c, 1.0));
+        let (dwte0, dwpe0) = (normal(&mut rng, v * c, 1.0), normal(&mut rng, t * c, 1.0));
+        let buckets = octet_cuda::TokenBuckets::new(&g, &tok).unwrap();
+        assert!(buckets.len() <= v);
+        let dtok = s.clone_htod(&tok).unwrap();
+
+        // f32: the grouped sums differ from the reference's row-by-row f64 order only in rounding.
+        let mut want = vec![0.0f32; b * t * c];
+        reference::encoder_forward(&mut want, &tok, &wte, &wpe, b, t, c);
+        let (mut want_dwte, mut want_dwpe) = (dwte0.clone(), dwpe0.clone());
+        reference::encoder_backward(&mut want_dwte, &mut want_dwpe, &dout, &tok, b, t, c);
+        let mut out = s.alloc_zeros::<f32>(b * t * c).unwrap();
+        let (dwte_in, dwpe_in) = (s.clone_htod(&wte).unwrap(), s.clone_htod(&wpe).unwrap());
+        g.encoder_forward(&mut out, &dtok, &dwte_in, &dwpe_in, b, t, c).unwrap();
+        let (mut dwte, mut dwpe) = (s.clone_htod(&dwte0).unwrap(), s.clone_htod(&dwpe0).unwrap());
+        g.encoder_backward(&mut dwte, &mut dwpe, &s.clone_htod(&dout).unwrap(), &buckets, b, t, c).unwrap();
+        Tolerance::F32.assert_close("encoder_forward f32", &s.clone_dtoh(&out).unwrap(), &want);
+        Tolerance::F32.assert_close("encoder dwte f32", &s.clone_dtoh(&dwte).unwrap(), &want_dwte);
+        Tolerance::F32.assert_close("encoder dwpe f32", &s.clone_dtoh(&dwpe).unwrap(), &want_dwpe);
+
+        // bf16 storage: the same bf16 inputs for both; the device rounds each result once.
+        let (wte16, wpe16, d16) = (to_bf16(&wte), to_bf16(&wpe), to_bf16(&dout));
+        let (dwte16, dwpe16) = (to_bf16(&dwte0), to_bf16(&dwpe0));
+        reference::encoder_forward(&mut want, &tok, &from_bf16(&wte16), &from_bf16(&wpe16), b, t, c);
+        let (mut want_dwte, mut want_dwpe) = (from_bf16(&dwte16), from_bf16(&dwpe16));
+        reference::encoder_backward(&mut want_dwte, &mut want_dwpe, &from_bf16(&d16), &tok, b, t, c);
+        let mut out = s.alloc_zeros::<bf16>(b * t * c).unwrap();
+        let (dwte_in, dwpe_in) = (s.clone_htod(&wte16).unwrap(), s.clone_htod(&wpe16).unwrap());
+        g.encoder_forward(&mut out, &dtok, &dwte_in, &dwpe_in, b, t, c).unwrap();
+        let (mut dwte, mut dwpe) = (s.clone_htod(&dwte16).unwrap(), s.clone_htod(&dwpe16).unwrap());
+        g.encoder_backward(&mut dwte, &mut dwpe, &s.clone_htod(&d16).unwrap(), &buckets, b, t, c).unwrap();
+        Tolerance::BF16.assert_close("encoder_forward bf16", &from_bf16(&s.clone_dtoh(&out).unwrap()), &want);
+        Tolerance::BF16.assert_close("encoder dwte bf16", &from_bf16(&s.clone_dtoh(&dwte).unwrap()), &want_dwte);
+        Tolerance::BF16.assert_close("encoder dwpe bf16", &from_bf16(&s.clone_dtoh(&dwpe).unwrap()), &want_dwpe);
+    }
+
+    #[test]
+    fn layernorm_backward_matches_reference() {
+        let Some(g) = gpu("layernorm_backward_matches_reference") else { return };
+        let s = g.stream();
+        let (n, c) = (83, 768);
+        let mut rng = Rng::new(7);
+        let x: Vec<f32> = normal(&mut rng, n * c, 1.0).iter().map(|v| v + 3.0).collect();
+        let (w, b, dout) = (normal(&mut rng, c, 1.0), normal(&mut rng, c, 1.0), normal(&mut rng, n * c, 1.0));
+        let (dinp0, dw0, db0) = (normal(&mut rng, n * c, 1.0), normal(&mut rng, c, 1.0), normal(&mut rng, c, 1.0));
+        for bf in [false, true] {
+            // Storage rounding (identity for f32), so both sides see the same inputs.
+            let r = |v: &[f32]| if bf { from_bf16(&to_bf16(v)) } else { v.to_vec() };
+            let (x, w, b, dout, dinp0, dw0, db0) = (r(&x), r(&w), r(&b), r(&dout), r(&dinp0), r(&dw0), r(&db0));
+            let (mut y, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+            reference::layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &w, &b, n, c);
+            let (mut want_dx, mut want_dw, mut want_db) = (dinp0.clone(), dw0.clone(), db0.clone());
+            reference::layernorm_backward(&mut want_dx, &mut want_dw, &mut want_db, &dout, &x, &w, &mean, &rstd, n, c);
+            let (dm, dr) = (s.clone_htod(&mean).unwrap(), s.clone_htod(&rstd).unwrap());
+            let (got_dx, got_dw, got_db, tol, ty) = if bf {
+                let up = |v: &[f32]| s.clone_htod(&to_bf16(v)).unwrap();
+                let (mut dx, mut dw, mut db) = (up(&dinp0), up(&dw0), up(&db0));
+                g.layernorm_backward(&mut dx, &mut dw, &mut db, &up(&dout), &up(&x), &up(&w), &dm, &dr, n, c).unwrap();
+                let down = |d: &cudarc::driver::CudaSlice<bf16>| from_bf16(&s.clone_dtoh(d).unwrap());
+                (down(&dx), down(&dw), down(&db), Tolerance::BF16, "bf16")
+            } else {
+                let up = |v: &[f32]| s.clone_htod(v).unwrap();
+                let (mut dx, mut dw, mut db) = (up(&dinp0), up(&dw0), up(&db0));
+                g.layernorm_backward(&mut dx, &mut dw, &mut db, &up(&dout), &up(&x), &up(&w), &dm, &dr, n, c).unwrap();
+                let down = |d: &cudarc::driver::CudaSlice<f32>| s.clone_dtoh(d).unwrap();
+                (down(&dx), down(&dw), down(&db), Tolerance::F32, "f32")
+            };
+            tol.assert_close(&format!("layernorm dinp {ty}"), &got_dx, &want_dx);
+            tol.assert_close(&format!("layernorm dw {ty}"), &got_dw, &want_dw);
+            tol.assert_close(&format!("layernorm db {ty}"), &got_db, &want_db);
+        }
+    }
+
+    /// Attention forward and backward for one configuration, f32 or bf16 storage. The backward gets
+    /// the reference forward's out and lse on both sides (rounded to the storage type), so it is
+    /// checked on its own.
+    fn check_attention(g: &Gpu, b: usize, t: usize, nh: usize, hs: usize, bf: bool, seed: u64) {
+        let s = g.stream();
+        let c = nh * hs;
+        let mut rng = Rng::new(seed);
+        let r = |v: Vec<f32>| if bf { from_bf16(&to_bf16(&v)) } else { v };
+        let qkv = r(normal(&mut rng, b * t * 3 * c, 1.0));
+        let dout = r(normal(&mut rng, b * t * c, 1.0));
+        let (mut out, mut lse) = (vec![0.0f32; b * t * c], vec![0.0f32; b * nh * t]);
+        reference::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
+        let out_in = r(out.clone());
+        let mut want_dqkv = vec![0.0f32; qkv.len()];
+        reference::attention_backward(&mut want_dqkv, &dout, &qkv, &out_in, &lse, b, t, c, nh);
+        let name = format!("attention B={b} T={t} NH={nh} hs={hs} {}", if bf { "bf16" } else { "f32" });
+        let dlse_in = s.clone_htod(&lse).unwrap();
+        let mut got_lse = s.alloc_zeros::<f32>(b * nh * t).unwrap();
+        let (got_out, got_dqkv, tol) = if bf {
+            let up = |v: &[f32]| s.clone_htod(&to_bf16(v)).unwrap();
+            let mut o = s.alloc_zeros::<bf16>(b * t * c).unwrap();
+            g.attention_forward(&mut o, &mut got_lse, &up(&qkv), b, t, c, nh).unwrap();
+            let mut d = s.alloc_zeros::<bf16>(qkv.len()).unwrap();
+            g.attention_backward(&mut d, &up(&dout), &up(&qkv), &up(&out_in), &dlse_in, b, t, c, nh).unwrap();
+            (from_bf16(&s.clone_dtoh(&o).unwrap()), from_bf16(&s.clone_dtoh(&d).unwrap()), Tolerance::BF16)
+        } else {
+            let up = |v: &[f32]| s.clone_htod(v).unwrap();
+            let mut o = s.alloc_zeros::<f32>(b * t * c).unwrap();
+            g.attention_forward(&mut o, &mut got_lse, &up(&qkv), b, t, c, nh).unwrap();
+            let mut d = s.alloc_zeros::<f32>(qkv.len()).unwrap();
+            g.attention_backward(&mut d, &up(&dout), &up(&qkv), &up(&out_in), &dlse_in, b, t, c, nh).unwrap();
+            (s.clone_dtoh(&o).unwrap(), s.clone_dtoh(&d).unwrap(), Tolerance::F32)
+        };
+        tol.assert_close(&format!("{name} out"), &got_out, &out);
+        // lse is f32 either way, from the same (rounded) inputs.
+        Tolerance::F32.assert_close(&format!("{name} lse"), &s.clone_dtoh(&got_lse).unwrap(), &lse);
+        tol.assert_close(&format!("{name} dqkv"), &got_dqkv, &want_dqkv);
+    }
+
+    #[test]
+    fn attention_forward_and_backward_match_reference() {
+        let Some(g) = gpu("attention_forward_and_backward_match_reference") else { return };
+        // hs = 40: two register slots per lane, the second partly empty; hs = 64: GPT-2's; T = 37 is
+        // not a multiple of anything; hs = 256: the largest supported.
+        for (i, (b, t, nh, hs)) in [(2, 37, 3, 40), (1, 64, 2, 64), (1, 9, 1, 256)].into_iter().enumerate() {
+            for bf in [false, true] {
+                check_attention(&g, b, t, nh, hs, bf, 100 + i as u64);
+            }
+        }
+        let mut out = g.stream().alloc_zeros::<f32>(4 * 300).unwrap();
+        let mut lse = g.stream().alloc_zeros::<f32>(4).unwrap();
+        let qkv = g.stream().alloc_zeros::<f32>(4 * 900).unwrap();
+        assert!(g.attention_forward(&mut out, &mut lse, &qkv, 1, 4, 300, 1).is_err(), "hs = 300 > MAX_HEAD_SIZE");
+    }
+
+    #[test]
+    fn softmax_xent_matches_reference() {
+        let Some(g) = gpu("softmax_xent_matches_reference") else { return };
+        let s = g.stream();
+        // V not a multiple of the block, padded to Vp; one row with a large offset (max subtraction).
+        let (n, v, vp) = (37, 1000, 1024);
+        let mut rng = Rng::new(8);
+        let mut logits = normal(&mut rng, n * vp, 3.0);
+        logits[5 * vp..6 * vp].iter_mut().for_each(|x| *x += 80.0);
+        let tgt = tokens(&mut rng, n, v);
+        let dloss = 1.0 / n as f64;
+        let dt = s.clone_htod(&tgt).unwrap();
+        for bf in [false, true] {
+            let logits = if bf { from_bf16(&to_bf16(&logits)) } else { logits.clone() };
+            let (mut want_probs, mut want_loss) = (logits.clone(), vec![0.0f32; n]);
+            reference::softmax_xent_forward(&mut want_loss, &mut want_probs, &tgt, n, v, vp);
+            let mut losses = s.alloc_zeros::<f32>(n).unwrap();
+            let (probs, tol, ty) = if bf {
+                let mut d = s.clone_htod(&to_bf16(&logits)).unwrap();
+                g.softmax_xent_forward(&mut losses, &mut d, &dt, n, v, vp).unwrap();
+                (from_bf16(&s.clone_dtoh(&d).unwrap()), Tolerance::BF16, "bf16")
+            } else {
+                let mut d = s.clone_htod(&logits).unwrap();
+                g.softmax_xent_forward(&mut losses, &mut d, &dt, n, v, vp).unwrap();
+                (s.clone_dtoh(&d).unwrap(), Tolerance::F32, "f32")
+            };
+            tol.assert_close(&format!("softmax probs {ty}"), &probs, &want_probs);
+            Tolerance::F32.assert_close(&format!("xent losses {ty}"), &s.clone_dtoh(&losses).unwrap(), &want_loss);
+
+            // Backward from the same probabilities on both sides.
+            let mut want_d = probs.clone();
+            reference::softmax_xent_backward(&mut want_d, &tgt, dloss, n, v, vp);
+            let got = if bf {
+                let mut d = s.clone_htod(&to_bf16(&probs)).unwrap();
+                g.softmax_xent_backward(&mut d, &dt, dloss as f32, n, v, vp).unwrap();
+                from_bf16(&s.clone_dtoh(&d).unwrap())
+            } else {
+                let mut d = s.clone_htod(&probs).unwrap();
+                g.softmax_xent_backward(&mut d, &dt, dloss as f32, n, v, vp).unwrap();
+                s.clone_dtoh(&d).unwrap()
+            };
+            tol.assert_close(&format!("xent dlogits {ty}"), &got, &want_d);
+        }
+    }
+
+    #[test]
+    fn amax_and_casts_match_reference() {
+        let Some(g) = gpu("amax_and_casts_match_reference") else { return };
+        let s = g.stream();
+        let mut rng = Rng::new(9);
+        let mut x = normal(&mut rng, N, 10.0);
+        x[123] = -1e30; // the maximum, negative
+        x[7] = f32::from_bits(1); // a subnormal
+        let dx = s.clone_htod(&x).unwrap();
+        let mut amax = s.alloc_zeros::<u32>(1).unwrap();
+        g.amax(&mut amax, &dx).unwrap();
+        assert_eq!(f32::from_bits(s.clone_dtoh(&amax).unwrap()[0]), reference::amax(&x), "amax f32");
+        let x16 = to_bf16(&x);
+        let mut amax = s.alloc_zeros::<u32>(1).unwrap();
+        g.amax(&mut amax, &s.clone_htod(&x16).unwrap()).unwrap();
+        assert_eq!(f32::from_bits(s.clone_dtoh(&amax).unwrap()[0]), reference::amax(&from_bf16(&x16)), "amax bf16");
+        let mut nan = x.clone();
+        nan[N - 1] = f32::NAN;
+        let mut amax = s.alloc_zeros::<u32>(1).unwrap();
+        g.amax(&mut amax, &s.clone_htod(&nan).unwrap()).unwrap();
+        assert!(f32::from_bits(s.clone_dtoh(&amax).unwrap()[0]).is_nan(), "amax of a NaN input");
+
+        // Ties and carries: values exactly halfway between bf16 neighbours.
+        x[..4].copy_from_slice(&[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -(1.0 + 1.0 / 256.0), 65535.0]);
+        let dx = s.clone_htod(&x).unwrap();
+        let mut c16 = s.alloc_zeros::<bf16>(N).unwrap();
+        g.cast_f32_to_bf16(&mut c16, &dx).unwrap();
+        Tolerance::EXACT.assert_close(
+            "cast f32 -> bf16",
+            &from_bf16(&s.clone_dtoh(&c16).unwrap()),
+            &from_bf16(&to_bf16(&x)),
+        );
+        let mut want = vec![0.0f32; N];
+        reference::round_bf16(&mut want, &x);
+        let mut r = s.alloc_zeros::<f32>(N).unwrap();
+        g.round_bf16(&mut r, &dx).unwrap();
+        Tolerance::EXACT.assert_close("round_bf16", &s.clone_dtoh(&r).unwrap(), &want);
+    }
+
+    #[test]
+    fn adamw_f32_is_bit_identical_to_the_cpu() {
+        let Some(g) = gpu("adamw_f32_is_bit_identical_to_the_cpu") else { return };
+        let s = g.stream();
+        let cfg = AdamWConfig::default();
+        let mut rng = Rng::new(10);
+        let mut p = normal(&mut rng, N, 0.02);
+        let (mut m, mut v) = (vec![0.0f32; N], vec![0.0f32; N]);
+        let (mut dp, mut dm, mut dv) =
+            (s.clone_htod(&p).unwrap(), s.clone_htod(&m).unwrap(), s.clone_htod(&v).unwrap());
+        for t in 1..=4u64 {
+            let grad = normal(&mut rng, N, 10f64.powi(t as i32 - 3));
+            let (lr, decay) = (6e-4 / t as f64, t % 2 == 1);
+            adamw_fast(&mut p, &grad, &mut m, &mut v, t, lr, &cfg, decay);
+            let k = AdamCoeffs::new(&cfg, t, lr, decay);
+            g.adamw_f32(&mut dp, &mut dm, &mut dv, &s.clone_htod(&grad).unwrap(), &k).unwrap();
+        }
+        Tolerance::EXACT.assert_close("adamw p", &s.clone_dtoh(&dp).unwrap(), &p);
+        Tolerance::EXACT.assert_close("adamw m", &s.clone_dtoh(&dm).unwrap(), &m);
+        Tolerance::EXACT.assert_close("adamw v", &s.clone_dtoh(&dv).unwrap(), &v);
+    }
+
+    /// The CPU reference's O2 state as the device optimizer holds it.
+    fn o2_host_state(master: &ScaledBuf, opt: &Fp8AdamW) -> O2HostState {
+        let u16s = |b: &[u8]| b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>();
+        let ((pb, ps), (mb, ms), (vb, vs)) = (master.to_raw(), opt.m.to_raw(), opt.v.to_raw());
+        let scales = (0..ps.len()).map(|i| [ps[i], ms[i], vs[i]]).collect();
+        O2HostState { master: u16s(&pb), m: mb, v: u16s(&vb), scales, step: opt.step }
+    }
+
+    #[test]
+    fn adam_o2_is_bit_identical_to_fp8_adamw() {
+        let Some(g) = gpu("adam_o2_is_bit_identical_to_fp8_adamw") else { return };
+        let s = g.stream();
+        // Tensors of different sizes and scales (a tail below a block, one element, a large one).
+        let layout =
+            Arc::new(Layout::new([("w1", vec![33, 31]), ("b1", vec![1]), ("w2", vec![64, 130]), ("g", vec![77])]));
+        let decay = vec![true, false, true, false];
+        let cfg = AdamWConfig::default();
+        let mut rng = Rng::new(11);
+        let p0: Vec<f32> = layout
+            .specs()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, spec)| normal(&mut rng, spec.numel(), 0.02 * 10f64.powi(i as i32 - 1)))
+            .collect();
+        let mut master = ScaledBuf::from_f32(StateFormat::F16, layout.clone(), &p0);
+        let mut opt = Fp8AdamW::o2(layout.clone(), decay.clone(), cfg);
+        let ranges: Vec<_> = layout.specs().iter().map(|spec| spec.range()).collect();
+        let mut dev = O2AdamW::upload(&g, cfg, ranges, decay, &o2_host_state(&master, &opt)).unwrap();
+        for t in 1..=6 {
+            let mut grad = normal(&mut rng, layout.total(), 10f64.powi(t % 3 - 2));
+            if t == 4 {
+                grad[40] = f32::INFINITY; // a skipped step: nothing changes, the counter stays
+            }
+            let lr = 1e-3 / t as f64;
+            let want = opt.update_master(&mut master, &grad, lr);
+            let got = dev.step(&g, &s.clone_htod(&grad).unwrap(), 1.0, lr).unwrap();
+            assert_eq!((got.skipped, got.step), (want.skipped, want.step), "step {t} report");
+            assert_eq!(got.grad_amax.to_bits(), want.grad_amax.to_bits(), "step {t} grad amax");
+            assert_eq!(dev.download(&g).unwrap(), o2_host_state(&master, &opt), "step {t} state");
+        }
+        assert_eq!(dev.steps(), 5);
     }
 }
