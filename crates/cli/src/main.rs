@@ -51,6 +51,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct MemoryArgs {
+    /// A GPT-2 preset (tiny, small, gpt2-124m, ...) or smollm2-135m (Llama, the adaptation base).
     #[arg(long, default_value = "gpt2-124m")]
     model: String,
     #[arg(long, default_value = "fp32")]
@@ -346,9 +347,15 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn run_memory(a: MemoryArgs) -> Result<()> {
-    let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
-    let seq = a.seq.min(cfg.max_seq_len);
-    let ledger = octet_lm::memory::plan(cfg, a.precision, a.batch, seq)?;
+    let (ledger, seq) = if a.model == "smollm2-135m" {
+        let cfg = octet_lm::llama::LlamaConfig::smollm2_135m();
+        let seq = a.seq.min(cfg.max_seq_len);
+        (octet_lm::memory::plan_llama(cfg, a.precision, a.batch, seq)?, seq)
+    } else {
+        let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
+        let seq = a.seq.min(cfg.max_seq_len);
+        (octet_lm::memory::plan(cfg, a.precision, a.batch, seq)?, seq)
+    };
     let mut v = ledger.to_json();
     v["model"] = a.model.clone().into();
     v["precision"] = a.precision.name().into();

@@ -37,7 +37,7 @@ use octet_kernels::Backend;
 
 use crate::acts::Acts;
 use crate::gpt2::Gpt2Config;
-use crate::narrow::{Narrow, as_f32, as_f32_mut, switch_storage};
+use crate::narrow::{Narrow, as_f32, as_f32_mut, stage_backward, stage_forward, store_backward, switch_storage};
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
@@ -618,14 +618,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
         let (_, top) = pid.views(&self.params, 0);
         be.encoder_forward(&mut a.data[aw(ENCODED)], tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
-            // Narrow storage: decode layer l into the working set's one block.
-            let lw = match &self.narrow {
-                Some(nw) => {
-                    nw.stage_layer(l, as_f32_mut(&mut self.params.data));
-                    0
-                }
-                None => l,
-            };
+            let lw = stage_forward(self.narrow.as_ref(), l, &mut self.params.data);
             let (w, top) = pid.views(&self.params, lw);
             let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
             // h = N1 x (every layer, or only the first without norms)
@@ -780,18 +773,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             be.rmsnorm_backward(dres, gt.lnfw, dln, x, top.lnfw, rrms, n, d);
         }
         for l in (0..l_n).rev() {
-            // Narrow storage: layer l's weights into the working block (the last layer is still there
-            // from forward), its gradient block zeroed, encoded to E4M3 after the layer.
-            let lw = match &self.narrow {
-                Some(nw) => {
-                    if l + 1 != l_n {
-                        nw.stage_layer(l, as_f32_mut(&mut p.data));
-                    }
-                    nw.zero_layer_grads(l, as_f32_mut(&mut g.data));
-                    0
-                }
-                None => l,
-            };
+            let lw = stage_backward(self.narrow.as_ref(), l, &mut p.data, &mut g.data);
             let (w, top) = pid.views(p, lw);
             let (gw, gt) = pid.views_mut(g, lw);
             let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
@@ -899,9 +881,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             } else {
                 be.accumulate(dres, dln);
             }
-            if let Some(nw) = &mut self.narrow {
-                nw.store_layer_grads(l, as_f32(&g.data));
-            }
+            store_backward(self.narrow.as_mut(), l, &g.data);
         }
         let (_, gt) = pid.views_mut(g, 0);
         be.encoder_backward(gt.wte, gt.wpe, &da.data[dw(DRES)], &self.tokens, b, t, d);

@@ -13,7 +13,7 @@ use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
-use crate::narrow::{Narrow, as_f32, as_f32_mut, switch_storage};
+use crate::narrow::{Narrow, as_f32, as_f32_mut, stage_backward, stage_forward, store_backward, switch_storage};
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
@@ -451,14 +451,7 @@ impl<Bk: Backend> Gpt2<Bk> {
         let top = pid.top(&self.params);
         be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
-            // Narrow storage: decode layer l into the working set's one block.
-            let lw = match &self.narrow {
-                Some(nw) => {
-                    nw.stage_layer(l, as_f32_mut(&mut self.params.data));
-                    0
-                }
-                None => l,
-            };
+            let lw = stage_forward(self.narrow.as_ref(), l, &mut self.params.data);
             let w = pid.block(&self.params, lw);
             // x -> residual2 = x + attproj(attention(qkv(ln1(x)))) -> residual3 = residual2 + mlp(ln2(residual2))
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
@@ -551,18 +544,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             be.layernorm_backward(dres, gt.lnfw, gt.lnfb, dln, x, top.lnfw, mean, rstd, n, d);
         }
         for l in (0..l_n).rev() {
-            // Narrow storage: layer l's weights into the working block (the last layer is still there
-            // from forward), its gradient block zeroed, encoded to E4M3 after the layer.
-            let lw = match &self.narrow {
-                Some(nw) => {
-                    if l + 1 != l_n {
-                        nw.stage_layer(l, as_f32_mut(&mut p.data));
-                    }
-                    nw.zero_layer_grads(l, as_f32_mut(&mut g.data));
-                    0
-                }
-                None => l,
-            };
+            let lw = stage_backward(self.narrow.as_ref(), l, &mut p.data, &mut g.data);
             let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
@@ -610,9 +592,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             let (x, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
             be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, x, w.ln1w, mean, rstd, n, d);
-            if let Some(nw) = &mut self.narrow {
-                nw.store_layer_grads(l, as_f32(&g.data));
-            }
+            store_backward(self.narrow.as_mut(), l, &g.data);
         }
         let gt = pid.top_mut(g);
         be.encoder_backward(gt.wte, gt.wpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);

@@ -43,6 +43,7 @@ use octet_kernels::Backend;
 use crate::acts::Acts;
 use crate::generate::{SampleConfig, pick};
 use crate::gguf::GgufFile;
+use crate::narrow::{Narrow, as_f32, as_f32_mut, stage_backward, stage_forward, store_backward, switch_storage};
 use crate::precision::{LinearScaling, Linears, Precision, Workspace};
 
 /// Model shape and the two constants of its layers.
@@ -406,6 +407,11 @@ pub struct Llama<Bk: Backend> {
     pub scaling_mode: ScalingMode,
     /// FP8 scaling state per block linear (empty unless the precision is FP8).
     pub scaling: Vec<LinearScaling>,
+    /// The loss gradient backward starts from is `grad_scale / N` (the trainer's gradient scaler).
+    pub grad_scale: f64,
+    /// Narrow weight and gradient storage at fp8-o1 / fp8-o2 (`crate::narrow`; `params` / `grads` are
+    /// then the f32 working set: the tensors outside the blocks and one block).
+    pub narrow: Option<Narrow>,
 }
 
 /// Which rows of the output head a forward computes.
@@ -437,6 +443,8 @@ impl<Bk: Backend> Llama<Bk> {
             precision: Precision::Fp32,
             scaling_mode: ScalingMode::Delayed,
             scaling: vec![],
+            grad_scale: 1.0,
+            narrow: None,
         })
     }
 
@@ -448,15 +456,15 @@ impl<Bk: Backend> Llama<Bk> {
     }
 
     /// Run the block linears at `precision`, FP8 scaling per `recipe`.
+    /// At fp8-o1 / fp8-o2 the weights move into f16 storage with per-unit scales (`crate::narrow`).
     pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
-        if precision.is_narrow() {
-            // Narrow storage (crate::narrow) is wired into GPT-2's layer loop; Llama's is not yet.
-            return Err(Error::config(
-                "precision",
-                format!("`{precision}` is implemented for GPT-2 only; Llama runs fp32, bf16 and fp8-te"),
-            ));
-        }
         recipe.validate()?;
+        let (full, working) = (param_layout(&self.cfg), param_layout(&LlamaConfig { n_layer: 1, ..self.cfg }));
+        let n_layer = self.cfg.n_layer;
+        let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
+        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer)? {
+            self.ids = ParamIds::new(&l);
+        }
         self.precision = precision;
         self.scaling_mode = recipe.mode;
         self.scaling =
@@ -467,6 +475,20 @@ impl<Bk: Backend> Llama<Bk> {
 
     pub fn zero_grad(&mut self) {
         self.grads.data.fill(Bk::F::default());
+    }
+
+    /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
+    /// current batch shape.
+    pub fn activation_elems(&self) -> (usize, usize, usize) {
+        self.acts.as_ref().map_or((0, 0, 0), |a| (a.a.data.len(), a.d.data.len(), a.ws.elems()))
+    }
+
+    /// Every parameter in f32 over `param_layout(&cfg)` (decoded from narrow storage at fp8-o1/o2).
+    pub fn params_f32(&self) -> Vec<f32> {
+        match &self.narrow {
+            Some(nw) => nw.weights_f32(),
+            None => self.params.data.iter().map(|&x| x.into() as f32).collect(),
+        }
     }
 
     /// Allocate activations for (B, T) batches (forward does this on demand).
@@ -547,7 +569,10 @@ impl<Bk: Backend> Llama<Bk> {
         let (d, nh, nkv, hs, h, l_n, n, vp) =
             (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
         let (qd, eps) = (c.qkv_dim(), c.norm_eps);
-        let (be, p, pid) = (&self.backend, &self.params, &self.ids);
+        if let Some(nw) = &self.narrow {
+            nw.stage_top(as_f32_mut(&mut self.params.data));
+        }
+        let (be, p, pid) = (&self.backend, &mut self.params, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
         let a = &mut acts.a;
@@ -564,7 +589,8 @@ impl<Bk: Backend> Llama<Bk> {
 
         be.embed_forward(a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.token_embd), n, d);
         for l in 0..l_n {
-            let w = pid.block(p, l);
+            let lw = stage_forward(self.narrow.as_ref(), l, &mut p.data);
+            let w = pid.block(p, lw);
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // Attention branch: residual2 = x + attn_output(attention(repeat_kv(rope(qkv(rmsnorm(x)))))).
             let [xn, rrms, x] = a.disjoint_mut([ar(ATTN_XN, l), ar(ATTN_RRMS, l), res.clone()]);
@@ -619,7 +645,10 @@ impl<Bk: Backend> Llama<Bk> {
         let (b, t) = (acts.b, acts.t);
         let (d, nh, nkv, hs, h, l_n, n, vp) =
             (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
-        let (qd, be, p, g, pid) = (c.qkv_dim(), &self.backend, &self.params, &mut self.grads, &self.ids);
+        let (qd, be, p, g, pid) = (c.qkv_dim(), &self.backend, &mut self.params, &mut self.grads, &self.ids);
+        if let Some(nw) = &mut self.narrow {
+            nw.begin_backward();
+        }
         let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
         let (a, da) = (&mut acts.a, &mut acts.d);
         let mut lin = Linears {
@@ -635,7 +664,8 @@ impl<Bk: Backend> Llama<Bk> {
         let dw = |i: usize| dl.range(TensorId(i));
 
         // Loss, head and final norm: dlogits in place of the probabilities, dxn, then dresidual.
-        be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, 1.0 / n as f64, n, c.vocab_size, vp);
+        let dloss = self.grad_scale / n as f64;
+        be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, dloss, n, c.vocab_size, vp);
         let dhead = &mut g.data[g.layout.range(pid.head)];
         be.matmul_backward(
             da.get_mut(TensorId(DXN)),
@@ -656,7 +686,8 @@ impl<Bk: Backend> Llama<Bk> {
             be.rmsnorm_backward(dres, dnorm, dxn, x, p.get(pid.output_norm), rrms, n, d);
         }
         for l in (0..l_n).rev() {
-            let (w, gw) = (pid.block(p, l), pid.block_mut(g, l));
+            let lw = stage_backward(self.narrow.as_ref(), l, &mut p.data, &mut g.data);
+            let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch.
             let [dsw, dres] = da.disjoint_mut([dw(DSWIGLU), dw(DRES)]);
@@ -707,9 +738,13 @@ impl<Bk: Backend> Llama<Bk> {
             let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
             let (x, rrms) = (&a.data[res], &a.data[ar(ATTN_RRMS, l)]);
             be.rmsnorm_backward(dres, gw.attn_norm, dxn, x, w.attn_norm, rrms, n, d);
+            store_backward(self.narrow.as_mut(), l, &g.data);
         }
         let dembd = &mut g.data[g.layout.range(pid.token_embd)];
         be.embed_backward(dembd, da.get(TensorId(DRES)), &self.tokens, n, d);
+        if let Some(nw) = &mut self.narrow {
+            nw.store_top_grads(as_f32(&g.data));
+        }
         Ok(())
     }
 }
@@ -839,7 +874,10 @@ impl<Bk: Backend> Llama<Bk> {
         self.check_tokens(tokens, None, 1, n)?;
         let (d, nh, nkv, hs, h, kvd, qd) =
             (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.kv_dim(), c.qkv_dim());
-        let (be, p, pid, pos0) = (&self.backend, &self.params, &self.ids, cache.len);
+        if let Some(nw) = &self.narrow {
+            nw.stage_top(as_f32_mut(&mut self.params.data));
+        }
+        let (be, p, pid, pos0) = (&self.backend, &mut self.params, &self.ids, cache.len);
         let al = Arc::new(decode_layout(&c, n));
         let mut a: Slab<Bk::F> = Slab::zeros(al.clone());
         let r = |name: &str| al.range(al.expect_id(name));
@@ -848,7 +886,8 @@ impl<Bk: Backend> Llama<Bk> {
 
         be.embed_forward(&mut a.data[x.clone()], tokens, p.get(pid.token_embd), n, d);
         for l in 0..c.n_layer {
-            let w = pid.block(p, l);
+            let lw = stage_forward(self.narrow.as_ref(), l, &mut p.data);
+            let w = pid.block(p, lw);
             let [o, s, i] = a.disjoint_mut([xn.clone(), rrms.clone(), x.clone()]);
             be.rmsnorm_forward(o, s, i, w.attn_norm, n, d, c.norm_eps);
             let [o, i] = a.disjoint_mut([raw.clone(), xn.clone()]);

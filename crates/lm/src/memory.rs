@@ -90,15 +90,36 @@ pub fn plan(
     b: usize,
     t: usize,
 ) -> octet_core::Result<Ledger> {
-    use std::sync::Arc;
-    if t == 0 || t > cfg.max_seq_len || b == 0 {
-        return Err(octet_core::Error::config("seq", format!("need 0 < seq <= {} and batch > 0", cfg.max_seq_len)));
-    }
-    let layout = Arc::new(crate::gpt2::param_layout(&cfg));
-    let params = vec![0.0f32; layout.total()];
-    let mut model = Gpt2::new(cfg, octet_kernels::CpuBackend, params)?
+    check_batch(b, t, cfg.max_seq_len)?;
+    let params = vec![0.0f32; crate::gpt2::param_layout(&cfg).total()];
+    let model = Gpt2::new(cfg, octet_kernels::CpuBackend, params)?
         .with_precision(precision, &octet_core::scaling::Recipe::default())?;
+    Ok(planned(model, b, t))
+}
+
+/// `plan` for a Llama model (e.g. `LlamaConfig::smollm2_135m()`, the domain-adaptation base).
+pub fn plan_llama(
+    cfg: crate::llama::LlamaConfig,
+    precision: crate::precision::Precision,
+    b: usize,
+    t: usize,
+) -> octet_core::Result<Ledger> {
+    check_batch(b, t, cfg.max_seq_len)?;
+    let params = vec![0.0f32; crate::llama::param_layout(&cfg).total()];
+    let model = crate::llama::Llama::new(cfg, octet_kernels::CpuBackend, params)?
+        .with_precision(precision, &octet_core::scaling::Recipe::default())?;
+    Ok(planned(model, b, t))
+}
+
+fn check_batch(b: usize, t: usize, max_seq_len: usize) -> octet_core::Result<()> {
+    if t == 0 || t > max_seq_len || b == 0 {
+        return Err(octet_core::Error::config("seq", format!("need 0 < seq <= {max_seq_len} and batch > 0")));
+    }
+    Ok(())
+}
+
+fn planned(mut model: impl LanguageModel, b: usize, t: usize) -> Ledger {
     model.ensure_acts(b, t);
     let opt = crate::step::Optimizer::for_model(&model, Default::default());
-    Ok(Ledger::of(&model, opt.state_bytes()))
+    Ledger::of(&model, opt.state_bytes())
 }

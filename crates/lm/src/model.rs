@@ -1,13 +1,15 @@
 //! The one interface the trainer, the training benchmark, the memory ledger and the sampler drive a
 //! decoder-only language model through, so `octet train --block ...` runs every block kind with the
-//! same loop, checkpoints and precision levels as GPT-2. Implemented for the f32 CPU models: `Gpt2`
-//! and `BlocksLm` (Pre-LN, Parallel, SAS, SAS-P, SAS-P without norms).
+//! same loop, checkpoints and precision levels as GPT-2. Implemented for the f32 CPU models: `Gpt2`,
+//! `BlocksLm` (Pre-LN, Parallel, SAS, SAS-P, SAS-P without norms) and `Llama` (trained through
+//! `step::train_step`; the CLI trainer builds GPT-2 shapes only).
 
 use octet_core::{Result, Slab};
 use octet_kernels::CpuBackend;
 
 use crate::blocks::{self, BlocksLm};
 use crate::gpt2::{self, Gpt2, Gpt2Config};
+use crate::llama::{self, Llama};
 use crate::narrow::Narrow;
 use crate::precision::{LinearScaling, Precision};
 
@@ -48,6 +50,8 @@ pub trait LanguageModel {
     fn activation_elems(&self) -> (usize, usize, usize);
     /// Bytes of f32 buffers besides the weight-related state (the narrow levels' working set).
     fn working_bytes(&self) -> usize;
+    /// Allocate activations for (B, T) batches (forward does this on demand).
+    fn ensure_acts(&mut self, b: usize, t: usize);
 }
 
 macro_rules! impl_language_model {
@@ -110,12 +114,16 @@ macro_rules! impl_language_model {
             fn working_bytes(&self) -> usize {
                 if self.narrow.is_some() { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
             }
+            fn ensure_acts(&mut self, b: usize, t: usize) {
+                <$ty>::ensure_acts(self, b, t)
+            }
         }
     };
 }
 
 impl_language_model!(Gpt2<CpuBackend>, gpt2::param_layout, gpt2::decay_flags);
 impl_language_model!(BlocksLm<CpuBackend>, blocks::param_layout, blocks::decay_flags);
+impl_language_model!(Llama<CpuBackend>, llama::param_layout, llama::decay_flags);
 
 /// The model a configuration names: GPT-2 (`block` None) or a `BlocksLm` of that block kind with
 /// GPT-2's shape, freshly initialised from `seed` at `precision`.

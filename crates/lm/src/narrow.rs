@@ -189,6 +189,39 @@ impl Narrow {
     }
 }
 
+/// Where layer `l`'s weights are in a model's f32 parameter buffer for its forward: with narrow
+/// storage, decoded into the working set's one block (index 0); without, layer `l` in place.
+pub fn stage_forward<F: 'static>(narrow: Option<&Narrow>, l: usize, params: &mut [F]) -> usize {
+    match narrow {
+        Some(nw) => {
+            nw.stage_layer(l, as_f32_mut(params));
+            0
+        }
+        None => l,
+    }
+}
+
+/// The same for layer `l`'s backward, whose gradient block is also zeroed in the working set (it is
+/// encoded by `store_backward` after the layer). Re-decodes the layer even when forward left it staged,
+/// so nothing run in between (sampling, a cached forward) can leave stale weights there.
+pub fn stage_backward<F: 'static>(narrow: Option<&Narrow>, l: usize, params: &mut [F], grads: &mut [F]) -> usize {
+    match narrow {
+        Some(nw) => {
+            nw.stage_layer(l, as_f32_mut(params));
+            nw.zero_layer_grads(l, as_f32_mut(grads));
+            0
+        }
+        None => l,
+    }
+}
+
+/// After layer `l`'s backward: its f32 gradient block into E4M3 (no-op without narrow storage).
+pub fn store_backward<F: 'static>(narrow: Option<&mut Narrow>, l: usize, grads: &[F]) {
+    if let Some(nw) = narrow {
+        nw.store_layer_grads(l, as_f32(grads));
+    }
+}
+
 /// `x` as f32 when `F` is f32 (narrow storage is f32-only; the f64 reference backend never uses it).
 pub fn as_f32_mut<F: 'static>(x: &mut [F]) -> &mut [f32] {
     assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>(), "narrow storage needs f32 compute");

@@ -1,6 +1,7 @@
 //! Llama on the fast CPU backend against the same model on the f64 reference backend (forward, loss,
 //! every gradient), the generation forwards (last row only; key/value cache) and cached generation
-//! against the training forward, a short training run at every implemented precision, configuration
+//! against the training forward, a short training run at every precision level, the narrow levels
+//! (fp8-o1/o2) against fp8-te on their f16 weights, configuration
 //! errors, and the ChatML chat template.
 
 use octet_core::scaling::Recipe;
@@ -8,9 +9,10 @@ use octet_core::{Rng, Tolerance};
 use octet_kernels::Backend;
 use octet_kernels::{CpuBackend, RefBackend};
 use octet_lm::generate::SampleConfig;
-use octet_lm::llama::{ChatMl, KvCache, Llama, LlamaConfig, decay_flags, generate, init_params, param_layout};
+use octet_lm::llama::{ChatMl, KvCache, Llama, LlamaConfig, generate, init_params, param_layout};
 use octet_lm::precision::Precision;
-use octet_optim::{AdamW, AdamWConfig};
+use octet_lm::step::{GradScaler, Optimizer, train_step};
+use octet_optim::{AdamWConfig, ScaledBuf, StateFormat};
 
 /// f32 against f64 through the whole model: the preset for exactly this (errors compound through layers;
 /// RMSNorm, attention softmax and the loss softmax amplify).
@@ -125,29 +127,64 @@ fn llama_learns_a_fixed_batch_at_every_precision() {
     let cfg = LlamaConfig::tiny();
     let (b, t) = (4, 16);
     let (x, y) = batch(&cfg, b, t, 10);
-    for p in [Precision::Fp32, Precision::Bf16, Precision::Fp8Te] {
+    for p in Precision::ALL {
         let mut m = Llama::new(cfg, CpuBackend, init_params(&cfg, &param_layout(&cfg), 1))
             .unwrap()
             .with_precision(p, &Recipe::default())
             .unwrap();
-        let layout = m.params.layout.clone();
-        let mut opt = AdamW::new(
-            layout.clone(),
-            decay_flags(&layout),
-            AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 },
-        );
+        let mut opt = Optimizer::for_model(&m, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 });
+        let mut sc = GradScaler::default();
         let mut losses = vec![];
         for _ in 0..60 {
-            m.zero_grad();
-            losses.push(m.forward(&x, Some(&y), b, t).unwrap().unwrap());
-            m.backward().unwrap();
-            let g = m.grads.data.clone();
-            opt.update(&mut m.params.data, &g, 1e-2);
+            let out = train_step(&mut m, &mut opt, &mut sc, &x, &y, b, t, 0.0, 1e-2).unwrap();
+            assert!(!out.skipped, "{p}");
+            losses.push(out.loss);
         }
         // Starts at ln(61) ~ 4.11 (near-uniform predictions); 64 random targets are memorised.
         let (first, last) = (losses[0], *losses.last().unwrap());
         assert!((first - (cfg.vocab_size as f64).ln()).abs() < 0.05, "{p}: initial loss {first}");
         assert!(last < 0.5, "{p}: loss {first} -> {last} after 60 steps");
+    }
+}
+
+/// At fp8-o1 / fp8-o2 Llama keeps f16 weights and E4M3 gradients per layer unit (`octet_lm::narrow`)
+/// and stages one block at a time: its forward is fp8-te's on the same f16 weights bit for bit, its
+/// stored gradients are fp8-te's encoded per unit, and the cached (generation) forward stages too.
+#[test]
+fn narrow_levels_compute_fp8_te_on_their_f16_weights() {
+    for cfg in [LlamaConfig::tiny(), LlamaConfig { tied_embeddings: false, n_layer: 3, ..LlamaConfig::tiny() }] {
+        let (b, t) = (2, 8);
+        let (x, y) = batch(&cfg, b, t, 8);
+        let r = Recipe::default();
+        for p in [Precision::Fp8O1, Precision::Fp8O2] {
+            let mut nar = Llama::new(cfg, CpuBackend, params(&cfg, 7)).unwrap().with_precision(p, &r).unwrap();
+            let nw = nar.narrow.as_ref().expect("narrow storage");
+            assert_eq!(nw.weights.format(), StateFormat::F16);
+            assert!(nar.params.data.len() < param_layout(&cfg).total(), "f32 working set holds one block");
+            let w16 = nar.params_f32();
+            let mut te =
+                Llama::new(cfg, CpuBackend, w16.clone()).unwrap().with_precision(Precision::Fp8Te, &r).unwrap();
+            let (ln, lt) = (nar.forward(&x, Some(&y), b, t).unwrap(), te.forward(&x, Some(&y), b, t).unwrap());
+            assert_eq!(ln, lt, "{p}: loss");
+            nar.backward().unwrap();
+            te.backward().unwrap();
+            let nw = nar.narrow.as_ref().unwrap();
+            assert!(!nw.overflow);
+            let want = ScaledBuf::from_f32(StateFormat::E4M3, nw.units.clone(), &te.grads.data);
+            assert_eq!(nw.grads, want, "{p}: gradients");
+            // Generation at a narrow level: the cached forward equals fp32 on the f16 weights.
+            let mut fp32 = Llama::new(cfg, CpuBackend, w16).unwrap();
+            let (mut c1, mut c2) = (KvCache::new(&cfg, 8), KvCache::new(&cfg, 8));
+            let a = nar.forward_cached(&mut c1, &x[..5]).unwrap();
+            let e = fp32.forward_cached(&mut c2, &x[..5]).unwrap();
+            assert_eq!(a, e, "{p}: cached forward");
+        }
+        // Back to fp32: the f16 weights come out over the full layout.
+        let m = Llama::new(cfg, CpuBackend, params(&cfg, 7)).unwrap().with_precision(Precision::Fp8O2, &r).unwrap();
+        let w16 = m.params_f32();
+        let back = m.with_precision(Precision::Fp32, &r).unwrap();
+        assert!(back.narrow.is_none());
+        assert_eq!(back.params.data, w16);
     }
 }
 
