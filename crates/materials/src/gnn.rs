@@ -34,8 +34,8 @@ use std::sync::Arc;
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::GraphBatch;
-use crate::ops::{self, Num};
+use crate::graph::{self, BASIS_WIDTH, GraphBatch};
+use crate::ops::{self, EdgeFeatures, Num};
 
 /// Rows of the embedding table: atomic numbers 0..=118 (row 0 unused).
 pub const NUM_Z: usize = 119;
@@ -253,23 +253,24 @@ impl<T: Num> Gnn<T> {
         self.forward_impl(acts, batch, true)
     }
 
-    /// Like `forward` but without saving the per-edge pre-activations (inference).
-    pub fn predict(&self, acts: &mut Acts<T>, batch: &GraphBatch) -> Result<Vec<T>> {
+    /// The exact forward without saving activations: every edge's basis projected by the dense
+    /// layer, as in training (the reference `predict` is tested against).
+    pub fn predict_exact(&self, acts: &mut Acts<T>, batch: &GraphBatch) -> Result<Vec<T>> {
         self.forward_impl(acts, batch, false)
+    }
+
+    /// Per-atom predictions y (B) for inference: `predict_with` on tables built for this batch's
+    /// longest edge. Screening many batches with one model should build the tables once
+    /// (`inference_tables`) and call `predict_with`.
+    pub fn predict(&self, batch: &GraphBatch) -> Result<Vec<T>> {
+        let tables = self.inference_tables(batch.max_distance() as f64);
+        self.predict_with(&tables, batch)
     }
 
     fn forward_impl(&self, acts: &mut Acts<T>, batch: &GraphBatch, save: bool) -> Result<Vec<T>> {
         let (n, e, b, d, k) =
             (batch.num_nodes(), batch.num_edges(), batch.num_graphs(), self.cfg.width, self.cfg.basis_dim);
-        if batch.basis_dim != k {
-            return Err(Error::config(
-                "basis_dim",
-                format!("model expects edge basis {k}, batch has {}", batch.basis_dim),
-            ));
-        }
-        if let Some(&z) = batch.species.iter().find(|&&z| z as usize >= NUM_Z || z == 0) {
-            return Err(Error::config("species", format!("atomic number {z} outside 1..{NUM_Z}")));
-        }
+        self.check_batch(batch)?;
         let basis = T::from_f32_slice(&batch.basis);
         acts.ones = vec![T::one(); b];
         acts.inv_nodes = (0..b).map(|g| T::from_f64(1.0 / batch.nodes_of(g) as f64)).collect();
@@ -290,10 +291,12 @@ impl<T: Num> Gnn<T> {
         let mut gpq = vec![T::zero(); b * 2 * d];
         let mut gpq_node = vec![T::zero(); n * 2 * d];
         let mut pq = vec![T::zero(); n * 2 * d];
-        let mut fb = vec![T::zero(); e * d];
         let u = batch.pair_first.len();
         let basis_pair = pair_rows(&basis, &batch.pair_first, k);
-        let mut fb_pair = vec![T::zero(); u * d];
+        let (mut fb, mut fb_pair) = match k {
+            0 => (Vec::new(), Vec::new()),
+            _ => (vec![T::zero(); e * d], vec![T::zero(); u * d]),
+        };
         let mut agg = vec![T::zero(); n * d];
         let mut tmp_n = vec![T::zero(); n * d];
         let mut hm = vec![T::zero(); b * d];
@@ -306,7 +309,7 @@ impl<T: Num> Gnn<T> {
             ops::segment_broadcast(&mut gpq_node, &gpq, &batch.node_offsets, &acts.ones, 2 * d);
             pq.iter_mut().zip(&gpq_node).for_each(|(p, &x)| *p = *p + x);
             // fb = basis Wb^T + bb, projected once per (edge, reverse) pair.
-            match ids.basis_w {
+            let fb_src = match ids.basis_w {
                 Some(w) => {
                     T::matmul_forward(&mut fb_pair, &basis_pair, self.p(w), Some(self.p(ids.basis_b)), u, k, d);
                     for (h, &e0) in batch.pair_first.iter().enumerate() {
@@ -314,14 +317,15 @@ impl<T: Num> Gnn<T> {
                         fb[e0 as usize * d..][..d].copy_from_slice(row);
                         fb[batch.reverse[e0 as usize] as usize * d..][..d].copy_from_slice(row);
                     }
+                    EdgeFeatures::Rows(&fb)
                 }
-                None => fb.chunks_mut(d).for_each(|r| r.copy_from_slice(self.p(ids.basis_b))),
-            }
+                None => EdgeFeatures::Const(self.p(ids.basis_b)),
+            };
             if save {
                 sa.pre.resize(e * d, T::zero());
             }
             let pre = if save { Some(&mut sa.pre[..]) } else { None };
-            ops::edge_message_forward(&mut agg, pre, &pq, &fb, &batch.edge_offsets, &batch.neighbors, inv_adj, d);
+            ops::edge_message_forward(&mut agg, pre, &pq, fb_src, &batch.edge_offsets, &batch.neighbors, inv_adj, d);
             // a = [h, agg] W1^T + b1 + broadcast(g W1g^T).
             sa.xn.resize(n * 2 * d, T::zero());
             ops::concat_columns(&mut sa.xn, &[(&h, d), (&agg, d)]);
@@ -493,6 +497,230 @@ impl<T: Num> Gnn<T> {
             }
             None => T::matmul_backward(dinp, grads.get_mut(w), None, dout, inp, self.p(w), n, ic, oc),
         }
+    }
+}
+
+/// Grid spacing h (A) of the tabulated edge-basis projection used by inference.
+pub const TABLE_STEP: f64 = 1.0 / 128.0;
+
+/// What inference precomputes once per model (`Gnn::inference_tables`).
+///
+/// Edge basis: fb(r) = basis(r) Wb^T + bb depends on the edge length alone, so each step's
+/// projection is tabulated at r_i = i h (h = `TABLE_STEP`) and linearly interpolated per edge
+/// (`ops::EdgeFeatures::Table`): no per-edge K x D product and no (E, D) fb matrix. Error: linear
+/// interpolation of a C^2 function on a grid of spacing h errs by at most h^2/8 max|f''|; each
+/// Gaussian exp(-(r - c)^2 / w^2) has |second derivative| <= 2 / w^2 (at r = c), so
+/// |fb_j(r) - interpolated| <= h^2 / (4 w^2) sum_k |Wb_jk| (`interpolation_bound`, the maximum over
+/// steps and output columns; plus f32 rounding).
+///
+/// Step 0: every node starts from h = scale_n Embed[Z_n] and every graph's global node from the
+/// same parameter g0, so the step-0 products by h and g are per-element rows and constants:
+/// [P | Q] = scale_n (Embed We^T)[Z_n] + (be + g0 Weg^T), and the node MLP's h and g terms
+/// scale_n (Embed W1h^T)[Z_n] + (b1 + g0 W1g^T); only agg W1a^T remains a product per node.
+#[derive(Clone, Debug)]
+pub struct InferenceTables<T> {
+    /// Per step: fb(r_i) (R, D); empty without an edge basis.
+    basis: Vec<Vec<T>>,
+    /// Longest edge the tables cover (A): (R - 2) h (one spare row past it).
+    pub r_max: f64,
+    /// See the type doc (A^0: same unit as the pre-activations).
+    pub interpolation_bound: f64,
+    elem_pq: Vec<T>, // (NUM_Z, 2D) Embed We^T
+    elem_a: Vec<T>,  // (NUM_Z, D) Embed W1h^T
+    c_pq: Vec<T>,    // (2D) be + g0 Weg^T
+    c_a: Vec<T>,     // (D) b1 + g0 W1g^T
+    w1_agg: Vec<T>,  // (D, D) columns D..2D of step 0's node1.w
+}
+
+impl<T: Num> InferenceTables<T> {
+    /// Step `step`'s interpolated fb rows (E, D) for edge lengths `distances` (what the fused
+    /// message kernel computes per edge; for tests and inspection).
+    pub fn edge_rows(&self, step: usize, distances: &[f32]) -> Vec<T> {
+        let d = self.c_a.len();
+        let mut out = vec![T::zero(); distances.len() * d];
+        let f = EdgeFeatures::Table { table: &self.basis[step], inv_h: 1.0 / TABLE_STEP, distances };
+        ops::expand_edge_features(&mut out, &f, d);
+        out
+    }
+}
+
+impl<T: Num> Gnn<T> {
+    /// Inference tables for edges up to `r_max` A (see `InferenceTables`).
+    pub fn inference_tables(&self, r_max: f64) -> InferenceTables<T> {
+        let (d, k) = (self.cfg.width, self.cfg.basis_dim);
+        let r_max = if r_max.is_finite() { r_max.max(0.0) } else { 0.0 };
+        let rows = (r_max / TABLE_STEP).ceil() as usize + 2;
+        let grid: Vec<f64> = (0..rows).map(|i| i as f64 * TABLE_STEP).collect();
+        let mut basis_grid = vec![0.0f32; if k > 0 { rows * k } else { 0 }];
+        if k > 0 {
+            graph::gaussian_basis(&mut basis_grid, &grid);
+        }
+        let basis_grid = T::from_f32_slice(&basis_grid);
+        let mut bound = 0.0f64;
+        let basis = self
+            .ids
+            .steps
+            .iter()
+            .map(|ids| match ids.basis_w {
+                Some(w) => {
+                    let wb = self.p(w);
+                    for row in wb.chunks(k) {
+                        let l1: f64 = row.iter().map(|&x| Into::<f64>::into(x).abs()).sum();
+                        bound = bound.max(l1 * TABLE_STEP * TABLE_STEP / (4.0 * BASIS_WIDTH * BASIS_WIDTH));
+                    }
+                    let mut t = vec![T::zero(); rows * d];
+                    T::matmul_forward(&mut t, &basis_grid, wb, Some(self.p(ids.basis_b)), rows, k, d);
+                    t
+                }
+                None => Vec::new(),
+            })
+            .collect();
+        let s0 = &self.ids.steps[0];
+        let emb = self.p(self.ids.embed);
+        let g0 = self.p(self.ids.global);
+        let mut elem_pq = vec![T::zero(); NUM_Z * 2 * d];
+        T::matmul_forward(&mut elem_pq, emb, self.p(s0.edge_w), None, NUM_Z, d, 2 * d);
+        let mut c_pq = vec![T::zero(); 2 * d];
+        T::matmul_forward(&mut c_pq, g0, self.p(s0.edge_wg), Some(self.p(s0.edge_b)), 1, d, 2 * d);
+        let w1 = self.p(s0.node1_w); // (D, 2D): [W1h | W1a]
+        let (mut w1_h, mut w1_agg) = (vec![T::zero(); d * d], vec![T::zero(); d * d]);
+        ops::copy_columns(&mut w1_h, w1, 0, d, 2 * d);
+        ops::copy_columns(&mut w1_agg, w1, d, d, 2 * d);
+        let mut elem_a = vec![T::zero(); NUM_Z * d];
+        T::matmul_forward(&mut elem_a, emb, &w1_h, None, NUM_Z, d, d);
+        let mut c_a = vec![T::zero(); d];
+        T::matmul_forward(&mut c_a, g0, self.p(s0.node1_wg), Some(self.p(s0.node1_b)), 1, d, d);
+        InferenceTables {
+            basis,
+            r_max: (rows - 2) as f64 * TABLE_STEP,
+            interpolation_bound: bound,
+            elem_pq,
+            elem_a,
+            c_pq,
+            c_a,
+            w1_agg,
+        }
+    }
+
+    /// Per-atom predictions y (B) from tables of this model (`inference_tables`): the same
+    /// function as `predict_exact` up to the tables' interpolation error (and f32 rounding).
+    pub fn predict_with(&self, tables: &InferenceTables<T>, batch: &GraphBatch) -> Result<Vec<T>> {
+        let (n, b, d, k) = (batch.num_nodes(), batch.num_graphs(), self.cfg.width, self.cfg.basis_dim);
+        self.check_batch(batch)?;
+        if k > 0 {
+            if batch.distances.len() != batch.num_edges() {
+                return Err(Error::config("distances", "the batch has no edge lengths for the tabulated basis"));
+            }
+            let r = batch.max_distance() as f64;
+            if r > tables.r_max {
+                return Err(Error::config(
+                    "r_max",
+                    format!("an edge of {r} A is longer than the tables' {} A", tables.r_max),
+                ));
+            }
+        }
+        let ones = vec![T::one(); b];
+        let inv_nodes: Vec<T> = (0..b).map(|g| T::from_f64(1.0 / batch.nodes_of(g) as f64)).collect();
+        let inv_adj = T::from_f64(1.0 / self.cfg.avg_adjacency);
+        let inv_h = 1.0 / TABLE_STEP;
+
+        let mut h = vec![T::zero(); n * d];
+        let mut pq = vec![T::zero(); n * 2 * d];
+        let mut a = vec![T::zero(); n * d];
+        let emb = self.p(self.ids.embed);
+        for (i, ((hr, pr), ar)) in h.chunks_mut(d).zip(pq.chunks_mut(2 * d)).zip(a.chunks_mut(d)).enumerate() {
+            let (z, c) = (batch.species[i] as usize, T::from_f32(batch.node_scale[i]));
+            for ((o, &w), &x) in pr.iter_mut().zip(&tables.elem_pq[z * 2 * d..][..2 * d]).zip(&tables.c_pq) {
+                *o = c * w + x;
+            }
+            for ((o, &w), &x) in ar.iter_mut().zip(&tables.elem_a[z * d..][..d]).zip(&tables.c_a) {
+                *o = c * w + x;
+            }
+            for (o, &w) in hr.iter_mut().zip(&emb[z * d..][..d]) {
+                *o = c * w;
+            }
+        }
+        let mut g: Vec<T> = self.p(self.ids.global).iter().copied().cycle().take(b * d).collect();
+
+        let mut gpq = vec![T::zero(); b * 2 * d];
+        let mut gpq_node = vec![T::zero(); n * 2 * d];
+        let mut agg = vec![T::zero(); n * d];
+        let mut tmp_n = vec![T::zero(); n * d];
+        let mut s = vec![T::zero(); n * d];
+        let mut xn = vec![T::zero(); n * 2 * d];
+        let mut hm = vec![T::zero(); b * d];
+        let mut xg = vec![T::zero(); b * 2 * d];
+        let mut ag = vec![T::zero(); b * d];
+        let mut tmp_b = vec![T::zero(); b * d];
+        for (t, ids) in self.ids.steps.iter().enumerate() {
+            if t > 0 {
+                // [P | Q] = h We^T + be + broadcast(g Weg^T).
+                T::matmul_forward(&mut pq, &h, self.p(ids.edge_w), Some(self.p(ids.edge_b)), n, d, 2 * d);
+                T::matmul_forward(&mut gpq, &g, self.p(ids.edge_wg), None, b, d, 2 * d);
+                ops::segment_broadcast(&mut gpq_node, &gpq, &batch.node_offsets, &ones, 2 * d);
+                pq.iter_mut().zip(&gpq_node).for_each(|(p, &x)| *p = *p + x);
+            }
+            let fb = match ids.basis_w {
+                Some(_) => EdgeFeatures::Table { table: &tables.basis[t], inv_h, distances: &batch.distances },
+                None => EdgeFeatures::Const(self.p(ids.basis_b)),
+            };
+            ops::edge_message_forward(&mut agg, None, &pq, fb, &batch.edge_offsets, &batch.neighbors, inv_adj, d);
+            if t == 0 {
+                // a = (per-element and constant terms, above) + agg W1a^T.
+                T::matmul_forward(&mut tmp_n, &agg, &tables.w1_agg, None, n, d, d);
+                a.iter_mut().zip(&tmp_n).for_each(|(a, &x)| *a = *a + x);
+            } else {
+                // a = [h, agg] W1^T + b1 + broadcast(g W1g^T).
+                ops::concat_columns(&mut xn, &[(&h, d), (&agg, d)]);
+                T::matmul_forward(&mut a, &xn, self.p(ids.node1_w), Some(self.p(ids.node1_b)), n, 2 * d, d);
+                T::matmul_forward(&mut tmp_b, &g, self.p(ids.node1_wg), None, b, d, d);
+                ops::segment_broadcast(&mut tmp_n, &tmp_b, &batch.node_offsets, &ones, d);
+                a.iter_mut().zip(&tmp_n).for_each(|(a, &x)| *a = *a + x);
+            }
+            ops::swish_forward(&mut s, &a);
+            T::matmul_forward(&mut tmp_n, &s, self.p(ids.node2_w), Some(self.p(ids.node2_b)), n, d, d);
+            h.iter_mut().zip(&tmp_n).for_each(|(h, &u)| *h = *h + u);
+
+            ops::segment_sum(&mut hm, &h, &batch.node_offsets, &inv_nodes, d);
+            ops::concat_columns(&mut xg, &[(&hm, d), (&g, d)]);
+            T::matmul_forward(&mut ag, &xg, self.p(ids.glob1_w), Some(self.p(ids.glob1_b)), b, 2 * d, d);
+            ops::swish_forward(&mut tmp_b, &ag);
+            T::matmul_forward(&mut ag, &tmp_b, self.p(ids.glob2_w), Some(self.p(ids.glob2_b)), b, d, d);
+            g.iter_mut().zip(&ag).for_each(|(g, &u)| *g = *g + u);
+        }
+        Ok(self.readout(&h, &g, batch, &inv_nodes))
+    }
+
+    /// y = scale * (swish([mean_graph(h), g] R1^T + r1) R2^T + r2) + shift (inference).
+    fn readout(&self, h: &[T], g: &[T], batch: &GraphBatch, inv_nodes: &[T]) -> Vec<T> {
+        let (b, d) = (batch.num_graphs(), self.cfg.width);
+        let mut hm = vec![T::zero(); b * d];
+        ops::segment_sum(&mut hm, h, &batch.node_offsets, inv_nodes, d);
+        let mut xr = vec![T::zero(); b * 2 * d];
+        ops::concat_columns(&mut xr, &[(&hm, d), (g, d)]);
+        let mut ar = vec![T::zero(); b * d];
+        T::matmul_forward(&mut ar, &xr, self.p(self.ids.read1_w), Some(self.p(self.ids.read1_b)), b, 2 * d, d);
+        let mut sr = vec![T::zero(); b * d];
+        ops::swish_forward(&mut sr, &ar);
+        let mut out = vec![T::zero(); b];
+        T::matmul_forward(&mut out, &sr, self.p(self.ids.read2_w), Some(self.p(self.ids.read2_b)), b, d, 1);
+        let (scale, shift) = (T::from_f64(self.cfg.scale), T::from_f64(self.cfg.shift));
+        out.into_iter().map(|o| scale * o + shift).collect()
+    }
+
+    /// The batch matches the model (basis width, atomic numbers in the embedding table).
+    fn check_batch(&self, batch: &GraphBatch) -> Result<()> {
+        let k = self.cfg.basis_dim;
+        if batch.basis_dim != k {
+            return Err(Error::config(
+                "basis_dim",
+                format!("model expects edge basis {k}, batch has {}", batch.basis_dim),
+            ));
+        }
+        if let Some(&z) = batch.species.iter().find(|&&z| z as usize >= NUM_Z || z == 0) {
+            return Err(Error::config("species", format!("atomic number {z} outside 1..{NUM_Z}")));
+        }
+        Ok(())
     }
 }
 

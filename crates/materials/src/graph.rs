@@ -73,6 +73,9 @@ pub struct Graph {
     pub basis: Vec<f32>,
     /// Columns of `basis` (NUM_BASIS or 0).
     pub basis_dim: usize,
+    /// Edge lengths (A), from which `basis` is computed (inference interpolates a per-model table
+    /// of the projected basis in them instead); empty for composition graphs.
+    pub distances: Vec<f32>,
     /// The readout multiplier: atoms in the cell (structures) or 1 (compositions).
     pub atoms: f32,
 }
@@ -114,6 +117,7 @@ pub fn structure_graph(s: &Structure, cutoff: f64) -> Result<Graph> {
         reverse,
         basis,
         basis_dim: NUM_BASIS,
+        distances: nl.distances.iter().map(|&r| r as f32).collect(),
         atoms: s.num_sites() as f32,
     })
 }
@@ -143,6 +147,7 @@ pub fn composition_graph(c: &Composition) -> Result<Graph> {
         reverse,
         basis: Vec::new(),
         basis_dim: 0,
+        distances: Vec::new(),
         atoms: 1.0,
     })
 }
@@ -161,6 +166,8 @@ pub struct GraphBatch {
     pub reverse: Vec<u32>,
     pub basis: Vec<f32>,
     pub basis_dim: usize,
+    /// Edge lengths (A) (E), empty for composition graphs.
+    pub distances: Vec<f32>,
     /// One edge of each (edge, reverse) pair, in edge order: e with e <= reverse[e]. The two edges
     /// of a pair have the same length, hence the same basis row, so the model projects the basis
     /// once per pair.
@@ -198,6 +205,7 @@ impl GraphBatch {
             reverse: Vec::with_capacity(edges),
             basis: Vec::with_capacity(edges * basis_dim),
             basis_dim,
+            distances: Vec::with_capacity(if basis_dim > 0 { edges } else { 0 }),
             pair_first: Vec::with_capacity(edges / 2 + 1),
             atoms: Vec::with_capacity(graphs.len()),
         };
@@ -214,6 +222,7 @@ impl GraphBatch {
             b.neighbors.extend(g.neighbors.iter().map(|&c| c + n0));
             b.reverse.extend(g.reverse.iter().map(|&c| c + e0));
             b.basis.extend_from_slice(&g.basis);
+            b.distances.extend_from_slice(&g.distances);
             b.atoms.push(g.atoms);
             // Edges are grouped by center in node order: count per node.
             let mut counts = vec![0u32; g.num_nodes()];
@@ -231,6 +240,11 @@ impl GraphBatch {
         }
         b.pair_first = (0..b.reverse.len() as u32).filter(|&e| e <= b.reverse[e as usize]).collect();
         Ok(b)
+    }
+
+    /// The longest edge (A), 0 without edge lengths.
+    pub fn max_distance(&self) -> f32 {
+        self.distances.iter().fold(0.0f32, |m, &r| m.max(r))
     }
 
     /// Nodes per graph.

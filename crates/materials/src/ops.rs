@@ -193,16 +193,64 @@ pub fn edge_gather_forward<T: Num>(pre: &mut [T], pq: &[T], fb: &[T], a: &[u32],
     );
 }
 
+/// The per-edge term fb_e of the message pre-activation, in one of three forms.
+#[derive(Clone, Copy, Debug)]
+pub enum EdgeFeatures<'a, T> {
+    /// One row per edge: fb (E, D).
+    Rows(&'a [T]),
+    /// A function of the edge length, tabulated at r_i = i h (`table` (R, D), R >= 2, `inv_h` = 1/h)
+    /// and linearly interpolated: fb_e = T[i] + (t - i) (T[i+1] - T[i]), t = r_e / h,
+    /// i = min(floor(t), R - 2). Lengths must lie in [0, (R - 1) h] (`gnn::BasisTable` checks).
+    Table { table: &'a [T], inv_h: f64, distances: &'a [f32] },
+    /// The same row (D) for every edge (composition graphs: the bias alone).
+    Const(&'a [T]),
+}
+
+impl<T: Num> EdgeFeatures<'_, T> {
+    /// fb_e written into `out` (D); the definition the fused kernel inlines.
+    #[inline(always)]
+    fn row_into(&self, out: &mut [T], e: usize) {
+        match *self {
+            EdgeFeatures::Rows(fb) => out.copy_from_slice(&fb[e * out.len()..][..out.len()]),
+            EdgeFeatures::Const(c) => out.copy_from_slice(c),
+            EdgeFeatures::Table { table, inv_h, distances } => {
+                let d = out.len();
+                let (i, a) = table_index::<T>(distances[e], inv_h, table.len() / d);
+                let (t0, t1) = (&table[i * d..][..d], &table[(i + 1) * d..][..d]);
+                for k in 0..d {
+                    out[k] = t0[k] + a * (t1[k] - t0[k]);
+                }
+            }
+        }
+    }
+}
+
+/// Interval index and weight of length r in a table of `rows` rows at spacing 1/inv_h.
+#[inline(always)]
+fn table_index<T: Num>(r: f32, inv_h: f64, rows: usize) -> (usize, T) {
+    let t = r as f64 * inv_h;
+    let i = (t as usize).min(rows - 2);
+    (i, T::from_f64(t - i as f64))
+}
+
+/// Every edge's fb row (E, D), from any form (tests and references).
+pub fn expand_edge_features<T: Num>(out: &mut [T], f: &EdgeFeatures<'_, T>, d: usize) {
+    for (e, row) in out.chunks_mut(d).enumerate() {
+        f.row_into(row, e);
+    }
+}
+
 /// Fused message step, per center node n (in parallel): pre_e = pq[n, ..D] + pq[nb_e, D..] +
-/// fb[e] for its edges e (written to `pre` when given: training saves it), and
-/// agg[n] = inv_adj * sum_e swish(pre_e). Equals `edge_gather_forward`, `swish_forward` and
-/// `segment_sum` in turn (the test's reference) without materialising the messages.
+/// fb_e for its edges e (fb_e from `fb`, see `EdgeFeatures`; pre written to `pre` when given:
+/// training saves it), and agg[n] = inv_adj * sum_e swish(pre_e). Equals `expand_edge_features`,
+/// `edge_gather_forward`, `swish_forward` and `segment_sum` in turn (the test's reference) without
+/// materialising the messages or, for a table, the fb rows.
 #[allow(clippy::too_many_arguments)]
 pub fn edge_message_forward<T: Num>(
     agg: &mut [T],
     pre: Option<&mut [T]>,
     pq: &[T],
-    fb: &[T],
+    fb: EdgeFeatures<'_, T>,
     offsets: &[u32],
     neighbors: &[u32],
     inv_adj: T,
@@ -211,7 +259,7 @@ pub fn edge_message_forward<T: Num>(
     let body = |n: usize, a: &mut [T], pre: Option<&mut [T]>| {
         with_simd(
             #[inline(always)]
-            || message_node(n, a, pre, pq, fb, offsets, neighbors, inv_adj, d),
+            || message_node(n, a, pre, pq, &fb, offsets, neighbors, inv_adj, d),
         )
     };
     match pre {
@@ -242,36 +290,54 @@ fn message_node<T: Num>(
     a: &mut [T],
     mut pre: Option<&mut [T]>,
     pq: &[T],
-    fb: &[T],
+    fb: &EdgeFeatures<'_, T>,
     offsets: &[u32],
     neighbors: &[u32],
     inv_adj: T,
     d: usize,
 ) {
+    let a = &mut a[..d];
     a.fill(T::zero());
     let (lo, hi) = (offsets[n] as usize, offsets[n + 1] as usize);
     let p = &pq[n * 2 * d..][..d];
     for e in lo..hi {
         let q = &pq[neighbors[e] as usize * 2 * d + d..][..d];
-        let f = &fb[e * d..][..d];
-        match pre.as_deref_mut() {
-            Some(pr) => {
-                let pr = &mut pr[(e - lo) * d..][..d];
-                for k in 0..d {
-                    let x = p[k] + q[k] + f[k];
-                    pr[k] = x;
-                    a[k] = a[k] + x * x.sigmoid();
-                }
+        let pr = pre.as_deref_mut().map(|pr| &mut pr[(e - lo) * d..][..d]);
+        match *fb {
+            EdgeFeatures::Rows(f) => {
+                let f = &f[e * d..][..d];
+                swish_sum(a, pr, |k| p[k] + q[k] + f[k]);
             }
-            None => {
-                for k in 0..d {
-                    let x = p[k] + q[k] + f[k];
-                    a[k] = a[k] + x * x.sigmoid();
-                }
+            EdgeFeatures::Const(f) => swish_sum(a, pr, |k| p[k] + q[k] + f[k]),
+            EdgeFeatures::Table { table, inv_h, distances } => {
+                let (i, w) = table_index::<T>(distances[e], inv_h, table.len() / d);
+                let (t0, t1) = (&table[i * d..][..d], &table[(i + 1) * d..][..d]);
+                swish_sum(a, pr, |k| p[k] + q[k] + (t0[k] + w * (t1[k] - t0[k])));
             }
         }
     }
     a.iter_mut().for_each(|a| *a = *a * inv_adj);
+}
+
+/// a[k] += swish(x(k)) for k < a.len(), saving x(k) in `pre` when given.
+#[inline(always)]
+fn swish_sum<T: Num>(a: &mut [T], pre: Option<&mut [T]>, x: impl Fn(usize) -> T) {
+    match pre {
+        Some(pr) => {
+            let pr = &mut pr[..a.len()];
+            for k in 0..a.len() {
+                let v = x(k);
+                pr[k] = v;
+                a[k] = a[k] + v * v.sigmoid();
+            }
+        }
+        None => {
+            for (k, a) in a.iter_mut().enumerate() {
+                let v = x(k);
+                *a = *a + v * v.sigmoid();
+            }
+        }
+    }
 }
 
 /// Backward of the message step's swish and sum: dpre[e] = swish'(pre[e]) * inv_adj * dagg[center_e]

@@ -329,11 +329,13 @@ pub fn train(
 }
 
 /// Per-atom predictions for graphs, `batch` graphs at a time.
+/// (Inference tables built once, for the longest edge of all graphs.)
 pub fn predict_graphs(model: &Gnn<f32>, graphs: &[&Graph], batch: usize) -> Result<Vec<f32>> {
-    let mut acts = Acts::default();
+    let r_max = graphs.iter().flat_map(|g| g.distances.iter()).fold(0.0f32, |m, &r| m.max(r));
+    let tables = model.inference_tables(r_max as f64);
     let mut out = Vec::with_capacity(graphs.len());
     for chunk in graphs.chunks(batch.max(1)) {
-        out.extend(model.predict(&mut acts, &GraphBatch::new(chunk)?)?);
+        out.extend(model.predict_with(&tables, &GraphBatch::new(chunk)?)?);
     }
     Ok(out)
 }

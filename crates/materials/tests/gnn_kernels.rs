@@ -1,5 +1,6 @@
 //! Each graph-network kernel (swish, edge gather, segment sums and broadcasts, Gaussian basis)
-//! against its naive reference, and the edge-gather backward against the plain scatter.
+//! against its naive reference, the edge-gather backward against the plain scatter, and the fused
+//! message step with a tabulated edge term against f64 interpolation + gather + swish + sum.
 
 use octet_core::{Rng, Tolerance};
 use octet_materials::graph::{self, NUM_BASIS, reference_gaussian_basis};
@@ -125,11 +126,11 @@ fn fused_message_step_matches_gather_swish_sum() {
     let mut agg_ref = vec![0.0f32; n * d];
     ops::reference_segment_sum(&mut agg_ref, &m, &off, &vec![inv; n], d);
     let (mut agg, mut pre) = (vec![5.0f32; n * d], vec![5.0f32; e * d]);
-    ops::edge_message_forward(&mut agg, Some(&mut pre), &pq, &fb, &off, &nb, inv, d);
+    ops::edge_message_forward(&mut agg, Some(&mut pre), &pq, ops::EdgeFeatures::Rows(&fb), &off, &nb, inv, d);
     Tolerance::F32.assert_close("pre", &pre, &pre_ref);
     Tolerance::F32.assert_close("agg", &agg, &agg_ref);
     let mut agg2 = vec![5.0f32; n * d];
-    ops::edge_message_forward(&mut agg2, None, &pq, &fb, &off, &nb, inv, d);
+    ops::edge_message_forward(&mut agg2, None, &pq, ops::EdgeFeatures::Rows(&fb), &off, &nb, inv, d);
     Tolerance::EXACT.assert_close("agg without saving", &agg2, &agg);
     // Backward: dpre = swish'(pre) * broadcast(dagg * inv).
     let dagg = randn(&mut rng, n * d);
@@ -140,4 +141,45 @@ fn fused_message_step_matches_gather_swish_sum() {
     let mut dpre = vec![5.0f32; e * d];
     ops::edge_message_backward(&mut dpre, &pre, &dagg, &off, inv, d);
     Tolerance::F32.assert_close("dpre", &dpre, &dpre_ref);
+}
+
+#[test]
+fn fused_message_step_with_table_matches_interpolated_rows() {
+    let mut rng = Rng::new(9);
+    let (n, d, rows) = (30, 6, 50);
+    let (c, nb, _, off) = random_edges(&mut rng, n);
+    let e = c.len();
+    let pq = randn(&mut rng, n * 2 * d);
+    let table = randn(&mut rng, rows * d);
+    let h = 0.05f64;
+    // Lengths anywhere in [0, (rows - 1) h], including both ends.
+    let mut dist: Vec<f32> = (0..e).map(|_| (rng.uniform() * (rows - 1) as f64 * h) as f32).collect();
+    dist[0] = 0.0;
+    dist[e - 1] = ((rows - 1) as f64 * h) as f32;
+    // Reference: f64 linear interpolation, then gather, swish and sum by their references.
+    let mut fb = vec![0.0f32; e * d];
+    for (row, &r) in fb.chunks_mut(d).zip(&dist) {
+        let t = r as f64 / h;
+        let i = (t.floor() as usize).min(rows - 2);
+        let w = t - i as f64;
+        for k in 0..d {
+            let (a, b) = (table[i * d + k] as f64, table[(i + 1) * d + k] as f64);
+            row[k] = (a + w * (b - a)) as f32;
+        }
+    }
+    let mut pre_ref = vec![0.0f32; e * d];
+    ops::reference_edge_gather_forward(&mut pre_ref, &pq, &fb, &c, &nb, d);
+    let mut m = vec![0.0f32; e * d];
+    ops::reference_swish_forward(&mut m, &pre_ref);
+    let inv = 0.25f32;
+    let mut agg_ref = vec![0.0f32; n * d];
+    ops::reference_segment_sum(&mut agg_ref, &m, &off, &vec![inv; n], d);
+    let f = ops::EdgeFeatures::Table { table: &table, inv_h: 1.0 / h, distances: &dist };
+    let mut expanded = vec![0.0f32; e * d];
+    ops::expand_edge_features(&mut expanded, &f, d);
+    Tolerance::F32.assert_close("interpolated rows", &expanded, &fb);
+    let (mut agg, mut pre) = (vec![5.0f32; n * d], vec![5.0f32; e * d]);
+    ops::edge_message_forward(&mut agg, Some(&mut pre), &pq, f, &off, &nb, inv, d);
+    Tolerance::F32.assert_close("pre", &pre, &pre_ref);
+    Tolerance::F32.assert_close("agg", &agg, &agg_ref);
 }
