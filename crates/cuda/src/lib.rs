@@ -11,6 +11,8 @@ pub mod kernels;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
+pub mod gemm;
+#[cfg(feature = "cuda")]
 mod ops;
 #[cfg(feature = "cuda")]
 pub mod optim;
