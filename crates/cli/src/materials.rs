@@ -91,6 +91,19 @@ pub struct TrainArgs {
     /// Huber loss threshold (eV/atom).
     #[arg(long, default_value_t = 0.05)]
     huber_delta: f64,
+    /// AdamW weight decay (weights and embedding, not biases).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Neighbour cutoff for structure graphs (A).
+    #[arg(long, default_value_t = octet_materials::graph::CUTOFF)]
+    cutoff: f64,
+    /// Warm start: copy every tensor of this trained model (a directory's member k, cycling) that
+    /// has the same name and shape, e.g. a compositional model's embedding and message layers.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// With --init-from: only these tensors (comma-separated names, e.g. `embed`) [default: all].
+    #[arg(long)]
+    init_tensors: Option<String>,
     /// Use at most this many training samples (a seeded random subset; for learning curves).
     #[arg(long)]
     max_train: Option<usize>,
@@ -414,6 +427,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
     cfg.steps = a.steps;
     cfg.patience = a.patience;
     cfg.huber_delta = a.huber_delta;
+    cfg.weight_decay = a.weight_decay;
+    cfg.cutoff = a.cutoff;
     cfg.seed = a.seed;
     cfg.validate()?;
     if a.ensemble == 0 {
@@ -490,6 +505,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         }
     }
 
+    let init = match &a.init_from {
+        Some(dir) => Some(load_ensemble(dir)?),
+        None => None,
+    };
+    let only: Option<Vec<&str>> = a.init_tensors.as_deref().map(|t| t.split(',').map(str::trim).collect());
     let mut members = Vec::new();
     let mut member_reports = Vec::new();
     for k in 0..a.ensemble {
@@ -546,7 +566,22 @@ fn run_train(a: TrainArgs) -> Result<()> {
             }
         };
         let tm = Instant::now();
-        let trained = train::train(&mcfg, &train_set, &valid, Some(&path), &mut on)?;
+        let start = match &init {
+            Some(from) => {
+                let mut m = octet_materials::gnn::Gnn::<f32>::init(train::model_config(&mcfg, &train_set), mcfg.seed)?;
+                let copied = train::copy_matching(&mut m, &from[k % from.len()].model, only.as_deref());
+                if copied.is_empty() {
+                    return Err(Error::config(
+                        "init_from",
+                        "no tensor of that model matches this one by name and shape",
+                    ));
+                }
+                say(format!("member {k}: warm start, {} tensors copied ({})", copied.len(), copied.join(" ")));
+                Some(m)
+            }
+            None => None,
+        };
+        let trained = train::train_from(&mcfg, start.as_ref(), &train_set, &valid, Some(&path), &mut on)?;
         pb.finish_and_clear();
         let test_mae = train::mae(&trained.model, &test, 256)?;
         say(format!("member {k}: held-out test MAE {:.1} meV/atom -> {}", 1e3 * test_mae, path.display()));
@@ -804,8 +839,8 @@ pub struct BenchMaterialsArgs {
     /// Ensemble members (each structure costs this many forward passes).
     #[arg(long, default_value_t = 10)]
     ensemble: usize,
-    /// Graphs per inference batch.
-    #[arg(long, default_value_t = 512)]
+    /// Graphs per inference batch (members run in parallel on each batch).
+    #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Graphs per training batch.
     #[arg(long, default_value_t = 32)]
@@ -844,7 +879,7 @@ pub fn run_bench(a: BenchMaterialsArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r).expect("serialises"));
     } else {
         println!(
-            "{} structures ({}; {:.1} atoms, {:.0} edges each), {} threads: graphs {:.0}/s; {}-member ensemble (D={}, {} steps) {:.0} passes/s -> screening {:.0} structures/s; training {:.0} graphs/s (batch {})",
+            "{} structures ({}; {:.1} atoms, {:.0} edges each), {} threads: graphs {:.0}/s; {}-member ensemble (D={}, {} steps) {:.0} passes/s -> screening {:.0} structures/s (structure x member passes incl. graphs; {:.0} whole ensembles/s); training {:.0} graphs/s (batch {})",
             r.structures,
             r.source,
             r.mean_atoms,
@@ -856,6 +891,7 @@ pub fn run_bench(a: BenchMaterialsArgs) -> Result<()> {
             r.steps,
             r.passes_per_s,
             r.structures_per_s,
+            r.ensemble_structures_per_s,
             r.train_graphs_per_s,
             r.train_batch
         );

@@ -125,6 +125,9 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Huber loss threshold (eV/atom): quadratic below, linear above.
     pub huber_delta: f64,
+    /// AdamW decoupled weight decay on weight matrices and the embedding (not biases).
+    #[serde(default)]
+    pub weight_decay: f64,
     pub seed: u64,
 }
 
@@ -140,12 +143,14 @@ impl TrainConfig {
             lr: 1e-3,
             patience: 20,
             huber_delta: 0.05,
+            weight_decay: 0.0,
             seed: 0,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        let checks: [(&str, bool, &str); 6] = [
+        let checks: [(&str, bool, &str); 7] = [
+            ("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be finite and >= 0"),
             ("width", self.width > 0, "must be positive"),
             ("steps", self.steps > 0, "must be positive"),
             ("epochs", self.epochs > 0, "must be positive"),
@@ -232,6 +237,39 @@ pub fn train(
     checkpoint: Option<&Path>,
     on: &mut dyn FnMut(&Event),
 ) -> Result<Trained> {
+    train_from(cfg, None, train_set, valid_set, checkpoint, on)
+}
+
+/// Copies into `model` every tensor of `from` with the same name and shape (a warm start from
+/// another trained model, e.g. the element embedding and message layers of a compositional model
+/// into a structural one); `only` restricts it to the named tensors. Returns the names copied.
+pub fn copy_matching(model: &mut Gnn<f32>, from: &Gnn<f32>, only: Option<&[&str]>) -> Vec<String> {
+    let mut copied = Vec::new();
+    let layout = model.params.layout.clone();
+    for spec in layout.specs() {
+        if only.is_some_and(|o| !o.contains(&spec.name.as_str())) {
+            continue;
+        }
+        let Some(id) = from.params.layout.id(&spec.name) else { continue };
+        let src = from.params.get(id);
+        if from.params.layout.specs()[id.0].shape == spec.shape {
+            model.params.data[spec.range()].copy_from_slice(src);
+            copied.push(spec.name.clone());
+        }
+    }
+    copied
+}
+
+/// `train` starting from `init`'s parameters where `init` is given (same configuration, e.g. from
+/// `copy_matching`), else from a seeded random initialisation.
+pub fn train_from(
+    cfg: &TrainConfig,
+    init: Option<&Gnn<f32>>,
+    train_set: &[Sample],
+    valid_set: &[Sample],
+    checkpoint: Option<&Path>,
+    on: &mut dyn FnMut(&Event),
+) -> Result<Trained> {
     cfg.validate()?;
     if train_set.is_empty() || valid_set.is_empty() {
         return Err(Error::config(
@@ -239,13 +277,16 @@ pub fn train(
             format!("need training and validation samples, got {} and {}", train_set.len(), valid_set.len()),
         ));
     }
-    let gcfg = model_config(cfg, train_set);
-    let mut model = Gnn::<f32>::init(gcfg, cfg.seed)?;
+    let mut model = match init {
+        Some(m) => m.clone(),
+        None => Gnn::<f32>::init(model_config(cfg, train_set), cfg.seed)?,
+    };
     let layout = model.params.layout.clone();
+    let decay: Vec<bool> = layout.specs().iter().map(|s| s.name.ends_with(".w") || s.name == "embed").collect();
     let mut opt = AdamW::new(
         layout.clone(),
-        vec![false; layout.specs().len()],
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        decay,
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: cfg.weight_decay },
     );
     let mut grads = Slab::<f32>::zeros(layout);
     let batches = train_set.len().div_ceil(cfg.batch);
@@ -329,13 +370,25 @@ pub fn train(
 }
 
 /// Per-atom predictions for graphs, `batch` graphs at a time.
-/// (Inference tables built once, for the longest edge of all graphs.)
 pub fn predict_graphs(model: &Gnn<f32>, graphs: &[&Graph], batch: usize) -> Result<Vec<f32>> {
+    Ok(predict_members(&[model], graphs, batch)?.pop().expect("one model"))
+}
+
+/// Every model's per-atom predictions for graphs (outer index: model). Inference tables are built
+/// once per model for the longest edge of all graphs; then per chunk of `batch` graphs, one
+/// `GraphBatch` and the models in parallel (a pass's own kernels split further only when a thread
+/// is idle), which on a few cores beats splitting every kernel of one pass at a time.
+pub fn predict_members(models: &[&Gnn<f32>], graphs: &[&Graph], batch: usize) -> Result<Vec<Vec<f32>>> {
     let r_max = graphs.iter().flat_map(|g| g.distances.iter()).fold(0.0f32, |m, &r| m.max(r));
-    let tables = model.inference_tables(r_max as f64);
-    let mut out = Vec::with_capacity(graphs.len());
+    let tables: Vec<_> = models.par_iter().map(|m| m.inference_tables(r_max as f64)).collect();
+    let mut out: Vec<Vec<f32>> = models.iter().map(|_| Vec::with_capacity(graphs.len())).collect();
     for chunk in graphs.chunks(batch.max(1)) {
-        out.extend(model.predict_with(&tables, &GraphBatch::new(chunk)?)?);
+        let b = GraphBatch::new(chunk)?;
+        let ys: Vec<Vec<f32>> =
+            models.par_iter().zip(&tables).map(|(m, t)| m.predict_with(t, &b)).collect::<Result<_>>()?;
+        for (o, y) in out.iter_mut().zip(ys) {
+            o.extend(y);
+        }
     }
     Ok(out)
 }
@@ -460,8 +513,8 @@ pub struct Prediction {
 
 /// Ensemble predictions for graphs: the members' per-atom outputs, median and IQR.
 pub fn ensemble_predict(members: &[Member], graphs: &[&Graph], batch: usize) -> Result<Vec<Prediction>> {
-    let per_member: Vec<Vec<f32>> =
-        members.iter().map(|m| predict_graphs(&m.model, graphs, batch)).collect::<Result<_>>()?;
+    let models: Vec<&Gnn<f32>> = members.iter().map(|m| &m.model).collect();
+    let per_member = predict_members(&models, graphs, batch)?;
     Ok((0..graphs.len())
         .map(|i| {
             let v: Vec<f64> = per_member.iter().map(|p| p[i] as f64).collect();
@@ -542,5 +595,31 @@ pub fn read_samples(path: &Path, kind: ModelKind, cutoff: f64) -> Result<Vec<Sam
             "an octet-compositions data set has no structures: use --model compositional",
         )),
         (f, _) => Err(Error::format(path, "format", format!("`{f}`, expected octet-structures or octet-compositions"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compositional model warm-starts a structural one: every tensor but the edge-basis
+    /// projections (absent from the compositional layout) is copied; `only` limits the copy.
+    #[test]
+    fn warm_start_copies_tensors_matching_by_name_and_shape() {
+        let cfg = |k| GnnConfig { width: 8, steps: 2, basis_dim: k, avg_adjacency: 3.0, scale: 1.0, shift: 0.0 };
+        let from = Gnn::<f32>::init(cfg(0), 1).unwrap();
+        let mut to = Gnn::<f32>::init(cfg(graph::NUM_BASIS), 2).unwrap();
+        let copied = copy_matching(&mut to, &from, None);
+        let layout = to.params.layout.clone();
+        for spec in layout.specs() {
+            let is_basis_w = spec.name.ends_with("basis.w");
+            assert_eq!(copied.contains(&spec.name), !is_basis_w, "{}", spec.name);
+            if !is_basis_w {
+                let src = from.params.get(from.params.layout.expect_id(&spec.name));
+                assert_eq!(to.params.get(layout.expect_id(&spec.name)), src);
+            }
+        }
+        let mut to = Gnn::<f32>::init(cfg(graph::NUM_BASIS), 2).unwrap();
+        assert_eq!(copy_matching(&mut to, &from, Some(&["embed"])), vec!["embed".to_string()]);
     }
 }

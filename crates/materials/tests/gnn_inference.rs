@@ -97,3 +97,26 @@ fn table_interpolation_error_is_within_its_bound() {
     // and by more than rounding alone at this spacing.
     assert!(worst > 1e-9, "worst {worst} at h = {TABLE_STEP}");
 }
+
+/// Members run in parallel per batch (`train::predict_members`) give each member's predictions
+/// exactly as running it alone, batch after batch, does.
+#[test]
+fn members_in_parallel_predict_as_each_alone() {
+    let fcc = Lattice::new([[0.0, 2.8, 2.8], [2.8, 0.0, 2.8], [2.8, 2.8, 0.0]]).unwrap();
+    let gs: Vec<_> = (0..7)
+        .map(|i| {
+            let f = fcc.clone();
+            let s =
+                Structure::new(f, vec![el("Na"), el(if i % 2 == 0 { "Cl" } else { "Br" })], vec![[0.0; 3], [0.5; 3]])
+                    .unwrap();
+            graph::structure_graph(&s.with_volume_scaled(0.9 + 0.03 * i as f64).unwrap(), 4.0).unwrap()
+        })
+        .collect();
+    let refs: Vec<_> = gs.iter().collect();
+    let models: Vec<Gnn<f32>> = (0..3).map(|s| trained_like(config(NUM_BASIS), s)).collect();
+    let all = octet_materials::train::predict_members(&models.iter().collect::<Vec<_>>(), &refs, 3).unwrap();
+    for (m, y) in models.iter().zip(&all) {
+        let alone = octet_materials::train::predict_graphs(m, &refs, 3).unwrap();
+        Tolerance::EXACT.assert_close("member", y, &alone);
+    }
+}
