@@ -40,13 +40,18 @@ pub fn basis_center(k: usize) -> f64 {
 pub fn gaussian_basis(out: &mut [f32], distances: &[f64]) {
     let centers: [f32; NUM_BASIS] = std::array::from_fn(|k| basis_center(k) as f32);
     let inv_w2 = (1.0 / (BASIS_WIDTH * BASIS_WIDTH)) as f32;
-    for (row, &r) in out.chunks_mut(NUM_BASIS).zip(distances) {
-        let r = r as f32;
-        for (o, &c) in row.iter_mut().zip(&centers) {
-            let t = r - c;
-            *o = crate::ops::exp_f32(-t * t * inv_w2);
-        }
-    }
+    crate::ops::with_simd(
+        #[inline(always)]
+        || {
+            for (row, &r) in out.chunks_mut(NUM_BASIS).zip(distances) {
+                let r = r as f32;
+                for (o, &c) in row.iter_mut().zip(&centers) {
+                    let t = r - c;
+                    *o = crate::ops::exp_f32(-t * t * inv_w2);
+                }
+            }
+        },
+    )
 }
 
 /// The spec of `gaussian_basis`, in f64.

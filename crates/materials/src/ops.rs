@@ -19,7 +19,7 @@ use rayon::prelude::*;
 /// x86-64, whose 4-wide SSE halves the throughput of the elementwise loops); `f` must be
 /// `#[inline(always)]` so that its body is compiled inside the feature-enabled function.
 #[inline(always)]
-fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
@@ -135,7 +135,14 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // Horner by fused multiply-adds: one instruction per degree under `with_simd` (AVX2 + FMA);
+    // elsewhere `mul_add` is a correctly rounded libm call, slower but the same function.
+    let p = r.mul_add(1.0 / 720.0, 1.0 / 120.0);
+    let p = r.mul_add(p, 1.0 / 24.0);
+    let p = r.mul_add(p, 1.0 / 6.0);
+    let p = r.mul_add(p, 0.5);
+    let p = r.mul_add(p, 1.0);
+    let p = r.mul_add(p, 1.0);
     // t's bits are 0x4B40_0000 + n (two's complement n in the low mantissa bits): 2^n without a
     // float -> int conversion, so the loop stays in vector registers.
     p * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23)
@@ -158,10 +165,15 @@ pub fn swish_forward<T: Num>(out: &mut [T], inp: &[T]) {
 /// dinp = dout * swish'(inp), swish'(x) = s (1 + x (1 - s)) with s = sigmoid(x).
 pub fn swish_backward<T: Num>(dinp: &mut [T], inp: &[T], dout: &[T]) {
     dinp.par_chunks_mut(1 << 14).zip(inp.par_chunks(1 << 14).zip(dout.par_chunks(1 << 14))).for_each(|(di, (i, d))| {
-        for ((di, &x), &g) in di.iter_mut().zip(i).zip(d) {
-            let s = x.sigmoid();
-            *di = g * s * (T::one() + x * (T::one() - s));
-        }
+        with_simd(
+            #[inline(always)]
+            || {
+                for ((di, &x), &g) in di.iter_mut().zip(i).zip(d) {
+                    let s = x.sigmoid();
+                    *di = g * s * (T::one() + x * (T::one() - s));
+                }
+            },
+        )
     });
 }
 
