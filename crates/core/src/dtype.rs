@@ -40,7 +40,7 @@ impl DType {
 
 /// A real scalar the model and reference kernels can compute in.
 pub trait Float:
-    num_traits::Float + Into<f64> + Copy + Send + Sync + Debug + Default + std::iter::Sum + 'static
+    num_traits::Float + Into<f64> + Copy + Send + Sync + Debug + Default + std::iter::Sum + crate::ZeroBits + 'static
 {
     const DTYPE: DType;
     fn from_f64(x: f64) -> Self;

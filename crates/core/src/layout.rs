@@ -5,6 +5,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::storage::{Allocator, Storage, ZeroBits};
 use crate::{Error, Result};
 
 /// One row of a layout table.
@@ -79,27 +80,53 @@ impl Layout {
     }
 }
 
-/// One contiguous buffer of `T` described by a shared layout.
-#[derive(Clone, Debug)]
+/// One contiguous buffer of `T` described by a shared layout; the buffer is host memory or a
+/// backend's host-addressable memory (`Storage`).
+#[derive(Debug)]
 pub struct Slab<T> {
     pub layout: Arc<Layout>,
-    pub data: Vec<T>,
+    pub data: Storage<T>,
 }
 
-impl<T: Copy + Default> Slab<T> {
-    pub fn zeros(layout: Arc<Layout>) -> Self {
-        let data = vec![T::default(); layout.total()];
-        Slab { layout, data }
+impl<T: Clone> Clone for Slab<T> {
+    fn clone(&self) -> Self {
+        Slab { layout: self.layout.clone(), data: self.data.clone() }
     }
 }
 
-impl<T> Slab<T> {
+impl<T: ZeroBits> Slab<T> {
+    /// Zeros on the host heap.
+    pub fn zeros(layout: Arc<Layout>) -> Self {
+        let data = Storage::zeros(layout.total());
+        Slab { layout, data }
+    }
+    /// Zeros from `alloc` (a backend's memory), or the host heap when None.
+    pub fn zeros_in(layout: Arc<Layout>, alloc: Option<&Arc<dyn Allocator>>) -> Result<Self> {
+        let data = Storage::zeros_in(layout.total(), alloc)?;
+        Ok(Slab { layout, data })
+    }
+    /// `data` (host memory) laid out as `layout`.
     pub fn from_vec(layout: Arc<Layout>, data: Vec<T>) -> Result<Self> {
         if data.len() != layout.total() {
             return Err(Error::Shape { name: "slab".into(), expected: vec![layout.total()], found: vec![data.len()] });
         }
-        Ok(Slab { layout, data })
+        Ok(Slab { layout, data: data.into() })
     }
+    /// `data` copied into memory from `alloc` (or moved, on the host heap when None).
+    pub fn from_vec_in(layout: Arc<Layout>, data: Vec<T>, alloc: Option<&Arc<dyn Allocator>>) -> Result<Self> {
+        if alloc.is_none() {
+            return Slab::from_vec(layout, data);
+        }
+        let mut s = Slab::zeros_in(layout, alloc)?;
+        if data.len() != s.data.len() {
+            return Err(Error::Shape { name: "slab".into(), expected: vec![s.data.len()], found: vec![data.len()] });
+        }
+        s.data.copy_from_slice(&data);
+        Ok(s)
+    }
+}
+
+impl<T> Slab<T> {
     pub fn get(&self, id: TensorId) -> &[T] {
         &self.data[self.layout.range(id)]
     }

@@ -1,51 +1,39 @@
 //! The backend boundary: every operation a model step needs, over slices of the backend's element
 //! type. Models are written once against `Backend`; `RefBackend<F>` runs the reference kernels in any
-//! float (f64 for finite differences), `CpuBackend` the fast f32 kernels. A device backend implements
-//! the same trait over its own buffers (see the CUDA issue).
+//! float (f64 for finite differences), `CpuBackend` the fast f32 kernels.
+//!
+//! A device backend keeps the same slices: it allocates the models' slabs from memory that host and
+//! device both address (`Memory::allocator`, e.g. CUDA managed memory), so a slice's address is valid
+//! in a kernel launch, and the host reads results only after `Memory::synchronize`. Such a backend
+//! implements [`HostFallback`], whose every op defaults to the fast CPU kernel on the same memory
+//! (after a synchronize), overrides the ops it has device kernels for, and gets `Backend` from
+//! [`impl_backend_via_host_fallback!`]: the whole model runs, correct, from the first kernel on, and
+//! gets faster op by op.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use octet_core::Float;
-use octet_core::fp8::Fp8Format;
+pub use octet_core::fp8::Fp8Format;
+use octet_core::{Allocator, Float};
 
 use crate::{cpu, reference};
 
-macro_rules! backend_ops {
-    ($($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
-        /// Operations of a training step; argument order: outputs, saved, inputs, dimensions.
-        pub trait Backend: Send + Sync {
-            type F: Float;
-            fn name(&self) -> &'static str;
-            $($(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)?;)*
-        }
-        impl<F: Float> Backend for RefBackend<F> {
-            type F = F;
-            fn name(&self) -> &'static str { "reference" }
-            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? { reference::$name($($arg),*) })*
-        }
-        impl Backend for CpuBackend {
-            type F = f32;
-            fn name(&self) -> &'static str { "cpu" }
-            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? { cpu::$name($($arg),*) })*
-        }
-    };
-}
-
-/// Naive reference kernels in `F` (f64 accumulation): the spec, and the f64 path for gradient checks.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RefBackend<F>(PhantomData<F>);
-
-impl<F> RefBackend<F> {
-    pub fn new() -> Self {
-        RefBackend(PhantomData)
+/// Where a backend's buffers live and how the host waits for its work.
+pub trait Memory {
+    /// The allocator for the models' slabs; None: the host heap.
+    fn allocator(&self) -> Option<Arc<dyn Allocator>> {
+        None
     }
+    /// Wait until every queued operation has finished, so the host may read its outputs.
+    fn synchronize(&self) {}
 }
 
-/// Fast f32 kernels on the CPU (gemm + rayon).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
-
-backend_ops! {
+/// Calls `$callback! { [$extra] ops... }` with the list of every backend operation (one place; the
+/// trait, the host fallback and device backends' delegating impls are all generated from it).
+#[macro_export]
+macro_rules! with_backend_ops {
+    ($callback:path [$($extra:tt)*]) => {
+        $callback! { [$($extra)*]
     /// out (B,T,C) = wte[tokens] + wpe[t].
     fn encoder_forward(out: &mut [Self::F], tokens: &[u32], wte: &[Self::F], wpe: &[Self::F], b: usize, t: usize, c: usize);
     /// dwte, dwpe += scatter of dout (B,T,C).
@@ -86,7 +74,7 @@ backend_ops! {
     fn round_bf16(dst: &mut [Self::F], src: &[Self::F]);
     /// dst = decode(encode_saturating(src * scale)) / scale: the exact values an FP8 GEMM multiplies
     /// (scale is a power of two, so the division is exact). Returns max |src|.
-    fn qdq_fp8(dst: &mut [Self::F], src: &[Self::F], format: Fp8Format, scale: f32) -> f32;
+    fn qdq_fp8(dst: &mut [Self::F], src: &[Self::F], format: $crate::backend::Fp8Format, scale: f32) -> f32;
     /// out (N,C) = wte[tokens] (no positions: RoPE models).
     fn embed_forward(out: &mut [Self::F], tokens: &[u32], wte: &[Self::F], n: usize, c: usize);
     /// dwte[tokens] += dout (N,C).
@@ -119,4 +107,76 @@ backend_ops! {
     fn scale_add_backward(dx: &mut [Self::F], dy: &mut [Self::F], da: &mut [Self::F], db: &mut [Self::F], dout: &[Self::F], x: &[Self::F], y: &[Self::F], a: &[Self::F], b: &[Self::F]);
     /// acc += x.
     fn accumulate(acc: &mut [Self::F], x: &[Self::F]);
+        }
+    };
 }
+
+macro_rules! define_backend {
+    ([] $($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        /// Operations of a training step; argument order: outputs, saved, inputs, dimensions.
+        pub trait Backend: Memory + Send + Sync {
+            type F: Float;
+            fn name(&self) -> &'static str;
+            $($(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)?;)*
+        }
+        impl<F: Float> Backend for RefBackend<F> {
+            type F = F;
+            fn name(&self) -> &'static str { "reference" }
+            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? { reference::$name($($arg),*) })*
+        }
+        impl Backend for CpuBackend {
+            type F = f32;
+            fn name(&self) -> &'static str { "cpu" }
+            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? { cpu::$name($($arg),*) })*
+        }
+        /// Every op as the fast CPU kernel on host-addressable memory, after `synchronize`: the
+        /// defaults of a device backend (see the module doc), which overrides what it runs on the
+        /// device. Only for f32 backends whose slabs the host can address.
+        #[allow(clippy::too_many_arguments)]
+        pub trait HostFallback: Backend<F = f32> {
+            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+                self.synchronize();
+                cpu::$name($($arg),*)
+            })*
+        }
+    };
+}
+
+/// `impl Backend for $ty` (element f32, name `$name`) delegating every op to its `HostFallback` impl.
+#[macro_export]
+macro_rules! impl_backend_via_host_fallback {
+    ($ty:ty, $name:expr) => {
+        $crate::with_backend_ops!($crate::__delegate_to_host_fallback [$ty, $name]);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __delegate_to_host_fallback {
+    ([$ty:ty, $bname:expr] $($(#[$m:meta])* fn $name:ident($($arg:ident : $t:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        impl $crate::Backend for $ty {
+            type F = f32;
+            fn name(&self) -> &'static str { $bname }
+            $(fn $name(&self, $($arg: $t),*) $(-> $ret)? { <$ty as $crate::backend::HostFallback>::$name(self, $($arg),*) })*
+        }
+    };
+}
+
+with_backend_ops!(define_backend[]);
+
+/// Naive reference kernels in `F` (f64 accumulation): the spec, and the f64 path for gradient checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefBackend<F>(PhantomData<F>);
+
+impl<F> RefBackend<F> {
+    pub fn new() -> Self {
+        RefBackend(PhantomData)
+    }
+}
+
+/// Fast f32 kernels on the CPU (gemm + rayon).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl<F> Memory for RefBackend<F> {}
+impl Memory for CpuBackend {}

@@ -12,7 +12,7 @@ pub mod fp8_gemm;
 pub mod gemm;
 pub mod reference;
 
-pub use backend::{Backend, CpuBackend, RefBackend};
+pub use backend::{Backend, CpuBackend, HostFallback, Memory, RefBackend};
 
 /// sqrt(2/pi), the GELU tanh-approximation constant.
 pub const GELU_SCALE: f64 = 0.797_884_560_802_865_4;

@@ -37,8 +37,8 @@ use octet_kernels::Backend;
 
 use crate::acts::Acts;
 use crate::gpt2::Gpt2Config;
-use crate::narrow::{Narrow, as_f32, as_f32_mut, stage_backward, stage_forward, store_backward, switch_storage};
-use crate::precision::{LinearScaling, Linears, Precision, Workspace};
+use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
+use crate::precision::{LinearScaling, Linears, Precision};
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
 pub const RMS_EPS: f64 = 1e-8;
@@ -502,13 +502,15 @@ impl<Bk: Backend> BlocksLm<Bk> {
         cfg.validate()?;
         let layout = Arc::new(param_layout(&cfg));
         let ids = ParamIds::new(&layout);
-        let params = Slab::from_vec(layout.clone(), params)?;
+        let alloc = backend.allocator();
+        let params = Slab::from_vec_in(layout.clone(), params, alloc.as_ref())?;
+        let grads = Slab::zeros_in(layout, alloc.as_ref())?;
         let (al, dl) = (act_layout(&cfg, 1, 1), grad_act_layout(&cfg, 1, 1));
         Ok(BlocksLm {
             cfg,
             backend,
             params,
-            grads: Slab::zeros(layout),
+            grads,
             grad_scale: 1.0,
             narrow: None,
             ids,
@@ -539,7 +541,8 @@ impl<Bk: Backend> BlocksLm<Bk> {
         let (full, working) = (param_layout(&self.cfg), param_layout(&BlocksConfig { n_layer: 1, ..self.cfg }));
         let n_layer = self.cfg.n_layer;
         let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
-        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer)? {
+        let alloc = self.backend.allocator();
+        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer, alloc.as_ref())? {
             self.ids = ParamIds::new(&l);
         }
         self.precision = precision;
@@ -561,20 +564,16 @@ impl<Bk: Backend> BlocksLm<Bk> {
     }
 
     /// Allocate activations for (B, T) batches (forward does this on demand).
-    pub fn ensure_acts(&mut self, b: usize, t: usize) {
+    pub fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
         if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
-            return;
+            return Ok(());
         }
-        let al = Arc::new(act_layout(&self.cfg, b, t));
-        let dl = Arc::new(grad_act_layout(&self.cfg, b, t));
         let (n, d) = (b * t, self.cfg.n_embd);
         // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
-        let ws = if self.precision == Precision::Fp32 {
-            Workspace::new(0, 0, 0)
-        } else {
-            Workspace::new(n * 4 * d, 4 * d * d, n * 4 * d)
-        };
-        self.acts = Some(Acts { b, t, a: Slab::zeros(al), d: Slab::zeros(dl), ws });
+        let (al, dl) = (act_layout(&self.cfg, b, t), grad_act_layout(&self.cfg, b, t));
+        let alloc = self.backend.allocator();
+        self.acts = Some(Acts::alloc(b, t, al, dl, self.precision, (n * 4 * d, 4 * d * d, n * 4 * d), alloc.as_ref())?);
+        Ok(())
     }
 
     /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
@@ -591,14 +590,12 @@ impl<Bk: Backend> BlocksLm<Bk> {
         if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
             return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
         }
-        self.ensure_acts(b, t);
+        self.ensure_acts(b, t)?;
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         let (d, nh, l_n, n, vp, kind) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab, c.block);
         let l1 = kind.normed_layers(l_n);
-        if let Some(nw) = &self.narrow {
-            nw.stage_top(as_f32_mut(&mut self.params.data));
-        }
+        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
         let (be, pid, aid) = (&self.backend, &self.ids, &self.aid);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
@@ -618,7 +615,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
         let (_, top) = pid.views(&self.params, 0);
         be.encoder_forward(&mut a.data[aw(ENCODED)], tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
-            let lw = stage_forward(self.narrow.as_ref(), l, &mut self.params.data);
+            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
             let (w, top) = pid.views(&self.params, lw);
             let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
             // h = N1 x (every layer, or only the first without norms)
@@ -717,6 +714,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             self.targets.extend_from_slice(tg);
             let [losses, logits] = a.disjoint_mut([aw(LOSSES), aw(LOGITS)]);
             be.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, vp);
+            be.synchronize();
             let mean = losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64;
             self.loss = Some(mean);
         }
@@ -725,6 +723,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
 
     /// Raw logits (B*T, Vp) of the last forward without targets.
     pub fn logits(&self) -> &[Bk::F] {
+        self.backend.synchronize();
         let a = &self.acts.as_ref().expect("forward first").a;
         &a.data[self.aid.w(&a.layout, LOGITS)]
     }
@@ -773,7 +772,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             be.rmsnorm_backward(dres, gt.lnfw, dln, x, top.lnfw, rrms, n, d);
         }
         for l in (0..l_n).rev() {
-            let lw = stage_backward(self.narrow.as_ref(), l, &mut p.data, &mut g.data);
+            let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
             let (w, top) = pid.views(p, lw);
             let (gw, gt) = pid.views_mut(g, lw);
             let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
@@ -881,13 +880,13 @@ impl<Bk: Backend> BlocksLm<Bk> {
             } else {
                 be.accumulate(dres, dln);
             }
-            store_backward(self.narrow.as_mut(), l, &g.data);
+            store_backward(be, self.narrow.as_mut(), l, &g.data);
         }
         let (_, gt) = pid.views_mut(g, 0);
         be.encoder_backward(gt.wte, gt.wpe, &da.data[dw(DRES)], &self.tokens, b, t, d);
-        if let Some(nw) = &mut self.narrow {
-            nw.store_top_grads(as_f32(&g.data));
-        }
+        store_top(be, self.narrow.as_mut(), &g.data);
+        // The gradients are read on the host next (clipping, the optimizer).
+        be.synchronize();
         Ok(())
     }
 }

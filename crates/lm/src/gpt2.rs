@@ -13,8 +13,8 @@ use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
-use crate::narrow::{Narrow, as_f32, as_f32_mut, stage_backward, stage_forward, store_backward, switch_storage};
-use crate::precision::{LinearScaling, Linears, Precision, Workspace};
+use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
+use crate::precision::{LinearScaling, Linears, Precision};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
 /// the loss ignores the padded columns.
@@ -322,12 +322,14 @@ impl<Bk: Backend> Gpt2<Bk> {
         cfg.validate()?;
         let layout = Arc::new(param_layout(&cfg));
         let ids = ParamIds::new(&layout);
-        let params = Slab::from_vec(layout.clone(), params)?;
+        let alloc = backend.allocator();
+        let params = Slab::from_vec_in(layout.clone(), params, alloc.as_ref())?;
+        let grads = Slab::zeros_in(layout, alloc.as_ref())?;
         Ok(Gpt2 {
             cfg,
             backend,
             params,
-            grads: Slab::zeros(layout),
+            grads,
             narrow: None,
             grad_scale: 1.0,
             ids,
@@ -375,7 +377,8 @@ impl<Bk: Backend> Gpt2<Bk> {
         let (full, working) = (param_layout(&self.cfg), param_layout(&Gpt2Config { n_layer: 1, ..self.cfg }));
         let n_layer = self.cfg.n_layer;
         let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
-        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer)? {
+        let alloc = self.backend.allocator();
+        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer, alloc.as_ref())? {
             self.ids = ParamIds::new(&l);
         }
         self.precision = precision;
@@ -397,20 +400,16 @@ impl<Bk: Backend> Gpt2<Bk> {
     }
 
     /// Allocate activations for (B, T) batches (forward does this on demand).
-    pub fn ensure_acts(&mut self, b: usize, t: usize) {
+    pub fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
         if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
-            return;
+            return Ok(());
         }
-        let al = Arc::new(act_layout(&self.cfg, b, t));
-        let dl = Arc::new(grad_act_layout(&self.cfg, b, t));
         let (n, d) = (b * t, self.cfg.n_embd);
         // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
-        let ws = if self.precision == Precision::Fp32 {
-            Workspace::new(0, 0, 0)
-        } else {
-            Workspace::new(n * 4 * d, 4 * d * d, n * 4 * d)
-        };
-        self.acts = Some(Acts { b, t, a: Slab::zeros(al), d: Slab::zeros(dl), ws });
+        let (al, dl) = (act_layout(&self.cfg, b, t), grad_act_layout(&self.cfg, b, t));
+        let alloc = self.backend.allocator();
+        self.acts = Some(Acts::alloc(b, t, al, dl, self.precision, (n * 4 * d, 4 * d * d, n * 4 * d), alloc.as_ref())?);
+        Ok(())
     }
 
     /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
@@ -427,13 +426,11 @@ impl<Bk: Backend> Gpt2<Bk> {
         if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
             return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
         }
-        self.ensure_acts(b, t);
+        self.ensure_acts(b, t)?;
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        if let Some(nw) = &self.narrow {
-            nw.stage_top(as_f32_mut(&mut self.params.data));
-        }
+        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
         let (be, pid) = (&self.backend, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
@@ -451,7 +448,7 @@ impl<Bk: Backend> Gpt2<Bk> {
         let top = pid.top(&self.params);
         be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, top.wte, top.wpe, b, t, d);
         for l in 0..l_n {
-            let lw = stage_forward(self.narrow.as_ref(), l, &mut self.params.data);
+            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
             let w = pid.block(&self.params, lw);
             // x -> residual2 = x + attproj(attention(qkv(ln1(x)))) -> residual3 = residual2 + mlp(ln2(residual2))
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
@@ -490,6 +487,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             self.targets.extend_from_slice(tg);
             let [losses, logits] = a.disjoint_mut([aw(LOSSES), aw(LOGITS)]);
             be.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, vp);
+            be.synchronize();
             let mean = losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64;
             self.loss = Some(mean);
         }
@@ -498,6 +496,7 @@ impl<Bk: Backend> Gpt2<Bk> {
 
     /// Raw logits (B*T, Vp) of the last forward without targets.
     pub fn logits(&self) -> &[Bk::F] {
+        self.backend.synchronize();
         let a = &self.acts.as_ref().expect("forward first").a;
         a.get(TensorId(LOGITS))
     }
@@ -544,7 +543,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             be.layernorm_backward(dres, gt.lnfw, gt.lnfb, dln, x, top.lnfw, mean, rstd, n, d);
         }
         for l in (0..l_n).rev() {
-            let lw = stage_backward(self.narrow.as_ref(), l, &mut p.data, &mut g.data);
+            let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
             let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
@@ -592,13 +591,13 @@ impl<Bk: Backend> Gpt2<Bk> {
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             let (x, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
             be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, x, w.ln1w, mean, rstd, n, d);
-            store_backward(self.narrow.as_mut(), l, &g.data);
+            store_backward(be, self.narrow.as_mut(), l, &g.data);
         }
         let gt = pid.top_mut(g);
         be.encoder_backward(gt.wte, gt.wpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);
-        if let Some(nw) = &mut self.narrow {
-            nw.store_top_grads(as_f32(&g.data));
-        }
+        store_top(be, self.narrow.as_mut(), &g.data);
+        // The gradients are read on the host next (clipping, the optimizer).
+        be.synchronize();
         Ok(())
     }
 }

@@ -43,8 +43,8 @@ use octet_kernels::Backend;
 use crate::acts::Acts;
 use crate::generate::{SampleConfig, pick};
 use crate::gguf::GgufFile;
-use crate::narrow::{Narrow, as_f32, as_f32_mut, stage_backward, stage_forward, store_backward, switch_storage};
-use crate::precision::{LinearScaling, Linears, Precision, Workspace};
+use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
+use crate::precision::{LinearScaling, Linears, Precision};
 
 /// Model shape and the two constants of its layers.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -429,12 +429,14 @@ impl<Bk: Backend> Llama<Bk> {
         cfg.validate()?;
         let layout = Arc::new(param_layout(&cfg));
         let ids = ParamIds::new(&layout);
-        let params = Slab::from_vec(layout.clone(), params)?;
+        let alloc = backend.allocator();
+        let params = Slab::from_vec_in(layout.clone(), params, alloc.as_ref())?;
+        let grads = Slab::zeros_in(layout, alloc.as_ref())?;
         Ok(Llama {
             cfg,
             backend,
             params,
-            grads: Slab::zeros(layout),
+            grads,
             ids,
             acts: None,
             tokens: vec![],
@@ -462,7 +464,8 @@ impl<Bk: Backend> Llama<Bk> {
         let (full, working) = (param_layout(&self.cfg), param_layout(&LlamaConfig { n_layer: 1, ..self.cfg }));
         let n_layer = self.cfg.n_layer;
         let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
-        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer)? {
+        let alloc = self.backend.allocator();
+        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer, alloc.as_ref())? {
             self.ids = ParamIds::new(&l);
         }
         self.precision = precision;
@@ -492,23 +495,20 @@ impl<Bk: Backend> Llama<Bk> {
     }
 
     /// Allocate activations for (B, T) batches (forward does this on demand).
-    pub fn ensure_acts(&mut self, b: usize, t: usize) {
+    pub fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
         if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
-            return;
+            return Ok(());
         }
         let c = &self.cfg;
-        let al = Arc::new(act_layout(c, b, t));
-        let dl = Arc::new(grad_act_layout(c, b, t));
         let (n, d, h) = (b * t, c.n_embd, c.ffn_hidden);
         // Largest operands over the four linears: inputs (N, max(C, H)), weights and outputs of
         // qkv (C+2KVD, C), gate_up (2H, C), down (C, H).
-        let ws = if self.precision == Precision::Fp32 {
-            Workspace::new(0, 0, 0)
-        } else {
-            let oc = c.qkv_dim().max(2 * h).max(d);
-            Workspace::new(n * d.max(h), oc * d.max(h), n * oc)
-        };
-        self.acts = Some(Acts { b, t, a: Slab::zeros(al), d: Slab::zeros(dl), ws });
+        let oc = c.qkv_dim().max(2 * h).max(d);
+        let (al, dl) = (act_layout(&self.cfg, b, t), grad_act_layout(&self.cfg, b, t));
+        let alloc = self.backend.allocator();
+        self.acts =
+            Some(Acts::alloc(b, t, al, dl, self.precision, (n * d.max(h), oc * d.max(h), n * oc), alloc.as_ref())?);
+        Ok(())
     }
 
     fn check_tokens(&self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
@@ -530,7 +530,7 @@ impl<Bk: Backend> Llama<Bk> {
     /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
     pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
         self.check_tokens(tokens, targets, b, t)?;
-        self.run_forward(tokens, b, t, Head::All);
+        self.run_forward(tokens, b, t, Head::All)?;
         self.loss = None;
         if let Some(tg) = targets {
             let (n, v, vp) = (b * t, self.cfg.vocab_size, self.cfg.padded_vocab);
@@ -540,6 +540,7 @@ impl<Bk: Backend> Llama<Bk> {
             let al = a.layout.clone();
             let [losses, logits] = a.disjoint_mut([al.range(TensorId(LOSSES)), al.range(TensorId(LOGITS))]);
             self.backend.softmax_xent_forward(losses, logits, tg, n, v, vp);
+            self.backend.synchronize();
             self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64);
         }
         Ok(self.loss)
@@ -549,29 +550,29 @@ impl<Bk: Backend> Llama<Bk> {
     /// head, a (Vp, C) GEMM, is skipped for the other rows). No backward after this.
     pub fn forward_last(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[Bk::F]> {
         self.check_tokens(tokens, None, b, t)?;
-        self.run_forward(tokens, b, t, Head::Last);
+        self.run_forward(tokens, b, t, Head::Last)?;
         self.loss = None;
         let vp = self.cfg.padded_vocab;
+        self.backend.synchronize();
         Ok(&self.acts.as_ref().expect("allocated by run_forward").a.get(TensorId(LOGITS))[..b * vp])
     }
 
     /// Raw logits (B*T, Vp) of the last `forward` without targets.
     pub fn logits(&self) -> &[Bk::F] {
+        self.backend.synchronize();
         let a = &self.acts.as_ref().expect("forward first").a;
         a.get(TensorId(LOGITS))
     }
 
-    fn run_forward(&mut self, tokens: &[u32], b: usize, t: usize, head: Head) {
+    fn run_forward(&mut self, tokens: &[u32], b: usize, t: usize, head: Head) -> Result<()> {
         let c = self.cfg;
-        self.ensure_acts(b, t);
+        self.ensure_acts(b, t)?;
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         let (d, nh, nkv, hs, h, l_n, n, vp) =
             (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
         let (qd, eps) = (c.qkv_dim(), c.norm_eps);
-        if let Some(nw) = &self.narrow {
-            nw.stage_top(as_f32_mut(&mut self.params.data));
-        }
+        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
         let (be, p, pid) = (&self.backend, &mut self.params, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let al = acts.a.layout.clone();
@@ -589,7 +590,7 @@ impl<Bk: Backend> Llama<Bk> {
 
         be.embed_forward(a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.token_embd), n, d);
         for l in 0..l_n {
-            let lw = stage_forward(self.narrow.as_ref(), l, &mut p.data);
+            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut p.data);
             let w = pid.block(p, lw);
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // Attention branch: residual2 = x + attn_output(attention(repeat_kv(rope(qkv(rmsnorm(x)))))).
@@ -633,6 +634,7 @@ impl<Bk: Backend> Llama<Bk> {
                 }
             }
         }
+        Ok(())
     }
 
     /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
@@ -686,7 +688,7 @@ impl<Bk: Backend> Llama<Bk> {
             be.rmsnorm_backward(dres, dnorm, dxn, x, p.get(pid.output_norm), rrms, n, d);
         }
         for l in (0..l_n).rev() {
-            let lw = stage_backward(self.narrow.as_ref(), l, &mut p.data, &mut g.data);
+            let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
             let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
             let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
             // MLP branch.
@@ -738,13 +740,13 @@ impl<Bk: Backend> Llama<Bk> {
             let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
             let (x, rrms) = (&a.data[res], &a.data[ar(ATTN_RRMS, l)]);
             be.rmsnorm_backward(dres, gw.attn_norm, dxn, x, w.attn_norm, rrms, n, d);
-            store_backward(self.narrow.as_mut(), l, &g.data);
+            store_backward(be, self.narrow.as_mut(), l, &g.data);
         }
         let dembd = &mut g.data[g.layout.range(pid.token_embd)];
         be.embed_backward(dembd, da.get(TensorId(DRES)), &self.tokens, n, d);
-        if let Some(nw) = &mut self.narrow {
-            nw.store_top_grads(as_f32(&g.data));
-        }
+        store_top(be, self.narrow.as_mut(), &g.data);
+        // The gradients are read on the host next (clipping, the optimizer).
+        be.synchronize();
         Ok(())
     }
 }
@@ -874,9 +876,7 @@ impl<Bk: Backend> Llama<Bk> {
         self.check_tokens(tokens, None, 1, n)?;
         let (d, nh, nkv, hs, h, kvd, qd) =
             (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.kv_dim(), c.qkv_dim());
-        if let Some(nw) = &self.narrow {
-            nw.stage_top(as_f32_mut(&mut self.params.data));
-        }
+        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
         let (be, p, pid, pos0) = (&self.backend, &mut self.params, &self.ids, cache.len);
         let al = Arc::new(decode_layout(&c, n));
         let mut a: Slab<Bk::F> = Slab::zeros(al.clone());
@@ -886,7 +886,7 @@ impl<Bk: Backend> Llama<Bk> {
 
         be.embed_forward(&mut a.data[x.clone()], tokens, p.get(pid.token_embd), n, d);
         for l in 0..c.n_layer {
-            let lw = stage_forward(self.narrow.as_ref(), l, &mut p.data);
+            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut p.data);
             let w = pid.block(p, lw);
             let [o, s, i] = a.disjoint_mut([xn.clone(), rrms.clone(), x.clone()]);
             be.rmsnorm_forward(o, s, i, w.attn_norm, n, d, c.norm_eps);
@@ -894,6 +894,7 @@ impl<Bk: Backend> Llama<Bk> {
             be.matmul_forward(o, i, w.attn_qkv, None, n, d, qd);
             let [o, i] = a.disjoint_mut([rot.clone(), raw.clone()]);
             be.rope_forward(o, i, 1, n, pos0, qd, (nh + nkv) * hs, hs, c.rope_base);
+            be.synchronize();
             let (kc, vc) = cache.layer_mut(l);
             for (j, row) in a.data[rot.clone()].chunks_exact(qd).enumerate() {
                 kc[(pos0 + j) * kvd..][..kvd].copy_from_slice(&row[d..d + kvd]);
@@ -924,6 +925,7 @@ impl<Bk: Backend> Llama<Bk> {
         let [o, i] = a.disjoint_mut([logits.clone(), xn.start..xn.start + d]);
         be.matmul_forward(o, i, p.get(pid.head), None, 1, d, c.padded_vocab);
         cache.len += n;
+        be.synchronize();
         Ok(a.data[logits].to_vec())
     }
 }

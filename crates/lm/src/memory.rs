@@ -94,7 +94,7 @@ pub fn plan(
     let params = vec![0.0f32; crate::gpt2::param_layout(&cfg).total()];
     let model = Gpt2::new(cfg, octet_kernels::CpuBackend, params)?
         .with_precision(precision, &octet_core::scaling::Recipe::default())?;
-    Ok(planned(model, b, t))
+    planned(model, b, t)
 }
 
 /// `plan` for a Llama model (e.g. `LlamaConfig::smollm2_135m()`, the domain-adaptation base).
@@ -108,7 +108,7 @@ pub fn plan_llama(
     let params = vec![0.0f32; crate::llama::param_layout(&cfg).total()];
     let model = crate::llama::Llama::new(cfg, octet_kernels::CpuBackend, params)?
         .with_precision(precision, &octet_core::scaling::Recipe::default())?;
-    Ok(planned(model, b, t))
+    planned(model, b, t)
 }
 
 fn check_batch(b: usize, t: usize, max_seq_len: usize) -> octet_core::Result<()> {
@@ -118,8 +118,8 @@ fn check_batch(b: usize, t: usize, max_seq_len: usize) -> octet_core::Result<()>
     Ok(())
 }
 
-fn planned(mut model: impl LanguageModel, b: usize, t: usize) -> Ledger {
-    model.ensure_acts(b, t);
+fn planned(mut model: impl LanguageModel, b: usize, t: usize) -> octet_core::Result<Ledger> {
+    model.ensure_acts(b, t)?;
     let opt = crate::step::Optimizer::for_model(&model, Default::default());
-    Ledger::of(&model, opt.state_bytes())
+    Ok(Ledger::of(&model, opt.state_bytes()))
 }

@@ -1,11 +1,11 @@
 //! The one interface the trainer, the training benchmark, the memory ledger and the sampler drive a
 //! decoder-only language model through, so `octet train --block ...` runs every block kind with the
-//! same loop, checkpoints and precision levels as GPT-2. Implemented for the f32 CPU models: `Gpt2`,
-//! `BlocksLm` (Pre-LN, Parallel, SAS, SAS-P, SAS-P without norms) and `Llama` (trained through
-//! `step::train_step`; the CLI trainer builds GPT-2 shapes only).
+//! same loop, checkpoints and precision levels as GPT-2. Implemented over every f32 backend (the CPU;
+//! a device over host-addressable memory) for `Gpt2`, `BlocksLm` (Pre-LN, Parallel, SAS, SAS-P, SAS-P
+//! without norms) and `Llama` (trained through `step::train_step`; the CLI builds GPT-2 shapes only).
 
 use octet_core::{Result, Slab};
-use octet_kernels::CpuBackend;
+use octet_kernels::{Backend, CpuBackend};
 
 use crate::blocks::{self, BlocksLm};
 use crate::gpt2::{self, Gpt2, Gpt2Config};
@@ -51,23 +51,23 @@ pub trait LanguageModel {
     /// Bytes of f32 buffers besides the weight-related state (the narrow levels' working set).
     fn working_bytes(&self) -> usize;
     /// Allocate activations for (B, T) batches (forward does this on demand).
-    fn ensure_acts(&mut self, b: usize, t: usize);
+    fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()>;
 }
 
 macro_rules! impl_language_model {
-    ($ty:ty, $layout:path, $decay:path) => {
-        impl LanguageModel for $ty {
+    ($ty:ident, $layout:path, $decay:path) => {
+        impl<Bk: Backend<F = f32>> LanguageModel for $ty<Bk> {
             fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
-                <$ty>::forward(self, tokens, targets, b, t)
+                <$ty<Bk>>::forward(self, tokens, targets, b, t)
             }
             fn backward(&mut self) -> Result<()> {
-                <$ty>::backward(self)
+                <$ty<Bk>>::backward(self)
             }
             fn zero_grad(&mut self) {
-                <$ty>::zero_grad(self)
+                <$ty<Bk>>::zero_grad(self)
             }
             fn logits(&self) -> &[f32] {
-                <$ty>::logits(self)
+                <$ty<Bk>>::logits(self)
             }
             fn vocab(&self) -> (usize, usize) {
                 (self.cfg.vocab_size, self.cfg.padded_vocab)
@@ -109,21 +109,21 @@ macro_rules! impl_language_model {
                 &mut self.scaling
             }
             fn activation_elems(&self) -> (usize, usize, usize) {
-                <$ty>::activation_elems(self)
+                <$ty<Bk>>::activation_elems(self)
             }
             fn working_bytes(&self) -> usize {
                 if self.narrow.is_some() { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
             }
-            fn ensure_acts(&mut self, b: usize, t: usize) {
-                <$ty>::ensure_acts(self, b, t)
+            fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
+                <$ty<Bk>>::ensure_acts(self, b, t)
             }
         }
     };
 }
 
-impl_language_model!(Gpt2<CpuBackend>, gpt2::param_layout, gpt2::decay_flags);
-impl_language_model!(BlocksLm<CpuBackend>, blocks::param_layout, blocks::decay_flags);
-impl_language_model!(Llama<CpuBackend>, llama::param_layout, llama::decay_flags);
+impl_language_model!(Gpt2, gpt2::param_layout, gpt2::decay_flags);
+impl_language_model!(BlocksLm, blocks::param_layout, blocks::decay_flags);
+impl_language_model!(Llama, llama::param_layout, llama::decay_flags);
 
 /// The model a configuration names: GPT-2 (`block` None) or a `BlocksLm` of that block kind with
 /// GPT-2's shape, freshly initialised from `seed` at `precision`.

@@ -20,7 +20,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use octet_core::{Error, Float, Layout, Result, Slab};
+use octet_core::{Allocator, Error, Float, Layout, Result, Slab};
+use octet_kernels::Memory;
 
 use crate::precision::Precision;
 use octet_optim::{ScaledBuf, StateFormat};
@@ -189,11 +190,23 @@ impl Narrow {
     }
 }
 
+// The model-facing staging steps. Each waits for the backend (`Memory::synchronize`) before the host
+// writes or reads the working set, so a device backend's queued kernels never see it change under them.
+
+/// Decode the tensors outside the blocks into the working set (no-op without narrow storage).
+pub fn stage_top<F: 'static>(be: &impl Memory, narrow: Option<&Narrow>, params: &mut [F]) {
+    if let Some(nw) = narrow {
+        be.synchronize();
+        nw.stage_top(as_f32_mut(params));
+    }
+}
+
 /// Where layer `l`'s weights are in a model's f32 parameter buffer for its forward: with narrow
 /// storage, decoded into the working set's one block (index 0); without, layer `l` in place.
-pub fn stage_forward<F: 'static>(narrow: Option<&Narrow>, l: usize, params: &mut [F]) -> usize {
+pub fn stage_forward<F: 'static>(be: &impl Memory, narrow: Option<&Narrow>, l: usize, params: &mut [F]) -> usize {
     match narrow {
         Some(nw) => {
+            be.synchronize();
             nw.stage_layer(l, as_f32_mut(params));
             0
         }
@@ -204,9 +217,16 @@ pub fn stage_forward<F: 'static>(narrow: Option<&Narrow>, l: usize, params: &mut
 /// The same for layer `l`'s backward, whose gradient block is also zeroed in the working set (it is
 /// encoded by `store_backward` after the layer). Re-decodes the layer even when forward left it staged,
 /// so nothing run in between (sampling, a cached forward) can leave stale weights there.
-pub fn stage_backward<F: 'static>(narrow: Option<&Narrow>, l: usize, params: &mut [F], grads: &mut [F]) -> usize {
+pub fn stage_backward<F: 'static>(
+    be: &impl Memory,
+    narrow: Option<&Narrow>,
+    l: usize,
+    params: &mut [F],
+    grads: &mut [F],
+) -> usize {
     match narrow {
         Some(nw) => {
+            be.synchronize();
             nw.stage_layer(l, as_f32_mut(params));
             nw.zero_layer_grads(l, as_f32_mut(grads));
             0
@@ -216,9 +236,18 @@ pub fn stage_backward<F: 'static>(narrow: Option<&Narrow>, l: usize, params: &mu
 }
 
 /// After layer `l`'s backward: its f32 gradient block into E4M3 (no-op without narrow storage).
-pub fn store_backward<F: 'static>(narrow: Option<&mut Narrow>, l: usize, grads: &[F]) {
+pub fn store_backward<F: 'static>(be: &impl Memory, narrow: Option<&mut Narrow>, l: usize, grads: &[F]) {
     if let Some(nw) = narrow {
+        be.synchronize();
         nw.store_layer_grads(l, as_f32(grads));
+    }
+}
+
+/// After the whole backward: the top tensors' f32 gradients into E4M3.
+pub fn store_top<F: 'static>(be: &impl Memory, narrow: Option<&mut Narrow>, grads: &[F]) {
+    if let Some(nw) = narrow {
+        be.synchronize();
+        nw.store_top_grads(as_f32(grads));
     }
 }
 
@@ -239,7 +268,8 @@ pub fn as_f32<F: 'static>(x: &[F]) -> &[f32] {
 /// Move a model's weights into or out of narrow storage as `precision` requires: into `narrow` (the
 /// f32 `params` / `grads` shrink to the one-block `working` layout) for fp8-o1/o2, back to f32 over
 /// `full` otherwise; nothing between two narrow levels. Returns the layout of the model's f32 buffers
-/// when it changed (the model re-resolves its parameter ids from it).
+/// when it changed (the model re-resolves its parameter ids from it). New buffers come from `alloc`
+/// (the backend's memory; None: the host heap).
 pub fn switch_storage<F: Float>(
     precision: Precision,
     narrow: &mut Option<Narrow>,
@@ -248,6 +278,7 @@ pub fn switch_storage<F: Float>(
     full: Layout,
     working: Layout,
     n_layer: usize,
+    alloc: Option<&Arc<dyn Allocator>>,
 ) -> Result<Option<Arc<Layout>>> {
     let layout = match (precision.is_narrow(), narrow.take()) {
         (true, Some(nw)) => {
@@ -260,16 +291,17 @@ pub fn switch_storage<F: Float>(
             }
             let working = Arc::new(working);
             *narrow = Some(Narrow::new(&params.layout, &working, n_layer, as_f32(&params.data)));
-            *params = Slab::zeros(working.clone());
+            *params = Slab::zeros_in(working.clone(), alloc)?;
             working
         }
         (false, Some(nw)) => {
             let full = Arc::new(full);
-            *params = Slab::from_vec(full.clone(), nw.weights_f32().into_iter().map(F::from_f32).collect())?;
+            let w = nw.weights_f32().into_iter().map(F::from_f32).collect();
+            *params = Slab::from_vec_in(full.clone(), w, alloc)?;
             full
         }
         (false, None) => return Ok(None),
     };
-    *grads = Slab::zeros(layout.clone());
+    *grads = Slab::zeros_in(layout.clone(), alloc)?;
     Ok(Some(layout))
 }

@@ -12,10 +12,11 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use octet_core::fp8::Fp8Format;
 use octet_core::scaling::{Recipe, Role, ScalingMeta, ScalingMode};
-use octet_core::{Error, Result};
+use octet_core::{Allocator, Error, Result, Storage, ZeroBits};
 use octet_kernels::Backend;
 use octet_optim::{StateFormat, StateFormats};
 
@@ -113,14 +114,23 @@ impl LinearScaling {
 
 /// f32 scratch for cast GEMM operands, sized for the largest linear of a model and batch.
 pub struct Workspace<F> {
-    pub x: Vec<F>,
-    pub w: Vec<F>,
-    pub d: Vec<F>,
+    pub x: Storage<F>,
+    pub w: Storage<F>,
+    pub d: Storage<F>,
 }
 
-impl<F: Copy + Default> Workspace<F> {
+impl<F: ZeroBits> Workspace<F> {
+    /// On the host heap.
     pub fn new(x: usize, w: usize, d: usize) -> Self {
-        Workspace { x: vec![F::default(); x], w: vec![F::default(); w], d: vec![F::default(); d] }
+        Workspace { x: Storage::zeros(x), w: Storage::zeros(w), d: Storage::zeros(d) }
+    }
+    /// From `alloc` (a backend's memory; None: the host heap).
+    pub fn new_in(x: usize, w: usize, d: usize, alloc: Option<&Arc<dyn Allocator>>) -> Result<Self> {
+        Ok(Workspace {
+            x: Storage::zeros_in(x, alloc)?,
+            w: Storage::zeros_in(w, alloc)?,
+            d: Storage::zeros_in(d, alloc)?,
+        })
     }
     pub fn elems(&self) -> usize {
         self.x.len() + self.w.len() + self.d.len()

@@ -347,8 +347,8 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                     let model = model::from_params(model_cfg, block, l.params, cfg.precision, &recipe)?;
                     let mut opt = Optimizer::for_model(model.as_ref(), adam);
                     if let Optimizer::Plain(o) = &mut opt {
-                        o.m.data = l.m;
-                        o.v.data = l.v;
+                        o.m.data = l.m.into();
+                        o.v.data = l.v.into();
                         o.step = l.state.optimizer_step.unwrap_or(l.state.step as u64);
                     }
                     (model, opt)
