@@ -12,13 +12,16 @@
 # What the GPU run does:
 #   1. prints the device (nvidia-smi) and makes libnvrtc and cuda_fp8.h findable: /usr/local/cuda, else
 #      the NVIDIA wheels that PyTorch installed (site-packages/nvidia/cu13/{lib,include});
-#   2. kernel checks: runs target/gpu/octet-cuda-kernels (the test binary of crates/cuda/tests/kernels.rs:
-#      every NVRTC kernel against octet_kernels::reference on random data). On this machine a skipped
-#      test (no driver/GPU found) is a failure;
+#   2. kernel checks: `octet device`, then target/gpu/octet-cuda-kernels and octet-cuda-gemm (the test
+#      binaries of crates/cuda/tests/{kernels,gemm}.rs: every NVRTC kernel of the GPT-2 step, the device
+#      AdamW (f32 and FP8-LM O2, bit-identical to the CPU) and the cuBLASLt bf16/FP8 GEMMs, each against
+#      the CPU reference on random data). On this machine a skipped test (no driver/GPU found) is a
+#      failure;
 #   3. octet's own GPT-2 124M step on the device at bf16, fp8-o1, fp8-o2 — TODO: not implemented yet.
-#      The CUDA backend so far has only the elementwise kernels (issue 7's first slice); the model does
-#      not run on the device, so no octet GPU tokens/s are measured. This step prints a notice and
-#      records {"octet": "todo"} until `octet bench train --device cuda` exists;
+#      Every kernel and GEMM of the step exists (issue 7's second slice), but the model does not run on
+#      the device: the Backend trait is over host slices and needs device-addressable buffers first
+#      (crates/cuda/src/lib.rs). This step prints a notice and records {"octet": "todo"} until
+#      `octet bench train --device cuda` exists;
 #   4. the PyTorch peer at B=16, T=1024: eager, then torch.compile (bf16 autocast; tokens/s, MFU, peak
 #      memory).
 # Every JSON line goes to bench/results-gpu.jsonl (written to a temp file, moved into place at the end)
@@ -43,21 +46,27 @@ GPU_BIN=${GPU_BIN:-target/gpu}
 OUT=${OUT:-bench/results-gpu.jsonl}
 
 if [[ "${1:-}" == "build" ]]; then
-    # The kernel checks: the octet-cuda test binary, built with the `cuda` feature (cudarc loads CUDA at
-    # run time, so this needs no CUDA here). `cargo test --no-run` prints the executable's path in its
-    # JSON messages; take the one of the `kernels` integration test.
+    # The kernel checks: the octet-cuda test binaries (tests/kernels.rs: every NVRTC kernel and the
+    # device AdamW; tests/gemm.rs: the cuBLASLt GEMMs), built with the `cuda` feature (cudarc loads CUDA
+    # at run time, so this needs no CUDA here). `cargo test --no-run` prints each executable's path in
+    # its JSON messages.
     mkdir -p "$GPU_BIN"
-    exe=$(cargo test --release -p octet-cuda --features cuda --no-run --message-format=json 2>/dev/null \
+    exes=$(cargo test --release -p octet-cuda --features cuda --no-run --message-format=json 2>/dev/null \
         | "$PYTHON" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kernels" and m.get("executable"):
-        print(m["executable"])')
-    [[ -n "$exe" ]] || { echo "gpu.sh build: no kernels test executable found" >&2; exit 1; }
-    cp "$exe" "$GPU_BIN/octet-cuda-kernels"
-    # TODO(issue 7): also build `octet` with `--features cuda` once the CLI has the CUDA backend, and copy
-    # target/release/octet to "$GPU_BIN/octet" for step 3.
-    echo "built $GPU_BIN/octet-cuda-kernels; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in ("kernels", "gemm") and m.get("executable"):
+        print(m["target"]["name"], m["executable"])')
+    for name in kernels gemm; do
+        exe=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$exes")
+        [[ -n "$exe" ]] || { echo "gpu.sh build: no $name test executable found" >&2; exit 1; }
+        cp "$exe" "$GPU_BIN/octet-cuda-$name"
+    done
+    # The CLI with the CUDA backend: `octet device` is the device check of the run below (step 3,
+    # octet's own step on the GPU, will use it too once it exists).
+    cargo build --release -p octet-cli --features cuda
+    cp target/release/octet "$GPU_BIN/octet"
+    echo "built $GPU_BIN/{octet-cuda-kernels,octet-cuda-gemm,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
     exit 0
 fi
 
@@ -78,16 +87,21 @@ if [[ -z "${OCTET_CUDA_INCLUDE:-}" && ! -f /usr/local/cuda/include/cuda_fp8.h ]]
     done
 fi
 
+echo "== octet device"
+"$GPU_BIN/octet" device || echo "octet device: no usable CUDA device (the kernel checks below will say why)" >&2
+
 if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
-    echo "== kernel checks (CUDA kernels vs the CPU reference)"
+    echo "== kernel checks (CUDA kernels, device AdamW and cuBLASLt GEMMs vs the CPU reference)"
     log=$(mktemp)
     status=0
-    "$GPU_BIN/octet-cuda-kernels" --test-threads=1 --nocapture 2>&1 | tee "$log" || status=$?
+    for t in kernels gemm; do
+        "$GPU_BIN/octet-cuda-$t" --test-threads=1 --nocapture 2>&1 | tee -a "$log" || status=$?
+    done
     if grep -q 'SKIPPED' "$log"; then
-        echo "kernel checks were skipped: no usable CUDA driver/GPU (see the SKIPPED lines)" >&2
+        echo "kernel checks were skipped: no usable CUDA driver/GPU/cuBLASLt (see the SKIPPED lines)" >&2
         status=1
     fi
-    passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed.*/\1/p' "$log" | head -n 1)
+    passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed.*/\1/p' "$log" | awk '{ s += $1 } END { print s + 0 }')
     rm -f "$log"
     echo "{\"kernel_checks\": \"$([[ $status == 0 ]] && echo pass || echo FAIL)\", \"passed\": ${passed:-0}}" >> "$tmp"
     [[ $status == 0 ]] || { echo "kernel checks FAILED" >&2; mv "$tmp" "$OUT"; trap - EXIT; exit 1; }
@@ -98,7 +112,7 @@ echo "== octet GPT-2 124M training step on the GPU (bf16, fp8-o1, fp8-o2)"
 #   "$GPU_BIN/octet" bench train --device cuda --model gpt2-124m --batch $BATCH --seq $SEQ \
 #       --precision $p --steps $STEPS --warmup $WARMUP --json
 # for p in bf16 fp8-o1 fp8-o2, once the model runs on the CUDA backend. Not there yet.
-echo "NOT IMPLEMENTED YET: octet's GPU training step does not exist; only its elementwise kernels do."
+echo "NOT IMPLEMENTED YET: octet's GPU training step does not exist; only its kernels and GEMMs do."
 echo '{"octet": "todo", "note": "GPU training step not implemented yet (issue 7)"}' >> "$tmp"
 
 if [[ "${SKIP_PEER:-0}" != 1 ]]; then

@@ -47,6 +47,8 @@ enum Cmd {
     /// ChipNeMo-style domain adaptation: corpus, tokenizer (DAPT, SFT: not yet).
     #[command(subcommand)]
     Adapt(adapt::AdaptCmd),
+    /// The CUDA device octet would use, or why none (exit status 1 then; build with `--features cuda`).
+    Device,
 }
 
 #[derive(Args)]
@@ -416,6 +418,14 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
     }
 }
 
+/// Prints `cuda: <device>` (exit 0) or fails with why no CUDA device can be used (exit 1): a not
+/// built-in backend, a missing driver or library, no GPU.
+fn run_device() -> Result<()> {
+    let device = octet_cuda::probe().map_err(Error::Other)?;
+    println!("cuda: {device}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
@@ -425,6 +435,7 @@ fn main() -> ExitCode {
         Cmd::Memory(a) => run_memory(a),
         Cmd::Materials(c) => materials::run(c),
         Cmd::Adapt(c) => adapt::run(c),
+        Cmd::Device => run_device(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
