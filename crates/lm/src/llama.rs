@@ -879,7 +879,7 @@ impl<Bk: Backend> Llama<Bk> {
         stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
         let (be, p, pid, pos0) = (&self.backend, &mut self.params, &self.ids, cache.len);
         let al = Arc::new(decode_layout(&c, n));
-        let mut a: Slab<Bk::F> = Slab::zeros(al.clone());
+        let mut a: Slab<Bk::F> = Slab::zeros_in(al.clone(), self.backend.allocator().as_ref())?;
         let r = |name: &str| al.range(al.expect_id(name));
         let (x, x2, xn, rrms, raw, rot) = (r("x"), r("x2"), r("xn"), r("rrms"), r("raw"), r("rot"));
         let (atty, proj, gu, sw, logits) = (r("atty"), r("proj"), r("gate_up"), r("swiglu"), r("logits"));
