@@ -115,6 +115,10 @@ pub struct TrainArgs {
     /// copied to `<out>/baseline/`, where `predict` finds it.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// With --baseline: the baseline of a single-element composition is 0 (its reference phase;
+    /// see `train::baseline_predict`), recorded in `<out>/baseline/` for `predict`.
+    #[arg(long)]
+    elemental_zero: bool,
     /// One JSON object per line (events, then a summary) instead of a progress bar.
     #[arg(long)]
     json: bool,
@@ -454,12 +458,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
             if members[0].kind != ModelKind::Compositional {
                 return Err(Error::format(dir, "kind", "the baseline must be a compositional ensemble"));
             }
-            let comps = samples
-                .iter()
-                .map(|s| octet_materials::graph::composition_graph(&Composition::parse(&s.formula)?))
-                .collect::<Result<Vec<_>>>()?;
-            let preds = train::ensemble_predict(&members, &comps.iter().collect::<Vec<_>>(), 512)?;
-            let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p.energy_per_atom).abs()).sum::<f64>()
+            let comps = samples.iter().map(|s| Composition::parse(&s.formula)).collect::<Result<Vec<_>>>()?;
+            let preds = train::baseline_predict(&members, &comps, a.elemental_zero, 512)?;
+            let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p).abs()).sum::<f64>()
                 / samples.len().max(1) as f64;
             say(format!(
                 "baseline {}: MAE {:.1} meV/atom on the whole data set; learning the residual",
@@ -467,7 +468,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 1e3 * mae
             ));
             for (s, p) in samples.iter_mut().zip(&preds) {
-                s.target -= p.energy_per_atom;
+                s.target -= p;
             }
             Some(members)
         }
@@ -503,6 +504,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
             let p = out.join("baseline").join(format!("member-{k}.safetensors"));
             train::save_member(&p, m.kind, m.cutoff, m.seed, m.valid_mae, &m.model)?;
         }
+        let marker = out.join("baseline").join(train::ELEMENTAL_ZERO_MARKER);
+        if a.elemental_zero {
+            write_atomic(&marker, b"")?;
+        } else if marker.exists() {
+            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
+        }
+    } else if a.elemental_zero {
+        return Err(Error::config("elemental_zero", "only with --baseline"));
     }
 
     let init = match &a.init_from {
@@ -616,6 +625,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         "ensemble_test_mae": ens_mae,
         "ensemble_mean_iqr": mean_iqr,
         "baseline": a.baseline,
+        "elemental_zero": a.elemental_zero,
         "unit": "eV/atom",
         "seconds": t0.elapsed().as_secs_f64(),
     });
@@ -765,18 +775,19 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     let base_dir = a.model.join("baseline");
     if a.model.is_dir() && base_dir.is_dir() {
         let base = load_ensemble(&base_dir)?;
-        let comps = inputs
+        let comps: Vec<Composition> = inputs
             .iter()
             .map(|i| {
                 let c = i.composition.clone().or_else(|| i.structure.as_ref().map(|s| s.composition()));
-                octet_materials::graph::composition_graph(&c.expect("every input has one"))
+                c.expect("every input has one")
             })
-            .collect::<Result<Vec<_>>>()?;
-        let bp = train::ensemble_predict(&base, &comps.iter().collect::<Vec<_>>(), 512)?;
+            .collect();
+        let elemental_zero = base_dir.join(train::ELEMENTAL_ZERO_MARKER).exists();
+        let bp = train::baseline_predict(&base, &comps, elemental_zero, 512)?;
         for (p, b) in preds.iter_mut().zip(&bp) {
-            p.energy_per_atom += b.energy_per_atom;
+            p.energy_per_atom += b;
             p.energy = p.energy_per_atom * p.atoms;
-            p.members.iter_mut().for_each(|m| *m += b.energy_per_atom);
+            p.members.iter_mut().for_each(|m| *m += b);
         }
     }
     let mut text = String::new();

@@ -532,6 +532,31 @@ pub fn ensemble_predict(members: &[Member], graphs: &[&Graph], batch: usize) -> 
         .collect())
 }
 
+/// Marker file in a stacked model's `baseline/` directory: the baseline is `baseline_predict` with
+/// `elemental_zero` (training and prediction must agree).
+pub const ELEMENTAL_ZERO_MARKER: &str = "elemental-zero";
+
+/// A compositional ensemble's per-atom baseline for compositions: the ensemble median, or with
+/// `elemental_zero` exactly 0 for a single element. Formation energies are measured from the
+/// elements' reference phases, so an element's lowest-energy phase has 0 by definition, and a
+/// composition-only model can say nothing more about an element; the structural residual then
+/// learns how far a polymorph lies above it. (A compositional model trained on compounds alone
+/// extrapolates to an element it never saw pure, e.g. 1.4 eV/atom for C.)
+pub fn baseline_predict(
+    members: &[Member],
+    comps: &[crate::Composition],
+    elemental_zero: bool,
+    batch: usize,
+) -> Result<Vec<f64>> {
+    let graphs = comps.iter().map(graph::composition_graph).collect::<Result<Vec<_>>>()?;
+    let preds = ensemble_predict(members, &graphs.iter().collect::<Vec<_>>(), batch)?;
+    Ok(preds
+        .iter()
+        .zip(comps)
+        .map(|(p, c)| if elemental_zero && c.fractional().len() == 1 { 0.0 } else { p.energy_per_atom })
+        .collect())
+}
+
 /// Structural ensemble prediction with test-time volume augmentation: each structure at every
 /// volume factor (a factor whose cell makes atoms overlap is skipped), keeping the lowest median.
 pub fn predict_structures(
@@ -621,5 +646,27 @@ mod tests {
         }
         let mut to = Gnn::<f32>::init(cfg(graph::NUM_BASIS), 2).unwrap();
         assert_eq!(copy_matching(&mut to, &from, Some(&["embed"])), vec!["embed".to_string()]);
+    }
+
+    /// With `elemental_zero` a pure element's baseline is exactly 0 and every compound's is the
+    /// ensemble median; without it, the median everywhere.
+    #[test]
+    fn elemental_baseline_is_zero_and_compounds_unchanged() {
+        let cfg = GnnConfig { width: 8, steps: 2, basis_dim: 0, avg_adjacency: 2.0, scale: 1.0, shift: 0.7 };
+        let members: Vec<Member> = (0..3)
+            .map(|seed| Member {
+                kind: ModelKind::Compositional,
+                cutoff: graph::CUTOFF,
+                seed,
+                valid_mae: 0.0,
+                model: Gnn::<f32>::init(cfg.clone(), seed).unwrap(),
+            })
+            .collect();
+        let comps: Vec<crate::Composition> =
+            ["C", "Fe2O3", "O2"].iter().map(|f| crate::Composition::parse(f).unwrap()).collect();
+        let plain = baseline_predict(&members, &comps, false, 2).unwrap();
+        let zeroed = baseline_predict(&members, &comps, true, 2).unwrap();
+        assert!(plain[0] != 0.0 && plain[2] != 0.0);
+        assert_eq!((zeroed[0], zeroed[1], zeroed[2]), (0.0, plain[1], 0.0));
     }
 }
