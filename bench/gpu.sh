@@ -65,7 +65,7 @@ for line in sys.stdin:
     # The CLI with the CUDA backend: `octet device` is the device check of the run below (step 3,
     # octet's own step on the GPU, will use it too once it exists).
     cargo build --release -p octet-cli --features cuda
-    cp target/release/octet "$GPU_BIN/octet"
+    cp "${CARGO_TARGET_DIR:-target}/release/octet" "$GPU_BIN/octet"
     echo "built $GPU_BIN/{octet-cuda-kernels,octet-cuda-gemm,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
     exit 0
 fi
