@@ -217,6 +217,33 @@ __device__ void quantize_fp8(Q* out, unsigned int* amax, const T* inp, float sca
 OCTET_FOR_EACH_TYPE(OCTET_QUANTIZE)
 "#;
 
+/// `qdq_{e4m3,e5m2}_*(out, amax, inp, scale, n)`: out = decode(fp8(inp * scale)) / scale in the storage
+/// type, the exact values an FP8 GEMM multiplies (`Backend::qdq_fp8`; saturating, round to nearest
+/// even; scale a power of two, so the division is exact and an FP8 value, at most 4 significant bits,
+/// is exact in bf16 too), and `*amax = max(*amax, max |inp|)` as QUANTIZE does.
+pub const QDQ: &str = r#"
+template <typename T, __nv_fp8_interpretation_t F>
+__device__ void qdq_fp8(T* out, unsigned int* amax, const T* inp, float scale, long long n) {
+    unsigned int m = 0;
+    float inv = 1.0f / scale;
+    OCTET_GRID_STRIDE(i, n) {
+        float x = to_f32(inp[i]);
+        m = max(m, abs_bits(x));
+        __half h = __nv_cvt_fp8_to_halfraw(__nv_cvt_float_to_fp8(x * scale, __NV_SATFINITE, F), F);
+        out[i] = from_f32<T>(__half2float(h) * inv);
+    }
+    amax_commit(amax, m);
+}
+#define OCTET_QDQ(S, T) \
+    extern "C" __global__ void qdq_e4m3_##S(T* out, unsigned int* amax, const T* inp, float scale, long long n) { \
+        qdq_fp8<T, __NV_E4M3>(out, amax, inp, scale, n); \
+    } \
+    extern "C" __global__ void qdq_e5m2_##S(T* out, unsigned int* amax, const T* inp, float scale, long long n) { \
+        qdq_fp8<T, __NV_E5M2>(out, amax, inp, scale, n); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_QDQ)
+"#;
+
 /// `transpose_fp8(out, inp, rows, cols)`: out (cols, rows) = inp (rows, cols)^T for one-byte FP8 codes
 /// of either format (cuBLASLt FP8 GEMMs need the TN layout, so weights and gradients are transposed
 /// once per step). Tiles of 32x32 through shared memory (one padding column against bank conflicts);
@@ -763,12 +790,13 @@ extern "C" __global__ void adam_o2_stage2(__half* p, __nv_fp8_e4m3* m, __half* v
 "#;
 
 /// Every operation's source, in module order (after [`PRELUDE`]), with its name.
-pub const OPS: [(&str, &str); 12] = [
+pub const OPS: [(&str, &str); 13] = [
     ("residual", RESIDUAL),
     ("gelu", GELU),
     ("bias", BIAS),
     ("layernorm", LAYERNORM),
     ("quantize", QUANTIZE),
+    ("qdq", QDQ),
     ("transpose", TRANSPOSE),
     ("encoder", ENCODER),
     ("layernorm_backward", LAYERNORM_BACKWARD),
@@ -779,7 +807,7 @@ pub const OPS: [(&str, &str); 12] = [
 ];
 
 /// Every `extern "C"` entry point the module defines.
-pub const KERNEL_NAMES: [&str; 47] = [
+pub const KERNEL_NAMES: [&str; 51] = [
     "residual_forward_f32",
     "residual_forward_bf16",
     "gelu_forward_f32",
@@ -796,6 +824,10 @@ pub const KERNEL_NAMES: [&str; 47] = [
     "quantize_e4m3_bf16",
     "quantize_e5m2_f32",
     "quantize_e5m2_bf16",
+    "qdq_e4m3_f32",
+    "qdq_e4m3_bf16",
+    "qdq_e5m2_f32",
+    "qdq_e5m2_bf16",
     "transpose_fp8",
     "encoder_forward_f32",
     "encoder_forward_bf16",

@@ -1,5 +1,5 @@
 //! Launch wrappers for the rest of the GPT-2 step (feature `cuda`): encoder, LayerNorm backward,
-//! attention, softmax + cross-entropy, amax and casts. Each wraps the kernels of the same name in
+//! attention, softmax + cross-entropy, amax, FP8 quantise-dequantise and casts. Each wraps the kernels of the same name in
 //! [`crate::kernels`]; see there for the formulas and launch shapes. Same conventions as
 //! [`crate::Gpu`]'s other wrappers: outputs, saved values, inputs, sizes; lengths checked before the
 //! (asynchronous) launch; saved statistics (mean, rstd, lse) and losses are always f32.
@@ -317,6 +317,30 @@ impl Gpu {
         let mut launch = self.stream().launch_builder(self.typed::<T>("amax"));
         launch.arg(amax).arg(inp).arg(&n64);
         // SAFETY: matches `amax_*` in kernels::CAST; block size a multiple of 32.
+        unsafe { launch.launch(elementwise(inp.len())) }?;
+        Ok(())
+    }
+
+    /// out = decode(fp8(inp * scale)) / scale in `format` (saturating), the values an FP8 GEMM
+    /// multiplies (`Backend::qdq_fp8`), and `amax = max(amax, max |inp|)` as f32 bits (zero it first).
+    pub fn qdq_fp8<T: DeviceFloat>(
+        &self,
+        format: octet_core::fp8::Fp8Format,
+        out: &mut CudaSlice<T>,
+        amax: &mut CudaSlice<u32>,
+        inp: &CudaSlice<T>,
+        scale: f32,
+    ) -> Result<()> {
+        check_len("out", out.len(), inp.len())?;
+        check_len("amax", amax.len(), 1)?;
+        let stem = match format {
+            octet_core::fp8::Fp8Format::E4M3 => "qdq_e4m3",
+            octet_core::fp8::Fp8Format::E5M2 => "qdq_e5m2",
+        };
+        let n64 = inp.len() as i64;
+        let mut launch = self.stream().launch_builder(self.typed::<T>(stem));
+        launch.arg(out).arg(amax).arg(inp).arg(&scale).arg(&n64);
+        // SAFETY: matches `qdq_*` in kernels::QDQ; lengths checked; block size a multiple of 32.
         unsafe { launch.launch(elementwise(inp.len())) }?;
         Ok(())
     }

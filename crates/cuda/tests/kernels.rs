@@ -245,6 +245,36 @@ mod device {
     }
 
     #[test]
+    fn fp8_qdq_matches_reference() {
+        let Some(g) = gpu("fp8_qdq_matches_reference") else { return };
+        let s = g.stream();
+        let mut rng = Rng::new(12);
+        for format in Fp8Format::ALL {
+            let scale = 0.5f32;
+            // Finite inputs only: the reference's qdq of inf is the saturated value, as the kernel's,
+            // but keep the comparison to values an activation can hold.
+            let x: Vec<f32> = fp8_inputs(&mut rng, format, scale).into_iter().filter(|v| v.is_finite()).collect();
+            let mut want = vec![0.0f32; x.len()];
+            let want_amax = reference::qdq_fp8(&mut want, &x, format, scale);
+            let mut out = s.alloc_zeros::<f32>(x.len()).unwrap();
+            let mut amax = s.alloc_zeros::<u32>(1).unwrap();
+            g.qdq_fp8(format, &mut out, &mut amax, &s.clone_htod(&x).unwrap(), scale).unwrap();
+            let name = format.name();
+            // Decoding is exact and the scale a power of two: bit-identical.
+            Tolerance::EXACT.assert_close(&format!("qdq {name} f32"), &s.clone_dtoh(&out).unwrap(), &want);
+            assert_eq!(f32::from_bits(s.clone_dtoh(&amax).unwrap()[0]), want_amax, "qdq {name} amax");
+
+            // bf16 storage: an FP8 value (<= 4 significant bits) times a power of two is a bf16.
+            let x16 = from_bf16(&to_bf16(&x));
+            reference::qdq_fp8(&mut want, &x16, format, scale);
+            let mut out = s.alloc_zeros::<bf16>(x.len()).unwrap();
+            let mut amax = s.alloc_zeros::<u32>(1).unwrap();
+            g.qdq_fp8(format, &mut out, &mut amax, &s.clone_htod(&to_bf16(&x)).unwrap(), scale).unwrap();
+            Tolerance::EXACT.assert_close(&format!("qdq {name} bf16"), &from_bf16(&s.clone_dtoh(&out).unwrap()), &want);
+        }
+    }
+
+    #[test]
     fn fp8_quantize_reports_nan_amax() {
         let Some(g) = gpu("fp8_quantize_reports_nan_amax") else { return };
         let s = g.stream();
