@@ -676,6 +676,8 @@ extern "C" __global__ void round_bf16_f32(float* out, const float* inp, long lon
 ///   - `adam_o2_stage2(p, m, v, g, scales, next, skip, grad_mult, k, n)`: unless skipped, recompute
 ///     exactly as stage 1 and store p, m, v with the next scales (f16 round to nearest even; E4M3
 ///     saturating).
+///   - `adam_o2_stage{1,2}_e4m3g(..., g, gscale, ...)`: the same with E4M3 gradients read as
+///     decode(g) / gscale[0] (FP8-LM O1/O2 weight gradients; `Fp8AdamW::update_master_scaled`).
 ///
 /// The scales stay on the device: no host round trip between the stages.
 pub const ADAM: &str = r#"
@@ -709,14 +711,24 @@ __device__ __forceinline__ void o2_decode(const __half* p, const __nv_fp8_e4m3* 
     vi = __fmul_rn(__half2float(v[i]), __frcp_rn(s[2]));
 }
 
-extern "C" __global__ void adam_o2_stage1(unsigned int* amax, const __half* p, const __nv_fp8_e4m3* m,
-                                          const __half* v, const float* g, const float* scales, float grad_mult,
-                                          AdamCoeffs k, long long n) {
+// Gradient element i: f32, or E4M3 decoded with its tensor's scale (`gscale` = [scale]); times
+// grad_mult (clipping and the inverse loss scale), as the CPU's `Grads::{Plain, Scaled}` (x * 1 = x).
+__device__ __forceinline__ float o2_grad(const float* g, const float*, long long i, float mult) {
+    return __fmul_rn(g[i], mult);
+}
+__device__ __forceinline__ float o2_grad(const __nv_fp8_e4m3* g, const float* gscale, long long i, float mult) {
+    return __fmul_rn(__fmul_rn(float(g[i]), __frcp_rn(gscale[0])), mult);
+}
+
+template <typename G>
+__device__ void adam_o2_stage1_t(unsigned int* amax, const __half* p, const __nv_fp8_e4m3* m, const __half* v,
+                                 const G* g, const float* gscale, const float* scales, float grad_mult, AdamCoeffs k,
+                                 long long n) {
     unsigned int ag = 0, am = 0, av = 0, ap = 0;
     OCTET_GRID_STRIDE(i, n) {
         float pi, mi, vi;
         o2_decode(p, m, v, scales, i, pi, mi, vi);
-        float gi = __fmul_rn(g[i], grad_mult);
+        float gi = o2_grad(g, gscale, i, grad_mult);
         adam_update(k, gi, mi, vi, pi);
         ag = max(ag, abs_bits(gi));
         am = max(am, abs_bits(mi));
@@ -727,6 +739,16 @@ extern "C" __global__ void adam_o2_stage1(unsigned int* amax, const __half* p, c
     amax_commit(amax + 1, am);
     amax_commit(amax + 2, av);
     amax_commit(amax + 3, ap);
+}
+extern "C" __global__ void adam_o2_stage1(unsigned int* amax, const __half* p, const __nv_fp8_e4m3* m,
+                                          const __half* v, const float* g, const float* scales, float grad_mult,
+                                          AdamCoeffs k, long long n) {
+    adam_o2_stage1_t<float>(amax, p, m, v, g, nullptr, scales, grad_mult, k, n);
+}
+extern "C" __global__ void adam_o2_stage1_e4m3g(unsigned int* amax, const __half* p, const __nv_fp8_e4m3* m,
+                                                const __half* v, const __nv_fp8_e4m3* g, const float* gscale,
+                                                const float* scales, float grad_mult, AdamCoeffs k, long long n) {
+    adam_o2_stage1_t<__nv_fp8_e4m3>(amax, p, m, v, g, gscale, scales, grad_mult, k, n);
 }
 
 // floor(log2(num / den)) for positive finite num, den (octet_core::scaling::floor_log2_ratio):
@@ -774,18 +796,29 @@ extern "C" __global__ void adam_o2_scales(float* next, unsigned int* skip, const
     }
 }
 
-extern "C" __global__ void adam_o2_stage2(__half* p, __nv_fp8_e4m3* m, __half* v, const float* g, const float* scales,
-                                          const float* next, const unsigned int* skip, float grad_mult, AdamCoeffs k,
-                                          long long n) {
+template <typename G>
+__device__ void adam_o2_stage2_t(__half* p, __nv_fp8_e4m3* m, __half* v, const G* g, const float* gscale,
+                                 const float* scales, const float* next, const unsigned int* skip, float grad_mult,
+                                 AdamCoeffs k, long long n) {
     if (*skip) return;
     OCTET_GRID_STRIDE(i, n) {
         float pi, mi, vi;
         o2_decode(p, m, v, scales, i, pi, mi, vi);
-        adam_update(k, __fmul_rn(g[i], grad_mult), mi, vi, pi);
+        adam_update(k, o2_grad(g, gscale, i, grad_mult), mi, vi, pi);
         p[i] = __float2half_rn(__fmul_rn(pi, next[0]));
         m[i].__x = __nv_cvt_float_to_fp8(__fmul_rn(mi, next[1]), __NV_SATFINITE, __NV_E4M3);
         v[i] = __float2half_rn(__fmul_rn(vi, next[2]));
     }
+}
+extern "C" __global__ void adam_o2_stage2(__half* p, __nv_fp8_e4m3* m, __half* v, const float* g, const float* scales,
+                                          const float* next, const unsigned int* skip, float grad_mult, AdamCoeffs k,
+                                          long long n) {
+    adam_o2_stage2_t<float>(p, m, v, g, nullptr, scales, next, skip, grad_mult, k, n);
+}
+extern "C" __global__ void adam_o2_stage2_e4m3g(__half* p, __nv_fp8_e4m3* m, __half* v, const __nv_fp8_e4m3* g,
+                                                const float* gscale, const float* scales, const float* next,
+                                                const unsigned int* skip, float grad_mult, AdamCoeffs k, long long n) {
+    adam_o2_stage2_t<__nv_fp8_e4m3>(p, m, v, g, gscale, scales, next, skip, grad_mult, k, n);
 }
 "#;
 
@@ -807,7 +840,7 @@ pub const OPS: [(&str, &str); 13] = [
 ];
 
 /// Every `extern "C"` entry point the module defines.
-pub const KERNEL_NAMES: [&str; 51] = [
+pub const KERNEL_NAMES: [&str; 53] = [
     "residual_forward_f32",
     "residual_forward_bf16",
     "gelu_forward_f32",
@@ -859,6 +892,8 @@ pub const KERNEL_NAMES: [&str; 51] = [
     "adam_o2_stage1",
     "adam_o2_scales",
     "adam_o2_stage2",
+    "adam_o2_stage1_e4m3g",
+    "adam_o2_stage2_e4m3g",
 ];
 
 /// The whole module: [`PRELUDE`] followed by every operation in [`OPS`].

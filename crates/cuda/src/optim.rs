@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use octet_core::fp8::Fp8Format;
 use octet_optim::AdamWConfig;
 
@@ -102,6 +102,25 @@ pub struct O2Report {
     pub grad_amax: f32,
     /// Completed steps after this call.
     pub step: u64,
+}
+
+/// Where the gradients of a step are: f32, or E4M3 codes with one f32 scale per tensor.
+#[derive(Clone, Copy)]
+enum Grads<'a> {
+    F32(&'a CudaSlice<f32>),
+    E4M3 { codes: &'a CudaSlice<u8>, scales: &'a CudaSlice<f32> },
+}
+
+/// Views of tensor `i` (elements `r`) of the gradients: the f32 slice, or the codes and the scale.
+type GradViews<'a> = (Option<CudaView<'a, f32>>, Option<(CudaView<'a, u8>, CudaView<'a, f32>)>);
+
+impl<'a> Grads<'a> {
+    fn views(self, i: usize, r: &Range<usize>) -> GradViews<'a> {
+        match self {
+            Grads::F32(g) => (Some(g.slice(r.clone())), None),
+            Grads::E4M3 { codes, scales } => (None, Some((codes.slice(r.clone()), scales.slice(i..i + 1)))),
+        }
+    }
 }
 
 /// FP8-LM O2 AdamW state on the device (see the module doc).
@@ -197,12 +216,36 @@ impl O2AdamW {
     }
 
     /// One step from f32 gradients `grads` (flat, same layout) read as `g * grad_mult` (fold in
-    /// clipping and the inverse loss scale), learning rate `lr`. Stage 1 per tensor, the scale
-    /// kernel, stage 2 per tensor, then one 20-byte read-back for the report.
+    /// clipping and the inverse loss scale), learning rate `lr`: `Fp8AdamW::update_master`. Stage 1
+    /// per tensor, the scale kernel, stage 2 per tensor, then one 20-byte read-back for the report.
     pub fn step(&mut self, gpu: &Gpu, grads: &CudaSlice<f32>, grad_mult: f32, lr: f64) -> Result<O2Report> {
         check_len("grads", grads.len(), self.master.len())?;
+        self.step_impl(gpu, Grads::F32(grads), grad_mult, lr)
+    }
+
+    /// The same step from E4M3 gradients (FP8-LM O1/O2 weight gradients) with one scale per tensor
+    /// (`grad_scales`, device f32), read as `decode(g) / grad_scale * grad_mult`:
+    /// `Fp8AdamW::update_master_scaled`.
+    pub fn step_e4m3_grads(
+        &mut self,
+        gpu: &Gpu,
+        grads: &CudaSlice<u8>,
+        grad_scales: &CudaSlice<f32>,
+        grad_mult: f32,
+        lr: f64,
+    ) -> Result<O2Report> {
+        check_len("grads", grads.len(), self.master.len())?;
+        check_len("grad scales", grad_scales.len(), self.ranges.len())?;
+        self.step_impl(gpu, Grads::E4M3 { codes: grads, scales: grad_scales }, grad_mult, lr)
+    }
+
+    fn step_impl(&mut self, gpu: &Gpu, grads: Grads<'_>, grad_mult: f32, lr: f64) -> Result<O2Report> {
         let s = gpu.stream();
         let t = self.step + 1;
+        let suffix = match grads {
+            Grads::F32(_) => "",
+            Grads::E4M3 { .. } => "_e4m3g",
+        };
         s.memset_zeros(&mut self.amax)?;
         for (i, r) in self.ranges.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
             let k = AdamCoeffs::new(&self.cfg, t, lr, self.decay[i]);
@@ -213,11 +256,20 @@ impl O2AdamW {
                 self.m.slice(r.clone()),
                 self.v.slice(r.clone()),
             );
-            let (g, sc) = (grads.slice(r.clone()), self.scales.slice(3 * i..3 * i + 3));
-            let mut launch = s.launch_builder(gpu.function("adam_o2_stage1"));
-            launch.arg(&mut amax).arg(&p).arg(&m).arg(&v).arg(&g).arg(&sc).arg(&grad_mult).arg(&k).arg(&n64);
-            // SAFETY: matches `adam_o2_stage1` in kernels::ADAM (u16 = __half bits, u8 = E4M3 codes);
-            // every view covers tensor i's n elements, amax 4 and scales 3 entries.
+            let sc = self.scales.slice(3 * i..3 * i + 3);
+            let (g32, g8) = grads.views(i, r);
+            let mut launch = s.launch_builder(gpu.function(&format!("adam_o2_stage1{suffix}")));
+            launch.arg(&mut amax).arg(&p).arg(&m).arg(&v);
+            if let Some(g) = &g32 {
+                launch.arg(g);
+            }
+            if let Some((g, gs)) = &g8 {
+                launch.arg(g).arg(gs);
+            }
+            launch.arg(&sc).arg(&grad_mult).arg(&k).arg(&n64);
+            // SAFETY: matches `adam_o2_stage1{,_e4m3g}` in kernels::ADAM (u16 = __half bits, u8 = E4M3
+            // codes); every view covers tensor i's n elements, amax 4 and scales 3 entries, the
+            // gradient scale 1.
             unsafe { launch.launch(elementwise(r.len())) }?;
         }
         let nt = self.ranges.len() as i32;
@@ -234,12 +286,18 @@ impl O2AdamW {
             let n64 = r.len() as i64;
             let (mut p, mut m, mut v) =
                 (self.master.slice_mut(r.clone()), self.m.slice_mut(r.clone()), self.v.slice_mut(r.clone()));
-            let (g, sc, nx) =
-                (grads.slice(r.clone()), self.scales.slice(3 * i..3 * i + 3), self.next.slice(3 * i..3 * i + 3));
-            let mut launch = s.launch_builder(gpu.function("adam_o2_stage2"));
-            launch.arg(&mut p).arg(&mut m).arg(&mut v).arg(&g).arg(&sc).arg(&nx).arg(&self.skip);
-            launch.arg(&grad_mult).arg(&k).arg(&n64);
-            // SAFETY: matches `adam_o2_stage2`; views as in stage 1, skip one flag.
+            let (sc, nx) = (self.scales.slice(3 * i..3 * i + 3), self.next.slice(3 * i..3 * i + 3));
+            let (g32, g8) = grads.views(i, r);
+            let mut launch = s.launch_builder(gpu.function(&format!("adam_o2_stage2{suffix}")));
+            launch.arg(&mut p).arg(&mut m).arg(&mut v);
+            if let Some(g) = &g32 {
+                launch.arg(g);
+            }
+            if let Some((g, gs)) = &g8 {
+                launch.arg(g).arg(gs);
+            }
+            launch.arg(&sc).arg(&nx).arg(&self.skip).arg(&grad_mult).arg(&k).arg(&n64);
+            // SAFETY: matches `adam_o2_stage2{,_e4m3g}`; views as in stage 1, skip one flag.
             unsafe { launch.launch(elementwise(r.len())) }?;
         }
         std::mem::swap(&mut self.scales, &mut self.next);

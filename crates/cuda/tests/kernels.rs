@@ -556,16 +556,17 @@ mod device {
         O2HostState { master: u16s(&pb), m: mb, v: u16s(&vb), scales, step: opt.step }
     }
 
-    #[test]
-    fn adam_o2_is_bit_identical_to_fp8_adamw() {
-        let Some(g) = gpu("adam_o2_is_bit_identical_to_fp8_adamw") else { return };
+    /// Six O2 steps on the device and with `Fp8AdamW` (one skipped), compared bit for bit after each:
+    /// from f32 gradients (`update_master`) or from E4M3 gradients with per-tensor scales and a
+    /// multiplier (`update_master_scaled`, the trainer's fp8-o1/o2 path).
+    fn check_o2(g: &Gpu, e4m3_grads: bool) {
         let s = g.stream();
         // Tensors of different sizes and scales (a tail below a block, one element, a large one).
         let layout =
             Arc::new(Layout::new([("w1", vec![33, 31]), ("b1", vec![1]), ("w2", vec![64, 130]), ("g", vec![77])]));
         let decay = vec![true, false, true, false];
         let cfg = AdamWConfig::default();
-        let mut rng = Rng::new(11);
+        let mut rng = Rng::new(11 + e4m3_grads as u64);
         let p0: Vec<f32> = layout
             .specs()
             .iter()
@@ -575,19 +576,44 @@ mod device {
         let mut master = ScaledBuf::from_f32(StateFormat::F16, layout.clone(), &p0);
         let mut opt = Fp8AdamW::o2(layout.clone(), decay.clone(), cfg);
         let ranges: Vec<_> = layout.specs().iter().map(|spec| spec.range()).collect();
-        let mut dev = O2AdamW::upload(&g, cfg, ranges, decay, &o2_host_state(&master, &opt)).unwrap();
+        let mut dev = O2AdamW::upload(g, cfg, ranges, decay, &o2_host_state(&master, &opt)).unwrap();
         for t in 1..=6 {
             let mut grad = normal(&mut rng, layout.total(), 10f64.powi(t % 3 - 2));
-            if t == 4 {
-                grad[40] = f32::INFINITY; // a skipped step: nothing changes, the counter stays
-            }
             let lr = 1e-3 / t as f64;
-            let want = opt.update_master(&mut master, &grad, lr);
-            let got = dev.step(&g, &s.clone_htod(&grad).unwrap(), 1.0, lr).unwrap();
+            let (want, got) = if e4m3_grads {
+                // A skipped step: an infinite multiplier (inf * 0 = NaN, the rest inf).
+                let mult = if t == 4 { f32::INFINITY } else { 0.5 };
+                let gbuf = ScaledBuf::from_f32(StateFormat::E4M3, layout.clone(), &grad);
+                let want = opt.update_master_scaled(&mut master, &gbuf, mult, lr);
+                let (codes, scales) = gbuf.to_raw();
+                let (dc, ds) = (s.clone_htod(&codes).unwrap(), s.clone_htod(&scales).unwrap());
+                (want, dev.step_e4m3_grads(g, &dc, &ds, mult, lr).unwrap())
+            } else {
+                if t == 4 {
+                    grad[40] = f32::INFINITY; // a skipped step: nothing changes, the counter stays
+                }
+                let want = opt.update_master(&mut master, &grad, lr);
+                (want, dev.step(g, &s.clone_htod(&grad).unwrap(), 1.0, lr).unwrap())
+            };
             assert_eq!((got.skipped, got.step), (want.skipped, want.step), "step {t} report");
-            assert_eq!(got.grad_amax.to_bits(), want.grad_amax.to_bits(), "step {t} grad amax");
-            assert_eq!(dev.download(&g).unwrap(), o2_host_state(&master, &opt), "step {t} state");
+            // NaN payloads differ between CPU and GPU (0 * inf); anything else is bit-exact.
+            let same = got.grad_amax.to_bits() == want.grad_amax.to_bits()
+                || (got.grad_amax.is_nan() && want.grad_amax.is_nan());
+            assert!(same, "step {t} grad amax {} vs {}", got.grad_amax, want.grad_amax);
+            assert_eq!(dev.download(g).unwrap(), o2_host_state(&master, &opt), "step {t} state");
         }
         assert_eq!(dev.steps(), 5);
+    }
+
+    #[test]
+    fn adam_o2_is_bit_identical_to_fp8_adamw() {
+        let Some(g) = gpu("adam_o2_is_bit_identical_to_fp8_adamw") else { return };
+        check_o2(&g, false);
+    }
+
+    #[test]
+    fn adam_o2_with_e4m3_grads_is_bit_identical_to_fp8_adamw() {
+        let Some(g) = gpu("adam_o2_with_e4m3_grads_is_bit_identical_to_fp8_adamw") else { return };
+        check_o2(&g, true);
     }
 }

@@ -33,7 +33,7 @@ def extract_f32():
     adam = consts["ADAM"]
     # Drop the O2 stages (f16 and E4M3 storage); keep AdamW f32, compute_scale and the scale kernel.
     adam = re.sub(r"// \(p, m, v\) of element i decoded.*?(?=// floor\(log2)", "", adam, flags=re.S)
-    adam = adam.split('extern "C" __global__ void adam_o2_stage2')[0]
+    adam = adam.split("template <typename G>\n__device__ void adam_o2_stage2_t")[0]
     return pre + ops + cast + adam
 
 
