@@ -100,6 +100,10 @@ struct BenchTrainArgs {
     steps: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Where the steps run: cpu, or cuda (a build with `--features cuda` and a GPU; ops without a
+    /// device kernel yet run on the host over the same managed memory).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[arg(long)]
     json: bool,
 }
@@ -395,15 +399,20 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
                     format!("need 0 < seq <= {}, batch > 0, steps > 0", cfg.max_seq_len),
                 ));
             }
-            let r = octet_lm::bench::bench_train(cfg, a.block, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?;
+            let r = match a.device.as_str() {
+                "cpu" => octet_lm::bench::bench_train(cfg, a.block, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?,
+                "cuda" => bench_train_cuda(cfg, &a)?,
+                other => return Err(Error::config("device", format!("`{other}`: expected cpu or cuda"))),
+            };
             if a.json {
                 println!("{}", serde_json::to_string(&r).expect("serialises"));
             } else {
                 println!(
-                    "{}{} {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    "{}{} {} on {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
                     a.model,
                     a.block.map_or(String::new(), |b| format!(" --block {b}")),
                     a.precision,
+                    r.device,
                     r.params as f64 / 1e6,
                     r.batch,
                     r.seq,
@@ -416,6 +425,17 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn bench_train_cuda(cfg: octet_lm::Gpt2Config, a: &BenchTrainArgs) -> Result<octet_lm::bench::BenchResult> {
+    let be = octet_cuda::CudaBackend::new(0).map_err(|e| Error::config("device", format!("cuda: {e}")))?;
+    octet_lm::bench::bench_train_on(be, cfg, a.block, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_train_cuda(_: octet_lm::Gpt2Config, _: &BenchTrainArgs) -> Result<octet_lm::bench::BenchResult> {
+    Err(Error::config("device", "cuda is not built in: rebuild with `cargo build --release --features cuda`"))
 }
 
 /// Prints `cuda: <device>` (exit 0) or fails with why no CUDA device can be used (exit 1): a not

@@ -8,30 +8,33 @@
 //! (cudarc with dynamic loading: building needs no CUDA toolkit, running needs a driver and a GPU).
 //! Without it this crate is a stub whose [`probe`] says that CUDA is not built in.
 //!
-//! # What a device `Backend` still needs (the model does not run on the GPU yet)
+//! # The device `Backend` ([`CudaBackend`], `backend.rs`) and what it still needs
 //!
-//! `octet_kernels::Backend` works on host slices and returns host values; the pieces here work on
-//! device buffers. The missing boundary, as far as writing these kernels showed:
-//! - Buffers: either associated types on the trait (a backend-owned buffer and its views, sliced by
-//!   `Layout` ranges), or `[T]` slices in memory both sides address (CUDA managed memory behind an
-//!   allocator). The second keeps model code as it is, but every host read of a result becomes a
-//!   sync point (or a page migration), so the model must read only the loss.
-//! - Saved statistics (mean, rstd, lse) and losses are f32 on the device whatever the storage type
-//!   (the trait has them in `F`); tokens and targets are uploaded once per batch, with the token
-//!   grouping of the deterministic encoder backward (`TokenBuckets`).
+//! The models' slabs live in CUDA managed memory (`octet_core::Storage` over [`ManagedAlloc`]), so
+//! the model code is the CPU's, unchanged: ops with device kernels launch on the slices' addresses;
+//! the others are `octet_kernels::HostFallback`'s CPU kernels on the same memory after a stream
+//! synchronise. `tests/backend.rs` checks GPT-2 (fp32, fp8-o2), SAS-P and Llama against the CPU.
+//! What writing the kernels showed is still to do for speed (each a change behind the same boundary):
+//! - Device ops for the rest: bf16/FP8 casts and amax (`qdq_fp8`, `round_bf16`; kernels exist), RMSNorm,
+//!   RoPE, SwiGLU, shaped attention; the optimizer on the device (`optim`: the step reads gradients
+//!   and weights in managed memory without page migration).
 //! - Scaling without host syncs: `amax` and `qdq_fp8` return a host f32 today. On the device the amax
-//!   stays a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next scale (as
-//!   `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer; the trait
-//!   needs scale/amax handles instead, and delayed scaling's amax history must live on the device.
+//!   should stay a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next
+//!   scale (as `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer;
+//!   delayed scaling's amax history then lives on the device.
 //! - FP8 GEMMs need the TN layout, so the FP8 linear layer (quantise, transpose, three GEMMs) becomes
-//!   one backend operation rather than host code over `qdq_fp8`.
+//!   one backend operation rather than model-side code over `qdq_fp8`; likewise bf16 GEMMs on cuBLASLt.
+//! - Saved statistics (mean, rstd, lse) are f32 on the device whatever the storage type, and
+//!   activations in bf16 would halve the traffic (a `Float` bf16 element type for the backend).
 //! - Host syncs per step: the loss, the optimizer's skip flag (`optim::O2AdamW::step`) and the
-//!   gradient clipping norm (or fold the clip factor into `grad_mult` on the device); all else can
-//!   stay asynchronous on one stream, with step-long scratch (attention's delta, cuBLASLt's
-//!   workspace) owned by the backend instead of allocated per call.
+//!   gradient clipping norm (or fold the clip factor into `grad_mult` on the device); step-long
+//!   scratch (attention's delta, targets, cuBLASLt's workspace) owned by the backend instead of
+//!   allocated per call.
 
 pub mod kernels;
 
+#[cfg(feature = "cuda")]
+mod backend;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
@@ -40,6 +43,8 @@ pub mod gemm;
 mod ops;
 #[cfg(feature = "cuda")]
 pub mod optim;
+#[cfg(feature = "cuda")]
+pub use backend::{CudaBackend, ManagedAlloc};
 #[cfg(feature = "cuda")]
 pub use device::{CudaError, DeviceFloat, Gpu};
 #[cfg(feature = "cuda")]

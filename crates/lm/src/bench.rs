@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use octet_core::{Result, Rng};
+use octet_kernels::{Backend, CpuBackend};
 use octet_optim::AdamWConfig;
 
 use crate::blocks::BlockKind;
@@ -16,6 +17,8 @@ use octet_core::scaling::Recipe;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchResult {
+    /// The backend that ran the steps ("cpu", "cuda").
+    pub device: &'static str,
     pub model: Gpt2Config,
     /// Block kind (none: GPT-2's own block).
     pub block: Option<BlockKind>,
@@ -48,7 +51,24 @@ pub fn bench_train(
     warmup: usize,
     seed: u64,
 ) -> Result<BenchResult> {
-    let mut model = crate::model::init(cfg, block, precision, &Recipe::default(), seed)?;
+    bench_train_on(CpuBackend, cfg, block, precision, b, t, steps, warmup, seed)
+}
+
+/// `bench_train` on `backend` (its name goes into the result as `device`).
+#[allow(clippy::too_many_arguments)]
+pub fn bench_train_on<Bk: Backend<F = f32> + 'static>(
+    backend: Bk,
+    cfg: Gpt2Config,
+    block: Option<BlockKind>,
+    precision: Precision,
+    b: usize,
+    t: usize,
+    steps: usize,
+    warmup: usize,
+    seed: u64,
+) -> Result<BenchResult> {
+    let device = backend.name();
+    let mut model = crate::model::init_on(backend, cfg, block, precision, &Recipe::default(), seed)?;
     let mut opt = Optimizer::for_model(model.as_ref(), AdamWConfig::default());
     let mut scaler = GradScaler::default();
     let mut rng = Rng::new(seed);
@@ -69,6 +89,7 @@ pub fn bench_train(
     let ledger = Ledger::of(model.as_ref(), opt.state_bytes());
     let rss = peak_rss_bytes();
     Ok(BenchResult {
+        device,
         model: cfg,
         block,
         precision,

@@ -126,7 +126,7 @@ impl_language_model!(BlocksLm, blocks::param_layout, blocks::decay_flags);
 impl_language_model!(Llama, llama::param_layout, llama::decay_flags);
 
 /// The model a configuration names: GPT-2 (`block` None) or a `BlocksLm` of that block kind with
-/// GPT-2's shape, freshly initialised from `seed` at `precision`.
+/// GPT-2's shape, freshly initialised from `seed` at `precision`, on the CPU.
 pub fn init(
     cfg: Gpt2Config,
     block: Option<blocks::BlockKind>,
@@ -134,10 +134,22 @@ pub fn init(
     recipe: &octet_core::scaling::Recipe,
     seed: u64,
 ) -> Result<Box<dyn LanguageModel>> {
+    init_on(CpuBackend, cfg, block, precision, recipe, seed)
+}
+
+/// `init` on `backend` (e.g. the CUDA backend, whose memory the model's buffers then live in).
+pub fn init_on<Bk: Backend<F = f32> + 'static>(
+    backend: Bk,
+    cfg: Gpt2Config,
+    block: Option<blocks::BlockKind>,
+    precision: Precision,
+    recipe: &octet_core::scaling::Recipe,
+    seed: u64,
+) -> Result<Box<dyn LanguageModel>> {
     Ok(match block {
-        None => Box::new(Gpt2::init(cfg, CpuBackend, precision, recipe, seed)?),
+        None => Box::new(Gpt2::init(cfg, backend, precision, recipe, seed)?),
         Some(k) => {
-            Box::new(BlocksLm::init(blocks::BlocksConfig::from_gpt2(&cfg, k), CpuBackend, precision, recipe, seed)?)
+            Box::new(BlocksLm::init(blocks::BlocksConfig::from_gpt2(&cfg, k), backend, precision, recipe, seed)?)
         }
     })
 }

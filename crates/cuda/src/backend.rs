@@ -1,0 +1,357 @@
+//! `CudaBackend`: the models' `octet_kernels::Backend` on a CUDA device, so GPT-2, the simplified
+//! blocks and Llama run their one code path on the GPU.
+//!
+//! Memory: every slab a model allocates comes from [`ManagedAlloc`] (`cuMemAllocManaged`, attached
+//! globally), so a model's `&[f32]` is also a device address; the model code is unchanged. The ops with
+//! device kernels here launch on the slices' addresses (wrapped as non-owning `CudaSlice`s for the
+//! launch); every other op is `HostFallback`'s CPU kernel on the same memory after a stream
+//! synchronise (correct, and slow where pages migrate). The host waits (`Memory::synchronize`) only
+//! where the model reads results: the loss, narrow staging, the optimizer.
+//!
+//! On the device now: encoder forward, LayerNorm forward/backward, matmul forward/backward (cuBLAS
+//! f32 GEMMs + bias kernels), attention forward/backward, GELU forward/backward, residual, softmax +
+//! cross-entropy forward/backward, bias backward. Still on the host: the rest of the ops (FP8/bf16
+//! casts and amax, the encoder backward, Llama's RMSNorm/RoPE/SwiGLU, the shaped attention), and the
+//! optimizer; `crate::optim` has the device AdamW for the next step.
+//!
+//! Kernel and cuBLAS failures inside an op panic with the op's name: the `Backend` ops return no
+//! `Result` (on the CPU they cannot fail); a failed launch leaves the context unusable anyway.
+
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, result, sys};
+use octet_core::{Allocator, Error};
+use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
+
+use crate::device::{CudaError, Gpu};
+use crate::ops::TokenBuckets;
+
+/// CUDA managed memory: host- and device-addressable, zeroed on the device.
+#[derive(Debug)]
+pub struct ManagedAlloc {
+    ctx: Arc<CudaContext>,
+}
+
+impl Allocator for ManagedAlloc {
+    fn name(&self) -> &'static str {
+        "cuda-managed"
+    }
+
+    fn alloc_zeroed(&self, bytes: usize) -> octet_core::Result<NonNull<u8>> {
+        let err = |what: &str, e: cudarc::driver::DriverError| {
+            Error::Other(format!("cuda-managed {what} of {bytes} bytes: {e}"))
+        };
+        self.ctx.bind_to_thread().map_err(|e| err("bind", e))?;
+        // SAFETY: a plain allocation; the pointer is owned by the returned Storage, zeroed before use.
+        let ptr = unsafe { result::malloc_managed(bytes, sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL) }
+            .map_err(|e| err("allocation", e))?;
+        // SAFETY: ptr holds bytes bytes (just allocated); the memset completes before returning.
+        unsafe { result::memset_d8_sync(ptr, 0, bytes) }.map_err(|e| err("memset", e))?;
+        NonNull::new(ptr as *mut u8).ok_or_else(|| Error::Other("cuda-managed allocation returned null".into()))
+    }
+
+    unsafe fn free(&self, ptr: NonNull<u8>, _bytes: usize) {
+        // Queued work may still read the buffer: wait for it (free is rare: model teardown, resize).
+        let _ = self.ctx.synchronize();
+        // SAFETY: ptr came from malloc_managed (alloc_zeroed) and is freed once (Allocator contract).
+        if let Err(e) = unsafe { result::free_sync(ptr.as_ptr() as sys::CUdeviceptr) } {
+            eprintln!("warning: cuda-managed free failed: {e}");
+        }
+    }
+}
+
+/// The device backend: one GPU, its stream, cuBLAS, and managed memory for the models' slabs.
+pub struct CudaBackend {
+    gpu: Gpu,
+    blas: CudaBlas,
+    alloc: Arc<dyn Allocator>,
+}
+
+// SAFETY: the backend is used from one thread at a time by the model that owns it (Backend requires
+// Send + Sync for the CPU backend's rayon use; nothing here is shared across threads concurrently).
+unsafe impl Send for CudaBackend {}
+unsafe impl Sync for CudaBackend {}
+
+impl CudaBackend {
+    /// Device `ordinal`, or why it cannot be used (no driver, no GPU, no managed memory).
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        let gpu = Gpu::new(ordinal)?;
+        let ctx = gpu.context().clone();
+        // One stream, ordered launches: cudarc's per-buffer events are not needed, and the launch
+        // views below must not create (and leak) any.
+        // SAFETY: every launch of this backend is on `gpu.stream()`.
+        unsafe { ctx.disable_event_tracking() };
+        let blas =
+            CudaBlas::new(gpu.stream().clone()).map_err(|e| CudaError::Unavailable(format!("cuBLAS handle: {e:?}")))?;
+        let alloc: Arc<dyn Allocator> = Arc::new(ManagedAlloc { ctx });
+        Ok(CudaBackend { gpu, blas, alloc })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.gpu.stream()
+    }
+
+    /// A launch view of `s` (managed memory of a model slab, or host memory for the fallbacks' sake:
+    /// see `upload`).
+    fn view<T>(&self, s: &[T]) -> View<T> {
+        // SAFETY: s lives in managed memory for the whole launch (the model's slab outlives the op,
+        // and ops are ordered on one stream); the view never frees it (View::drop leaks it back).
+        View(Some(unsafe { self.stream().upgrade_device_ptr(s.as_ptr() as sys::CUdeviceptr, s.len()) }))
+    }
+
+    /// Host ids (tokens, targets: not in a slab) copied to the device for one op.
+    fn upload(&self, ids: &[u32], what: &str) -> CudaSlice<u32> {
+        self.stream().clone_htod(ids).unwrap_or_else(|e| panic!("cuda: uploading {what}: {e}"))
+    }
+
+    /// out (N,OC) = inp (N,IC) @ w^T (w (OC,IC) row-major), f32 cuBLAS; beta = 0 overwrites.
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm(
+        &self,
+        op: &str,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let t = |x| if x { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let i = |x: usize| i32::try_from(x).unwrap_or_else(|_| panic!("cuda {op}: dimension {x} exceeds i32"));
+        let cfg = GemmConfig {
+            transa: t(ta),
+            transb: t(tb),
+            m: i(m),
+            n: i(n),
+            k: i(k),
+            alpha: 1.0f32,
+            lda: i(lda),
+            ldb: i(ldb),
+            beta,
+            ldc: i(ldc),
+        };
+        let (va, vb, mut vc) = (self.view(a), self.view(b), self.view(c));
+        // SAFETY: column-major shapes derived by the callers from the row-major buffers' lengths.
+        unsafe { self.blas.gemm(cfg, &*va, &*vb, &mut *vc) }.unwrap_or_else(|e| panic!("cuda {op}: cuBLAS {e:?}"));
+    }
+}
+
+/// A non-owning `CudaSlice` over managed memory for one launch.
+struct View<T>(Option<CudaSlice<T>>);
+
+impl<T> Deref for View<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        self.0.as_ref().expect("view present until drop")
+    }
+}
+
+impl<T> DerefMut for View<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        self.0.as_mut().expect("view present until drop")
+    }
+}
+
+impl<T> Drop for View<T> {
+    fn drop(&mut self) {
+        // The memory belongs to the model's slab: give the pointer back instead of freeing it.
+        if let Some(s) = self.0.take() {
+            s.leak();
+        }
+    }
+}
+
+impl Memory for CudaBackend {
+    fn allocator(&self) -> Option<Arc<dyn Allocator>> {
+        Some(self.alloc.clone())
+    }
+    fn synchronize(&self) {
+        self.stream().synchronize().unwrap_or_else(|e| panic!("cuda: stream synchronize: {e}"));
+    }
+}
+
+fn ok<T>(op: &str, r: Result<T, CudaError>) -> T {
+    r.unwrap_or_else(|e| panic!("cuda {op}: {e}"))
+}
+
+impl HostFallback for CudaBackend {
+    fn encoder_forward(&self, out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) {
+        let tok = self.upload(tokens, "tokens");
+        let (mut o, e, p) = (self.view(out), self.view(wte), self.view(wpe));
+        ok("encoder_forward", self.gpu.encoder_forward(&mut o, &tok, &e, &p, b, t, c));
+    }
+
+    fn encoder_backward(
+        &self,
+        dwte: &mut [f32],
+        dwpe: &mut [f32],
+        dout: &[f32],
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        c: usize,
+    ) {
+        let buckets = ok("encoder_backward", TokenBuckets::new(&self.gpu, tokens));
+        let (mut de, mut dp, d) = (self.view(dwte), self.view(dwpe), self.view(dout));
+        ok("encoder_backward", self.gpu.encoder_backward(&mut de, &mut dp, &d, &buckets, b, t, c));
+    }
+
+    fn layernorm_forward(
+        &self,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        inp: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        n: usize,
+        c: usize,
+    ) {
+        let (mut o, mut m, mut r) = (self.view(out), self.view(mean), self.view(rstd));
+        let (i, wv, bv) = (self.view(inp), self.view(w), self.view(bias));
+        ok("layernorm_forward", self.gpu.layernorm_forward(&mut o, &mut m, &mut r, &i, &wv, &bv, n, c));
+    }
+
+    fn layernorm_backward(
+        &self,
+        dinp: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        w: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        n: usize,
+        c: usize,
+    ) {
+        let (mut di, mut dwv, mut dbv) = (self.view(dinp), self.view(dw), self.view(db));
+        let (d, i, wv, m, r) = (self.view(dout), self.view(inp), self.view(w), self.view(mean), self.view(rstd));
+        ok("layernorm_backward", self.gpu.layernorm_backward(&mut di, &mut dwv, &mut dbv, &d, &i, &wv, &m, &r, n, c));
+    }
+
+    fn matmul_forward(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        // Column-major: out^T (OC, N) = w (IC, OC)^T-as-stored . inp^T (IC, N).
+        self.sgemm("matmul_forward", true, false, oc, n, ic, w, ic, inp, ic, 0.0, out, oc);
+        if let Some(bias) = bias {
+            let (mut o, bv) = (self.view(out), self.view(bias));
+            ok("matmul_forward bias", self.gpu.bias_add(&mut o, &bv, n, oc));
+        }
+    }
+
+    fn matmul_backward(
+        &self,
+        dinp: &mut [f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        dout: &[f32],
+        inp: &[f32],
+        w: &[f32],
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        // dinp^T (IC, N) = w^T-as-stored (IC, OC) . dout^T (OC, N): overwrite.
+        self.sgemm("matmul_backward dinp", false, false, ic, n, oc, w, ic, dout, oc, 0.0, dinp, ic);
+        // dw^T (IC, OC) += inp^T (IC, N) . dout (N, OC): accumulate.
+        self.sgemm("matmul_backward dw", false, true, ic, oc, n, inp, ic, dout, oc, 1.0, dw, ic);
+        if let Some(db) = dbias {
+            let (mut dbv, d) = (self.view(db), self.view(dout));
+            ok("matmul_backward bias", self.gpu.bias_backward(&mut dbv, &d, n, oc));
+        }
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut [f32],
+        lse: &mut [f32],
+        qkv: &[f32],
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) {
+        let (mut o, mut l, q) = (self.view(out), self.view(lse), self.view(qkv));
+        ok("attention_forward", self.gpu.attention_forward(&mut o, &mut l, &q, b, t, c, nh));
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: &mut [f32],
+        dout: &[f32],
+        qkv: &[f32],
+        out: &[f32],
+        lse: &[f32],
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) {
+        let (mut dq, d, q, o, l) = (self.view(dqkv), self.view(dout), self.view(qkv), self.view(out), self.view(lse));
+        ok("attention_backward", self.gpu.attention_backward(&mut dq, &d, &q, &o, &l, b, t, c, nh));
+    }
+
+    fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
+        let (mut o, i) = (self.view(out), self.view(inp));
+        ok("gelu_forward", self.gpu.gelu_forward(&mut o, &i));
+    }
+
+    fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        let (mut di, i, d) = (self.view(dinp), self.view(inp), self.view(dout));
+        ok("gelu_backward", self.gpu.gelu_backward(&mut di, &i, &d));
+    }
+
+    fn residual_forward(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
+        let (mut o, av, bv) = (self.view(out), self.view(a), self.view(b));
+        ok("residual_forward", self.gpu.residual_forward(&mut o, &av, &bv));
+    }
+
+    fn softmax_xent_forward(
+        &self,
+        losses: &mut [f32],
+        logits: &mut [f32],
+        targets: &[u32],
+        n: usize,
+        v: usize,
+        vp: usize,
+    ) {
+        let tg = self.upload(targets, "targets");
+        let (mut l, mut lg) = (self.view(losses), self.view(logits));
+        ok("softmax_xent_forward", self.gpu.softmax_xent_forward(&mut l, &mut lg, &tg, n, v, vp));
+    }
+
+    fn softmax_xent_backward(&self, probs: &mut [f32], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize) {
+        let tg = self.upload(targets, "targets");
+        let mut p = self.view(probs);
+        ok("softmax_xent_backward", self.gpu.softmax_xent_backward(&mut p, &tg, dloss as f32, n, v, vp));
+    }
+
+    fn bias_backward(&self, dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
+        let (mut db, d) = (self.view(dbias), self.view(dout));
+        ok("bias_backward", self.gpu.bias_backward(&mut db, &d, n, oc));
+    }
+}
+
+impl_backend_via_host_fallback!(CudaBackend, "cuda");

@@ -1,0 +1,80 @@
+//! `CudaBackend` runs the models' one code path on the GPU: GPT-2 (fp32 and fp8-o2), SAS-P and Llama
+//! train three steps on the device and on the CPU from the same weights and batches, with losses equal
+//! to f32 GEMM-order rounding. Skipped (SKIPPED on stderr) without a driver or GPU; bench/gpu.sh runs
+//! it on the GPU machine, where a skip is a failure.
+
+#[cfg(feature = "cuda")]
+mod device {
+    use octet_core::Rng;
+    use octet_core::scaling::Recipe;
+    use octet_cuda::CudaBackend;
+    use octet_kernels::{Backend, CpuBackend};
+    use octet_lm::blocks::BlockKind;
+    use octet_lm::gpt2::Gpt2Config;
+    use octet_lm::llama::{Llama, LlamaConfig, init_params, param_layout};
+    use octet_lm::model::{LanguageModel, init_on};
+    use octet_lm::precision::Precision;
+    use octet_lm::step::{GradScaler, Optimizer, train_step};
+
+    fn open(test: &str) -> Option<CudaBackend> {
+        match CudaBackend::new(0) {
+            Ok(be) => Some(be),
+            Err(e) => {
+                eprintln!("SKIPPED {test}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Losses of three steps on fixed random batches.
+    fn losses(m: &mut dyn LanguageModel, vocab: usize) -> Vec<f64> {
+        let (b, t) = (4, 16);
+        let mut rng = Rng::new(5);
+        let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
+        let y: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
+        let mut opt = Optimizer::for_model(m, Default::default());
+        let mut sc = GradScaler::default();
+        (0..3).map(|_| train_step(m, &mut opt, &mut sc, &x, &y, b, t, 1.0, 1e-3).unwrap().loss).collect()
+    }
+
+    /// cuBLAS and the CPU GEMM sum in different orders (f32, ~1e-7 relative per product), and the
+    /// reductions of the device kernels differ from the CPU's likewise; three steps of a tiny model
+    /// keep the losses within 1e-4 relative (FP8 levels: 1e-3, a rounding difference can move an
+    /// element across an E4M3 step).
+    fn close(what: &str, dev: &[f64], cpu: &[f64], rtol: f64) {
+        for (i, (a, b)) in dev.iter().zip(cpu).enumerate() {
+            assert!((a - b).abs() <= rtol * b.abs(), "{what}: step {i}: device {dev:?} vs cpu {cpu:?}");
+        }
+        eprintln!("{what}: device {dev:.6?} cpu {cpu:.6?}");
+    }
+
+    #[test]
+    fn gpt2_and_sas_p_train_on_the_device_like_on_the_cpu() {
+        let Some(_) = open("gpt2_and_sas_p_train_on_the_device_like_on_the_cpu") else { return };
+        let cfg = Gpt2Config::tiny();
+        let r = Recipe::default();
+        for (block, p, rtol) in [
+            (None, Precision::Fp32, 1e-4),
+            (None, Precision::Fp8O2, 1e-3),
+            (Some(BlockKind::SasP), Precision::Fp32, 1e-4),
+        ] {
+            let be = CudaBackend::new(0).unwrap();
+            let mut dev = init_on(be, cfg, block, p, &r, 7).unwrap();
+            let mut cpu = init_on(CpuBackend, cfg, block, p, &r, 7).unwrap();
+            let what = format!("{} {p}", block.map_or("gpt2".into(), |b| b.to_string()));
+            close(&what, &losses(dev.as_mut(), cfg.vocab_size), &losses(cpu.as_mut(), cfg.vocab_size), rtol);
+        }
+    }
+
+    #[test]
+    fn llama_trains_on_the_device_like_on_the_cpu() {
+        let Some(be) = open("llama_trains_on_the_device_like_on_the_cpu") else { return };
+        assert_eq!(be.name(), "cuda");
+        let c = LlamaConfig::tiny();
+        let params = init_params(&c, &param_layout(&c), 3);
+        let mut dev = Llama::new(c, be, params.clone()).unwrap();
+        let mut cpu = Llama::new(c, CpuBackend, params).unwrap();
+        assert_eq!(dev.params.data.memory(), "cuda-managed");
+        close("llama fp32", &losses(&mut dev, c.vocab_size), &losses(&mut cpu, c.vocab_size), 1e-4);
+    }
+}
