@@ -17,11 +17,10 @@
 #      AdamW (f32 and FP8-LM O2, bit-identical to the CPU) and the cuBLASLt bf16/FP8 GEMMs, each against
 #      the CPU reference on random data). On this machine a skipped test (no driver/GPU found) is a
 #      failure;
-#   3. octet's own GPT-2 124M step on the device at bf16, fp8-o1, fp8-o2 — TODO: not implemented yet.
-#      Every kernel and GEMM of the step exists (issue 7's second slice), but the model does not run on
-#      the device: the Backend trait is over host slices and needs device-addressable buffers first
-#      (crates/cuda/src/lib.rs). This step prints a notice and records {"octet": "todo"} until
-#      `octet bench train --device cuda` exists;
+#   3. octet's own GPT-2 124M training step on the device: `octet bench train --device cuda` (the
+#      CudaBackend over managed memory: the main ops on the device, the rest host fallbacks on the same
+#      memory, so expect it far below the peer until those move) at each of OCTET_PRECISIONS, each
+#      under a time limit; a run that fails or times out is recorded as such, not dropped;
 #   4. the PyTorch peer at B=16, T=1024: eager, then torch.compile (bf16 autocast; tokens/s, MFU, peak
 #      memory).
 # Every JSON line goes to bench/results-gpu.jsonl (written to a temp file, moved into place at the end)
@@ -32,7 +31,9 @@
 #   STEPS, WARMUP     timed / untimed peer steps (default 20, 5)
 #   PYTHON            interpreter with torch 2.11 (default python3)
 #   GPU_BIN           directory of the prebuilt binaries (default target/gpu)
-#   SKIP_KERNELS=1    skip step 2;  SKIP_PEER=1  skip step 4
+#   OCTET_PRECISIONS  octet precision levels for step 3 (default "fp32 fp8-o2")
+#   OCTET_STEPS, OCTET_WARMUP, OCTET_TIMEOUT   timed / untimed octet steps, seconds per level (5, 1, 180)
+#   SKIP_KERNELS=1    skip step 2;  SKIP_OCTET=1  skip step 3;  SKIP_PEER=1  skip step 4
 #   OUT               results file (default bench/results-gpu.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,10 @@ WARMUP=${WARMUP:-5}
 PYTHON=${PYTHON:-python3}
 GPU_BIN=${GPU_BIN:-target/gpu}
 OUT=${OUT:-bench/results-gpu.jsonl}
+OCTET_PRECISIONS=${OCTET_PRECISIONS:-fp32 fp8-o2}
+OCTET_STEPS=${OCTET_STEPS:-5}
+OCTET_WARMUP=${OCTET_WARMUP:-1}
+OCTET_TIMEOUT=${OCTET_TIMEOUT:-180}
 
 if [[ "${1:-}" == "build" ]]; then
     # The kernel checks: the octet-cuda test binaries (tests/kernels.rs: every NVRTC kernel and the
@@ -107,13 +112,22 @@ if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
     [[ $status == 0 ]] || { echo "kernel checks FAILED" >&2; mv "$tmp" "$OUT"; trap - EXIT; exit 1; }
 fi
 
-echo "== octet GPT-2 124M training step on the GPU (bf16, fp8-o1, fp8-o2)"
-# TODO(issue 7): replace with
-#   "$GPU_BIN/octet" bench train --device cuda --model gpt2-124m --batch $BATCH --seq $SEQ \
-#       --precision $p --steps $STEPS --warmup $WARMUP --json
-# for p in bf16 fp8-o1 fp8-o2, once the model runs on the CUDA backend. Not there yet.
-echo "NOT IMPLEMENTED YET: octet's GPU training step does not exist; only its kernels and GEMMs do."
-echo '{"octet": "todo", "note": "GPU training step not implemented yet (issue 7)"}' >> "$tmp"
+if [[ "${SKIP_OCTET:-0}" != 1 ]]; then
+    for p in $OCTET_PRECISIONS; do
+        echo "== octet GPT-2 124M training step on the GPU, $p, B=$BATCH T=$SEQ"
+        status=0
+        line=$(timeout "$OCTET_TIMEOUT" "$GPU_BIN/octet" bench train --device cuda --model gpt2-124m \
+            --batch "$BATCH" --seq "$SEQ" --precision "$p" --steps "$OCTET_STEPS" --warmup "$OCTET_WARMUP" \
+            --json | tail -n 1) || status=$?
+        if [[ $status == 0 && -n "$line" ]]; then
+            echo "$line" | tee -a "$tmp"
+        else
+            what=$([[ $status == 124 ]] && echo "timeout after ${OCTET_TIMEOUT}s" || echo "exit status $status")
+            echo "octet $p: $what" >&2
+            echo "{\"octet\": \"failed\", \"precision\": \"$p\", \"why\": \"$what\"}" >> "$tmp"
+        fi
+    done
+fi
 
 if [[ "${SKIP_PEER:-0}" != 1 ]]; then
     for compile in "" "--compile"; do
@@ -134,8 +148,11 @@ for r in rows:
     if r.get("peer") == "pytorch":
         name = "pytorch " + ("compile" if r["compile"] else "eager") + " " + r["precision"]
         print(f"{name:<28} {r['tokens_per_s']:>10} {r['mfu']:>6.3f} {r['peak_mem_gib']:>9.2f}")
+    elif r.get("device") == "cuda":
+        name = f"octet cuda {r['precision']}"
+        print(f"{name:<28} {r['tokens_per_s']:>10.0f} {'':>6} {r['peak_rss_bytes'] / 2**30:>9.2f} (host RSS)")
     elif "octet" in r:
-        print(f"{'octet (GPU step)':<28} {'TODO':>10}")
+        print(f"{'octet ' + r.get('precision', ''):<28} {r['octet']:>10} {r.get('why', '')}")
     elif "kernel_checks" in r:
         print(f"{'octet kernel checks':<28} {r['kernel_checks']:>10} ({r['passed']} tests)")
 PY
