@@ -67,8 +67,8 @@ for line in sys.stdin:
         [[ -n "$exe" ]] || { echo "gpu.sh build: no $name test executable found" >&2; exit 1; }
         cp "$exe" "$GPU_BIN/octet-cuda-$name"
     done
-    # The CLI with the CUDA backend: `octet device` is the device check of the run below (step 3,
-    # octet's own step on the GPU, will use it too once it exists).
+    # The CLI with the CUDA backend: `octet device` (the device check) and `octet bench train --device
+    # cuda` (step 3) of the run below.
     cargo build --release -p octet-cli --features cuda
     cp "${CARGO_TARGET_DIR:-target}/release/octet" "$GPU_BIN/octet"
     echo "built $GPU_BIN/{octet-cuda-kernels,octet-cuda-gemm,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
