@@ -8,11 +8,12 @@
 //! synchronise (correct, and slow where pages migrate). The host waits (`Memory::synchronize`) only
 //! where the model reads results: the loss, narrow staging, the optimizer.
 //!
-//! On the device now: encoder forward, LayerNorm forward/backward, matmul forward/backward (cuBLAS
-//! f32 GEMMs + bias kernels), attention forward/backward, GELU forward/backward, residual, softmax +
-//! cross-entropy forward/backward, bias backward. Still on the host: the rest of the ops (FP8/bf16
-//! casts and amax, the encoder backward, Llama's RMSNorm/RoPE/SwiGLU, the shaped attention), and the
-//! optimizer; `crate::optim` has the device AdamW for the next step.
+//! On the device now: encoder forward/backward, LayerNorm forward/backward, matmul forward/backward
+//! (cuBLAS f32 GEMMs + bias kernels), attention forward/backward, GELU forward/backward, residual,
+//! softmax + cross-entropy forward/backward, bias backward, amax, bf16 rounding and FP8 quantise-
+//! dequantise (the precision levels' GEMM operands; each amax is read back at once). Still on the
+//! host: Llama's RMSNorm/RoPE/SwiGLU, the shaped attention and the scalar gains, and the optimizer
+//! (`crate::optim` has the device AdamW for the next step).
 //!
 //! Kernel and cuBLAS failures inside an op panic with the op's name: the `Backend` ops return no
 //! `Result` (on the CPU they cannot fail); a failed launch leaves the context unusable anyway.
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, result, sys};
 use octet_core::{Allocator, Error};
+use octet_kernels::backend::Fp8Format;
 use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
 
 use crate::device::{CudaError, Gpu};
@@ -109,6 +111,17 @@ impl CudaBackend {
     /// Host ids (tokens, targets: not in a slab) copied to the device for one op.
     fn upload(&self, ids: &[u32], what: &str) -> CudaSlice<u32> {
         self.stream().clone_htod(ids).unwrap_or_else(|e| panic!("cuda: uploading {what}: {e}"))
+    }
+
+    /// A zeroed device cell for an amax (f32 bits, max-reduced by the kernels).
+    fn amax_cell(&self, op: &str) -> CudaSlice<u32> {
+        self.stream().alloc_zeros::<u32>(1).unwrap_or_else(|e| panic!("cuda {op}: amax cell: {e}"))
+    }
+
+    /// The amax back on the host (waits for the op: FP8 scaling reads it at once).
+    fn read_amax(&self, op: &str, a: &CudaSlice<u32>) -> f32 {
+        let v = self.stream().clone_dtoh(a).unwrap_or_else(|e| panic!("cuda {op}: reading amax: {e}"));
+        f32::from_bits(v[0])
     }
 
     /// out (N,OC) = inp (N,IC) @ w^T (w (OC,IC) row-major), f32 cuBLAS; beta = 0 overwrites.
@@ -346,6 +359,30 @@ impl HostFallback for CudaBackend {
         let tg = self.upload(targets, "targets");
         let mut p = self.view(probs);
         ok("softmax_xent_backward", self.gpu.softmax_xent_backward(&mut p, &tg, dloss as f32, n, v, vp));
+    }
+
+    fn amax(&self, src: &[f32]) -> f32 {
+        if src.is_empty() {
+            return 0.0;
+        }
+        let mut a = self.amax_cell("amax");
+        ok("amax", self.gpu.amax(&mut a, &self.view(src)));
+        self.read_amax("amax", &a)
+    }
+
+    fn round_bf16(&self, dst: &mut [f32], src: &[f32]) {
+        let (mut d, sv) = (self.view(dst), self.view(src));
+        ok("round_bf16", self.gpu.round_bf16(&mut d, &sv));
+    }
+
+    fn qdq_fp8(&self, dst: &mut [f32], src: &[f32], format: Fp8Format, scale: f32) -> f32 {
+        if src.is_empty() {
+            return 0.0;
+        }
+        let mut a = self.amax_cell("qdq_fp8");
+        let (mut d, sv) = (self.view(dst), self.view(src));
+        ok("qdq_fp8", self.gpu.qdq_fp8(format, &mut d, &mut a, &sv, scale));
+        self.read_amax("qdq_fp8", &a)
     }
 
     fn bias_backward(&self, dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
