@@ -120,3 +120,21 @@ fn members_in_parallel_predict_as_each_alone() {
         Tolerance::EXACT.assert_close("member", y, &alone);
     }
 }
+
+/// `octet bench materials` reports `structures_per_s` in the unit: a structure through a
+/// k-member ensemble counts as k, so it is k times `ensemble_structures_per_s`.
+#[test]
+fn bench_counts_a_structure_through_k_members_as_k() {
+    let structures = octet_materials::bench::synthetic_structures(12).unwrap();
+    let cfg = octet_materials::bench::BenchConfig {
+        width: 8,
+        steps: 2,
+        ensemble: 3,
+        batch: 4,
+        train_batch: 4,
+        train_steps: 1,
+    };
+    let r = octet_materials::bench::bench(&cfg, &structures, "synthetic").unwrap();
+    assert!(r.structures_per_s > 0.0 && r.passes_per_s > 0.0);
+    assert!((r.structures_per_s - 3.0 * r.ensemble_structures_per_s).abs() <= 1e-9 * r.structures_per_s);
+}
