@@ -17,8 +17,8 @@ everything compiles and the checks hold. `--ptx FILE` also writes the module's P
     # CUDA 12: nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12, then
     #   --nvrtc /tmp/cu12/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 -I /tmp/cu12/nvidia/cuda_runtime/include
 
-Last run (issue 7, second slice): NVRTC 13.5 and 12.9, sm_90 (and sm_80 on 13.5): 53/53 entry points,
-AdamW entry points free of fma.
+Last run (issue 7, Llama ops: RMSNorm, RoPE, SwiGLU, repeat_kv, embedding): NVRTC 13.5 and 12.9, sm_90
+(and sm_80 on 13.5): 73/73 entry points, AdamW entry points free of fma.
 """
 import argparse
 import ctypes

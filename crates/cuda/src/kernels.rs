@@ -1,4 +1,4 @@
-//! CUDA C sources of the GPT-2 step's kernels (all but the GEMMs: see `gemm`), compiled at run time by NVRTC.
+//! CUDA C sources of the GPT-2 and Llama kernels (all but the GEMMs: see `gemm`), compiled at run time by NVRTC.
 //!
 //! Each kernel is one raw-string constant (`PRELUDE` first, then one per operation) so that
 //! `tools/cuda/nvrtc_check.py` can extract and compile them offline without a GPU; [`source`] joins
@@ -822,8 +822,223 @@ extern "C" __global__ void adam_o2_stage2_e4m3g(__half* p, __nv_fp8_e4m3* m, __h
 }
 "#;
 
+/// RMSNorm (Llama), forward and backward; the saved 1/rms (N) is f32 whatever the storage type.
+/// - `rmsnorm_forward_*(out, rrms, inp, w, n, c, eps)`: one warp per row (launch as
+///   `layernorm_forward`): ms = sum_i x_i^2 / C in f32, rrms = 1 / sqrt(ms + eps) with the sum and
+///   root in f64 as the CPU kernel does (eps is a double), out = x rrms w. `rrms` may be null.
+/// - `rmsnorm_backward_dinp_*(dinp, dout, inp, w, rrms, n, c)`: one warp per row. With s = rrms,
+///   xhat = x s, g = dout w: d/dx_i of sum_j g_j x_j s, s = (mean(x^2) + eps)^(-1/2), is
+///   s g_i - s^3 x_i sum_j g_j x_j / C = s (g_i - xhat_i mean(g xhat)); dinp += that (accumulates).
+/// - `rmsnorm_backward_dw_*(dw, dout, inp, rrms, n, c)`: one thread per column, dw_i += sum_r dout_ri
+///   xhat_ri over the rows in order (a parameter gradient; no atomics, deterministic).
+pub const RMSNORM: &str = r#"
+template <typename T>
+__device__ void rmsnorm_forward(T* out, float* rrms, const T* inp, const T* w, int n, int c, double eps) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= n) return;  // the whole warp leaves together
+    const T* x = inp + row * c;
+    float ss = 0.0f;
+    for (int i = lane; i < c; i += 32) {
+        float v = to_f32(x[i]);
+        ss += v * v;
+    }
+    float ms = warp_sum(ss) / c;
+    float s = (float)(1.0 / sqrt((double)ms + eps));
+    T* o = out + row * c;
+    for (int i = lane; i < c; i += 32) o[i] = from_f32<T>(to_f32(x[i]) * s * to_f32(w[i]));
+    if (lane == 0 && rrms) rrms[row] = s;
+}
+template <typename T>
+__device__ void rmsnorm_backward_dinp(T* dinp, const T* dout, const T* inp, const T* w, const float* rrms, int n,
+                                      int c) {
+    int lane = threadIdx.x % 32;
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    if (row >= n) return;
+    const T* x = inp + row * c;
+    const T* d = dout + row * c;
+    float s = rrms[row];
+    float mgx = 0.0f;
+    for (int i = lane; i < c; i += 32) mgx += to_f32(d[i]) * to_f32(w[i]) * to_f32(x[i]) * s;
+    mgx = warp_sum(mgx) / c;
+    T* dx = dinp + row * c;
+    for (int i = lane; i < c; i += 32) {
+        float xhat = to_f32(x[i]) * s;
+        dx[i] = from_f32<T>(to_f32(dx[i]) + s * (to_f32(d[i]) * to_f32(w[i]) - xhat * mgx));
+    }
+}
+template <typename T>
+__device__ void rmsnorm_backward_dw(T* dw, const T* dout, const T* inp, const float* rrms, int n, int c) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= c) return;
+    float acc = 0.0f;
+    for (int r = 0; r < n; r++) acc += to_f32(dout[(long long)r * c + i]) * (to_f32(inp[(long long)r * c + i]) * rrms[r]);
+    dw[i] = from_f32<T>(to_f32(dw[i]) + acc);
+}
+#define OCTET_RMSNORM(S, T) \
+    extern "C" __global__ void rmsnorm_forward_##S(T* out, float* rrms, const T* inp, const T* w, int n, int c, \
+                                                   double eps) { \
+        rmsnorm_forward<T>(out, rrms, inp, w, n, c, eps); \
+    } \
+    extern "C" __global__ void rmsnorm_backward_dinp_##S(T* dinp, const T* dout, const T* inp, const T* w, \
+                                                         const float* rrms, int n, int c) { \
+        rmsnorm_backward_dinp<T>(dinp, dout, inp, w, rrms, n, c); \
+    } \
+    extern "C" __global__ void rmsnorm_backward_dw_##S(T* dw, const T* dout, const T* inp, const float* rrms, int n, \
+                                                       int c) { \
+        rmsnorm_backward_dw<T>(dw, dout, inp, rrms, n, c); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_RMSNORM)
+"#;
+
+/// Rotary position embedding, interleaved pairs (`reference::rope_forward`): rows r of inp (rows = B*T,
+/// W) at position p = pos0 + r % T; in the first `rot` columns (heads of hs, rot a multiple of hs, hs
+/// even) pair (2i, 2i+1) of each head rotates by a = sign p base^(-2i/hs):
+/// out[2i] = x[2i] cos a - x[2i+1] sin a, out[2i+1] = x[2i] sin a + x[2i+1] cos a; columns rot..W are
+/// copied. The angle and its sine and cosine are f64 (as the CPU's table: at p ~ 4000 an f32 angle
+/// would be off by ~2e-4 rad), rounded once to f32; the rotation is f32.
+/// - `rope_forward_*(out, inp, rows, t, pos0, w, rot, hs, base)`: sign +1.
+/// - `rope_backward_*(dinp, dout, ...)`: sign -1 (the rotation is orthogonal: its transpose is the
+///   rotation by -a); dinp overwritten.
+/// Grid-stride over rows x (rot/2 pairs + W - rot copies), any launch shape.
+pub const ROPE: &str = r#"
+template <typename T>
+__device__ void rope_rotate(T* out, const T* inp, int rows, int t, int pos0, int w, int rot, int hs, double base,
+                            double sign) {
+    int half = rot / 2, per_row = half + (w - rot), hp = hs / 2;
+    OCTET_GRID_STRIDE(e, (long long)rows * per_row) {
+        long long r = e / per_row;
+        int j = (int)(e % per_row);
+        const T* x = inp + r * w;
+        T* o = out + r * w;
+        if (j < half) {
+            int i = j % hp, col = (j / hp) * hs + 2 * i;  // pair i of head j / hp
+            double pos = (double)(pos0 + (long long)(r % t));
+            double sd, cd;
+            sincos(sign * (pos * pow(base, -2.0 * i / hs)), &sd, &cd);
+            float sn = (float)sd, cs = (float)cd;
+            float x0 = to_f32(x[col]), x1 = to_f32(x[col + 1]);
+            o[col] = from_f32<T>(x0 * cs - x1 * sn);
+            o[col + 1] = from_f32<T>(x0 * sn + x1 * cs);
+        } else {
+            int col = rot + (j - half);
+            o[col] = x[col];
+        }
+    }
+}
+#define OCTET_ROPE(S, T) \
+    extern "C" __global__ void rope_forward_##S(T* out, const T* inp, int rows, int t, int pos0, int w, int rot, \
+                                                int hs, double base) { \
+        rope_rotate<T>(out, inp, rows, t, pos0, w, rot, hs, base, 1.0); \
+    } \
+    extern "C" __global__ void rope_backward_##S(T* dinp, const T* dout, int rows, int t, int pos0, int w, int rot, \
+                                                 int hs, double base) { \
+        rope_rotate<T>(dinp, dout, rows, t, pos0, w, rot, hs, base, -1.0); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_ROPE)
+"#;
+
+/// SwiGLU, inp (N, 2H) = [gate | up] per row, out (N, H); grid-stride over N*H, any launch shape.
+/// - `swiglu_forward_*(out, inp, n, h)`: out = silu(g) u, silu(g) = g sigmoid(g) = g / (1 + e^-g).
+/// - `swiglu_backward_*(dinp, inp, dout, n, h)`: with sg = sigmoid(g), silu'(g) = sg (1 + g (1 - sg)):
+///   dgate = dout u silu'(g), dup = dout g sg (dinp (N, 2H) overwritten).
+pub const SWIGLU: &str = r#"
+template <typename T>
+__device__ void swiglu_forward(T* out, const T* inp, int n, int h) {
+    OCTET_GRID_STRIDE(e, (long long)n * h) {
+        long long r = e / h;
+        int j = (int)(e % h);
+        float g = to_f32(inp[r * 2 * h + j]), u = to_f32(inp[r * 2 * h + h + j]);
+        out[e] = from_f32<T>(g / (1.0f + expf(-g)) * u);
+    }
+}
+template <typename T>
+__device__ void swiglu_backward(T* dinp, const T* inp, const T* dout, int n, int h) {
+    OCTET_GRID_STRIDE(e, (long long)n * h) {
+        long long r = e / h;
+        int j = (int)(e % h);
+        float g = to_f32(inp[r * 2 * h + j]), u = to_f32(inp[r * 2 * h + h + j]), d = to_f32(dout[e]);
+        float sg = 1.0f / (1.0f + expf(-g));
+        dinp[r * 2 * h + j] = from_f32<T>(d * u * sg * (1.0f + g * (1.0f - sg)));
+        dinp[r * 2 * h + h + j] = from_f32<T>(d * g * sg);
+    }
+}
+#define OCTET_SWIGLU(S, T) \
+    extern "C" __global__ void swiglu_forward_##S(T* out, const T* inp, int n, int h) { \
+        swiglu_forward<T>(out, inp, n, h); \
+    } \
+    extern "C" __global__ void swiglu_backward_##S(T* dinp, const T* inp, const T* dout, int n, int h) { \
+        swiglu_backward<T>(dinp, inp, dout, n, h); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_SWIGLU)
+"#;
+
+/// Grouped-query attention to the multi-head layout (`reference::repeat_kv_forward`): C = NH hs,
+/// KVD = NKV hs, rep = NH / NKV, inp (N, C + 2 KVD) = [q | k | v] -> out (N, 3C) = [q | k | v], query
+/// head h reading kv head h / rep. Grid-stride, any launch shape.
+/// - `repeat_kv_forward_*(out, inp, n, nh, nkv, hs)`: one thread per output element, a copy.
+/// - `repeat_kv_backward_*(dinp, dout, n, nh, nkv, hs)`: one thread per dinp element (overwritten):
+///   dq copied; dk, dv of kv head g at dim k = sum over j < rep of dout's head g rep + j, in f32 in
+///   order j = 0, 1, ... (the CPU kernel's order).
+pub const REPEAT_KV: &str = r#"
+template <typename T>
+__device__ void repeat_kv_forward(T* out, const T* inp, int n, int nh, int nkv, int hs) {
+    int c = nh * hs, kvd = nkv * hs, rep = nh / nkv, wi = c + 2 * kvd;
+    OCTET_GRID_STRIDE(e, (long long)n * 3 * c) {
+        long long r = e / (3 * c);
+        int col = (int)(e % (3 * c)), src = col;
+        if (col >= c) {
+            int part = (col - c) / c, hd = (col - c) % c;  // part 0: k, 1: v; hd = h hs + d
+            src = c + part * kvd + (hd / hs / rep) * hs + hd % hs;
+        }
+        out[e] = inp[r * wi + src];
+    }
+}
+template <typename T>
+__device__ void repeat_kv_backward(T* dinp, const T* dout, int n, int nh, int nkv, int hs) {
+    int c = nh * hs, kvd = nkv * hs, rep = nh / nkv, wi = c + 2 * kvd;
+    OCTET_GRID_STRIDE(e, (long long)n * wi) {
+        long long r = e / wi;
+        int col = (int)(e % wi);
+        const T* d = dout + r * 3 * c;
+        if (col < c) {
+            dinp[e] = d[col];
+        } else {
+            int part = (col - c) / kvd, gk = (col - c) % kvd;  // gk = g hs + k
+            const T* src = d + (1 + part) * c + (gk / hs) * rep * hs + gk % hs;
+            float acc = to_f32(src[0]);
+            for (int j = 1; j < rep; j++) acc += to_f32(src[(long long)j * hs]);
+            dinp[e] = from_f32<T>(acc);
+        }
+    }
+}
+#define OCTET_REPEAT_KV(S, T) \
+    extern "C" __global__ void repeat_kv_forward_##S(T* out, const T* inp, int n, int nh, int nkv, int hs) { \
+        repeat_kv_forward<T>(out, inp, n, nh, nkv, hs); \
+    } \
+    extern "C" __global__ void repeat_kv_backward_##S(T* dinp, const T* dout, int n, int nh, int nkv, int hs) { \
+        repeat_kv_backward<T>(dinp, dout, n, nh, nkv, hs); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_REPEAT_KV)
+"#;
+
+/// `embed_forward_*(out, tokens, wte, n, c)`: out (N, C) row r = wte[tokens[r]] (token embedding without
+/// positions, RoPE models); grid-stride over N*C. The backward, dwte[tokens] += dout, is ENCODER's
+/// deterministic `encoder_backward_wte_*` over the token buckets.
+pub const EMBED: &str = r#"
+template <typename T>
+__device__ void embed_forward(T* out, const unsigned int* tokens, const T* wte, int n, int c) {
+    OCTET_GRID_STRIDE(e, (long long)n * c) { out[e] = wte[(long long)tokens[e / c] * c + e % c]; }
+}
+#define OCTET_EMBED(S, T) \
+    extern "C" __global__ void embed_forward_##S(T* out, const unsigned int* tokens, const T* wte, int n, int c) { \
+        embed_forward<T>(out, tokens, wte, n, c); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_EMBED)
+"#;
+
 /// Every operation's source, in module order (after [`PRELUDE`]), with its name.
-pub const OPS: [(&str, &str); 13] = [
+pub const OPS: [(&str, &str); 18] = [
     ("residual", RESIDUAL),
     ("gelu", GELU),
     ("bias", BIAS),
@@ -837,10 +1052,15 @@ pub const OPS: [(&str, &str); 13] = [
     ("softmax_xent", SOFTMAX_XENT),
     ("cast", CAST),
     ("adam", ADAM),
+    ("rmsnorm", RMSNORM),
+    ("rope", ROPE),
+    ("swiglu", SWIGLU),
+    ("repeat_kv", REPEAT_KV),
+    ("embed", EMBED),
 ];
 
 /// Every `extern "C"` entry point the module defines.
-pub const KERNEL_NAMES: [&str; 53] = [
+pub const KERNEL_NAMES: [&str; 73] = [
     "residual_forward_f32",
     "residual_forward_bf16",
     "gelu_forward_f32",
@@ -894,6 +1114,26 @@ pub const KERNEL_NAMES: [&str; 53] = [
     "adam_o2_stage2",
     "adam_o2_stage1_e4m3g",
     "adam_o2_stage2_e4m3g",
+    "rmsnorm_forward_f32",
+    "rmsnorm_forward_bf16",
+    "rmsnorm_backward_dinp_f32",
+    "rmsnorm_backward_dinp_bf16",
+    "rmsnorm_backward_dw_f32",
+    "rmsnorm_backward_dw_bf16",
+    "rope_forward_f32",
+    "rope_forward_bf16",
+    "rope_backward_f32",
+    "rope_backward_bf16",
+    "swiglu_forward_f32",
+    "swiglu_forward_bf16",
+    "swiglu_backward_f32",
+    "swiglu_backward_bf16",
+    "repeat_kv_forward_f32",
+    "repeat_kv_forward_bf16",
+    "repeat_kv_backward_f32",
+    "repeat_kv_backward_bf16",
+    "embed_forward_f32",
+    "embed_forward_bf16",
 ];
 
 /// The whole module: [`PRELUDE`] followed by every operation in [`OPS`].

@@ -18,4 +18,14 @@ void L_softmax_xent_backward(unsigned g, unsigned b, float* p, const unsigned* t
 void L_amax(unsigned g, unsigned b, unsigned* a, const float* x, long long n) { launch(g,1,b,1,[=]{ amax_f32(a,x,n); }); }
 void L_adamw(unsigned g, unsigned b, float* p, float* m, float* v, const float* gr, AdamCoeffs k, long long n) { launch(g,1,b,1,[=]{ adamw_f32(p,m,v,gr,k,n); }); }
 void L_adam_o2_scales(unsigned b, float* next, unsigned* skip, const float* scales, const unsigned* amax, int nt, float f8, float f16, int mp, int mm, int mv) { launch(1,1,b,1,[=]{ adam_o2_scales(next,skip,scales,amax,nt,f8,f16,mp,mm,mv); }); }
+void L_rmsnorm_forward(unsigned g, unsigned b, float* out, float* rrms, const float* x, const float* w, int n, int c, double eps) { launch(g,1,b,1,[=]{ rmsnorm_forward_f32(out,rrms,x,w,n,c,eps); }); }
+void L_rmsnorm_backward_dinp(unsigned g, unsigned b, float* dx, const float* dout, const float* x, const float* w, const float* rrms, int n, int c) { launch(g,1,b,1,[=]{ rmsnorm_backward_dinp_f32(dx,dout,x,w,rrms,n,c); }); }
+void L_rmsnorm_backward_dw(unsigned g, unsigned b, float* dw, const float* dout, const float* x, const float* rrms, int n, int c) { launch(g,1,b,1,[=]{ rmsnorm_backward_dw_f32(dw,dout,x,rrms,n,c); }); }
+void L_rope_forward(unsigned g, unsigned b, float* out, const float* x, int rows, int t, int pos0, int w, int rot, int hs, double base) { launch(g,1,b,1,[=]{ rope_forward_f32(out,x,rows,t,pos0,w,rot,hs,base); }); }
+void L_rope_backward(unsigned g, unsigned b, float* dx, const float* dout, int rows, int t, int pos0, int w, int rot, int hs, double base) { launch(g,1,b,1,[=]{ rope_backward_f32(dx,dout,rows,t,pos0,w,rot,hs,base); }); }
+void L_swiglu_forward(unsigned g, unsigned b, float* out, const float* x, int n, int h) { launch(g,1,b,1,[=]{ swiglu_forward_f32(out,x,n,h); }); }
+void L_swiglu_backward(unsigned g, unsigned b, float* dx, const float* x, const float* dout, int n, int h) { launch(g,1,b,1,[=]{ swiglu_backward_f32(dx,x,dout,n,h); }); }
+void L_repeat_kv_forward(unsigned g, unsigned b, float* out, const float* x, int n, int nh, int nkv, int hs) { launch(g,1,b,1,[=]{ repeat_kv_forward_f32(out,x,n,nh,nkv,hs); }); }
+void L_repeat_kv_backward(unsigned g, unsigned b, float* dx, const float* dout, int n, int nh, int nkv, int hs) { launch(g,1,b,1,[=]{ repeat_kv_backward_f32(dx,dout,n,nh,nkv,hs); }); }
+void L_embed_forward(unsigned g, unsigned b, float* out, const unsigned* tok, const float* wte, int n, int c) { launch(g,1,b,1,[=]{ embed_forward_f32(out,tok,wte,n,c); }); }
 }

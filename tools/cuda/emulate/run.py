@@ -8,7 +8,9 @@ shim.h (one OS thread per CUDA thread; see there) and launch.cpp, and runs each 
 its Rust wrapper (crates/cuda/src/{device,ops,optim}.rs). What this checks: indexing, reductions,
 warp/block synchronisation and formulas. What it cannot: GPU arithmetic (expf ulps, FMA contraction,
 which nvrtc_check.py checks for AdamW), bf16/FP8, cuBLASLt, real scheduling. Tolerances: F32's
-(atol 1e-5, rtol 1e-4, as octet_core::Tolerance::F32); AdamW and the scale kernel exact.
+(atol 1e-5, rtol 1e-4, as octet_core::Tolerance::F32); AdamW, the scale kernel and the copies (repeat_kv
+forward, embedding forward) exact. Covered: the GPT-2 step's kernels and Llama's (RMSNorm, RoPE, SwiGLU,
+repeat_kv, embedding).
 
     python3 tools/cuda/emulate/run.py        # ~1 min on 2 cores; exit status 0 iff all checks pass
 """
@@ -28,7 +30,8 @@ def extract_f32():
                  "", pre, flags=re.S)
     pre = pre.replace("M(f32, float) M(bf16, __nv_bfloat16)", "M(f32, float)")
     ops = "".join(consts[k] for k in ["RESIDUAL", "GELU", "BIAS", "LAYERNORM", "ENCODER", "LAYERNORM_BACKWARD",
-                                       "ATTENTION", "SOFTMAX_XENT"])
+                                       "ATTENTION", "SOFTMAX_XENT", "RMSNORM", "ROPE", "SWIGLU", "REPEAT_KV",
+                                       "EMBED"])
     cast = consts["CAST"].split('extern "C" __global__ void cast_f32_to_bf16')[0]
     adam = consts["ADAM"]
     # Drop the O2 stages (f16 and E4M3 storage); keep AdamW f32, compute_scale and the scale kernel.
@@ -201,4 +204,82 @@ for bad in (False, True):
     ok = int(skip[0]) == int(bad)
     print(("ok  " if ok else "FAIL") + f" adam_o2_scales skip flag {int(skip[0])}")
     fails += not ok
+# --- Llama ops: RMSNorm, RoPE, SwiGLU, repeat_kv, embedding ---
+# rmsnorm fwd + bwd (reference::rmsnorm_forward / rmsnorm_backward; dinp and dw accumulate)
+n, c, eps = 45, 300, 1e-5
+x = (rng.standard_normal((n, c)) * 2).astype(np.float32)
+w, dout = rng.standard_normal(c).astype(np.float32), rng.standard_normal((n, c)).astype(np.float32)
+y, rr = np.zeros((n, c), np.float32), np.zeros(n, np.float32)
+L.L_rmsnorm_forward(wr(n), BLOCK, P(y), P(rr), P(x), P(w), I(n), I(c), C.c_double(eps))
+xd = x.astype(f64); s = 1 / np.sqrt((xd ** 2).mean(1) + eps)
+close("rmsnorm_forward", y, xd * s[:, None] * w); close("rmsnorm rrms", rr, s)
+dx0, dw0 = rng.standard_normal((n, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+dx, dw = dx0.copy(), dw0.copy()
+L.L_rmsnorm_backward_dinp(wr(n), BLOCK, P(dx), P(dout), P(x), P(w), P(rr), I(n), I(c))
+L.L_rmsnorm_backward_dw(-(-c // BLOCK), BLOCK, P(dw), P(dout), P(x), P(rr), I(n), I(c))
+s32 = rr.astype(f64)[:, None]; xh = xd * s32; g = dout.astype(f64) * w
+close("rmsnorm dinp", dx, dx0 + s32 * (g - xh * (g * xh).mean(1, keepdims=True)))
+close("rmsnorm dw", dw, dw0 + (dout * xh).sum(0))
+# rope fwd + bwd (reference::rope_forward / rope_backward: interleaved pairs, angle p base^(-2i/hs))
+def rope_ref(x, b, t, pos0, w, rot, hs, base, sign):
+    o = x.astype(f64).copy()
+    pos = pos0 + np.arange(b * t) % t
+    i = np.arange(hs // 2)
+    a = sign * (pos[:, None] * base ** (-2.0 * i / hs))  # (rows, hs/2)
+    cs, sn = np.cos(a).astype(np.float32).astype(f64), np.sin(a).astype(np.float32).astype(f64)
+    for h in range(rot // hs):
+        x0, x1 = x[:, h * hs:(h + 1) * hs:2].astype(f64), x[:, h * hs + 1:(h + 1) * hs:2].astype(f64)
+        o[:, h * hs:(h + 1) * hs:2] = x0 * cs - x1 * sn
+        o[:, h * hs + 1:(h + 1) * hs:2] = x0 * sn + x1 * cs
+    return o
+for (b, t, pos0, nh, nkv, hs, base) in [(2, 37, 0, 3, 1, 16, 1e4), (1, 5, 4000, 2, 2, 64, 1e5)]:
+    w, rot, rows = (nh + 2 * nkv) * hs, (nh + nkv) * hs, b * t
+    x = rng.standard_normal((rows, w)).astype(np.float32)
+    work = rows * (rot // 2 + w - rot)
+    for name, fn, sign in (("rope_forward", L.L_rope_forward, 1.0), ("rope_backward", L.L_rope_backward, -1.0)):
+        out = np.full((rows, w), np.nan, np.float32)
+        fn(ew(work), BLOCK, P(out), P(x), I(rows), I(t), I(pos0), I(w), I(rot), I(hs), C.c_double(base))
+        close(f"{name} {b,t,pos0,nh,nkv,hs}", out, rope_ref(x, b, t, pos0, w, rot, hs, base, sign))
+# swiglu fwd + bwd (reference::swiglu_forward / swiglu_backward; dinp overwritten)
+n, h = 29, 150
+x = (rng.standard_normal((n, 2 * h)) * 3).astype(np.float32); x[0, :4] = [-100, 100, -1e4, 0]
+dout = rng.standard_normal((n, h)).astype(np.float32)
+out, dx = np.zeros((n, h), np.float32), np.full((n, 2 * h), np.nan, np.float32)
+L.L_swiglu_forward(ew(n * h), BLOCK, P(out), P(x), I(n), I(h))
+L.L_swiglu_backward(ew(n * h), BLOCK, P(dx), P(x), P(dout), I(n), I(h))
+gd, ud, dd = x[:, :h].astype(f64), x[:, h:].astype(f64), dout.astype(f64)
+with np.errstate(over="ignore"): sg = 1 / (1 + np.exp(-gd))  # e^100 overflows to inf: sg = 0, as in f32
+close("swiglu_forward", out, gd * sg * ud)
+close("swiglu_backward", dx, np.concatenate([dd * ud * sg * (1 + gd * (1 - sg)), dd * gd * sg], 1))
+# repeat_kv fwd + bwd (reference::repeat_kv_forward / repeat_kv_backward; dinp overwritten)
+for (n, nh, nkv, hs) in [(13, 6, 2, 20), (7, 4, 4, 8), (5, 3, 1, 33)]:
+    c, kvd, rep = nh * hs, nkv * hs, nh // nkv
+    x = rng.standard_normal((n, c + 2 * kvd)).astype(np.float32)
+    out = np.full((n, 3 * c), np.nan, np.float32)
+    L.L_repeat_kv_forward(ew(n * 3 * c), BLOCK, P(out), P(x), I(n), I(nh), I(nkv), I(hs))
+    k, vv = x[:, c:c + kvd].reshape(n, nkv, hs), x[:, c + kvd:].reshape(n, nkv, hs)
+    want = np.concatenate([x[:, :c], np.repeat(k, rep, 1).reshape(n, c), np.repeat(vv, rep, 1).reshape(n, c)], 1)
+    close(f"repeat_kv_forward {n,nh,nkv,hs} (exact)", out, want, 0, 0)
+    dout = rng.standard_normal((n, 3 * c)).astype(np.float32)
+    dx = np.full((n, c + 2 * kvd), np.nan, np.float32)
+    L.L_repeat_kv_backward(ew(dx.size), BLOCK, P(dx), P(dout), I(n), I(nh), I(nkv), I(hs))
+    dd = dout.astype(f64)
+    red = lambda part: dd[:, (1 + part) * c:(2 + part) * c].reshape(n, nkv, rep, hs).sum(2).reshape(n, kvd)
+    close(f"repeat_kv_backward {n,nh,nkv,hs}", dx, np.concatenate([dd[:, :c], red(0), red(1)], 1))
+# embedding fwd; bwd = encoder_backward_wte over the token buckets (+ the wpe kernel with B = N, T = 1
+# into a (1, C) scratch: Gpu::embed_backward's launches)
+n, c, v = 51, 75, 20
+tok = rng.integers(0, v, n).astype(np.uint32)
+wte, dout = rng.standard_normal((v, c)).astype(np.float32), rng.standard_normal((n, c)).astype(np.float32)
+out = np.full((n, c), np.nan, np.float32)
+L.L_embed_forward(ew(n * c), BLOCK, P(out), P(tok), P(wte), I(n), I(c))
+close("embed_forward (exact)", out, wte[tok], 0, 0)
+dwte0 = rng.standard_normal((v, c)).astype(np.float32); dwte, scratch = dwte0.copy(), np.zeros(c, np.float32)
+L.L_encoder_backward_wpe(ew(c), BLOCK, P(scratch), P(dout), I(n), I(1), I(c))
+order = np.argsort(tok, kind='stable').astype(np.int32)
+ids, starts = np.unique(tok[order], return_index=True)
+starts = np.append(starts, n).astype(np.int32); ids = ids.astype(np.uint32)
+L.L_encoder_backward_wte(-(-c // BLOCK), len(ids), BLOCK, P(dwte), P(dout), P(starts), P(order), P(ids), I(len(ids)), I(c))
+want_wte = dwte0.astype(f64); np.add.at(want_wte, tok, dout.astype(f64))
+close("embed_backward dwte", dwte, want_wte)
 print("all ok" if not fails else f"{fails} failure(s)"); sys.exit(1 if fails else 0)
