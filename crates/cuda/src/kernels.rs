@@ -896,11 +896,13 @@ OCTET_FOR_EACH_TYPE(OCTET_RMSNORM)
 /// even) pair (2i, 2i+1) of each head rotates by a = sign p base^(-2i/hs):
 /// out[2i] = x[2i] cos a - x[2i+1] sin a, out[2i+1] = x[2i] sin a + x[2i+1] cos a; columns rot..W are
 /// copied. The angle and its sine and cosine are f64 (as the CPU's table: at p ~ 4000 an f32 angle
-/// would be off by ~2e-4 rad), rounded once to f32; the rotation is f32.
+/// would be off by ~2e-4 rad), rounded once to f32; the rotation is f32. Grid-stride over rows x
+/// (rot/2 pairs + W - rot copies), any launch shape. Speed: one f64 pow and sincos per pair, cheap on
+/// an H100/H200 (FP64 at half the FP32 rate) but not on consumer parts (1/64): there, a (T, hs/2)
+/// cos/sin table per call is the step.
 /// - `rope_forward_*(out, inp, rows, t, pos0, w, rot, hs, base)`: sign +1.
 /// - `rope_backward_*(dinp, dout, ...)`: sign -1 (the rotation is orthogonal: its transpose is the
 ///   rotation by -a); dinp overwritten.
-/// Grid-stride over rows x (rot/2 pairs + W - rot copies), any launch shape.
 pub const ROPE: &str = r#"
 template <typename T>
 __device__ void rope_rotate(T* out, const T* inp, int rows, int t, int pos0, int w, int rot, int hs, double base,

@@ -40,6 +40,8 @@ mod device;
 #[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
+mod llama_ops;
+#[cfg(feature = "cuda")]
 mod ops;
 #[cfg(feature = "cuda")]
 pub mod optim;
