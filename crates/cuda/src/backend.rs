@@ -11,9 +11,11 @@
 //! On the device now: encoder forward/backward, LayerNorm forward/backward, matmul forward/backward
 //! (cuBLAS f32 GEMMs + bias kernels), attention forward/backward, GELU forward/backward, residual,
 //! softmax + cross-entropy forward/backward, bias backward, amax, bf16 rounding and FP8 quantise-
-//! dequantise (the precision levels' GEMM operands; each amax is read back at once). Still on the
-//! host: Llama's RMSNorm/RoPE/SwiGLU, the shaped attention and the scalar gains, and the optimizer
-//! (`crate::optim` has the device AdamW for the next step).
+//! dequantise (the precision levels' GEMM operands; each amax is read back at once), and Llama's
+//! RMSNorm, RoPE, SwiGLU, repeat_kv and token embedding, each forward and backward (`llama_ops`).
+//! Still on the host: the cached inference attention (`attention_kv_forward`), the shaped attention
+//! and the scalar gains (SAS-P), ReLU, `accumulate`, and the optimizer (`crate::optim` has the device
+//! AdamW for the next step).
 //!
 //! Kernel and cuBLAS failures inside an op panic with the op's name: the `Backend` ops return no
 //! `Result` (on the CPU they cannot fail); a failed launch leaves the context unusable anyway.
@@ -388,6 +390,102 @@ impl HostFallback for CudaBackend {
     fn bias_backward(&self, dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
         let (mut db, d) = (self.view(dbias), self.view(dout));
         ok("bias_backward", self.gpu.bias_backward(&mut db, &d, n, oc));
+    }
+
+    // Llama's ops. Slices are cut to the sizes given (the CPU kernels accept longer ones).
+    fn rmsnorm_forward(&self, out: &mut [f32], rrms: &mut [f32], inp: &[f32], w: &[f32], n: usize, c: usize, eps: f64) {
+        let (mut o, mut r) = (self.view(&out[..n * c]), self.view(&rrms[..n]));
+        let (i, wv) = (self.view(&inp[..n * c]), self.view(&w[..c]));
+        ok("rmsnorm_forward", self.gpu.rmsnorm_forward(&mut o, &mut r, &i, &wv, n, c, eps));
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut [f32],
+        dw: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        w: &[f32],
+        rrms: &[f32],
+        n: usize,
+        c: usize,
+    ) {
+        let (mut di, mut dwv) = (self.view(&dinp[..n * c]), self.view(&dw[..c]));
+        let (d, i) = (self.view(&dout[..n * c]), self.view(&inp[..n * c]));
+        let (wv, r) = (self.view(&w[..c]), self.view(&rrms[..n]));
+        ok("rmsnorm_backward", self.gpu.rmsnorm_backward(&mut di, &mut dwv, &d, &i, &wv, &r, n, c));
+    }
+
+    fn rope_forward(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        b: usize,
+        t: usize,
+        pos0: usize,
+        w: usize,
+        rot: usize,
+        hs: usize,
+        base: f64,
+    ) {
+        let (mut o, i) = (self.view(&out[..b * t * w]), self.view(&inp[..b * t * w]));
+        ok("rope_forward", self.gpu.rope_forward(&mut o, &i, b, t, pos0, w, rot, hs, base));
+    }
+
+    fn rope_backward(
+        &self,
+        dinp: &mut [f32],
+        dout: &[f32],
+        b: usize,
+        t: usize,
+        pos0: usize,
+        w: usize,
+        rot: usize,
+        hs: usize,
+        base: f64,
+    ) {
+        let (mut di, d) = (self.view(&dinp[..b * t * w]), self.view(&dout[..b * t * w]));
+        ok("rope_backward", self.gpu.rope_backward(&mut di, &d, b, t, pos0, w, rot, hs, base));
+    }
+
+    fn swiglu_forward(&self, out: &mut [f32], inp: &[f32], n: usize, h: usize) {
+        let (mut o, i) = (self.view(&out[..n * h]), self.view(&inp[..n * 2 * h]));
+        ok("swiglu_forward", self.gpu.swiglu_forward(&mut o, &i, n, h));
+    }
+
+    fn swiglu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32], n: usize, h: usize) {
+        let (mut di, i, d) = (self.view(&dinp[..n * 2 * h]), self.view(&inp[..n * 2 * h]), self.view(&dout[..n * h]));
+        ok("swiglu_backward", self.gpu.swiglu_backward(&mut di, &i, &d, n, h));
+    }
+
+    fn repeat_kv_forward(&self, out: &mut [f32], inp: &[f32], n: usize, nh: usize, nkv: usize, hs: usize) {
+        let (wide, narrow) = (n * 3 * nh * hs, n * (nh + 2 * nkv) * hs);
+        let (mut o, i) = (self.view(&out[..wide]), self.view(&inp[..narrow]));
+        ok("repeat_kv_forward", self.gpu.repeat_kv_forward(&mut o, &i, n, nh, nkv, hs));
+    }
+
+    fn repeat_kv_backward(&self, dinp: &mut [f32], dout: &[f32], n: usize, nh: usize, nkv: usize, hs: usize) {
+        let (wide, narrow) = (n * 3 * nh * hs, n * (nh + 2 * nkv) * hs);
+        let (mut di, d) = (self.view(&dinp[..narrow]), self.view(&dout[..wide]));
+        ok("repeat_kv_backward", self.gpu.repeat_kv_backward(&mut di, &d, n, nh, nkv, hs));
+    }
+
+    fn embed_forward(&self, out: &mut [f32], tokens: &[u32], wte: &[f32], n: usize, c: usize) {
+        if n == 0 {
+            return; // nothing to write (and cudarc cannot upload an empty token list)
+        }
+        let tok = self.upload(&tokens[..n], "tokens");
+        let (mut o, e) = (self.view(&out[..n * c]), self.view(wte));
+        ok("embed_forward", self.gpu.embed_forward(&mut o, &tok, &e, n, c));
+    }
+
+    fn embed_backward(&self, dwte: &mut [f32], dout: &[f32], tokens: &[u32], n: usize, c: usize) {
+        if n == 0 {
+            return;
+        }
+        let buckets = ok("embed_backward", TokenBuckets::new(&self.gpu, &tokens[..n]));
+        let (mut de, d) = (self.view(dwte), self.view(&dout[..n * c]));
+        ok("embed_backward", self.gpu.embed_backward(&mut de, &d, &buckets, n, c));
     }
 }
 
