@@ -12,11 +12,11 @@
 # What the GPU run does:
 #   1. prints the device (nvidia-smi) and makes libnvrtc and cuda_fp8.h findable: /usr/local/cuda, else
 #      the NVIDIA wheels that PyTorch installed (site-packages/nvidia/cu13/{lib,include});
-#   2. kernel checks: `octet device`, then target/gpu/octet-cuda-{kernels,gemm,backend} (the test
-#      binaries of crates/cuda/tests/{kernels,gemm,backend}.rs: every NVRTC kernel of the GPT-2 step, the
-#      device AdamW (f32 and FP8-LM O2, bit-identical to the CPU) and the cuBLASLt bf16/FP8 GEMMs, each
-#      against the CPU reference on random data; then models trained on the CudaBackend against the
-#      CPU). On this machine a skipped test (no driver/GPU found) is a failure;
+#   2. kernel checks: `octet device`, then target/gpu/octet-cuda-{kernels,llama_kernels,gemm,backend}
+#      (the test binaries of crates/cuda/tests/{kernels,llama_kernels,gemm,backend}.rs: every NVRTC
+#      kernel of the GPT-2 and Llama steps, the device AdamW (f32 and FP8-LM O2, bit-identical to the
+#      CPU) and the cuBLASLt bf16/FP8 GEMMs, each against the CPU reference on random data; then models
+#      trained on the CudaBackend against the CPU). On this machine a skipped test (no driver/GPU found) is a failure;
 #   3. octet's own GPT-2 124M training step on the device: `octet bench train --device cuda` (the
 #      CudaBackend over managed memory: the main ops on the device, the rest host fallbacks on the same
 #      memory, so expect it far below the peer until those move) at each of OCTET_PRECISIONS, each
@@ -52,8 +52,9 @@ OCTET_TIMEOUT=${OCTET_TIMEOUT:-180}
 
 if [[ "${1:-}" == "build" ]]; then
     # The kernel checks: the octet-cuda test binaries (tests/kernels.rs: every NVRTC kernel and the
-    # device AdamW; tests/gemm.rs: the cuBLASLt GEMMs; tests/backend.rs: models trained on the
-    # CudaBackend against the CPU), built with the `cuda` feature (cudarc loads CUDA
+    # device AdamW; tests/llama_kernels.rs: Llama's RMSNorm, RoPE, SwiGLU, repeat_kv and embedding;
+    # tests/gemm.rs: the cuBLASLt GEMMs; tests/backend.rs: models trained on the CudaBackend against
+    # the CPU), built with the `cuda` feature (cudarc loads CUDA
     # at run time, so this needs no CUDA here). `cargo test --no-run` prints each executable's path in
     # its JSON messages.
     mkdir -p "$GPU_BIN"
@@ -61,9 +62,9 @@ if [[ "${1:-}" == "build" ]]; then
         | "$PYTHON" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in ("kernels", "gemm", "backend") and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in ("kernels", "llama_kernels", "gemm", "backend") and m.get("executable"):
         print(m["target"]["name"], m["executable"])')
-    for name in kernels gemm backend; do
+    for name in kernels llama_kernels gemm backend; do
         exe=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$exes")
         [[ -n "$exe" ]] || { echo "gpu.sh build: no $name test executable found" >&2; exit 1; }
         cp "$exe" "$GPU_BIN/octet-cuda-$name"
@@ -72,7 +73,7 @@ for line in sys.stdin:
     # cuda` (step 3) of the run below.
     cargo build --release -p octet-cli --features cuda
     cp "${CARGO_TARGET_DIR:-target}/release/octet" "$GPU_BIN/octet"
-    echo "built $GPU_BIN/{octet-cuda-kernels,octet-cuda-gemm,octet-cuda-backend,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
+    echo "built $GPU_BIN/{octet-cuda-kernels,octet-cuda-llama_kernels,octet-cuda-gemm,octet-cuda-backend,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
     exit 0
 fi
 
@@ -100,7 +101,7 @@ if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
     echo "== kernel checks (CUDA kernels, device AdamW and cuBLASLt GEMMs vs the CPU reference)"
     log=$(mktemp)
     status=0
-    for t in kernels gemm backend; do
+    for t in kernels llama_kernels gemm backend; do
         "$GPU_BIN/octet-cuda-$t" --test-threads=1 --nocapture 2>&1 | tee -a "$log" || status=$?
     done
     if grep -q 'SKIPPED' "$log"; then

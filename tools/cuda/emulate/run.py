@@ -5,7 +5,7 @@ octet_kernels::reference (and of octet_core::scaling::compute_scale for the O2 s
 Extracts the kernels from crates/cuda/src/kernels.rs (the f32 instantiations; the bf16, f16 and FP8 code
 is left out: it needs conversions this harness does not emulate), compiles them with g++ against
 shim.h (one OS thread per CUDA thread; see there) and launch.cpp, and runs each with the launch shape of
-its Rust wrapper (crates/cuda/src/{device,ops,optim}.rs). What this checks: indexing, reductions,
+its Rust wrapper (crates/cuda/src/{device,ops,llama_ops,optim}.rs). What this checks: indexing, reductions,
 warp/block synchronisation and formulas. What it cannot: GPU arithmetic (expf ulps, FMA contraction,
 which nvrtc_check.py checks for AdamW), bf16/FP8, cuBLASLt, real scheduling. Tolerances: F32's
 (atol 1e-5, rtol 1e-4, as octet_core::Tolerance::F32); AdamW, the scale kernel and the copies (repeat_kv
