@@ -26,6 +26,12 @@
 //! Messages are normalised by the data set's average adjacency (edges per node), as GNoME's
 //! `segment_normalized`; node and global updates are residual.
 //!
+//! Inference (`predict`, `predict_with`) computes the same function faster (`InferenceTables`): each
+//! step's basis projection, a function of the edge length alone, is tabulated on a 1/128 A grid and
+//! interpolated inside the message kernel (error bound in `InferenceTables`), and step 0's products by
+//! the embedding and the global parameter are per-element rows and constants. `predict_exact` is the
+//! training forward without saved activations, the reference inference is tested against.
+//!
 //! Gradient convention (as the kernels crate): parameter gradients accumulate (`+=`), activation
 //! gradients overwrite, except the residual streams dh, dg.
 
@@ -513,10 +519,10 @@ pub const TABLE_STEP: f64 = 1.0 / 128.0;
 /// |fb_j(r) - interpolated| <= h^2 / (4 w^2) sum_k |Wb_jk| (`interpolation_bound`, the maximum over
 /// steps and output columns; plus f32 rounding).
 ///
-/// Step 0: every node starts from h = scale_n Embed[Z_n] and every graph's global node from the
+/// Step 0: every node starts from `h = scale_n Embed[Z_n]` and every graph's global node from the
 /// same parameter g0, so the step-0 products by h and g are per-element rows and constants:
-/// [P | Q] = scale_n (Embed We^T)[Z_n] + (be + g0 Weg^T), and the node MLP's h and g terms
-/// scale_n (Embed W1h^T)[Z_n] + (b1 + g0 W1g^T); only agg W1a^T remains a product per node.
+/// `[P | Q] = scale_n (Embed We^T)[Z_n] + (be + g0 Weg^T)`, and the node MLP's h and g terms
+/// `scale_n (Embed W1h^T)[Z_n] + (b1 + g0 W1g^T)`; only `agg W1a^T` remains a product per node.
 #[derive(Clone, Debug)]
 pub struct InferenceTables<T> {
     /// Per step: fb(r_i) (R, D); empty without an edge basis.

@@ -211,7 +211,7 @@ pub enum EdgeFeatures<'a, T> {
     /// One row per edge: fb (E, D).
     Rows(&'a [T]),
     /// A function of the edge length, tabulated at r_i = i h (`table` (R, D), R >= 2, `inv_h` = 1/h)
-    /// and linearly interpolated: fb_e = T[i] + (t - i) (T[i+1] - T[i]), t = r_e / h,
+    /// and linearly interpolated: `fb_e = T[i] + (t - i) (T[i+1] - T[i])`, t = r_e / h,
     /// i = min(floor(t), R - 2). Lengths must lie in [0, (R - 1) h] (`gnn::BasisTable` checks).
     Table { table: &'a [T], inv_h: f64, distances: &'a [f32] },
     /// The same row (D) for every edge (composition graphs: the bias alone).
@@ -254,7 +254,7 @@ pub fn expand_edge_features<T: Num>(out: &mut [T], f: &EdgeFeatures<'_, T>, d: u
 
 /// Fused message step, per center node n (in parallel): pre_e = pq[n, ..D] + pq[nb_e, D..] +
 /// fb_e for its edges e (fb_e from `fb`, see `EdgeFeatures`; pre written to `pre` when given:
-/// training saves it), and agg[n] = inv_adj * sum_e swish(pre_e). Equals `expand_edge_features`,
+/// training saves it), and `agg[n] = inv_adj * sum_e swish(pre_e)`. Equals `expand_edge_features`,
 /// `edge_gather_forward`, `swish_forward` and `segment_sum` in turn (the test's reference) without
 /// materialising the messages or, for a table, the fb rows.
 #[allow(clippy::too_many_arguments)]

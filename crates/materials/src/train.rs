@@ -1,8 +1,9 @@
 //! Training, checkpoints, ensembles and prediction for the GNoME models (`gnn`).
 //!
-//! Training (`train`): Adam (AdamW with no weight decay, betas 0.9/0.999), learning rate decayed
-//! linearly from `lr` to 0 over the planned steps, Huber loss on the per-atom target, shuffled
-//! mini-batches of whole graphs. After every epoch the model is scored on a validation set (MAE per
+//! Training (`train`, `train_from` for a warm start such as `copy_matching` from a compositional
+//! model): AdamW (betas 0.9/0.999, decoupled weight decay on weights and the embedding, default 0),
+//! learning rate decayed linearly from `lr` to 0 over the planned steps, Huber loss on the per-atom
+//! target, shuffled mini-batches of whole graphs. After every epoch the model is scored on a validation set (MAE per
 //! atom); the best parameters are kept (and written as a checkpoint when a path is given) and
 //! training stops after `patience` epochs without improvement.
 //!
