@@ -626,6 +626,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         "ensemble_mean_iqr": mean_iqr,
         "baseline": a.baseline,
         "elemental_zero": a.elemental_zero,
+        "init_from": a.init_from,
+        "init_tensors": a.init_tensors,
         "unit": "eV/atom",
         "seconds": t0.elapsed().as_secs_f64(),
     });
