@@ -15,9 +15,10 @@
 //! the others are `octet_kernels::HostFallback`'s CPU kernels on the same memory after a stream
 //! synchronise. `tests/backend.rs` checks GPT-2 (fp32, fp8-o2), SAS-P and Llama against the CPU.
 //! What writing the kernels showed is still to do for speed (each a change behind the same boundary):
-//! - Device ops for the rest: RMSNorm, RoPE, SwiGLU, shaped attention; the optimizer on the device
-//!   (`optim::O2AdamW::step_e4m3_grads` is the trainer's fp8-o1/o2 update; f32 AdamW likewise), so
-//!   the step touches weights and gradients without page migration.
+//! - Device ops for the rest: the shaped attention and scalar gains, ReLU, `accumulate`, the cached
+//!   attention; the optimizer on the device (`optim::O2AdamW::step_e4m3_grads` is the trainer's
+//!   fp8-o1/o2 update; f32 AdamW likewise), so the step touches weights and gradients without page
+//!   migration.
 //! - Scaling without host syncs: `amax` and `qdq_fp8` return a host f32 today. On the device the amax
 //!   should stay a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next
 //!   scale (as `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer;
