@@ -12,10 +12,12 @@
 //! (cuBLAS f32 GEMMs + bias kernels), attention forward/backward, GELU forward/backward, residual,
 //! softmax + cross-entropy forward/backward, bias backward, amax, bf16 rounding and FP8 quantise-
 //! dequantise (the precision levels' GEMM operands; each amax is read back at once), and Llama's
-//! RMSNorm, RoPE, SwiGLU, repeat_kv and token embedding, each forward and backward (`llama_ops`).
-//! Still on the host: the cached inference attention (`attention_kv_forward`), the shaped attention
-//! and the scalar gains (SAS-P), ReLU, `accumulate`, and the optimizer (`crate::optim` has the device
-//! AdamW for the next step).
+//! RMSNorm, RoPE, SwiGLU, repeat_kv and token embedding, each forward and backward (`llama_ops`), and
+//! the plain levels' optimizer step (`step::plain_update`: cuBLAS nrm2/scal for clipping, the f32
+//! AdamW kernel; m and v in managed memory). Still on the host: the cached inference attention
+//! (`attention_kv_forward`), the shaped attention and the scalar gains (SAS-P), ReLU, `accumulate`,
+//! and the narrow levels' optimizer (their f16/E4M3 buffers are host memory; `crate::optim::O2AdamW`
+//! is the device version for when they move).
 //!
 //! Kernel and cuBLAS failures inside an op panic with the op's name: the `Backend` ops return no
 //! `Result` (on the CPU they cannot fail); a failed launch leaves the context unusable anyway.
@@ -24,14 +26,16 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use cudarc::cublas::sys as cublas_sys;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, result, sys};
 use octet_core::{Allocator, Error};
-use octet_kernels::backend::Fp8Format;
+use octet_kernels::backend::{AdamWConfig, Fp8Format};
 use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
 
 use crate::device::{CudaError, Gpu};
 use crate::ops::TokenBuckets;
+use crate::optim::AdamCoeffs;
 
 /// CUDA managed memory: host- and device-addressable, zeroed on the device.
 #[derive(Debug)]
@@ -195,6 +199,12 @@ impl Memory for CudaBackend {
     }
     fn synchronize(&self) {
         self.stream().synchronize().unwrap_or_else(|e| panic!("cuda: stream synchronize: {e}"));
+    }
+}
+
+fn blas_ok(op: &str, st: cublas_sys::cublasStatus_t) {
+    if st != cublas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        panic!("cuda {op}: cuBLAS {st:?}");
     }
 }
 
@@ -385,6 +395,44 @@ impl HostFallback for CudaBackend {
         let (mut d, sv) = (self.view(dst), self.view(src));
         ok("qdq_fp8", self.gpu.qdq_fp8(format, &mut d, &mut a, &sv, scale));
         self.read_amax("qdq_fp8", &a)
+    }
+
+    fn global_norm(&self, x: &[f32]) -> f64 {
+        if x.is_empty() {
+            return 0.0;
+        }
+        let mut norm = 0.0f32;
+        // SAFETY: x is managed memory of x.len() f32; host pointer mode (cuBLAS's default) writes the
+        // result to `norm` before returning, after the queued work on the handle's stream.
+        let st =
+            unsafe { cublas_sys::cublasSnrm2_v2_64(*self.blas.handle(), x.len() as i64, x.as_ptr(), 1, &mut norm) };
+        blas_ok("global_norm", st);
+        norm as f64
+    }
+
+    fn scale_in_place(&self, x: &mut [f32], s: f32) {
+        if x.is_empty() {
+            return;
+        }
+        // SAFETY: x is managed memory of x.len() f32; alpha is read from the host at the call.
+        let st = unsafe { cublas_sys::cublasSscal_v2_64(*self.blas.handle(), x.len() as i64, &s, x.as_mut_ptr(), 1) };
+        blas_ok("scale_in_place", st);
+    }
+
+    fn adamw_update(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        t: u64,
+        lr: f64,
+        cfg: &AdamWConfig,
+        decay: bool,
+    ) {
+        let k = AdamCoeffs::new(cfg, t, lr, decay);
+        let (mut pv, mut mv, mut vv, gv) = (self.view(p), self.view(m), self.view(v), self.view(g));
+        ok("adamw_update", self.gpu.adamw_f32(&mut pv, &mut mv, &mut vv, &gv, &k));
     }
 
     fn bias_backward(&self, dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub use octet_core::fp8::Fp8Format;
 use octet_core::{Allocator, Float};
+pub use octet_optim::AdamWConfig;
 
 use crate::{cpu, reference};
 
@@ -107,6 +108,14 @@ macro_rules! with_backend_ops {
     fn scale_add_backward(dx: &mut [Self::F], dy: &mut [Self::F], da: &mut [Self::F], db: &mut [Self::F], dout: &[Self::F], x: &[Self::F], y: &[Self::F], a: &[Self::F], b: &[Self::F]);
     /// acc += x.
     fn accumulate(acc: &mut [Self::F], x: &[Self::F]);
+    /// ||x||_2 accumulated in f64 (the global gradient norm of clipping).
+    fn global_norm(x: &[Self::F]) -> f64;
+    /// x *= s.
+    fn scale_in_place(x: &mut [Self::F], s: f32);
+    /// One AdamW update at step t >= 1 of one tensor's p, m, v from its gradient g (in place), as
+    /// `octet_optim::adamw::adamw_fast` (decay: apply the configured weight decay).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_update(p: &mut [Self::F], g: &[Self::F], m: &mut [Self::F], v: &mut [Self::F], t: u64, lr: f64, cfg: &$crate::backend::AdamWConfig, decay: bool);
         }
     };
 }

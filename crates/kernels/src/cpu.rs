@@ -886,3 +886,28 @@ pub fn accumulate(acc: &mut [f32], x: &[f32]) {
         }
     });
 }
+
+/// ||x||_2 as `octet_optim::global_norm` (f64 over fixed chunks in order: thread-count independent).
+pub fn global_norm(x: &[f32]) -> f64 {
+    octet_optim::global_norm(x)
+}
+
+/// x *= s (the scaling step of `octet_optim::clip_global_norm`).
+pub fn scale_in_place(x: &mut [f32], s: f32) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+}
+
+/// `octet_optim::adamw::adamw_fast`.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    t: u64,
+    lr: f64,
+    cfg: &octet_optim::AdamWConfig,
+    decay: bool,
+) {
+    octet_optim::adamw::adamw_fast(p, g, m, v, t, lr, cfg, decay);
+}

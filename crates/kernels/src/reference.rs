@@ -787,3 +787,41 @@ pub fn accumulate<F: Float>(acc: &mut [F], x: &[F]) {
         *a = t(f(*a) + f(v));
     }
 }
+
+/// ||x||_2, f64 accumulation.
+pub fn global_norm<F: Float>(x: &[F]) -> f64 {
+    x.iter().map(|&v| f(v) * f(v)).sum::<f64>().sqrt()
+}
+
+/// x *= s.
+pub fn scale_in_place<F: Float>(x: &mut [F], s: f32) {
+    for v in x.iter_mut() {
+        *v = t(f(*v) * s as f64);
+    }
+}
+
+/// AdamW at step `step` in f64: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+/// p -= lr ((m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd p).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update<F: Float>(
+    p: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+    step: u64,
+    lr: f64,
+    cfg: &octet_optim::AdamWConfig,
+    decay: bool,
+) {
+    let wd = if decay { cfg.weight_decay } else { 0.0 };
+    let (c1, c2) = (1.0 - cfg.beta1.powi(step as i32), 1.0 - cfg.beta2.powi(step as i32));
+    for i in 0..p.len() {
+        let gi = f(g[i]);
+        let mi = cfg.beta1 * f(m[i]) + (1.0 - cfg.beta1) * gi;
+        let vi = cfg.beta2 * f(v[i]) + (1.0 - cfg.beta2) * gi * gi;
+        let pi = f(p[i]);
+        p[i] = t(pi - lr * ((mi / c1) / ((vi / c2).sqrt() + cfg.eps) + wd * pi));
+        m[i] = t(mi);
+        v[i] = t(vi);
+    }
+}

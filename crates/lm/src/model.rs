@@ -52,6 +52,11 @@ pub trait LanguageModel {
     fn working_bytes(&self) -> usize;
     /// Allocate activations for (B, T) batches (forward does this on demand).
     fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()>;
+    /// The memory the model's buffers come from (its backend's; None: the host heap).
+    fn allocator(&self) -> Option<std::sync::Arc<dyn octet_core::Allocator>>;
+    /// Clip and AdamW-update the plain parameters on the model's backend (`step::plain_update`);
+    /// returns the gradient norm before clipping. Plain levels only.
+    fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64;
 }
 
 macro_rules! impl_language_model {
@@ -116,6 +121,13 @@ macro_rules! impl_language_model {
             }
             fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
                 <$ty<Bk>>::ensure_acts(self, b, t)
+            }
+            fn allocator(&self) -> Option<std::sync::Arc<dyn octet_core::Allocator>> {
+                self.backend.allocator()
+            }
+            fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64 {
+                assert!(self.narrow.is_none(), "plain_update at a narrow level");
+                crate::step::plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
             }
         }
     };

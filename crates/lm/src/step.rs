@@ -11,7 +11,8 @@
 //! scale differs; the optimizer reads `decode(g) * clip / scale`.
 
 use octet_core::{Error, Result};
-use octet_optim::{AdamW, AdamWConfig, Fp8AdamW, clip_global_norm};
+use octet_kernels::Backend;
+use octet_optim::{AdamW, AdamWConfig, Fp8AdamW};
 
 use crate::model::{Buffers, LanguageModel};
 
@@ -72,7 +73,12 @@ impl Optimizer {
                 cfg,
                 model.precision().adam_formats(),
             )),
-            (None, Some((params, _))) => Optimizer::Plain(AdamW::new(params.layout.clone(), decay, cfg)),
+            (None, Some((params, _))) => {
+                let alloc = model.allocator();
+                let o = AdamW::new_in(params.layout.clone(), decay, cfg, alloc.as_ref())
+                    .unwrap_or_else(|e| panic!("allocating AdamW's moments: {e}"));
+                Optimizer::Plain(o)
+            }
             (None, None) => unreachable!("a model keeps its weights plain or narrow"),
         }
     }
@@ -127,16 +133,18 @@ pub fn train_step(
         return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
     }
     model.backward()?;
-    match (opt, model.buffers()) {
-        (Optimizer::Plain(o), Buffers::Plain { params, grads }) => {
-            let grad_norm = clip_global_norm(&mut grads.data, clip);
+    match opt {
+        Optimizer::Plain(o) => {
+            let grad_norm = model.plain_update(o, clip, lr);
             if !grad_norm.is_finite() {
                 return Err(Error::NonFinite { what: "gradient norm".into(), step, value: grad_norm });
             }
-            o.update(&mut params.data, &grads.data, lr);
             Ok(StepOutcome { loss, grad_norm, skipped: false })
         }
-        (Optimizer::Narrow(o), Buffers::Narrow(nw)) => {
+        Optimizer::Narrow(o) => {
+            let Buffers::Narrow(nw) = model.buffers() else {
+                unreachable!("optimizer matches the model's storage (Optimizer::for_model)")
+            };
             let s = scaler.scale;
             let grad_norm = nw.grads.sum_squares().sqrt() / s;
             if nw.overflow || !grad_norm.is_finite() {
@@ -152,6 +160,34 @@ pub fn train_step(
             }
             Ok(StepOutcome { loss, grad_norm, skipped: report.skipped })
         }
-        _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
     }
+}
+
+/// The plain levels' update on the model's backend (so a device backend runs it in its memory):
+/// global-norm clipping to `clip` (0 = off), then one AdamW step. Returns the norm before clipping;
+/// a non-finite norm changes nothing (the caller reports it). On the CPU this is exactly
+/// `clip_global_norm` + `AdamW::update`.
+pub fn plain_update<Bk: Backend<F = f32>>(
+    be: &Bk,
+    params: &mut [f32],
+    grads: &mut [f32],
+    opt: &mut AdamW,
+    clip: f64,
+    lr: f64,
+) -> f64 {
+    let norm = be.global_norm(grads);
+    if !norm.is_finite() {
+        return norm;
+    }
+    if clip > 0.0 && norm > clip {
+        be.scale_in_place(grads, (clip / norm) as f32);
+    }
+    opt.step += 1;
+    let (layout, decays) = (opt.m.layout.clone(), opt.decay().to_vec());
+    for (spec, &decay) in layout.specs().iter().zip(&decays) {
+        let r = spec.range();
+        let (m, v) = (&mut opt.m.data[r.clone()], &mut opt.v.data[r.clone()]);
+        be.adamw_update(&mut params[r.clone()], &grads[r], m, v, opt.step, lr, &opt.cfg, decay);
+    }
+    norm
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use octet_core::{Layout, Slab};
+use octet_core::{Allocator, Layout, Result, Slab};
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
@@ -88,6 +88,23 @@ impl AdamW {
     pub fn new(layout: Arc<Layout>, decay: Vec<bool>, cfg: AdamWConfig) -> Self {
         assert_eq!(decay.len(), layout.specs().len(), "one decay flag per tensor");
         AdamW { cfg, m: Slab::zeros(layout.clone()), v: Slab::zeros(layout), step: 0, decay }
+    }
+
+    /// `new` with m and v in `alloc`'s memory (a device backend's; None: the host heap).
+    pub fn new_in(
+        layout: Arc<Layout>,
+        decay: Vec<bool>,
+        cfg: AdamWConfig,
+        alloc: Option<&Arc<dyn Allocator>>,
+    ) -> Result<Self> {
+        assert_eq!(decay.len(), layout.specs().len(), "one decay flag per tensor");
+        let (m, v) = (Slab::zeros_in(layout.clone(), alloc)?, Slab::zeros_in(layout, alloc)?);
+        Ok(AdamW { cfg, m, v, step: 0, decay })
+    }
+
+    /// Weight decay on or off, per tensor of the layout.
+    pub fn decay(&self) -> &[bool] {
+        &self.decay
     }
 
     /// One update of every tensor in `params` (laid out as `self.m.layout`) with learning rate `lr`.
