@@ -16,9 +16,10 @@
 //! synchronise. `tests/backend.rs` checks GPT-2 (fp32, fp8-o2), SAS-P and Llama against the CPU.
 //! What writing the kernels showed is still to do for speed (each a change behind the same boundary):
 //! - Device ops for the rest: the shaped attention and scalar gains, ReLU, `accumulate`, the cached
-//!   attention; the optimizer on the device (`optim::O2AdamW::step_e4m3_grads` is the trainer's
-//!   fp8-o1/o2 update; f32 AdamW likewise), so the step touches weights and gradients without page
-//!   migration.
+//!   attention. The plain levels' optimizer runs on the device (`step::plain_update` through the
+//!   backend); the narrow levels' (fp8-o1/o2) does not yet: their f16/E4M3 buffers are host memory
+//!   and staging decodes on the host. Moving them to the device (staging as a kernel,
+//!   `optim::O2AdamW::step_e4m3_grads` as the update) is the next step for FP8 on the GPU.
 //! - Scaling without host syncs: `amax` and `qdq_fp8` return a host f32 today. On the device the amax
 //!   should stay a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next
 //!   scale (as `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer;
