@@ -14,7 +14,8 @@
 //! dequantise (the precision levels' GEMM operands; each amax is read back at once), and Llama's
 //! RMSNorm, RoPE, SwiGLU, repeat_kv and token embedding, each forward and backward (`llama_ops`), and
 //! the plain levels' optimizer step (`step::plain_update`: cuBLAS nrm2/scal for clipping, the f32
-//! AdamW kernel; m and v in managed memory). Still on the host: the cached inference attention
+//! AdamW kernel; m and v in managed memory), and zeroing (gradients, the residual gradient) as a
+//! stream-ordered memset, so the host never writes a buffer a queued kernel may still read. Still on the host: the cached inference attention
 //! (`attention_kv_forward`), the shaped attention and the scalar gains (SAS-P), ReLU, `accumulate`,
 //! and the narrow levels' optimizer (their f16/E4M3 buffers are host memory; `crate::optim::O2AdamW`
 //! is the device version for when they move).
@@ -88,6 +89,24 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
         let gpu = Gpu::new(ordinal)?;
         let ctx = gpu.context().clone();
+        // The models write managed memory from the host while kernels are queued (staging, the
+        // loss): legal only with concurrent managed access; without it that is a SIGBUS, not an error.
+        for (attr, what) in [
+            (sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, "managed memory"),
+            (sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, "concurrent managed access"),
+        ] {
+            if ctx.attribute(attr)? == 0 {
+                return Err(CudaError::Unavailable(format!(
+                    "device {ordinal} has no {what} (the CUDA backend needs it)"
+                )));
+            }
+        }
+        // SAFETY: only asks the dynamic loader whether libcublas can be opened.
+        if !unsafe { cublas_sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "cuBLAS (libcublas.so) is not installed or not on LD_LIBRARY_PATH".into(),
+            ));
+        }
         // One stream, ordered launches: cudarc's per-buffer events are not needed, and the launch
         // views below must not create (and leak) any.
         // SAFETY: every launch of this backend is on `gpu.stream()`.
@@ -117,6 +136,11 @@ impl CudaBackend {
     /// Host ids (tokens, targets: not in a slab) copied to the device for one op.
     fn upload(&self, ids: &[u32], what: &str) -> CudaSlice<u32> {
         self.stream().clone_htod(ids).unwrap_or_else(|e| panic!("cuda: uploading {what}: {e}"))
+    }
+
+    /// Make this device's context current on the calling thread (raw cuBLAS calls use the current one).
+    fn bind(&self, op: &str) {
+        self.gpu.context().bind_to_thread().unwrap_or_else(|e| panic!("cuda {op}: binding the context: {e}"));
     }
 
     /// A zeroed device cell for an amax (f32 bits, max-reduced by the kernels).
@@ -162,9 +186,18 @@ impl CudaBackend {
             beta,
             ldc: i(ldc),
         };
+        self.bind(op);
         let (va, vb, mut vc) = (self.view(a), self.view(b), self.view(c));
         // SAFETY: column-major shapes derived by the callers from the row-major buffers' lengths.
         unsafe { self.blas.gemm(cfg, &*va, &*vb, &mut *vc) }.unwrap_or_else(|e| panic!("cuda {op}: cuBLAS {e:?}"));
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Queued kernels must finish before the module and stream go (the model's slabs are freed
+        // after the backend, each with its own synchronise).
+        let _ = self.stream().synchronize();
     }
 }
 
@@ -397,10 +430,25 @@ impl HostFallback for CudaBackend {
         self.read_amax("qdq_fp8", &a)
     }
 
+    fn zero(&self, x: &mut [f32]) {
+        if x.is_empty() {
+            return;
+        }
+        // SAFETY: x is managed memory of x.len() f32, zeroed in stream order (no host page touch).
+        let r = unsafe {
+            result::memset_d8_async(x.as_mut_ptr() as sys::CUdeviceptr, 0, size_of_val(x), self.stream().cu_stream())
+        };
+        r.unwrap_or_else(|e| panic!("cuda zero: {e}"));
+    }
+
     fn global_norm(&self, x: &[f32]) -> f64 {
         if x.is_empty() {
             return 0.0;
         }
+        self.bind("global_norm");
+        // f32 accumulation (cuBLAS nrm2 scales to avoid overflow; ~1e-6 relative of the f64 norm the
+        // op's spec names, harmless for clipping; a norm beyond f32's range reads as inf: the step
+        // then stops with a non-finite-norm error where the CPU would clip).
         let mut norm = 0.0f32;
         // SAFETY: x is managed memory of x.len() f32; host pointer mode (cuBLAS's default) writes the
         // result to `norm` before returning, after the queued work on the handle's stream.
@@ -414,6 +462,7 @@ impl HostFallback for CudaBackend {
         if x.is_empty() {
             return;
         }
+        self.bind("scale_in_place");
         // SAFETY: x is managed memory of x.len() f32; alpha is read from the host at the call.
         let st = unsafe { cublas_sys::cublasSscal_v2_64(*self.blas.handle(), x.len() as i64, &s, x.as_mut_ptr(), 1) };
         blas_ok("scale_in_place", st);

@@ -108,6 +108,8 @@ macro_rules! with_backend_ops {
     fn scale_add_backward(dx: &mut [Self::F], dy: &mut [Self::F], da: &mut [Self::F], db: &mut [Self::F], dout: &[Self::F], x: &[Self::F], y: &[Self::F], a: &[Self::F], b: &[Self::F]);
     /// acc += x.
     fn accumulate(acc: &mut [Self::F], x: &[Self::F]);
+    /// x = 0 (gradients before a backward, the residual stream's gradient).
+    fn zero(x: &mut [Self::F]);
     /// ||x||_2 accumulated in f64 (the global gradient norm of clipping).
     fn global_norm(x: &[Self::F]) -> f64;
     /// x *= s.

@@ -911,3 +911,8 @@ pub fn adamw_update(
 ) {
     octet_optim::adamw::adamw_fast(p, g, m, v, t, lr, cfg, decay);
 }
+
+/// x = 0.
+pub fn zero(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
+}

@@ -825,3 +825,8 @@ pub fn adamw_update<F: Float>(
         v[i] = t(vi);
     }
 }
+
+/// x = 0.
+pub fn zero<F: Float>(x: &mut [F]) {
+    x.fill(F::default());
+}

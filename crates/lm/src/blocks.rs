@@ -554,7 +554,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
     }
 
     pub fn zero_grad(&mut self) {
-        self.grads.data.fill(Bk::F::default());
+        self.backend.zero(&mut self.grads.data);
     }
 
     /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
@@ -767,7 +767,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             let dln = &mut da.data[dw(DLN)];
             be.matmul_backward(dln, gt.wte, None, &a.data[aw(LOGITS)], &a.data[aw(LNF)], top.wte, n, d, vp);
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            dres.fill(Bk::F::default());
+            be.zero(dres);
             let (x, rrms) = (&a.data[ar(RESIDUAL, l_n - 1)], &a.data[aw(LNF_RRMS)]);
             be.rmsnorm_backward(dres, gt.lnfw, dln, x, top.lnfw, rrms, n, d);
         }
@@ -873,7 +873,7 @@ impl<Bk: Backend> BlocksLm<Bk> {
             let skip = matches!(kind, BlockKind::PreLn | BlockKind::Parallel);
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             if !skip {
-                dres.fill(Bk::F::default());
+                be.zero(dres);
             }
             if l < l1 {
                 be.rmsnorm_backward(dres, gw.ln1w, dln, &a.data[x], w.ln1w, &a.data[ar(LN1_RRMS, l)], n, d);

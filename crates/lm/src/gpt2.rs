@@ -390,7 +390,7 @@ impl<Bk: Backend> Gpt2<Bk> {
     }
 
     pub fn zero_grad(&mut self) {
-        self.grads.data.fill(Bk::F::default());
+        self.backend.zero(&mut self.grads.data);
     }
 
     /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
@@ -536,7 +536,7 @@ impl<Bk: Backend> Gpt2<Bk> {
             be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, dloss, n, c.vocab_size, vp);
             let dln = da.get_mut(TensorId(DLN));
             be.matmul_backward(dln, gt.wte, None, a.get(TensorId(LOGITS)), a.get(TensorId(LNF)), top.wte, n, d, vp);
-            da.get_mut(TensorId(DRES)).fill(Bk::F::default());
+            be.zero(da.get_mut(TensorId(DRES)));
             let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
             let (x, mean, rstd) =
                 (&a.data[ar(RESIDUAL3, l_n - 1)], a.get(TensorId(LNF_MEAN)), a.get(TensorId(LNF_RSTD)));

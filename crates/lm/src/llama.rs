@@ -477,7 +477,7 @@ impl<Bk: Backend> Llama<Bk> {
     }
 
     pub fn zero_grad(&mut self) {
-        self.grads.data.fill(Bk::F::default());
+        self.backend.zero(&mut self.grads.data);
     }
 
     /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
@@ -680,7 +680,7 @@ impl<Bk: Backend> Llama<Bk> {
             d,
             vp,
         );
-        da.get_mut(TensorId(DRES)).fill(Bk::F::default());
+        be.zero(da.get_mut(TensorId(DRES)));
         {
             let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
             let dnorm = &mut g.data[g.layout.range(pid.output_norm)];

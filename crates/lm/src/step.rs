@@ -189,5 +189,8 @@ pub fn plain_update<Bk: Backend<F = f32>>(
         let (m, v) = (&mut opt.m.data[r.clone()], &mut opt.v.data[r.clone()]);
         be.adamw_update(&mut params[r.clone()], &grads[r], m, v, opt.step, lr, &opt.cfg, decay);
     }
+    // The step is done when this returns: the next step, a checkpoint or the caller may touch the
+    // weights, moments or gradients from the host (a device backend queues the updates).
+    be.synchronize();
     norm
 }

@@ -347,8 +347,16 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                     let model = model::from_params(model_cfg, block, l.params, cfg.precision, &recipe)?;
                     let mut opt = Optimizer::for_model(model.as_ref(), adam);
                     if let Optimizer::Plain(o) = &mut opt {
-                        o.m.data = l.m.into();
-                        o.v.data = l.v.into();
+                        // Into the optimizer's own buffers (its backend's memory), not in their place.
+                        if l.m.len() != o.m.data.len() || l.v.len() != o.v.data.len() {
+                            return Err(Error::Shape {
+                                name: "checkpoint adam m/v".into(),
+                                expected: vec![o.m.data.len()],
+                                found: vec![l.m.len(), l.v.len()],
+                            });
+                        }
+                        o.m.data.copy_from_slice(&l.m);
+                        o.v.data.copy_from_slice(&l.v);
                         o.step = l.state.optimizer_step.unwrap_or(l.state.step as u64);
                     }
                     (model, opt)
