@@ -89,13 +89,6 @@ impl<T> Storage<T> {
             Repr::External(e) => e.alloc.name(),
         }
     }
-    /// The allocator an equal-sized buffer beside this one should come from (None: the host heap).
-    pub fn allocator(&self) -> Option<&Arc<dyn Allocator>> {
-        match &self.repr {
-            Repr::Host(_) => None,
-            Repr::External(e) => Some(&e.alloc),
-        }
-    }
 }
 
 impl<T: ZeroBits> Storage<T> {

@@ -336,8 +336,7 @@ impl HostFallback for CudaBackend {
         // dw^T (IC, OC) += inp^T (IC, N) . dout (N, OC): accumulate.
         self.sgemm("matmul_backward dw", false, true, ic, oc, n, inp, ic, dout, oc, 1.0, dw, ic);
         if let Some(db) = dbias {
-            let (mut dbv, d) = (self.view(db), self.view(dout));
-            ok("matmul_backward bias", self.gpu.bias_backward(&mut dbv, &d, n, oc));
+            <Self as HostFallback>::bias_backward(self, db, dout, n, oc);
         }
     }
 

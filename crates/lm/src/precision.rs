@@ -120,10 +120,6 @@ pub struct Workspace<F> {
 }
 
 impl<F: ZeroBits> Workspace<F> {
-    /// On the host heap.
-    pub fn new(x: usize, w: usize, d: usize) -> Self {
-        Workspace { x: Storage::zeros(x), w: Storage::zeros(w), d: Storage::zeros(d) }
-    }
     /// From `alloc` (a backend's memory; None: the host heap).
     pub fn new_in(x: usize, w: usize, d: usize, alloc: Option<&Arc<dyn Allocator>>) -> Result<Self> {
         Ok(Workspace {

@@ -182,13 +182,7 @@ pub fn plain_update<Bk: Backend<F = f32>>(
     if clip > 0.0 && norm > clip {
         be.scale_in_place(grads, (clip / norm) as f32);
     }
-    opt.step += 1;
-    let (layout, decays) = (opt.m.layout.clone(), opt.decay().to_vec());
-    for (spec, &decay) in layout.specs().iter().zip(&decays) {
-        let r = spec.range();
-        let (m, v) = (&mut opt.m.data[r.clone()], &mut opt.v.data[r.clone()]);
-        be.adamw_update(&mut params[r.clone()], &grads[r], m, v, opt.step, lr, &opt.cfg, decay);
-    }
+    opt.update_with(params, grads, lr, |p, g, m, v, t, lr, cfg, decay| be.adamw_update(p, g, m, v, t, lr, cfg, decay));
     // The step is done when this returns: the next step, a checkpoint or the caller may touch the
     // weights, moments or gradients from the host (a device backend queues the updates).
     be.synchronize();

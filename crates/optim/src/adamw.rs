@@ -102,27 +102,25 @@ impl AdamW {
         Ok(AdamW { cfg, m, v, step: 0, decay })
     }
 
-    /// Weight decay on or off, per tensor of the layout.
-    pub fn decay(&self) -> &[bool] {
-        &self.decay
-    }
-
     /// One update of every tensor in `params` (laid out as `self.m.layout`) with learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
+        self.update_with(params, grads, lr, adamw_fast);
+    }
+
+    /// `update` with each tensor's step done by `step_fn` (`adamw_fast`'s signature: p, g, m, v, t,
+    /// lr, cfg, decay), e.g. a backend's kernel over its own memory.
+    pub fn update_with(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f64,
+        mut step_fn: impl FnMut(&mut [f32], &[f32], &mut [f32], &mut [f32], u64, f64, &AdamWConfig, bool),
+    ) {
         self.step += 1;
-        let layout = self.m.layout.clone();
-        for (spec, &decay) in layout.specs().iter().zip(&self.decay) {
+        for (spec, &decay) in self.m.layout.specs().iter().zip(&self.decay) {
             let r = spec.range();
-            adamw_fast(
-                &mut params[r.clone()],
-                &grads[r.clone()],
-                &mut self.m.data[r.clone()],
-                &mut self.v.data[r],
-                self.step,
-                lr,
-                &self.cfg,
-                decay,
-            );
+            let (m, v) = (&mut self.m.data[r.clone()], &mut self.v.data[r.clone()]);
+            step_fn(&mut params[r.clone()], &grads[r], m, v, self.step, lr, &self.cfg, decay);
         }
     }
 }
