@@ -12,8 +12,8 @@
 # What the GPU run does:
 #   1. prints the device (nvidia-smi) and makes libnvrtc and cuda_fp8.h findable: /usr/local/cuda, else
 #      the NVIDIA wheels that PyTorch installed (site-packages/nvidia/cu13/{lib,include});
-#   2. kernel checks: `octet device`, then target/gpu/octet-cuda-{kernels,llama_kernels,gemm,backend}
-#      (the test binaries of crates/cuda/tests/{kernels,llama_kernels,gemm,backend}.rs: every NVRTC
+#   2. kernel checks: `octet device`, then target/gpu/octet-cuda-{nvrtc,kernels,llama_kernels,gemm,backend}
+#      (the test binaries of crates/cuda/tests/{nvrtc,kernels,llama_kernels,gemm,backend}.rs: the sm_90 cubin, every NVRTC
 #      kernel of the GPT-2 and Llama steps, the device AdamW (f32 and FP8-LM O2, bit-identical to the
 #      CPU) and the cuBLASLt bf16/FP8 GEMMs, each against the CPU reference on random data; then models
 #      trained on the CudaBackend against the CPU). On this machine a skipped test (no driver/GPU found) is a failure;
@@ -51,7 +51,8 @@ OCTET_WARMUP=${OCTET_WARMUP:-1}
 OCTET_TIMEOUT=${OCTET_TIMEOUT:-180}
 
 if [[ "${1:-}" == "build" ]]; then
-    # The kernel checks: the octet-cuda test binaries (tests/kernels.rs: every NVRTC kernel and the
+    # The kernel checks: the octet-cuda test binaries (tests/nvrtc.rs: the module compiles to an sm_90
+    # cubin, the image the backend loads; tests/kernels.rs: every NVRTC kernel and the
     # device AdamW; tests/llama_kernels.rs: Llama's RMSNorm, RoPE, SwiGLU, repeat_kv and embedding;
     # tests/gemm.rs: the cuBLASLt GEMMs; tests/backend.rs: models trained on the CudaBackend against
     # the CPU), built with the `cuda` feature (cudarc loads CUDA
@@ -62,9 +63,9 @@ if [[ "${1:-}" == "build" ]]; then
         | "$PYTHON" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in ("kernels", "llama_kernels", "gemm", "backend") and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in ("nvrtc", "kernels", "llama_kernels", "gemm", "backend") and m.get("executable"):
         print(m["target"]["name"], m["executable"])')
-    for name in kernels llama_kernels gemm backend; do
+    for name in nvrtc kernels llama_kernels gemm backend; do
         exe=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$exes")
         [[ -n "$exe" ]] || { echo "gpu.sh build: no $name test executable found" >&2; exit 1; }
         cp "$exe" "$GPU_BIN/octet-cuda-$name"
@@ -73,7 +74,7 @@ for line in sys.stdin:
     # cuda` (step 3) of the run below.
     cargo build --release -p octet-cli --features cuda
     cp "${CARGO_TARGET_DIR:-target}/release/octet" "$GPU_BIN/octet"
-    echo "built $GPU_BIN/{octet-cuda-kernels,octet-cuda-llama_kernels,octet-cuda-gemm,octet-cuda-backend,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
+    echo "built $GPU_BIN/{octet-cuda-nvrtc,octet-cuda-kernels,octet-cuda-llama_kernels,octet-cuda-gemm,octet-cuda-backend,octet}; copy the repository (with $GPU_BIN) to the GPU machine and run bench/gpu.sh"
     exit 0
 fi
 
@@ -101,7 +102,7 @@ if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
     echo "== kernel checks (CUDA kernels, device AdamW and cuBLASLt GEMMs vs the CPU reference)"
     log=$(mktemp)
     status=0
-    for t in kernels llama_kernels gemm backend; do
+    for t in nvrtc kernels llama_kernels gemm backend; do
         "$GPU_BIN/octet-cuda-$t" --test-threads=1 --nocapture 2>&1 | tee -a "$log" || status=$?
     done
     if grep -q 'SKIPPED' "$log"; then

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::kernels;
 
@@ -92,20 +92,73 @@ fn include_paths() -> Vec<String> {
     paths
 }
 
-/// PTX of [`kernels::source`] per architecture, compiled at most once per process.
-fn compiled_ptx(arch: &str) -> Result<Ptx> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Ptx>>> = OnceLock::new();
+/// [`kernels::source`] compiled for one architecture, at most once per process.
+///
+/// The image is a cubin (SASS for `arch`), not PTX: the driver loads SASS without a JIT, so an NVRTC
+/// newer than the driver still works under CUDA's minor-version compatibility, where PTX from it
+/// would fail to load with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION` (NVRTC 13.x emits a PTX ISA newer
+/// than a CUDA 13.0 driver accepts).
+fn compiled_module(arch: &str) -> Result<Ptx> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ptx) = cache.get(arch) {
-        return Ok(ptx.clone());
+    if let Some(cubin) = cache.get(arch) {
+        return Ok(Ptx::from_binary(cubin.clone()));
     }
+    let cubin = compile_cubin(arch)?;
+    cache.insert(arch.into(), cubin.clone());
+    Ok(Ptx::from_binary(cubin))
+}
+
+/// NVRTC options: a real architecture (`sm_XY`, so that NVRTC emits SASS), C++17, and the include
+/// directories for `cuda_fp8.h`.
+fn compile_options(arch: &str) -> Vec<String> {
     let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
     options.extend(include_paths().into_iter().map(|p| format!("-I{p}")));
-    let opts = CompileOptions { options, name: Some("octet.cu".into()), ..Default::default() };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernels::source(), opts)
-        .map_err(|e| CudaError::Compile { arch: arch.into(), log: e.to_string() })?;
-    cache.insert(arch.into(), ptx.clone());
-    Ok(ptx)
+    options
+}
+
+/// Compiles [`kernels::source`] to a cubin for `arch` (e.g. `sm_90`) with NVRTC; needs only
+/// libnvrtc, not a device. Fails with [`CudaError::Unavailable`] when libnvrtc cannot be loaded and
+/// with [`CudaError::Compile`] (NVRTC's log included) when the source does not compile.
+pub fn compile_cubin(arch: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::{CStr, CString};
+
+    /// Destroys the NVRTC program on every return path.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: created by create_program and destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
+        }
+    }
+
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaError::Unavailable("NVRTC (libnvrtc.so) is not installed or not on LD_LIBRARY_PATH".into()));
+    }
+    let fail = |log: String| CudaError::Compile { arch: arch.into(), log };
+    let source = CString::new(kernels::source()).map_err(|_| fail("the kernel source contains a NUL byte".into()))?;
+    let program = Program(result::create_program(&source, Some(c"octet.cu")).map_err(|e| fail(e.to_string()))?);
+    // SAFETY: `program` is live until the end of this function; `source` outlives it.
+    unsafe {
+        if let Err(e) = result::compile_program(program.0, &compile_options(arch)) {
+            let log = result::get_program_log(program.0)
+                .map(|log| CStr::from_ptr(log.as_ptr()).to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Err(fail(format!("{e}: {log}")));
+        }
+        let mut size = 0usize;
+        sys::nvrtcGetCUBINSize(program.0, &mut size).result().map_err(|e| fail(format!("nvrtcGetCUBINSize: {e}")))?;
+        if size == 0 {
+            return Err(fail(format!("NVRTC produced no cubin for {arch} (a virtual architecture?)")));
+        }
+        let mut cubin = vec![0u8; size];
+        sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast())
+            .result()
+            .map_err(|e| fail(format!("nvrtcGetCUBIN: {e}")))?;
+        Ok(cubin)
+    }
 }
 
 /// Threads per block for the elementwise kernels.
@@ -149,7 +202,7 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
         let arch = format!("sm_{major}{minor}");
-        let module = ctx.load_module(compiled_ptx(&arch)?)?;
+        let module = ctx.load_module(compiled_module(&arch)?)?;
         let mut functions = HashMap::new();
         for name in kernels::KERNEL_NAMES {
             functions.insert(name, module.load_function(name)?);

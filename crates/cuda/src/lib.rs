@@ -50,7 +50,7 @@ pub mod optim;
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, ManagedAlloc};
 #[cfg(feature = "cuda")]
-pub use device::{CudaError, DeviceFloat, Gpu};
+pub use device::{CudaError, DeviceFloat, Gpu, compile_cubin};
 #[cfg(feature = "cuda")]
 pub use ops::{MAX_HEAD_SIZE, TokenBuckets};
 
