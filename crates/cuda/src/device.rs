@@ -176,6 +176,14 @@ pub(crate) fn warp_rows(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Column sums of an (N, C) matrix (the bias, LayerNorm and RMSNorm parameter gradients): one (32, 32)
+/// block per 32 columns, 32 row lanes each (`column_tile_sum` in kernels::PRELUDE). One thread per
+/// column looping over all N rows would leave C / 256 blocks, a handful of SMs, latency-bound.
+pub(crate) fn column_tiles(cols: usize) -> LaunchConfig {
+    let blocks = cols.div_ceil(32).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 32, 1), shared_mem_bytes: 0 }
+}
+
 pub(crate) fn check_len(name: &str, len: usize, want: usize) -> Result<()> {
     if len == want { Ok(()) } else { Err(CudaError::Shape(format!("{name} has {len} elements, expected {want}"))) }
 }
@@ -312,14 +320,10 @@ impl Gpu {
         check_len("dbias", dbias.len(), oc)?;
         check_len("dout", dout.len(), n * oc)?;
         let (n32, oc32) = (as_i32("n", n)?, as_i32("oc", oc)?);
-        let cfg = LaunchConfig {
-            grid_dim: ((oc as u32).div_ceil(BLOCK), 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = column_tiles(oc);
         let mut launch = self.stream.launch_builder(self.typed::<T>("bias_backward"));
         launch.arg(dbias).arg(dout).arg(&n32).arg(&oc32);
-        // SAFETY: matches `bias_backward_*` in kernels::BIAS; one thread per column, lengths checked.
+        // SAFETY: matches `bias_backward_*` in kernels::BIAS; 32-column tiles, lengths checked.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

@@ -28,6 +28,20 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+// Column sums of an (N, C) matrix, launched as `column_tiles` (block (32, 32), one block per 32
+// columns): thread (x, y) has summed rows y, y + 32, ... of column blockIdx.x * 32 + x into `acc` (0 past
+// the last column); the block adds the 32 row lanes in lane order, so the result is deterministic, and
+// returns the column total to the threads with y == 0 (0 to the rest). Every thread of the block must
+// call it (it synchronises); `part` is the caller's __shared__ float[32][32], free again on return.
+__device__ __forceinline__ float column_tile_sum(float (*part)[32], float acc) {
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    float s = 0.0f;
+    if (threadIdx.y == 0)
+        for (int k = 0; k < 32; k++) s += part[k][threadIdx.x];
+    __syncthreads();
+    return s;
+}
 __device__ __forceinline__ unsigned int warp_max_u32(unsigned int v) {
     for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -130,7 +144,8 @@ OCTET_FOR_EACH_TYPE(OCTET_GELU)
 
 /// `bias_add_*(out, bias, n, oc)`: out (N,OC) += bias (OC) in place (the epilogue of a GEMM without
 /// a fused bias), and `bias_backward_*(dbias, dout, n, oc)`: dbias (OC) += column sums of dout
-/// (one thread per column; adjacent threads read adjacent columns, so every row read is coalesced).
+/// (launch as `column_tiles`: 32 row lanes per column, adjacent threads on adjacent columns so every
+/// row read is coalesced, the lanes added in order by `column_tile_sum`: deterministic).
 pub const BIAS: &str = r#"
 template <typename T>
 __device__ void bias_add(T* out, const T* bias, int n, int oc) {
@@ -138,11 +153,13 @@ __device__ void bias_add(T* out, const T* bias, int n, int oc) {
 }
 template <typename T>
 __device__ void bias_backward(T* dbias, const T* dout, int n, int oc) {
-    int o = blockIdx.x * blockDim.x + threadIdx.x;
-    if (o >= oc) return;
+    __shared__ float part[32][32];
+    int o = blockIdx.x * 32 + threadIdx.x;
     float acc = 0.0f;
-    for (int r = 0; r < n; r++) acc += to_f32(dout[(long long)r * oc + o]);
-    dbias[o] = from_f32<T>(to_f32(dbias[o]) + acc);
+    if (o < oc)
+        for (int r = threadIdx.y; r < n; r += 32) acc += to_f32(dout[(long long)r * oc + o]);
+    float sum = column_tile_sum(part, acc);
+    if (threadIdx.y == 0 && o < oc) dbias[o] = from_f32<T>(to_f32(dbias[o]) + sum);
 }
 #define OCTET_BIAS(S, T) \
     extern "C" __global__ void bias_add_##S(T* out, const T* bias, int n, int oc) { \
@@ -325,9 +342,9 @@ OCTET_FOR_EACH_TYPE(OCTET_ENCODER)
 /// - `layernorm_backward_dinp_*(dinp, dout, inp, w, mean, rstd, n, c)`: one warp per row. With
 ///   xhat = (x - mean) rstd and g = dout w: dinp += rstd (g - mean(g) - xhat mean(g xhat))
 ///   (accumulates: the residual stream's gradient). Launch as `layernorm_forward`.
-/// - `layernorm_backward_dwdb_*(dw, db, dout, inp, mean, rstd, n, c)`: one thread per column,
-///   dw += sum_r dout xhat, db += sum_r dout over the rows in order (parameter gradients accumulate;
-///   coalesced like `bias_backward`, deterministic).
+/// - `layernorm_backward_dwdb_*(dw, db, dout, inp, mean, rstd, n, c)`: column sums like
+///   `bias_backward` (launch as `column_tiles`), dw += sum_r dout xhat, db += sum_r dout (parameter
+///   gradients accumulate; deterministic).
 pub const LAYERNORM_BACKWARD: &str = r#"
 template <typename T>
 __device__ void layernorm_backward_dinp(T* dinp, const T* dout, const T* inp, const T* w, const float* mean,
@@ -356,16 +373,21 @@ __device__ void layernorm_backward_dinp(T* dinp, const T* dout, const T* inp, co
 template <typename T>
 __device__ void layernorm_backward_dwdb(T* dw, T* db, const T* dout, const T* inp, const float* mean,
                                         const float* rstd, int n, int c) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c) return;
+    __shared__ float part[32][32];
+    int i = blockIdx.x * 32 + threadIdx.x;
     float aw = 0.0f, ab = 0.0f;
-    for (int r = 0; r < n; r++) {
-        float d = to_f32(dout[(long long)r * c + i]);
-        aw += d * (to_f32(inp[(long long)r * c + i]) - mean[r]) * rstd[r];
-        ab += d;
+    if (i < c)
+        for (int r = threadIdx.y; r < n; r += 32) {
+            float d = to_f32(dout[(long long)r * c + i]);
+            aw += d * (to_f32(inp[(long long)r * c + i]) - mean[r]) * rstd[r];
+            ab += d;
+        }
+    float sw = column_tile_sum(part, aw);
+    float sb = column_tile_sum(part, ab);
+    if (threadIdx.y == 0 && i < c) {
+        dw[i] = from_f32<T>(to_f32(dw[i]) + sw);
+        db[i] = from_f32<T>(to_f32(db[i]) + sb);
     }
-    dw[i] = from_f32<T>(to_f32(dw[i]) + aw);
-    db[i] = from_f32<T>(to_f32(db[i]) + ab);
 }
 #define OCTET_LAYERNORM_BACKWARD(S, T) \
     extern "C" __global__ void layernorm_backward_dinp_##S(T* dinp, const T* dout, const T* inp, const T* w, \
@@ -829,8 +851,8 @@ extern "C" __global__ void adam_o2_stage2_e4m3g(__half* p, __nv_fp8_e4m3* m, __h
 /// - `rmsnorm_backward_dinp_*(dinp, dout, inp, w, rrms, n, c)`: one warp per row. With s = rrms,
 ///   xhat = x s, g = dout w: d/dx_i of sum_j g_j x_j s, s = (mean(x^2) + eps)^(-1/2), is
 ///   s g_i - s^3 x_i sum_j g_j x_j / C = s (g_i - xhat_i mean(g xhat)); dinp += that (accumulates).
-/// - `rmsnorm_backward_dw_*(dw, dout, inp, rrms, n, c)`: one thread per column, dw_i += sum_r dout_ri
-///   xhat_ri over the rows in order (a parameter gradient; no atomics, deterministic).
+/// - `rmsnorm_backward_dw_*(dw, dout, inp, rrms, n, c)`: column sums like `bias_backward` (launch as
+///   `column_tiles`), dw_i += sum_r dout_ri xhat_ri (a parameter gradient; no atomics, deterministic).
 pub const RMSNORM: &str = r#"
 template <typename T>
 __device__ void rmsnorm_forward(T* out, float* rrms, const T* inp, const T* w, int n, int c, double eps) {
@@ -869,11 +891,14 @@ __device__ void rmsnorm_backward_dinp(T* dinp, const T* dout, const T* inp, cons
 }
 template <typename T>
 __device__ void rmsnorm_backward_dw(T* dw, const T* dout, const T* inp, const float* rrms, int n, int c) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c) return;
+    __shared__ float part[32][32];
+    int i = blockIdx.x * 32 + threadIdx.x;
     float acc = 0.0f;
-    for (int r = 0; r < n; r++) acc += to_f32(dout[(long long)r * c + i]) * (to_f32(inp[(long long)r * c + i]) * rrms[r]);
-    dw[i] = from_f32<T>(to_f32(dw[i]) + acc);
+    if (i < c)
+        for (int r = threadIdx.y; r < n; r += 32)
+            acc += to_f32(dout[(long long)r * c + i]) * (to_f32(inp[(long long)r * c + i]) * rrms[r]);
+    float sum = column_tile_sum(part, acc);
+    if (threadIdx.y == 0 && i < c) dw[i] = from_f32<T>(to_f32(dw[i]) + sum);
 }
 #define OCTET_RMSNORM(S, T) \
     extern "C" __global__ void rmsnorm_forward_##S(T* out, float* rrms, const T* inp, const T* w, int n, int c, \

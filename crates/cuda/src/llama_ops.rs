@@ -6,9 +6,9 @@
 //! stream's gradient, accumulated); parameter gradients (RMSNorm dw, the embedding's dwte) accumulate,
 //! summed per column or per token without atomics, so results do not depend on scheduling.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, PushKernelArg, ValidAsZeroBits};
 
-use crate::device::{BLOCK, CudaError, DeviceFloat, Gpu, Result, as_i32, check_len, elementwise, warp_rows};
+use crate::device::{CudaError, DeviceFloat, Gpu, Result, as_i32, check_len, column_tiles, elementwise, warp_rows};
 use crate::ops::TokenBuckets;
 
 /// RoPE sizes: rot a multiple of hs, hs even and positive, rot <= W.
@@ -56,7 +56,7 @@ impl Gpu {
     }
 
     /// RMSNorm backward from dout, inp (N, C), w (C) and the forward's f32 rrms (N): dinp += (the
-    /// residual stream), dw += (parameter gradient, one thread per column over the rows in order).
+    /// residual stream), dw += (parameter gradient, column sums in 32-column tiles, deterministic).
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_backward<T: DeviceFloat>(
         &self,
@@ -80,14 +80,10 @@ impl Gpu {
         launch.arg(dinp).arg(dout).arg(inp).arg(w).arg(rrms).arg(&n32).arg(&c32);
         // SAFETY: matches `rmsnorm_backward_dinp_*` in kernels::RMSNORM; one warp per row.
         unsafe { launch.launch(warp_rows(n)) }?;
-        let cfg = LaunchConfig {
-            grid_dim: ((c as u32).div_ceil(BLOCK).max(1), 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = column_tiles(c);
         let mut launch = self.stream().launch_builder(self.typed::<T>("rmsnorm_backward_dw"));
         launch.arg(dw).arg(dout).arg(inp).arg(rrms).arg(&n32).arg(&c32);
-        // SAFETY: matches `rmsnorm_backward_dw_*`; one thread per column; lengths checked.
+        // SAFETY: matches `rmsnorm_backward_dw_*`; 32-column tiles; lengths checked.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

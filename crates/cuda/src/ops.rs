@@ -6,7 +6,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use crate::device::{BLOCK, CudaError, DeviceFloat, Gpu, Result, as_i32, check_len, elementwise, warp_rows};
+use crate::device::{
+    BLOCK, CudaError, DeviceFloat, Gpu, Result, as_i32, check_len, column_tiles, elementwise, warp_rows,
+};
 
 /// Largest head size the attention kernels hold in registers (32 lanes x `OCTET_ATTN_REGS`).
 pub const MAX_HEAD_SIZE: usize = 256;
@@ -178,14 +180,10 @@ impl Gpu {
         launch.arg(dinp).arg(dout).arg(inp).arg(w).arg(mean).arg(rstd).arg(&n32).arg(&c32);
         // SAFETY: matches `layernorm_backward_dinp_*` in kernels::LAYERNORM_BACKWARD; one warp per row.
         unsafe { launch.launch(warp_rows(n)) }?;
-        let cfg = LaunchConfig {
-            grid_dim: ((c as u32).div_ceil(BLOCK).max(1), 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = column_tiles(c);
         let mut launch = self.stream().launch_builder(self.typed::<T>("layernorm_backward_dwdb"));
         launch.arg(dw).arg(db).arg(dout).arg(inp).arg(mean).arg(rstd).arg(&n32).arg(&c32);
-        // SAFETY: matches `layernorm_backward_dwdb_*`; one thread per column; lengths checked.
+        // SAFETY: matches `layernorm_backward_dwdb_*`; 32-column tiles; lengths checked.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

@@ -97,11 +97,17 @@ close("layernorm_forward", y, xhat * w + bias); close("layernorm mean", mean, m)
 dx0, dw0, db0 = rng.standard_normal((n, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
 dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
 L.L_layernorm_backward_dinp(wr(n), BLOCK, P(dx), P(dout), P(x), P(w), P(mean), P(rstd), I(n), I(c))
-L.L_layernorm_backward_dwdb(-(-c // BLOCK), BLOCK, P(dw), P(db), P(dout), P(x), P(mean), P(rstd), I(n), I(c))
+L.L_layernorm_backward_dwdb(-(-c // 32), P(dw), P(db), P(dout), P(x), P(mean), P(rstd), I(n), I(c))
 m32, s32 = mean.astype(f64), rstd.astype(f64); xh = (xd - m32[:, None]) * s32[:, None]
 g = dout.astype(f64) * w
 close("layernorm dinp", dx, dx0 + s32[:, None] * (g - g.mean(1, keepdims=True) - xh * (g * xh).mean(1, keepdims=True)))
 close("layernorm dw", dw, dw0 + (dout * xh).sum(0)); close("layernorm db", db, db0 + dout.astype(f64).sum(0))
+# bias backward: dbias += column sums (column tiles; n not a multiple of 32, oc not of 32)
+for n, oc in [(83, 75), (5, 40), (1000, 33)]:
+    dout = rng.standard_normal((n, oc)).astype(np.float32)
+    db0 = rng.standard_normal(oc).astype(np.float32); db = db0.copy()
+    L.L_bias_backward(-(-oc // 32), P(db), P(dout), I(n), I(oc))
+    close(f"bias_backward n={n} oc={oc}", db, db0 + dout.astype(f64).sum(0))
 # attention
 def attn_ref(qkv, b, t, c, nh):
     hs = c // nh
@@ -216,7 +222,7 @@ close("rmsnorm_forward", y, xd * s[:, None] * w); close("rmsnorm rrms", rr, s)
 dx0, dw0 = rng.standard_normal((n, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
 dx, dw = dx0.copy(), dw0.copy()
 L.L_rmsnorm_backward_dinp(wr(n), BLOCK, P(dx), P(dout), P(x), P(w), P(rr), I(n), I(c))
-L.L_rmsnorm_backward_dw(-(-c // BLOCK), BLOCK, P(dw), P(dout), P(x), P(rr), I(n), I(c))
+L.L_rmsnorm_backward_dw(-(-c // 32), P(dw), P(dout), P(x), P(rr), I(n), I(c))
 s32 = rr.astype(f64)[:, None]; xh = xd * s32; g = dout.astype(f64) * w
 close("rmsnorm dinp", dx, dx0 + s32 * (g - xh * (g * xh).mean(1, keepdims=True)))
 close("rmsnorm dw", dw, dw0 + (dout * xh).sum(0))
