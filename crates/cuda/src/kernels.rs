@@ -165,7 +165,7 @@ __device__ void bias_backward(T* dbias, const T* dout, int n, int oc) {
     extern "C" __global__ void bias_add_##S(T* out, const T* bias, int n, int oc) { \
         bias_add<T>(out, bias, n, oc); \
     } \
-    extern "C" __global__ void bias_backward_##S(T* dbias, const T* dout, int n, int oc) { \
+    extern "C" __global__ void __launch_bounds__(1024) bias_backward_##S(T* dbias, const T* dout, int n, int oc) { \
         bias_backward<T>(dbias, dout, n, oc); \
     }
 OCTET_FOR_EACH_TYPE(OCTET_BIAS)
@@ -394,7 +394,7 @@ __device__ void layernorm_backward_dwdb(T* dw, T* db, const T* dout, const T* in
                                                            const float* mean, const float* rstd, int n, int c) { \
         layernorm_backward_dinp<T>(dinp, dout, inp, w, mean, rstd, n, c); \
     } \
-    extern "C" __global__ void layernorm_backward_dwdb_##S(T* dw, T* db, const T* dout, const T* inp, \
+    extern "C" __global__ void __launch_bounds__(1024) layernorm_backward_dwdb_##S(T* dw, T* db, const T* dout, const T* inp, \
                                                            const float* mean, const float* rstd, int n, int c) { \
         layernorm_backward_dwdb<T>(dw, db, dout, inp, mean, rstd, n, c); \
     }
@@ -909,7 +909,7 @@ __device__ void rmsnorm_backward_dw(T* dw, const T* dout, const T* inp, const fl
                                                          const float* rrms, int n, int c) { \
         rmsnorm_backward_dinp<T>(dinp, dout, inp, w, rrms, n, c); \
     } \
-    extern "C" __global__ void rmsnorm_backward_dw_##S(T* dw, const T* dout, const T* inp, const float* rrms, int n, \
+    extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_dw_##S(T* dw, const T* dout, const T* inp, const float* rrms, int n, \
                                                        int c) { \
         rmsnorm_backward_dw<T>(dw, dout, inp, rrms, n, c); \
     }

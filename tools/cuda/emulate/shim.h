@@ -19,6 +19,7 @@ dim3 blockDim, gridDim;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __launch_bounds__(n)
 static std::barrier<>* g_block_bar;
 static std::vector<std::unique_ptr<std::barrier<>>> g_warp_bars;
 static float g_slots[1024];
