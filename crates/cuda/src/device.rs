@@ -65,15 +65,49 @@ fn check_libraries() -> Result<()> {
     Ok(())
 }
 
-/// `Ok("device 0: <name>, sm_XY, N devices")`, or why no CUDA device can be used.
+/// `Ok("device 0: <name>, sm_XY, N devices; driver CUDA a.b, NVRTC c.d, cuBLASLt e.f.g")`, or why no
+/// CUDA device can be used.
 pub fn probe() -> std::result::Result<String, String> {
     let describe = || -> Result<String> {
         check_libraries()?;
         let ctx = CudaContext::new(0)?;
         let (major, minor) = ctx.compute_capability()?;
-        Ok(format!("device 0: {}, sm_{major}{minor}, {} device(s)", ctx.name()?, CudaContext::device_count()?))
+        Ok(format!(
+            "device 0: {}, sm_{major}{minor}, {} device(s); {}",
+            ctx.name()?,
+            CudaContext::device_count()?,
+            library_versions()
+        ))
     };
     describe().map_err(|e| e.to_string())
+}
+
+/// The versions of the CUDA libraries this process loaded. cudarc tries unversioned names
+/// (`libcublasLt.so`) before versioned ones, so a toolkit earlier on the search path than the one
+/// meant can win; `octet device` prints these so a run shows which it got.
+fn library_versions() -> String {
+    let mut parts = Vec::new();
+    let mut v = 0;
+    // SAFETY: plain version queries; each library is checked for presence before its first call.
+    unsafe {
+        if cudarc::driver::sys::cuDriverGetVersion(&mut v) == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            parts.push(format!("driver CUDA {}.{}", v / 1000, (v % 1000) / 10));
+        }
+        let (mut major, mut minor) = (0, 0);
+        if cudarc::nvrtc::sys::is_culib_present()
+            && cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor)
+                == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
+        {
+            parts.push(format!("NVRTC {major}.{minor}"));
+        }
+        if cudarc::cublaslt::sys::is_culib_present() {
+            let v = cudarc::cublaslt::sys::cublasLtGetVersion();
+            parts.push(format!("cuBLASLt {}.{}.{}", v / 10_000, (v / 100) % 100, v % 100));
+        } else {
+            parts.push("cuBLASLt not found".into());
+        }
+    }
+    parts.join(", ")
 }
 
 /// Include directories for `cuda_fp8.h`: `$OCTET_CUDA_INCLUDE`, `$CUDA_HOME/include`,

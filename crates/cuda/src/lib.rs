@@ -57,7 +57,8 @@ pub use ops::{MAX_HEAD_SIZE, TokenBuckets};
 /// Whether this build contains the CUDA backend (the `cuda` feature).
 pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
 
-/// What a CUDA device would be used: `Ok("device 0: <name>, sm_XY, ...")`, or why none can be.
+/// What a CUDA device would be used: `Ok("device 0: <name>, sm_XY, ...; <library versions>")`, or why
+/// none can be.
 #[cfg(not(feature = "cuda"))]
 pub fn probe() -> Result<String, String> {
     Err("CUDA is not built in: rebuild with `--features cuda` (crate octet-cuda)".into())
