@@ -1180,7 +1180,8 @@ mod tests {
     /// instantiation is listed: catches a renamed kernel before it reaches a GPU.
     #[test]
     fn every_kernel_name_is_defined() {
-        let src = source();
+        // `void __launch_bounds__(N) name(` declares `name` as well.
+        let src = source().replace("void __launch_bounds__(1024) ", "void ");
         for name in KERNEL_NAMES {
             let direct = src.contains(&format!("void {name}("));
             let instantiated = name
