@@ -55,14 +55,22 @@ fn check_libraries() -> Result<()> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(CudaError::Unavailable("the CUDA driver library (libcuda.so) is not installed".into()));
     }
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(CudaError::Unavailable("NVRTC (libnvrtc.so) is not installed or not on LD_LIBRARY_PATH".into()));
-    }
+    check_nvrtc()?;
     let n = CudaContext::device_count().map_err(|e| CudaError::Unavailable(format!("cuInit/device count: {e}")))?;
     if n == 0 {
         return Err(CudaError::Unavailable("the driver reports no devices".into()));
     }
     Ok(())
+}
+
+/// NVRTC can be loaded (compiling the kernels needs it, not a device).
+fn check_nvrtc() -> Result<()> {
+    // SAFETY: only tries to dlopen the library.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(CudaError::Unavailable("NVRTC (libnvrtc.so) is not installed or not on LD_LIBRARY_PATH".into()))
+    }
 }
 
 /// `Ok("device 0: <name>, sm_XY, N devices; driver CUDA a.b, NVRTC c.d, cuBLASLt e.f.g")`, or why no
@@ -167,10 +175,7 @@ pub fn compile_cubin(arch: &str) -> Result<Vec<u8>> {
         }
     }
 
-    // SAFETY: only tries to dlopen the library.
-    if !unsafe { sys::is_culib_present() } {
-        return Err(CudaError::Unavailable("NVRTC (libnvrtc.so) is not installed or not on LD_LIBRARY_PATH".into()));
-    }
+    check_nvrtc()?;
     let fail = |log: String| CudaError::Compile { arch: arch.into(), log };
     let source = CString::new(kernels::source()).map_err(|_| fail("the kernel source contains a NUL byte".into()))?;
     let program = Program(result::create_program(&source, Some(c"octet.cu")).map_err(|e| fail(e.to_string()))?);
