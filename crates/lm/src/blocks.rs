@@ -29,16 +29,12 @@
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use octet_core::scaling::{Recipe, ScalingMode};
-use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
+use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::acts::Acts;
+use crate::decoder::{Arch, Decoder, Dims, Pass, head_logits};
 use crate::gpt2::Gpt2Config;
-use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
-use crate::precision::{LinearScaling, Linears, Precision};
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
 pub const RMS_EPS: f64 = 1e-8;
@@ -221,11 +217,18 @@ pub fn decay_flags(layout: &Layout) -> Vec<bool> {
 /// gamma, g_attn, g_skip, alpha_V, beta_V start at 1 and g_ff at 0.1. Values are drawn tensor by
 /// tensor in layout order from one `Rng`.
 pub fn init_params(c: &BlocksConfig, layout: &Layout, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
     let mut p = vec![0.0f32; layout.total()];
+    init_tensors(c, layout, seed, |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
+    p
+}
+
+/// `init_params` one tensor at a time: `f(tensor index, values)` in layout order. Same values.
+pub fn init_tensors(c: &BlocksConfig, layout: &Layout, seed: u64, mut f: impl FnMut(usize, &[f32])) {
+    let mut rng = Rng::new(seed);
     let d = c.n_embd;
-    for s in layout.specs() {
-        let out = &mut p[s.range()];
+    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
+    for (t, s) in layout.specs().iter().enumerate() {
+        let out = &mut scratch[..s.numel()];
         match s.name.as_str() {
             "qkw" => {
                 for layer in out.chunks_mut(2 * d * d) {
@@ -240,8 +243,8 @@ pub fn init_params(c: &BlocksConfig, layout: &Layout, seed: u64) -> Vec<f32> {
             }
             _ => out.fill(1.0), // norm gains, attention gains, branch gains
         }
+        f(t, out);
     }
-    p
 }
 
 /// A block's tensors (layer l); absent ones are empty slices.
@@ -322,7 +325,7 @@ fn split<T>(v: [T; 18]) -> (Block<T>, Top<T>) {
 }
 
 /// Parameter tensor ids, resolved once (None where the block kind has no such tensor).
-struct ParamIds {
+pub struct ParamIds {
     ids: [Option<TensorId>; 18],
 }
 
@@ -373,7 +376,6 @@ const SCRATCH: usize = 15; // (N, C) scratch: a projection before it joins the r
 const LNF: usize = 16; // (N, C)
 const LNF_RRMS: usize = 17; // (N)
 const LOGITS: usize = 18; // (N, Vp)
-const LOSSES: usize = 19; // (N)
 const ACT_NAMES: [&str; 20] = [
     "encoded", "ln1", "ln1_rrms", "qkv", "v0_u", "v0", "atty", "lse", "mid", "ln2", "ln2_rrms", "fch_relu", "mlp",
     "residual", "fch", "scratch", "lnf", "lnf_rrms", "logits", "losses",
@@ -444,7 +446,7 @@ pub fn grad_act_layout(c: &BlocksConfig, b: usize, t: usize) -> Layout {
 }
 
 /// Resolved ids of a table whose entries may be absent; absent ones give empty ranges.
-struct Ids<const K: usize> {
+pub struct Ids<const K: usize> {
     ids: [Option<TensorId>; K],
 }
 
@@ -469,424 +471,309 @@ const FC_LIN: usize = 1;
 const FCPROJ_LIN: usize = 2;
 const ATTPROJ_LIN: usize = 3;
 
-/// The model bound to a backend: parameters, their gradients, and activations for one batch shape.
-pub struct BlocksLm<Bk: Backend> {
-    pub cfg: BlocksConfig,
-    pub backend: Bk,
-    pub params: Slab<Bk::F>,
-    pub grads: Slab<Bk::F>,
-    /// Multiplies the loss gradient in backward (gradients come out scaled by it); 1 by default.
-    pub grad_scale: f64,
-    /// Narrow weight and gradient storage at fp8-o1 / fp8-o2 (`crate::narrow`; `params` / `grads` are
-    /// then the one-block f32 working set), else None.
-    pub narrow: Option<Narrow>,
-    ids: ParamIds,
-    acts: Option<Acts<Bk::F>>,
+/// The model bound to a backend (the decoder shell with this block's architecture).
+pub type BlocksLm<Bk> = Decoder<Bk, BlocksConfig>;
+
+/// Resolved ids of the parameter, activation and activation-gradient tables.
+pub struct BlockIds {
+    params: ParamIds,
     aid: Ids<20>,
     did: Ids<10>,
-    tokens: Vec<u32>,
-    targets: Vec<u32>,
-    /// Mean loss of the last forward with targets.
-    pub loss: Option<f64>,
-    /// GEMM precision of the block linears (the tied head and the shaped-attention gains stay f32).
-    pub precision: Precision,
-    pub scaling_mode: ScalingMode,
-    /// FP8 scaling state per block linear (empty unless the precision is FP8): `linears_per_layer`
-    /// per layer, then (shaped blocks) layer 0's value matrix.
-    pub scaling: Vec<LinearScaling>,
 }
 
-impl<Bk: Backend> BlocksLm<Bk> {
-    /// A model with the given parameter values (laid out as `param_layout(&cfg)`).
-    pub fn new(cfg: BlocksConfig, backend: Bk, params: Vec<Bk::F>) -> Result<Self> {
-        cfg.validate()?;
-        let layout = Arc::new(param_layout(&cfg));
-        let ids = ParamIds::new(&layout);
-        let alloc = backend.allocator();
-        let params = Slab::from_vec_in(layout.clone(), params, alloc.as_ref())?;
-        let grads = Slab::zeros_in(layout, alloc.as_ref())?;
-        let (al, dl) = (act_layout(&cfg, 1, 1), grad_act_layout(&cfg, 1, 1));
-        Ok(BlocksLm {
-            cfg,
-            backend,
-            params,
-            grads,
-            grad_scale: 1.0,
-            narrow: None,
-            ids,
-            acts: None,
-            aid: Ids::new(&al, ACT_NAMES),
-            did: Ids::new(&dl, GRAD_NAMES),
-            tokens: vec![],
-            targets: vec![],
-            loss: None,
-            precision: Precision::Fp32,
-            scaling_mode: ScalingMode::Delayed,
-            scaling: vec![],
-        })
-    }
+impl Arch for BlocksConfig {
+    type Ids = BlockIds;
 
-    /// A freshly initialised model (`init_params` with `seed`) at `precision`.
-    pub fn init(cfg: BlocksConfig, backend: Bk, precision: Precision, recipe: &Recipe, seed: u64) -> Result<Self> {
-        cfg.validate()?;
-        let p = init_params(&cfg, &param_layout(&cfg), seed).into_iter().map(Bk::F::from_f32).collect();
-        BlocksLm::new(cfg, backend, p)?.with_precision(precision, recipe)
-    }
-
-    /// Run the block linears at `precision`, FP8 scaling per `recipe`. At fp8-o1 / fp8-o2 every
-    /// parameter, the shaped-attention scalars and gains included, is stored in f16 with its own
-    /// tensor scale (`crate::narrow`); they compute in f32.
-    pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
-        recipe.validate()?;
-        let (full, working) = (param_layout(&self.cfg), param_layout(&BlocksConfig { n_layer: 1, ..self.cfg }));
-        let n_layer = self.cfg.n_layer;
-        let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
-        let alloc = self.backend.allocator();
-        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer, alloc.as_ref())? {
-            self.ids = ParamIds::new(&l);
+    fn dims(&self) -> Dims {
+        Dims {
+            vocab_size: self.vocab_size,
+            padded_vocab: self.padded_vocab,
+            max_seq_len: self.max_seq_len,
+            n_layer: self.n_layer,
+            n_embd: self.n_embd,
         }
-        self.precision = precision;
-        self.scaling_mode = recipe.mode;
-        let n = self.cfg.n_layer * self.cfg.block.linears_per_layer() + usize::from(self.cfg.block.is_shaped());
-        self.scaling = if precision.is_fp8() { vec![LinearScaling::new(recipe); n] } else { vec![] };
-        self.acts = None;
-        Ok(self)
     }
-
-    pub fn zero_grad(&mut self) {
-        self.backend.zero(&mut self.grads.data);
+    fn validate(&self) -> Result<()> {
+        BlocksConfig::validate(self)
     }
-
-    /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
-    /// current batch shape.
-    pub fn activation_elems(&self) -> (usize, usize, usize) {
-        self.acts.as_ref().map_or((0, 0, 0), |a| (a.a.data.len(), a.d.data.len(), a.ws.elems()))
+    fn with_layers(&self, n: usize) -> Self {
+        BlocksConfig { n_layer: n, ..*self }
     }
-
-    /// Allocate activations for (B, T) batches (forward does this on demand).
-    pub fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
-        if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
-            return Ok(());
-        }
-        let (n, d) = (b * t, self.cfg.n_embd);
+    fn param_layout(&self) -> Layout {
+        param_layout(self)
+    }
+    fn decay_flags(&self, layout: &Layout) -> Vec<bool> {
+        decay_flags(layout)
+    }
+    fn init_tensors(&self, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
+        init_tensors(self, layout, seed, f)
+    }
+    fn act_layout(&self, b: usize, t: usize) -> Layout {
+        act_layout(self, b, t)
+    }
+    fn grad_act_layout(&self, b: usize, t: usize) -> Layout {
+        grad_act_layout(self, b, t)
+    }
+    fn workspace(&self, n: usize) -> (usize, usize, usize) {
         // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
-        let (al, dl) = (act_layout(&self.cfg, b, t), grad_act_layout(&self.cfg, b, t));
-        let alloc = self.backend.allocator();
-        self.acts = Some(Acts::alloc(b, t, al, dl, self.precision, (n * 4 * d, 4 * d * d, n * 4 * d), alloc.as_ref())?);
-        Ok(())
+        let d = self.n_embd;
+        (n * 4 * d, 4 * d * d, n * 4 * d)
+    }
+    fn linears_per_layer(&self) -> usize {
+        self.block.linears_per_layer()
+    }
+    /// The per-layer linears, then (shaped blocks) layer 0's value matrix dW at (n_layer, 0).
+    fn n_linears(&self) -> usize {
+        self.n_layer * self.block.linears_per_layer() + usize::from(self.block.is_shaped())
+    }
+    fn ids(&self, params: &Layout) -> BlockIds {
+        let (al, dl) = (act_layout(self, 1, 1), grad_act_layout(self, 1, 1));
+        BlockIds { params: ParamIds::new(params), aid: Ids::new(&al, ACT_NAMES), did: Ids::new(&dl, GRAD_NAMES) }
     }
 
-    /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
-    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
-    pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
-        let c = self.cfg;
-        if t == 0 || t > c.max_seq_len || tokens.len() != b * t || targets.is_some_and(|x| x.len() != b * t) {
-            return Err(Error::Shape {
-                name: "tokens".into(),
-                expected: vec![b, t.min(c.max_seq_len)],
-                found: vec![tokens.len()],
-            });
-        }
-        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
-            return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
-        }
-        self.ensure_acts(b, t)?;
-        self.tokens.clear();
-        self.tokens.extend_from_slice(tokens);
-        let (d, nh, l_n, n, vp, kind) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab, c.block);
-        let l1 = kind.normed_layers(l_n);
-        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
-        let (be, pid, aid) = (&self.backend, &self.ids, &self.aid);
-        let acts = self.acts.as_mut().expect("allocated above");
-        let al = acts.a.layout.clone();
-        let a = &mut acts.a;
-        let mut lin = Linears {
-            be,
-            prec: self.precision,
-            mode: self.scaling_mode,
-            scaling: &mut self.scaling,
-            ws: &mut acts.ws,
-            per_layer: kind.linears_per_layer(),
-        };
+    fn embed_forward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]) {
+        let (_, top) = ids.params.views(p, 0);
+        let r = ids.aid.w(&x.a.layout, ENCODED);
+        x.be.encoder_forward(&mut x.a.data[r], tokens, top.wte, top.wpe, x.b, x.t, self.n_embd);
+    }
+
+    fn embed_backward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, g: &mut Slab<Bk::F>, tokens: &[u32]) {
+        let (_, gt) = ids.params.views_mut(g, 0);
+        let r = ids.did.w(&x.da.layout, DRES);
+        x.be.encoder_backward(gt.wte, gt.wpe, &x.da.data[r], tokens, x.b, x.t, self.n_embd);
+    }
+
+    fn layer_forward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, l: usize, lw: usize) {
+        let (d, nh, l_n, n, b, t, kind) = (self.n_embd, self.n_head, self.n_layer, x.n(), x.b, x.t, self.block);
+        let (l1, wq, pid, aid) = (kind.normed_layers(l_n), qkv_width(self), ids, &ids.aid);
+        let (be, a, lin) = (x.be, &mut *x.a, &mut x.lin);
+        let al = a.layout.clone();
         let ar = |i: usize, l: usize| aid.at(&al, i, l);
         let aw = |i: usize| aid.w(&al, i);
-        let wq = qkv_width(&c);
-
-        let (_, top) = pid.views(&self.params, 0);
-        be.encoder_forward(&mut a.data[aw(ENCODED)], tokens, top.wte, top.wpe, b, t, d);
-        for l in 0..l_n {
-            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
-            let (w, top) = pid.views(&self.params, lw);
-            let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
-            // h = N1 x (every layer, or only the first without norms)
-            let h = if l < l1 {
-                let [hn, rrms, xv] = a.disjoint_mut([ar(LN1, l), ar(LN1_RRMS, l), x.clone()]);
-                be.rmsnorm_forward(hn, rrms, xv, w.ln1w, n, d, RMS_EPS);
-                ar(LN1, l)
-            } else {
-                x.clone()
-            };
-            let [qkv, hv] = a.disjoint_mut([ar(QKV, l), h.clone()]);
-            lin.forward(l, QKV_LIN, qkv, hv, w.qkvw, None, n, d, wq);
-            if kind.is_shaped() {
-                // Values: h itself (identity W_V), or in layer 0 v = alpha_V h + beta_V h dW^T.
-                let v = if l == 0 {
-                    let [u, hv] = a.disjoint_mut([aw(V0U), h.clone()]);
-                    lin.forward(l_n, 0, u, hv, top.v0w, None, n, d, d);
-                    let [v0, hv, u] = a.disjoint_mut([aw(V0), h.clone(), aw(V0U)]);
-                    be.scale_add_forward(v0, hv, u, top.v0_alpha, top.v0_beta);
-                    aw(V0)
-                } else {
-                    h.clone()
-                };
-                let [sa, lse, qk, vv] = a.disjoint_mut([ar(ATTY, l), ar(LSE, l), ar(QKV, l), v]);
-                be.shaped_attention_forward(sa, lse, qk, vv, w.alpha, w.beta, w.gamma, b, t, d, nh);
-            } else {
-                let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(LSE, l), ar(QKV, l)]);
-                be.attention_forward(atty, lse, qkv, b, t, d, nh);
-                let [proj, atty] = a.disjoint_mut([aw(SCRATCH), ar(ATTY, l)]);
-                lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, None, n, d, d);
-            }
-            // The attention branch joins; the MLP reads h (parallel) or N2 of the join (sequential).
-            let mlp_in = match kind {
-                BlockKind::PreLn => {
-                    let [mid, xv, proj] = a.disjoint_mut([ar(MID, l), x.clone(), aw(SCRATCH)]);
-                    be.residual_forward(mid, xv, proj);
-                    Some(ar(MID, l))
-                }
-                BlockKind::Sas => {
-                    let [mid, sa] = a.disjoint_mut([ar(MID, l), ar(ATTY, l)]);
-                    be.scale_forward(mid, sa, w.attn_gain);
-                    Some(ar(MID, l))
-                }
-                BlockKind::Parallel => {
-                    let [r, xv, proj] = a.disjoint_mut([ar(RESIDUAL, l), x.clone(), aw(SCRATCH)]);
-                    be.residual_forward(r, xv, proj);
-                    None
-                }
-                BlockKind::SasP | BlockKind::SasPNoNorm => None,
-            };
-            let h2 = match mlp_in {
-                Some(mid) => {
-                    let [h2, rrms, mv] = a.disjoint_mut([ar(LN2, l), ar(LN2_RRMS, l), mid]);
-                    be.rmsnorm_forward(h2, rrms, mv, w.ln2w, n, d, RMS_EPS);
-                    ar(LN2, l)
-                }
-                None => h.clone(),
-            };
-            // MLP: relu(h2 W_fc^T) W_proj^T, into `mlp` (shaped: its gain needs it) or scratch.
-            let [fch, hv] = a.disjoint_mut([aw(FCH), h2]);
-            lin.forward(l, FC_LIN, fch, hv, w.fcw, None, n, d, 4 * d);
-            let [g, fch] = a.disjoint_mut([ar(FCH_RELU, l), aw(FCH)]);
-            be.relu_forward(g, fch);
-            let m = if kind.is_shaped() { ar(MLP, l) } else { aw(SCRATCH) };
-            let [mo, g] = a.disjoint_mut([m.clone(), ar(FCH_RELU, l)]);
-            lin.forward(l, FCPROJ_LIN, mo, g, w.fcprojw, None, n, 4 * d, d);
-            match kind {
-                BlockKind::PreLn => {
-                    let [r, mid, mo] = a.disjoint_mut([ar(RESIDUAL, l), ar(MID, l), m]);
-                    be.residual_forward(r, mid, mo);
-                }
-                BlockKind::Parallel => {
-                    let [r, mo] = a.disjoint_mut([ar(RESIDUAL, l), m]);
-                    be.accumulate(r, mo);
-                }
-                BlockKind::Sas => {
-                    let [r, mo, mid] = a.disjoint_mut([ar(RESIDUAL, l), m, ar(MID, l)]);
-                    be.scale_add_forward(r, mo, mid, w.mlp_gain, w.skip_gain);
-                }
-                BlockKind::SasP | BlockKind::SasPNoNorm => {
-                    let [r, sa, mo] = a.disjoint_mut([ar(RESIDUAL, l), ar(ATTY, l), m]);
-                    be.scale_add_forward(r, sa, mo, w.attn_gain, w.mlp_gain);
-                }
-            }
-        }
-        let (_, top) = pid.views(&self.params, 0);
-        let [lnf, rrms, x] = a.disjoint_mut([aw(LNF), aw(LNF_RRMS), ar(RESIDUAL, l_n - 1)]);
-        be.rmsnorm_forward(lnf, rrms, x, top.lnfw, n, d, RMS_EPS);
-        // Tied output projection, kept in f32 at every level (as Transformer Engine leaves the head).
-        let [logits, lnf] = a.disjoint_mut([aw(LOGITS), aw(LNF)]);
-        be.matmul_forward(logits, lnf, top.wte, None, n, d, vp);
-
-        self.loss = None;
-        if let Some(tg) = targets {
-            self.targets.clear();
-            self.targets.extend_from_slice(tg);
-            let [losses, logits] = a.disjoint_mut([aw(LOSSES), aw(LOGITS)]);
-            be.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, vp);
-            be.synchronize();
-            let mean = losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64;
-            self.loss = Some(mean);
-        }
-        Ok(self.loss)
-    }
-
-    /// Raw logits (B*T, Vp) of the last forward without targets.
-    pub fn logits(&self) -> &[Bk::F] {
-        self.backend.synchronize();
-        let a = &self.acts.as_ref().expect("forward first").a;
-        &a.data[self.aid.w(&a.layout, LOGITS)]
-    }
-
-    /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
-    pub fn backward(&mut self) -> Result<()> {
-        if self.loss.is_none() {
-            return Err(Error::Other("backward needs a forward with targets first".into()));
-        }
-        let c = self.cfg;
-        let acts = self.acts.as_mut().expect("forward allocated activations");
-        let (b, t) = (acts.b, acts.t);
-        let (d, nh, l_n, n, vp, kind) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab, c.block);
-        let l1 = kind.normed_layers(l_n);
-        let (be, pid, aid, did) = (&self.backend, &self.ids, &self.aid, &self.did);
-        let (p, g) = (&mut self.params, &mut self.grads);
-        if let Some(nw) = &mut self.narrow {
-            nw.begin_backward();
-        }
-        let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
-        let (a, da) = (&mut acts.a, &mut acts.d);
-        let mut lin = Linears {
-            be,
-            prec: self.precision,
-            mode: self.scaling_mode,
-            scaling: &mut self.scaling,
-            ws: &mut acts.ws,
-            per_layer: kind.linears_per_layer(),
+        let (w, top) = pid.params.views(p, lw);
+        let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
+        // h = N1 x (every layer, or only the first without norms)
+        let h = if l < l1 {
+            let [hn, rrms, xv] = a.disjoint_mut([ar(LN1, l), ar(LN1_RRMS, l), x.clone()]);
+            be.rmsnorm_forward(hn, rrms, xv, w.ln1w, n, d, RMS_EPS);
+            ar(LN1, l)
+        } else {
+            x.clone()
         };
+        let [qkv, hv] = a.disjoint_mut([ar(QKV, l), h.clone()]);
+        lin.forward(l, QKV_LIN, qkv, hv, w.qkvw, None, n, d, wq);
+        if kind.is_shaped() {
+            // Values: h itself (identity W_V), or in layer 0 v = alpha_V h + beta_V h dW^T.
+            let v = if l == 0 {
+                let [u, hv] = a.disjoint_mut([aw(V0U), h.clone()]);
+                lin.forward(l_n, 0, u, hv, top.v0w, None, n, d, d);
+                let [v0, hv, u] = a.disjoint_mut([aw(V0), h.clone(), aw(V0U)]);
+                be.scale_add_forward(v0, hv, u, top.v0_alpha, top.v0_beta);
+                aw(V0)
+            } else {
+                h.clone()
+            };
+            let [sa, lse, qk, vv] = a.disjoint_mut([ar(ATTY, l), ar(LSE, l), ar(QKV, l), v]);
+            be.shaped_attention_forward(sa, lse, qk, vv, w.alpha, w.beta, w.gamma, b, t, d, nh);
+        } else {
+            let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(LSE, l), ar(QKV, l)]);
+            be.attention_forward(atty, lse, qkv, b, t, d, nh);
+            let [proj, atty] = a.disjoint_mut([aw(SCRATCH), ar(ATTY, l)]);
+            lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, None, n, d, d);
+        }
+        // The attention branch joins; the MLP reads h (parallel) or N2 of the join (sequential).
+        let mlp_in = match kind {
+            BlockKind::PreLn => {
+                let [mid, xv, proj] = a.disjoint_mut([ar(MID, l), x.clone(), aw(SCRATCH)]);
+                be.residual_forward(mid, xv, proj);
+                Some(ar(MID, l))
+            }
+            BlockKind::Sas => {
+                let [mid, sa] = a.disjoint_mut([ar(MID, l), ar(ATTY, l)]);
+                be.scale_forward(mid, sa, w.attn_gain);
+                Some(ar(MID, l))
+            }
+            BlockKind::Parallel => {
+                let [r, xv, proj] = a.disjoint_mut([ar(RESIDUAL, l), x.clone(), aw(SCRATCH)]);
+                be.residual_forward(r, xv, proj);
+                None
+            }
+            BlockKind::SasP | BlockKind::SasPNoNorm => None,
+        };
+        let h2 = match mlp_in {
+            Some(mid) => {
+                let [h2, rrms, mv] = a.disjoint_mut([ar(LN2, l), ar(LN2_RRMS, l), mid]);
+                be.rmsnorm_forward(h2, rrms, mv, w.ln2w, n, d, RMS_EPS);
+                ar(LN2, l)
+            }
+            None => h.clone(),
+        };
+        // MLP: relu(h2 W_fc^T) W_proj^T, into `mlp` (shaped: its gain needs it) or scratch.
+        let [fch, hv] = a.disjoint_mut([aw(FCH), h2]);
+        lin.forward(l, FC_LIN, fch, hv, w.fcw, None, n, d, 4 * d);
+        let [g, fch] = a.disjoint_mut([ar(FCH_RELU, l), aw(FCH)]);
+        be.relu_forward(g, fch);
+        let m = if kind.is_shaped() { ar(MLP, l) } else { aw(SCRATCH) };
+        let [mo, g] = a.disjoint_mut([m.clone(), ar(FCH_RELU, l)]);
+        lin.forward(l, FCPROJ_LIN, mo, g, w.fcprojw, None, n, 4 * d, d);
+        match kind {
+            BlockKind::PreLn => {
+                let [r, mid, mo] = a.disjoint_mut([ar(RESIDUAL, l), ar(MID, l), m]);
+                be.residual_forward(r, mid, mo);
+            }
+            BlockKind::Parallel => {
+                let [r, mo] = a.disjoint_mut([ar(RESIDUAL, l), m]);
+                be.accumulate(r, mo);
+            }
+            BlockKind::Sas => {
+                let [r, mo, mid] = a.disjoint_mut([ar(RESIDUAL, l), m, ar(MID, l)]);
+                be.scale_add_forward(r, mo, mid, w.mlp_gain, w.skip_gain);
+            }
+            BlockKind::SasP | BlockKind::SasPNoNorm => {
+                let [r, sa, mo] = a.disjoint_mut([ar(RESIDUAL, l), ar(ATTY, l), m]);
+                be.scale_add_forward(r, sa, mo, w.attn_gain, w.mlp_gain);
+            }
+        }
+    }
+
+    fn layer_backward<Bk: Backend>(
+        &self,
+        ids: &BlockIds,
+        x: &mut Pass<'_, Bk>,
+        p: &Slab<Bk::F>,
+        g: &mut Slab<Bk::F>,
+        l: usize,
+        lw: usize,
+    ) {
+        let (d, nh, l_n, n, b, t, kind) = (self.n_embd, self.n_head, self.n_layer, x.n(), x.b, x.t, self.block);
+        let (l1, wq, pid, aid, did) = (kind.normed_layers(l_n), qkv_width(self), ids, &ids.aid, &ids.did);
+        let (be, a, da, lin) = (x.be, &*x.a, &mut *x.da, &mut x.lin);
+        let (al, dl) = (a.layout.clone(), da.layout.clone());
         let ar = |i: usize, l: usize| aid.at(&al, i, l);
         let aw = |i: usize| aid.w(&al, i);
         let dw = |i: usize| did.w(&dl, i);
-        let wq = qkv_width(&c);
-
-        // Loss, tied head and final norm: dlogits in place of the probabilities, dlnf, dresidual.
+        let (w, top) = pid.params.views(p, lw);
+        let (gw, gt) = pid.params.views_mut(g, lw);
+        let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
+        let h = if l < l1 { ar(LN1, l) } else { x.clone() };
+        // Split dy (in dres) over the branches. Afterwards: d(MLP output) in `dm`, d(attention branch
+        // output before Wo / of SA) in DATTY or DMID (sequential), and dres the skip's share.
+        let dm = match kind {
+            BlockKind::PreLn | BlockKind::Parallel => dw(DRES), // y = (x|x') + MLP + ...
+            BlockKind::Sas => {
+                let [dmlp, dmid, dres] = da.disjoint_mut([dw(DMLP), dw(DMID), dw(DRES)]);
+                let (m, mid) = (&a.data[ar(MLP, l)], &a.data[ar(MID, l)]);
+                be.scale_add_backward(dmlp, dmid, gw.mlp_gain, gw.skip_gain, dres, m, mid, w.mlp_gain, w.skip_gain);
+                dw(DMLP)
+            }
+            BlockKind::SasP | BlockKind::SasPNoNorm => {
+                let [datty, dmlp, dres] = da.disjoint_mut([dw(DATTY), dw(DMLP), dw(DRES)]);
+                let (sa, m) = (&a.data[ar(ATTY, l)], &a.data[ar(MLP, l)]);
+                be.scale_add_backward(datty, dmlp, gw.attn_gain, gw.mlp_gain, dres, sa, m, w.attn_gain, w.mlp_gain);
+                dw(DMLP)
+            }
+        };
+        // MLP backward into DLN (sequential: gradient at N2's output) or DTMP (parallel: one part of dh).
+        let dh2 = if kind.is_parallel() { dw(DTMP) } else { dw(DLN) };
+        let h2 = if kind.has_mlp_norm() { ar(LN2, l) } else { h.clone() };
         {
-            let (_, top) = pid.views(p, 0);
-            let (_, gt) = pid.views_mut(g, 0);
-            let dloss = self.grad_scale / n as f64;
-            be.softmax_xent_backward(&mut a.data[aw(LOGITS)], &self.targets, dloss, n, c.vocab_size, vp);
-            let dln = &mut da.data[dw(DLN)];
-            be.matmul_backward(dln, gt.wte, None, &a.data[aw(LOGITS)], &a.data[aw(LNF)], top.wte, n, d, vp);
-            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+            let [dg, dmv] = da.disjoint_mut([dw(DFCH_RELU), dm]);
+            lin.backward(l, FCPROJ_LIN, dg, gw.fcprojw, None, dmv, &a.data[ar(FCH_RELU, l)], w.fcprojw, n, 4 * d, d);
+            let [dfch, dg] = da.disjoint_mut([dw(DFCH), dw(DFCH_RELU)]);
+            be.relu_backward(dfch, &a.data[ar(FCH_RELU, l)], dg);
+            let [dhv, dfch] = da.disjoint_mut([dh2.clone(), dw(DFCH)]);
+            lin.backward(l, FC_LIN, dhv, gw.fcw, None, dfch, &a.data[h2], w.fcw, n, d, 4 * d);
+        }
+        // Sequential blocks: through N2 into the join x', then to the attention branch's output.
+        match kind {
+            BlockKind::PreLn => {
+                let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+                let (mid, rrms) = (&a.data[ar(MID, l)], &a.data[ar(LN2_RRMS, l)]);
+                be.rmsnorm_backward(dres, gw.ln2w, dln, mid, w.ln2w, rrms, n, d); // dres = dx'
+            }
+            BlockKind::Sas => {
+                let [dmid, dln] = da.disjoint_mut([dw(DMID), dw(DLN)]);
+                let (mid, rrms) = (&a.data[ar(MID, l)], &a.data[ar(LN2_RRMS, l)]);
+                be.rmsnorm_backward(dmid, gw.ln2w, dln, mid, w.ln2w, rrms, n, d);
+                let [datty, dmid] = da.disjoint_mut([dw(DATTY), dw(DMID)]);
+                be.scale_backward(datty, gw.attn_gain, dmid, &a.data[ar(ATTY, l)], w.attn_gain);
+            }
+            _ => {}
+        }
+        // Attention backward: the gradient at h lands in DLN (overwrite), then the MLP's share joins.
+        if kind.is_shaped() {
+            let v = if l == 0 { aw(V0) } else { h.clone() };
+            let [dqk, dv, datty] = da.disjoint_mut([dw(DQKV), dw(DV), dw(DATTY)]);
+            let (qk, vv, lse) = (&a.data[ar(QKV, l)], &a.data[v], &a.data[ar(LSE, l)]);
+            be.shaped_attention_backward(
+                dqk, dv, gw.alpha, gw.beta, gw.gamma, datty, qk, vv, lse, w.alpha, w.beta, w.gamma, b, t, d, nh,
+            );
+            let [dln, dqk] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
+            lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqk, &a.data[h.clone()], w.qkvw, n, d, wq);
+            if l == 0 {
+                // v = alpha_V h + beta_V u, u = h dW^T: dh += alpha_V dv + (beta_V dv) dW.
+                let [dah, du, dv] = da.disjoint_mut([dw(DMID), dw(DMLP), dw(DV)]);
+                let (hv, u) = (&a.data[h.clone()], &a.data[aw(V0U)]);
+                be.scale_add_backward(dah, du, gt.v0_alpha, gt.v0_beta, dv, hv, u, top.v0_alpha, top.v0_beta);
+                let [dhu, du] = da.disjoint_mut([dw(DV), dw(DMLP)]);
+                lin.backward(l_n, 0, dhu, gt.v0w, None, du, &a.data[h.clone()], top.v0w, n, d, d);
+                let [dln, dah] = da.disjoint_mut([dw(DLN), dw(DMID)]);
+                be.accumulate(dln, dah);
+            }
+            let [dln, dv] = da.disjoint_mut([dw(DLN), dw(DV)]);
+            be.accumulate(dln, dv);
+        } else {
+            let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
+            lin.backward(l, ATTPROJ_LIN, datty, gw.attprojw, None, dres, &a.data[ar(ATTY, l)], w.attprojw, n, d, d);
+            let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
+            let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(LSE, l)]);
+            be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
+            let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
+            lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqkv, &a.data[h.clone()], w.qkvw, n, d, wq);
+        }
+        if kind.is_parallel() {
+            let [dln, dtmp] = da.disjoint_mut([dw(DLN), dw(DTMP)]);
+            be.accumulate(dln, dtmp);
+        }
+        // Through N1 into the block input. Blocks with a skip keep dy in dres and add to it; blocks
+        // without one start from zero (or, with no norm, dx = dh).
+        let skip = matches!(kind, BlockKind::PreLn | BlockKind::Parallel);
+        let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+        if !skip {
             be.zero(dres);
-            let (x, rrms) = (&a.data[ar(RESIDUAL, l_n - 1)], &a.data[aw(LNF_RRMS)]);
-            be.rmsnorm_backward(dres, gt.lnfw, dln, x, top.lnfw, rrms, n, d);
         }
-        for l in (0..l_n).rev() {
-            let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
-            let (w, top) = pid.views(p, lw);
-            let (gw, gt) = pid.views_mut(g, lw);
-            let x = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL, l - 1) };
-            let h = if l < l1 { ar(LN1, l) } else { x.clone() };
-            // Split dy (in dres) over the branches. Afterwards: d(MLP output) in `dm`, d(attention branch
-            // output before Wo / of SA) in DATTY or DMID (sequential), and dres the skip's share.
-            let dm = match kind {
-                BlockKind::PreLn | BlockKind::Parallel => dw(DRES), // y = (x|x') + MLP + ...
-                BlockKind::Sas => {
-                    let [dmlp, dmid, dres] = da.disjoint_mut([dw(DMLP), dw(DMID), dw(DRES)]);
-                    let (m, mid) = (&a.data[ar(MLP, l)], &a.data[ar(MID, l)]);
-                    be.scale_add_backward(dmlp, dmid, gw.mlp_gain, gw.skip_gain, dres, m, mid, w.mlp_gain, w.skip_gain);
-                    dw(DMLP)
-                }
-                BlockKind::SasP | BlockKind::SasPNoNorm => {
-                    let [datty, dmlp, dres] = da.disjoint_mut([dw(DATTY), dw(DMLP), dw(DRES)]);
-                    let (sa, m) = (&a.data[ar(ATTY, l)], &a.data[ar(MLP, l)]);
-                    be.scale_add_backward(datty, dmlp, gw.attn_gain, gw.mlp_gain, dres, sa, m, w.attn_gain, w.mlp_gain);
-                    dw(DMLP)
-                }
-            };
-            // MLP backward into DLN (sequential: gradient at N2's output) or DTMP (parallel: one part of dh).
-            let dh2 = if kind.is_parallel() { dw(DTMP) } else { dw(DLN) };
-            let h2 = if kind.has_mlp_norm() { ar(LN2, l) } else { h.clone() };
-            {
-                let [dg, dmv] = da.disjoint_mut([dw(DFCH_RELU), dm]);
-                lin.backward(
-                    l,
-                    FCPROJ_LIN,
-                    dg,
-                    gw.fcprojw,
-                    None,
-                    dmv,
-                    &a.data[ar(FCH_RELU, l)],
-                    w.fcprojw,
-                    n,
-                    4 * d,
-                    d,
-                );
-                let [dfch, dg] = da.disjoint_mut([dw(DFCH), dw(DFCH_RELU)]);
-                be.relu_backward(dfch, &a.data[ar(FCH_RELU, l)], dg);
-                let [dhv, dfch] = da.disjoint_mut([dh2.clone(), dw(DFCH)]);
-                lin.backward(l, FC_LIN, dhv, gw.fcw, None, dfch, &a.data[h2], w.fcw, n, d, 4 * d);
-            }
-            // Sequential blocks: through N2 into the join x', then to the attention branch's output.
-            match kind {
-                BlockKind::PreLn => {
-                    let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-                    let (mid, rrms) = (&a.data[ar(MID, l)], &a.data[ar(LN2_RRMS, l)]);
-                    be.rmsnorm_backward(dres, gw.ln2w, dln, mid, w.ln2w, rrms, n, d); // dres = dx'
-                }
-                BlockKind::Sas => {
-                    let [dmid, dln] = da.disjoint_mut([dw(DMID), dw(DLN)]);
-                    let (mid, rrms) = (&a.data[ar(MID, l)], &a.data[ar(LN2_RRMS, l)]);
-                    be.rmsnorm_backward(dmid, gw.ln2w, dln, mid, w.ln2w, rrms, n, d);
-                    let [datty, dmid] = da.disjoint_mut([dw(DATTY), dw(DMID)]);
-                    be.scale_backward(datty, gw.attn_gain, dmid, &a.data[ar(ATTY, l)], w.attn_gain);
-                }
-                _ => {}
-            }
-            // Attention backward: the gradient at h lands in DLN (overwrite), then the MLP's share joins.
-            if kind.is_shaped() {
-                let v = if l == 0 { aw(V0) } else { h.clone() };
-                let [dqk, dv, datty] = da.disjoint_mut([dw(DQKV), dw(DV), dw(DATTY)]);
-                let (qk, vv, lse) = (&a.data[ar(QKV, l)], &a.data[v], &a.data[ar(LSE, l)]);
-                be.shaped_attention_backward(
-                    dqk, dv, gw.alpha, gw.beta, gw.gamma, datty, qk, vv, lse, w.alpha, w.beta, w.gamma, b, t, d, nh,
-                );
-                let [dln, dqk] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-                lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqk, &a.data[h.clone()], w.qkvw, n, d, wq);
-                if l == 0 {
-                    // v = alpha_V h + beta_V u, u = h dW^T: dh += alpha_V dv + (beta_V dv) dW.
-                    let [dah, du, dv] = da.disjoint_mut([dw(DMID), dw(DMLP), dw(DV)]);
-                    let (hv, u) = (&a.data[h.clone()], &a.data[aw(V0U)]);
-                    be.scale_add_backward(dah, du, gt.v0_alpha, gt.v0_beta, dv, hv, u, top.v0_alpha, top.v0_beta);
-                    let [dhu, du] = da.disjoint_mut([dw(DV), dw(DMLP)]);
-                    lin.backward(l_n, 0, dhu, gt.v0w, None, du, &a.data[h.clone()], top.v0w, n, d, d);
-                    let [dln, dah] = da.disjoint_mut([dw(DLN), dw(DMID)]);
-                    be.accumulate(dln, dah);
-                }
-                let [dln, dv] = da.disjoint_mut([dw(DLN), dw(DV)]);
-                be.accumulate(dln, dv);
-            } else {
-                let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
-                lin.backward(l, ATTPROJ_LIN, datty, gw.attprojw, None, dres, &a.data[ar(ATTY, l)], w.attprojw, n, d, d);
-                let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
-                let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(LSE, l)]);
-                be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
-                let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-                lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqkv, &a.data[h.clone()], w.qkvw, n, d, wq);
-            }
-            if kind.is_parallel() {
-                let [dln, dtmp] = da.disjoint_mut([dw(DLN), dw(DTMP)]);
-                be.accumulate(dln, dtmp);
-            }
-            // Through N1 into the block input. Blocks with a skip keep dy in dres and add to it; blocks
-            // without one start from zero (or, with no norm, dx = dh).
-            let skip = matches!(kind, BlockKind::PreLn | BlockKind::Parallel);
-            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            if !skip {
-                be.zero(dres);
-            }
-            if l < l1 {
-                be.rmsnorm_backward(dres, gw.ln1w, dln, &a.data[x], w.ln1w, &a.data[ar(LN1_RRMS, l)], n, d);
-            } else {
-                be.accumulate(dres, dln);
-            }
-            store_backward(be, self.narrow.as_mut(), l, &g.data);
+        if l < l1 {
+            be.rmsnorm_backward(dres, gw.ln1w, dln, &a.data[x], w.ln1w, &a.data[ar(LN1_RRMS, l)], n, d);
+        } else {
+            be.accumulate(dres, dln);
         }
-        let (_, gt) = pid.views_mut(g, 0);
-        be.encoder_backward(gt.wte, gt.wpe, &da.data[dw(DRES)], &self.tokens, b, t, d);
-        store_top(be, self.narrow.as_mut(), &g.data);
-        // The gradients are read on the host next (clipping, the optimizer).
-        be.synchronize();
-        Ok(())
+    }
+
+    fn head_forward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>) {
+        let (d, n, aid) = (self.n_embd, x.n(), &ids.aid);
+        let (be, a) = (x.be, &mut *x.a);
+        let al = a.layout.clone();
+        let (_, top) = ids.params.views(p, 0);
+        let last = aid.at(&al, RESIDUAL, self.n_layer - 1);
+        let [lnf, rrms, xv] = a.disjoint_mut([aid.w(&al, LNF), aid.w(&al, LNF_RRMS), last]);
+        be.rmsnorm_forward(lnf, rrms, xv, top.lnfw, n, d, RMS_EPS);
+        // Tied output projection.
+        let [logits, lnf] = a.disjoint_mut([aid.w(&al, LOGITS), aid.w(&al, LNF)]);
+        head_logits(be, x.head, logits, lnf, top.wte, x.b, x.t, d, self.padded_vocab);
+    }
+
+    // Tied head and final norm: dlogits -> dlnf (scratch DLN) -> dresidual.
+    fn head_backward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, g: &mut Slab<Bk::F>) {
+        let (d, n, vp, aid, did) = (self.n_embd, x.n(), self.padded_vocab, &ids.aid, &ids.did);
+        let (be, a, da) = (x.be, &*x.a, &mut *x.da);
+        let (al, dl) = (&a.layout, da.layout.clone());
+        let (_, top) = ids.params.views(p, 0);
+        let (_, gt) = ids.params.views_mut(g, 0);
+        let dln = &mut da.data[did.w(&dl, DLN)];
+        be.matmul_backward(dln, gt.wte, None, &a.data[aid.w(al, LOGITS)], &a.data[aid.w(al, LNF)], top.wte, n, d, vp);
+        let [dres, dln] = da.disjoint_mut([did.w(&dl, DRES), did.w(&dl, DLN)]);
+        be.zero(dres);
+        let (xv, rrms) = (&a.data[aid.at(al, RESIDUAL, self.n_layer - 1)], &a.data[aid.w(al, LNF_RRMS)]);
+        be.rmsnorm_backward(dres, gt.lnfw, dln, xv, top.lnfw, rrms, n, d);
     }
 }

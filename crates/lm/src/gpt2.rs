@@ -1,20 +1,15 @@
-//! GPT-2: learned positions, Pre-LN blocks, GELU MLP, tied embeddings, padded vocabulary — forward and
-//! hand-written backward side by side, written once against `Backend` so the same code runs the fast
-//! CPU kernels (f32) and the reference kernels (f64, for finite differences).
+//! GPT-2 as an architecture of the decoder shell (`crate::decoder`): learned positions, Pre-LN blocks
+//! with LayerNorm and biases, GELU MLP, tied embeddings, padded vocabulary. Its tables and its step
+//! bodies, each forward beside its backward, written once against `Backend` so the same code runs the
+//! fast CPU kernels (f32) and the reference kernels (f64, for finite differences).
 //!
-//! Parameters, activations and activation gradients each live in one `Slab` whose layout table is built
-//! here; weights are (out, in) and y = x @ W^T + b. Parameter gradients accumulate; activation
-//! gradients overwrite, except the residual stream's.
+//! Weights are (out, in) and y = x @ W^T + b. Parameter gradients accumulate; activation gradients
+//! overwrite, except the residual stream's.
 
-use std::sync::Arc;
-
-use octet_core::scaling::{Recipe, ScalingMode};
-use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
+use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::acts::Acts;
-use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
-use crate::precision::{LinearScaling, Linears, Precision};
+use crate::decoder::{Arch, Decoder, Dims, Pass, head_logits};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
 /// the loss ignores the padded columns.
@@ -184,7 +179,7 @@ impl<T> Top<T> {
 }
 
 /// Tensor ids of `Block::NAMES` and `Top::NAMES`, resolved once.
-struct ParamIds {
+pub struct ParamIds {
     block: [TensorId; 12],
     top: [TensorId; 4],
 }
@@ -258,35 +253,10 @@ const ATTPROJ_LIN: usize = 1;
 const FC_LIN: usize = 2;
 const FCPROJ_LIN: usize = 3;
 
-/// A GPT-2 model bound to a backend: parameters, their gradients, and activations for one batch shape.
-///
-/// At `fp8-o1` / `fp8-o2` the weights and gradients live in `narrow` (f16 and E4M3, see
-/// `crate::narrow`) and `params` / `grads` are only the f32 working set: the top tensors and one block
-/// (`param_layout` with `n_layer = 1`), staged layer by layer.
-pub struct Gpt2<Bk: Backend> {
-    pub cfg: Gpt2Config,
-    pub backend: Bk,
-    pub params: Slab<Bk::F>,
-    pub grads: Slab<Bk::F>,
-    /// Narrow weight and gradient storage (O1/O2), else None.
-    pub narrow: Option<Narrow>,
-    /// Multiplies the loss gradient in backward (a power of two; the trainer lowers it when a
-    /// gradient overflows). Gradients come out scaled by it.
-    pub grad_scale: f64,
-    ids: ParamIds,
-    acts: Option<Acts<Bk::F>>,
-    tokens: Vec<u32>,
-    targets: Vec<u32>,
-    /// Mean loss of the last forward with targets.
-    pub loss: Option<f64>,
-    /// GEMM precision of the block linears (the tied output projection stays f32).
-    pub precision: Precision,
-    pub scaling_mode: ScalingMode,
-    /// FP8 scaling state per block linear (empty unless the precision is FP8).
-    pub scaling: Vec<LinearScaling>,
-}
+/// A GPT-2 model bound to a backend (the decoder shell with GPT-2's architecture).
+pub type Gpt2<Bk> = Decoder<Bk, Gpt2Config>;
 
-// Activation indices into `Acts::ids` (act_layout order).
+// Activation indices (act_layout order).
 const ENCODED: usize = 0;
 const LN1: usize = 1;
 const LN1_MEAN: usize = 2;
@@ -307,7 +277,6 @@ const LNF: usize = 16;
 const LNF_MEAN: usize = 17;
 const LNF_RSTD: usize = 18;
 const LOGITS: usize = 19;
-const LOSSES: usize = 20;
 // Gradient scratch indices (grad_act_layout order).
 const DRES: usize = 0;
 const DLN: usize = 1;
@@ -316,288 +285,158 @@ const DFCH: usize = 3;
 const DATTY: usize = 4;
 const DQKV: usize = 5;
 
-impl<Bk: Backend> Gpt2<Bk> {
-    /// A model with the given parameter values (laid out as `param_layout(&cfg)`).
-    pub fn new(cfg: Gpt2Config, backend: Bk, params: Vec<Bk::F>) -> Result<Self> {
-        cfg.validate()?;
-        let layout = Arc::new(param_layout(&cfg));
-        let ids = ParamIds::new(&layout);
-        let alloc = backend.allocator();
-        let params = Slab::from_vec_in(layout.clone(), params, alloc.as_ref())?;
-        let grads = Slab::zeros_in(layout, alloc.as_ref())?;
-        Ok(Gpt2 {
-            cfg,
-            backend,
-            params,
-            grads,
-            narrow: None,
-            grad_scale: 1.0,
-            ids,
-            acts: None,
-            tokens: vec![],
-            targets: vec![],
-            loss: None,
-            precision: Precision::Fp32,
-            scaling_mode: ScalingMode::Delayed,
-            scaling: vec![],
-        })
-    }
+impl Arch for Gpt2Config {
+    type Ids = ParamIds;
 
-    /// A freshly initialised model (`init_tensors` with `seed`) at `precision`. At the narrow levels
-    /// the weights are encoded tensor by tensor: no f32 copy of the whole model is ever made.
-    pub fn init(cfg: Gpt2Config, backend: Bk, precision: Precision, recipe: &Recipe, seed: u64) -> Result<Self> {
-        cfg.validate()?;
-        if !precision.is_narrow() {
-            let layout = param_layout(&cfg);
-            let p = init_params(&cfg, &layout, seed).into_iter().map(Bk::F::from_f32).collect();
-            return Gpt2::new(cfg, backend, p)?.with_precision(precision, recipe);
+    fn dims(&self) -> Dims {
+        Dims {
+            vocab_size: self.vocab_size,
+            padded_vocab: self.padded_vocab,
+            max_seq_len: self.max_seq_len,
+            n_layer: self.n_layer,
+            n_embd: self.n_embd,
         }
-        let full = param_layout(&cfg);
-        let mut nw = Narrow::zeros(&full, &param_layout(&Gpt2Config { n_layer: 1, ..cfg }), cfg.n_layer);
-        init_tensors(&cfg, &full, seed, |t, v| nw.set_tensor(t, v));
-        Gpt2::with_narrow(cfg, backend, nw)?.with_precision(precision, recipe)
     }
-
-    /// A model whose weights are `nw` (narrow storage over `param_layout(&cfg)`'s units).
-    pub fn with_narrow(cfg: Gpt2Config, backend: Bk, nw: Narrow) -> Result<Self> {
-        if std::any::TypeId::of::<Bk::F>() != std::any::TypeId::of::<f32>() {
-            return Err(Error::config("precision", "narrow weight storage is for f32 compute only"));
-        }
-        let working = Arc::new(param_layout(&Gpt2Config { n_layer: 1, ..cfg }));
-        let mut m = Gpt2::new(Gpt2Config { n_layer: 1, ..cfg }, backend, vec![Bk::F::default(); working.total()])?;
-        m.cfg = cfg;
-        m.ids = ParamIds::new(&working);
-        m.narrow = Some(nw);
-        Ok(m)
+    fn validate(&self) -> Result<()> {
+        Gpt2Config::validate(self)
     }
-
-    /// Run the block linears at `precision`, FP8 scaling per `recipe`.
-    pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
-        recipe.validate()?;
-        let (full, working) = (param_layout(&self.cfg), param_layout(&Gpt2Config { n_layer: 1, ..self.cfg }));
-        let n_layer = self.cfg.n_layer;
-        let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
-        let alloc = self.backend.allocator();
-        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer, alloc.as_ref())? {
-            self.ids = ParamIds::new(&l);
-        }
-        self.precision = precision;
-        self.scaling_mode = recipe.mode;
-        self.scaling =
-            if precision.is_fp8() { vec![LinearScaling::new(recipe); self.cfg.n_layer * LINEARS] } else { vec![] };
-        self.acts = None;
-        Ok(self)
+    fn with_layers(&self, n: usize) -> Self {
+        Gpt2Config { n_layer: n, ..*self }
     }
-
-    pub fn zero_grad(&mut self) {
-        self.backend.zero(&mut self.grads.data);
+    fn param_layout(&self) -> Layout {
+        param_layout(self)
     }
-
-    /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
-    /// current batch shape.
-    pub fn activation_elems(&self) -> (usize, usize, usize) {
-        self.acts.as_ref().map_or((0, 0, 0), |a| (a.a.data.len(), a.d.data.len(), a.ws.elems()))
+    fn decay_flags(&self, layout: &Layout) -> Vec<bool> {
+        decay_flags(layout)
     }
-
-    /// Allocate activations for (B, T) batches (forward does this on demand).
-    pub fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
-        if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
-            return Ok(());
-        }
-        let (n, d) = (b * t, self.cfg.n_embd);
+    fn init_tensors(&self, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
+        init_tensors(self, layout, seed, f)
+    }
+    fn act_layout(&self, b: usize, t: usize) -> Layout {
+        act_layout(self, b, t)
+    }
+    fn grad_act_layout(&self, b: usize, t: usize) -> Layout {
+        grad_act_layout(self, b, t)
+    }
+    fn workspace(&self, n: usize) -> (usize, usize, usize) {
         // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
-        let (al, dl) = (act_layout(&self.cfg, b, t), grad_act_layout(&self.cfg, b, t));
-        let alloc = self.backend.allocator();
-        self.acts = Some(Acts::alloc(b, t, al, dl, self.precision, (n * 4 * d, 4 * d * d, n * 4 * d), alloc.as_ref())?);
-        Ok(())
+        let d = self.n_embd;
+        (n * 4 * d, 4 * d * d, n * 4 * d)
+    }
+    fn linears_per_layer(&self) -> usize {
+        LINEARS
+    }
+    fn ids(&self, params: &Layout) -> ParamIds {
+        ParamIds::new(params)
     }
 
-    /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
-    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
-    pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
-        let c = self.cfg;
-        if t == 0 || t > c.max_seq_len || tokens.len() != b * t || targets.is_some_and(|x| x.len() != b * t) {
-            return Err(Error::Shape {
-                name: "tokens".into(),
-                expected: vec![b, t.min(c.max_seq_len)],
-                found: vec![tokens.len()],
-            });
-        }
-        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
-            return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
-        }
-        self.ensure_acts(b, t)?;
-        self.tokens.clear();
-        self.tokens.extend_from_slice(tokens);
-        let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
-        let (be, pid) = (&self.backend, &self.ids);
-        let acts = self.acts.as_mut().expect("allocated above");
-        let al = acts.a.layout.clone();
-        let a = &mut acts.a;
-        let mut lin = Linears {
-            be,
-            prec: self.precision,
-            mode: self.scaling_mode,
-            scaling: &mut self.scaling,
-            ws: &mut acts.ws,
-            per_layer: LINEARS,
-        };
-        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
-        let aw = |i: usize| al.range(TensorId(i));
-        let top = pid.top(&self.params);
-        be.encoder_forward(a.get_mut(TensorId(ENCODED)), tokens, top.wte, top.wpe, b, t, d);
-        for l in 0..l_n {
-            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
-            let w = pid.block(&self.params, lw);
-            // x -> residual2 = x + attproj(attention(qkv(ln1(x)))) -> residual3 = residual2 + mlp(ln2(residual2))
-            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
-            let [ln1, mean, rstd, x] = a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
-            be.layernorm_forward(ln1, mean, rstd, x, w.ln1w, w.ln1b, n, d);
-            let [qkv, ln1] = a.disjoint_mut([ar(QKV, l), ar(LN1, l)]);
-            lin.forward(l, QKV_LIN, qkv, ln1, w.qkvw, Some(w.qkvb), n, d, 3 * d);
-            let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
-            be.attention_forward(atty, lse, qkv, b, t, d, nh);
-            let [proj, atty] = a.disjoint_mut([ar(ATTPROJ, l), ar(ATTY, l)]);
-            lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, Some(w.attprojb), n, d, d);
-            let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, ar(ATTPROJ, l)]);
-            be.residual_forward(r2, x, proj);
-            let [ln2, mean, rstd, r2] =
-                a.disjoint_mut([ar(LN2, l), ar(LN2_MEAN, l), ar(LN2_RSTD, l), ar(RESIDUAL2, l)]);
-            be.layernorm_forward(ln2, mean, rstd, r2, w.ln2w, w.ln2b, n, d);
-            let [fch, ln2] = a.disjoint_mut([ar(FCH, l), ar(LN2, l)]);
-            lin.forward(l, FC_LIN, fch, ln2, w.fcw, Some(w.fcb), n, d, 4 * d);
-            let [g, fch] = a.disjoint_mut([ar(FCH_GELU, l), ar(FCH, l)]);
-            be.gelu_forward(g, fch);
-            let [proj, g] = a.disjoint_mut([ar(FCPROJ, l), ar(FCH_GELU, l)]);
-            lin.forward(l, FCPROJ_LIN, proj, g, w.fcprojw, Some(w.fcprojb), n, 4 * d, d);
-            let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
-            be.residual_forward(r3, r2, proj);
-        }
-        let top = pid.top(&self.params);
-        let [lnf, mean, rstd, x] = a.disjoint_mut([aw(LNF), aw(LNF_MEAN), aw(LNF_RSTD), ar(RESIDUAL3, l_n - 1)]);
-        be.layernorm_forward(lnf, mean, rstd, x, top.lnfw, top.lnfb, n, d);
-        // Tied output projection, kept in f32 at every level (as Transformer Engine leaves the head).
-        let [logits, lnf] = a.disjoint_mut([aw(LOGITS), aw(LNF)]);
-        be.matmul_forward(logits, lnf, top.wte, None, n, d, vp);
-
-        self.loss = None;
-        if let Some(tg) = targets {
-            self.targets.clear();
-            self.targets.extend_from_slice(tg);
-            let [losses, logits] = a.disjoint_mut([aw(LOSSES), aw(LOGITS)]);
-            be.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, vp);
-            be.synchronize();
-            let mean = losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64;
-            self.loss = Some(mean);
-        }
-        Ok(self.loss)
+    fn embed_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]) {
+        let top = pid.top(p);
+        x.be.encoder_forward(x.a.get_mut(TensorId(ENCODED)), tokens, top.wte, top.wpe, x.b, x.t, self.n_embd);
     }
 
-    /// Raw logits (B*T, Vp) of the last forward without targets.
-    pub fn logits(&self) -> &[Bk::F] {
-        self.backend.synchronize();
-        let a = &self.acts.as_ref().expect("forward first").a;
-        a.get(TensorId(LOGITS))
-    }
-
-    /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
-    pub fn backward(&mut self) -> Result<()> {
-        if self.loss.is_none() {
-            return Err(Error::Other("backward needs a forward with targets first".into()));
-        }
-        let c = self.cfg;
-        let acts = self.acts.as_mut().expect("forward allocated activations");
-        let (b, t) = (acts.b, acts.t);
-        let (d, nh, l_n, n, vp) = (c.n_embd, c.n_head, c.n_layer, b * t, c.padded_vocab);
-        let (be, pid) = (&self.backend, &self.ids);
-        let (p, g) = (&mut self.params, &mut self.grads);
-        if let Some(nw) = &mut self.narrow {
-            nw.begin_backward();
-        }
-        let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
-        let (a, da) = (&mut acts.a, &mut acts.d);
-        let mut lin = Linears {
-            be,
-            prec: self.precision,
-            mode: self.scaling_mode,
-            scaling: &mut self.scaling,
-            ws: &mut acts.ws,
-            per_layer: LINEARS,
-        };
-        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
-        let aw = |i: usize| al.range(TensorId(i));
-        let dw = |i: usize| dl.range(TensorId(i));
-
-        // Loss, tied head and final norm: dlogits in place of the probabilities, dlnf, dresidual.
-        {
-            let (top, gt) = (pid.top(p), pid.top_mut(g));
-            let dloss = self.grad_scale / n as f64;
-            be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, dloss, n, c.vocab_size, vp);
-            let dln = da.get_mut(TensorId(DLN));
-            be.matmul_backward(dln, gt.wte, None, a.get(TensorId(LOGITS)), a.get(TensorId(LNF)), top.wte, n, d, vp);
-            be.zero(da.get_mut(TensorId(DRES)));
-            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            let (x, mean, rstd) =
-                (&a.data[ar(RESIDUAL3, l_n - 1)], a.get(TensorId(LNF_MEAN)), a.get(TensorId(LNF_RSTD)));
-            be.layernorm_backward(dres, gt.lnfw, gt.lnfb, dln, x, top.lnfw, mean, rstd, n, d);
-        }
-        for l in (0..l_n).rev() {
-            let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
-            let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
-            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
-            // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-            let [dfg, dres] = da.disjoint_mut([dw(DFCH_GELU), dw(DRES)]);
-            lin.backward(
-                l,
-                FCPROJ_LIN,
-                dfg,
-                gw.fcprojw,
-                Some(gw.fcprojb),
-                dres,
-                &a.data[ar(FCH_GELU, l)],
-                w.fcprojw,
-                n,
-                4 * d,
-                d,
-            );
-            let [dfch, dfg] = da.disjoint_mut([dw(DFCH), dw(DFCH_GELU)]);
-            be.gelu_backward(dfch, &a.data[ar(FCH, l)], dfg);
-            let [dln, dfch] = da.disjoint_mut([dw(DLN), dw(DFCH)]);
-            lin.backward(l, FC_LIN, dln, gw.fcw, Some(gw.fcb), dfch, &a.data[ar(LN2, l)], w.fcw, n, d, 4 * d);
-            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            let (x, mean, rstd) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(LN2_MEAN, l)], &a.data[ar(LN2_RSTD, l)]);
-            be.layernorm_backward(dres, gw.ln2w, gw.ln2b, dln, x, w.ln2w, mean, rstd, n, d);
-            // Attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
-            let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
-            lin.backward(
-                l,
-                ATTPROJ_LIN,
-                datty,
-                gw.attprojw,
-                Some(gw.attprojb),
-                dres,
-                &a.data[ar(ATTY, l)],
-                w.attprojw,
-                n,
-                d,
-                d,
-            );
-            let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
-            let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
-            be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
-            let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-            lin.backward(l, QKV_LIN, dln, gw.qkvw, Some(gw.qkvb), dqkv, &a.data[ar(LN1, l)], w.qkvw, n, d, 3 * d);
-            let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
-            let (x, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
-            be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, x, w.ln1w, mean, rstd, n, d);
-            store_backward(be, self.narrow.as_mut(), l, &g.data);
-        }
+    fn embed_backward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, g: &mut Slab<Bk::F>, tokens: &[u32]) {
         let gt = pid.top_mut(g);
-        be.encoder_backward(gt.wte, gt.wpe, da.get(TensorId(DRES)), &self.tokens, b, t, d);
-        store_top(be, self.narrow.as_mut(), &g.data);
-        // The gradients are read on the host next (clipping, the optimizer).
-        be.synchronize();
-        Ok(())
+        x.be.encoder_backward(gt.wte, gt.wpe, x.da.get(TensorId(DRES)), tokens, x.b, x.t, self.n_embd);
+    }
+
+    // x -> residual2 = x + attproj(attention(qkv(ln1(x)))) -> residual3 = residual2 + mlp(ln2(residual2))
+    fn layer_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, l: usize, lw: usize) {
+        let (d, nh, n, b, t) = (self.n_embd, self.n_head, x.n(), x.b, x.t);
+        let (be, a, lin) = (x.be, &mut *x.a, &mut x.lin);
+        let al = a.layout.clone();
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let w = pid.block(p, lw);
+        let res = if l == 0 { al.range(TensorId(ENCODED)) } else { ar(RESIDUAL3, l - 1) };
+        let [ln1, mean, rstd, xv] = a.disjoint_mut([ar(LN1, l), ar(LN1_MEAN, l), ar(LN1_RSTD, l), res.clone()]);
+        be.layernorm_forward(ln1, mean, rstd, xv, w.ln1w, w.ln1b, n, d);
+        let [qkv, ln1] = a.disjoint_mut([ar(QKV, l), ar(LN1, l)]);
+        lin.forward(l, QKV_LIN, qkv, ln1, w.qkvw, Some(w.qkvb), n, d, 3 * d);
+        let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
+        be.attention_forward(atty, lse, qkv, b, t, d, nh);
+        let [proj, atty] = a.disjoint_mut([ar(ATTPROJ, l), ar(ATTY, l)]);
+        lin.forward(l, ATTPROJ_LIN, proj, atty, w.attprojw, Some(w.attprojb), n, d, d);
+        let [r2, xv, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, ar(ATTPROJ, l)]);
+        be.residual_forward(r2, xv, proj);
+        let [ln2, mean, rstd, r2] = a.disjoint_mut([ar(LN2, l), ar(LN2_MEAN, l), ar(LN2_RSTD, l), ar(RESIDUAL2, l)]);
+        be.layernorm_forward(ln2, mean, rstd, r2, w.ln2w, w.ln2b, n, d);
+        let [fch, ln2] = a.disjoint_mut([ar(FCH, l), ar(LN2, l)]);
+        lin.forward(l, FC_LIN, fch, ln2, w.fcw, Some(w.fcb), n, d, 4 * d);
+        let [gl, fch] = a.disjoint_mut([ar(FCH_GELU, l), ar(FCH, l)]);
+        be.gelu_forward(gl, fch);
+        let [proj, gl] = a.disjoint_mut([ar(FCPROJ, l), ar(FCH_GELU, l)]);
+        lin.forward(l, FCPROJ_LIN, proj, gl, w.fcprojw, Some(w.fcprojb), n, 4 * d, d);
+        let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), ar(FCPROJ, l)]);
+        be.residual_forward(r3, r2, proj);
+    }
+
+    fn layer_backward<Bk: Backend>(
+        &self,
+        pid: &ParamIds,
+        x: &mut Pass<'_, Bk>,
+        p: &Slab<Bk::F>,
+        g: &mut Slab<Bk::F>,
+        l: usize,
+        lw: usize,
+    ) {
+        let (d, nh, n, b, t) = (self.n_embd, self.n_head, x.n(), x.b, x.t);
+        let (be, a, da, lin) = (x.be, &*x.a, &mut *x.da, &mut x.lin);
+        let (al, dl) = (&a.layout, da.layout.clone());
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let dw = |i: usize| dl.range(TensorId(i));
+        let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
+        let res = if l == 0 { al.range(TensorId(ENCODED)) } else { ar(RESIDUAL3, l - 1) };
+        // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+        let [dfg, dres] = da.disjoint_mut([dw(DFCH_GELU), dw(DRES)]);
+        let fg = &a.data[ar(FCH_GELU, l)];
+        lin.backward(l, FCPROJ_LIN, dfg, gw.fcprojw, Some(gw.fcprojb), dres, fg, w.fcprojw, n, 4 * d, d);
+        let [dfch, dfg] = da.disjoint_mut([dw(DFCH), dw(DFCH_GELU)]);
+        be.gelu_backward(dfch, &a.data[ar(FCH, l)], dfg);
+        let [dln, dfch] = da.disjoint_mut([dw(DLN), dw(DFCH)]);
+        lin.backward(l, FC_LIN, dln, gw.fcw, Some(gw.fcb), dfch, &a.data[ar(LN2, l)], w.fcw, n, d, 4 * d);
+        let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+        let (xv, mean, rstd) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(LN2_MEAN, l)], &a.data[ar(LN2_RSTD, l)]);
+        be.layernorm_backward(dres, gw.ln2w, gw.ln2b, dln, xv, w.ln2w, mean, rstd, n, d);
+        // Attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
+        let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
+        let atty = &a.data[ar(ATTY, l)];
+        lin.backward(l, ATTPROJ_LIN, datty, gw.attprojw, Some(gw.attprojb), dres, atty, w.attprojw, n, d, d);
+        let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
+        let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
+        be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
+        let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
+        lin.backward(l, QKV_LIN, dln, gw.qkvw, Some(gw.qkvb), dqkv, &a.data[ar(LN1, l)], w.qkvw, n, d, 3 * d);
+        let [dres, dln] = da.disjoint_mut([dw(DRES), dw(DLN)]);
+        let (xv, mean, rstd) = (&a.data[res], &a.data[ar(LN1_MEAN, l)], &a.data[ar(LN1_RSTD, l)]);
+        be.layernorm_backward(dres, gw.ln1w, gw.ln1b, dln, xv, w.ln1w, mean, rstd, n, d);
+    }
+
+    fn head_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>) {
+        let (d, n) = (self.n_embd, x.n());
+        let (be, a) = (x.be, &mut *x.a);
+        let al = a.layout.clone();
+        let top = pid.top(p);
+        let last = al.range_at(TensorId(RESIDUAL3), self.n_layer - 1);
+        let [lnf, mean, rstd, xv] =
+            a.disjoint_mut([al.range(TensorId(LNF)), al.range(TensorId(LNF_MEAN)), al.range(TensorId(LNF_RSTD)), last]);
+        be.layernorm_forward(lnf, mean, rstd, xv, top.lnfw, top.lnfb, n, d);
+        // Tied output projection.
+        let [logits, lnf] = a.disjoint_mut([al.range(TensorId(LOGITS)), al.range(TensorId(LNF))]);
+        head_logits(be, x.head, logits, lnf, top.wte, x.b, x.t, d, self.padded_vocab);
+    }
+
+    // Tied head and final norm: dlogits -> dlnf (scratch DLN) -> dresidual.
+    fn head_backward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, g: &mut Slab<Bk::F>) {
+        let (d, n, vp) = (self.n_embd, x.n(), self.padded_vocab);
+        let (be, a, da) = (x.be, &*x.a, &mut *x.da);
+        let dl = da.layout.clone();
+        let (top, gt) = (pid.top(p), pid.top_mut(g));
+        let dln = da.get_mut(TensorId(DLN));
+        be.matmul_backward(dln, gt.wte, None, a.get(TensorId(LOGITS)), a.get(TensorId(LNF)), top.wte, n, d, vp);
+        be.zero(da.get_mut(TensorId(DRES)));
+        let [dres, dln] = da.disjoint_mut([dl.range(TensorId(DRES)), dl.range(TensorId(DLN))]);
+        let last = &a.data[a.layout.range_at(TensorId(RESIDUAL3), self.n_layer - 1)];
+        let (mean, rstd) = (a.get(TensorId(LNF_MEAN)), a.get(TensorId(LNF_RSTD)));
+        be.layernorm_backward(dres, gt.lnfw, gt.lnfb, dln, last, top.lnfw, mean, rstd, n, d);
     }
 }

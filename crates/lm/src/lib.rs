@@ -6,6 +6,7 @@ pub mod bench;
 pub mod blocks;
 pub mod checkpoint;
 pub mod data;
+pub mod decoder;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;

@@ -36,15 +36,13 @@
 
 use std::sync::Arc;
 
-use octet_core::scaling::{Recipe, ScalingMode};
 use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::acts::Acts;
+use crate::decoder::{Arch, Decoder, Dims, Pass, head_logits};
 use crate::generate::{SampleConfig, pick};
 use crate::gguf::GgufFile;
-use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
-use crate::precision::{LinearScaling, Linears, Precision};
+use crate::narrow::{stage_forward, stage_top};
 
 /// Model shape and the two constants of its layers.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -245,22 +243,30 @@ pub fn decay_flags(layout: &Layout) -> Vec<bool> {
 /// Initialisation for training from scratch: N(0, 0.02) matrices, residual projections (attn_output,
 /// ffn_down) N(0, 0.02/sqrt(2L)), unit norm gains.
 pub fn init_params(c: &LlamaConfig, layout: &Layout, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
     let mut p = vec![0.0f32; layout.total()];
+    init_tensors(c, layout, seed, |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
+    p
+}
+
+/// `init_params` one tensor at a time: `f(tensor index, values)` in layout order. Same values.
+pub fn init_tensors(c: &LlamaConfig, layout: &Layout, seed: u64, mut f: impl FnMut(usize, &[f32])) {
+    let mut rng = Rng::new(seed);
     let proj_std = 0.02 / (2.0 * c.n_layer as f64).sqrt();
-    for s in layout.specs() {
-        let out = &mut p[s.range()];
+    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
+    for (t, s) in layout.specs().iter().enumerate() {
+        let out = &mut scratch[..s.numel()];
         let std = match s.name.as_str() {
-            n if n.ends_with("norm") => {
-                out.fill(1.0);
-                continue;
-            }
+            n if n.ends_with("norm") => 0.0,
             "attn_output" | "ffn_down" => proj_std,
             _ => 0.02,
         };
-        out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+        if std == 0.0 {
+            out.fill(1.0);
+        } else {
+            out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+        }
+        f(t, out);
     }
-    p
 }
 
 /// A block's six tensors, in `param_layout` order; `T` is a slice of parameters or gradients.
@@ -282,7 +288,7 @@ impl<T> Block<T> {
 }
 
 /// Tensor ids of `Block::NAMES`, the embedding, the final norm and the output head, resolved once.
-struct ParamIds {
+pub struct ParamIds {
     block: [TensorId; 6],
     token_embd: TensorId,
     output_norm: TensorId,
@@ -368,7 +374,6 @@ const RESIDUAL3: usize = 11;
 const OUT_XN: usize = 12;
 const OUT_RRMS: usize = 13;
 const LOGITS: usize = 14;
-const LOSSES: usize = 15;
 const QKV_RAW: usize = 16;
 const QKV_ROPE: usize = 17;
 const PROJ: usize = 18;
@@ -389,365 +394,198 @@ const ATTN_OUT_LIN: usize = 1;
 const GATE_UP_LIN: usize = 2;
 const DOWN_LIN: usize = 3;
 
-/// A Llama model bound to a backend: parameters, their gradients, and activations for one batch shape.
-pub struct Llama<Bk: Backend> {
-    pub cfg: LlamaConfig,
-    pub backend: Bk,
-    pub params: Slab<Bk::F>,
-    /// Allocated zeroed; pages the OS maps lazily, so inference never touches them.
-    pub grads: Slab<Bk::F>,
-    ids: ParamIds,
-    acts: Option<Acts<Bk::F>>,
-    tokens: Vec<u32>,
-    targets: Vec<u32>,
-    /// Mean loss of the last forward with targets.
-    pub loss: Option<f64>,
-    /// GEMM precision of the block linears (the output head stays f32).
-    pub precision: Precision,
-    pub scaling_mode: ScalingMode,
-    /// FP8 scaling state per block linear (empty unless the precision is FP8).
-    pub scaling: Vec<LinearScaling>,
-    /// The loss gradient backward starts from is `grad_scale / N` (the trainer's gradient scaler).
-    pub grad_scale: f64,
-    /// Narrow weight and gradient storage at fp8-o1 / fp8-o2 (`crate::narrow`; `params` / `grads` are
-    /// then the f32 working set: the tensors outside the blocks and one block).
-    pub narrow: Option<Narrow>,
-}
+/// A Llama model bound to a backend (the decoder shell with Llama's architecture).
+pub type Llama<Bk> = Decoder<Bk, LlamaConfig>;
 
-/// Which rows of the output head a forward computes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Head {
-    /// Every position: (B*T, Vp), as training needs.
-    All,
-    /// Each sequence's last position into rows 0..B, as generation needs.
-    Last,
-}
+impl Arch for LlamaConfig {
+    type Ids = ParamIds;
 
-impl<Bk: Backend> Llama<Bk> {
-    /// A model with the given parameter values (laid out as `param_layout(&cfg)`).
-    pub fn new(cfg: LlamaConfig, backend: Bk, params: Vec<Bk::F>) -> Result<Self> {
-        cfg.validate()?;
-        let layout = Arc::new(param_layout(&cfg));
-        let ids = ParamIds::new(&layout);
-        let alloc = backend.allocator();
-        let params = Slab::from_vec_in(layout.clone(), params, alloc.as_ref())?;
-        let grads = Slab::zeros_in(layout, alloc.as_ref())?;
-        Ok(Llama {
-            cfg,
-            backend,
-            params,
-            grads,
-            ids,
-            acts: None,
-            tokens: vec![],
-            targets: vec![],
-            loss: None,
-            precision: Precision::Fp32,
-            scaling_mode: ScalingMode::Delayed,
-            scaling: vec![],
-            grad_scale: 1.0,
-            narrow: None,
-        })
+    fn dims(&self) -> Dims {
+        Dims {
+            vocab_size: self.vocab_size,
+            padded_vocab: self.padded_vocab,
+            max_seq_len: self.max_seq_len,
+            n_layer: self.n_layer,
+            n_embd: self.n_embd,
+        }
+    }
+    fn validate(&self) -> Result<()> {
+        LlamaConfig::validate(self)
+    }
+    fn with_layers(&self, n: usize) -> Self {
+        LlamaConfig { n_layer: n, ..*self }
+    }
+    fn param_layout(&self) -> Layout {
+        param_layout(self)
+    }
+    fn decay_flags(&self, layout: &Layout) -> Vec<bool> {
+        decay_flags(layout)
+    }
+    fn init_tensors(&self, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
+        init_tensors(self, layout, seed, f)
+    }
+    fn act_layout(&self, b: usize, t: usize) -> Layout {
+        act_layout(self, b, t)
+    }
+    fn grad_act_layout(&self, b: usize, t: usize) -> Layout {
+        grad_act_layout(self, b, t)
+    }
+    fn workspace(&self, n: usize) -> (usize, usize, usize) {
+        // Largest operands over the four linears: inputs (N, max(C, H)), weights and outputs of
+        // qkv (C+2KVD, C), gate_up (2H, C), down (C, H).
+        let (d, h) = (self.n_embd, self.ffn_hidden);
+        let oc = self.qkv_dim().max(2 * h).max(d);
+        (n * d.max(h), oc * d.max(h), n * oc)
+    }
+    fn linears_per_layer(&self) -> usize {
+        LINEARS
+    }
+    fn ids(&self, params: &Layout) -> ParamIds {
+        ParamIds::new(params)
     }
 
+    fn embed_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]) {
+        let n = x.n();
+        x.be.embed_forward(x.a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.token_embd), n, self.n_embd);
+    }
+
+    fn embed_backward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, g: &mut Slab<Bk::F>, tokens: &[u32]) {
+        let n = x.n();
+        let dembd = &mut g.data[g.layout.range(pid.token_embd)];
+        x.be.embed_backward(dembd, x.da.get(TensorId(DRES)), tokens, n, self.n_embd);
+    }
+
+    fn layer_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, l: usize, lw: usize) {
+        let c = self;
+        let (d, nh, nkv, hs, h, n, b, t) =
+            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, x.n(), x.b, x.t);
+        let (qd, eps) = (c.qkv_dim(), c.norm_eps);
+        let (be, a, lin) = (x.be, &mut *x.a, &mut x.lin);
+        let al = a.layout.clone();
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let aw = |i: usize| al.range(TensorId(i));
+        let w = pid.block(p, lw);
+        let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
+        // Attention branch: residual2 = x + attn_output(attention(repeat_kv(rope(qkv(rmsnorm(x)))))).
+        let [xn, rrms, x] = a.disjoint_mut([ar(ATTN_XN, l), ar(ATTN_RRMS, l), res.clone()]);
+        be.rmsnorm_forward(xn, rrms, x, w.attn_norm, n, d, eps);
+        let [raw, xn] = a.disjoint_mut([aw(QKV_RAW), ar(ATTN_XN, l)]);
+        lin.forward(l, QKV_LIN, raw, xn, w.attn_qkv, None, n, d, qd);
+        let [rot, raw] = a.disjoint_mut([aw(QKV_ROPE), aw(QKV_RAW)]);
+        be.rope_forward(rot, raw, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
+        let [qkv, rot] = a.disjoint_mut([ar(QKV, l), aw(QKV_ROPE)]);
+        be.repeat_kv_forward(qkv, rot, n, nh, nkv, hs);
+        let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
+        be.attention_forward(atty, lse, qkv, b, t, d, nh);
+        let [proj, atty] = a.disjoint_mut([aw(PROJ), ar(ATTY, l)]);
+        lin.forward(l, ATTN_OUT_LIN, proj, atty, w.attn_output, None, n, d, d);
+        let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, aw(PROJ)]);
+        be.residual_forward(r2, x, proj);
+        // MLP branch: residual3 = residual2 + ffn_down(swiglu(ffn_gate_up(rmsnorm(residual2)))).
+        let [xn, rrms, r2] = a.disjoint_mut([ar(FFN_XN, l), ar(FFN_RRMS, l), ar(RESIDUAL2, l)]);
+        be.rmsnorm_forward(xn, rrms, r2, w.ffn_norm, n, d, eps);
+        let [gu, xn] = a.disjoint_mut([ar(GATE_UP, l), ar(FFN_XN, l)]);
+        lin.forward(l, GATE_UP_LIN, gu, xn, w.ffn_gate_up, None, n, d, 2 * h);
+        let [sw, gu] = a.disjoint_mut([ar(SWIGLU, l), ar(GATE_UP, l)]);
+        be.swiglu_forward(sw, gu, n, h);
+        let [proj, sw] = a.disjoint_mut([aw(PROJ), ar(SWIGLU, l)]);
+        lin.forward(l, DOWN_LIN, proj, sw, w.ffn_down, None, n, h, d);
+        let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), aw(PROJ)]);
+        be.residual_forward(r3, r2, proj);
+    }
+
+    fn layer_backward<Bk: Backend>(
+        &self,
+        pid: &ParamIds,
+        x: &mut Pass<'_, Bk>,
+        p: &Slab<Bk::F>,
+        g: &mut Slab<Bk::F>,
+        l: usize,
+        lw: usize,
+    ) {
+        let c = self;
+        let (d, nh, nkv, hs, h, n, b, t) =
+            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, x.n(), x.b, x.t);
+        let qd = c.qkv_dim();
+        let (be, a, da, lin) = (x.be, &*x.a, &mut *x.da, &mut x.lin);
+        let (al, dl) = (a.layout.clone(), da.layout.clone());
+        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
+        let aw = |i: usize| al.range(TensorId(i));
+        let dw = |i: usize| dl.range(TensorId(i));
+        let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
+        let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
+        // MLP branch.
+        let [dsw, dres] = da.disjoint_mut([dw(DSWIGLU), dw(DRES)]);
+        lin.backward(l, DOWN_LIN, dsw, gw.ffn_down, None, dres, &a.data[ar(SWIGLU, l)], w.ffn_down, n, h, d);
+        let [dgu, dsw] = da.disjoint_mut([dw(DGATE_UP), dw(DSWIGLU)]);
+        be.swiglu_backward(dgu, &a.data[ar(GATE_UP, l)], dsw, n, h);
+        let [dxn, dgu] = da.disjoint_mut([dw(DXN), dw(DGATE_UP)]);
+        lin.backward(
+            l,
+            GATE_UP_LIN,
+            dxn,
+            gw.ffn_gate_up,
+            None,
+            dgu,
+            &a.data[ar(FFN_XN, l)],
+            w.ffn_gate_up,
+            n,
+            d,
+            2 * h,
+        );
+        let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
+        let (x, rrms) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(FFN_RRMS, l)]);
+        be.rmsnorm_backward(dres, gw.ffn_norm, dxn, x, w.ffn_norm, rrms, n, d);
+        // Attention branch.
+        let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
+        lin.backward(l, ATTN_OUT_LIN, datty, gw.attn_output, None, dres, &a.data[ar(ATTY, l)], w.attn_output, n, d, d);
+        let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
+        let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
+        be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
+        let [drot, dqkv] = da.disjoint_mut([dw(DQKV_ROPE), dw(DQKV)]);
+        be.repeat_kv_backward(drot, dqkv, n, nh, nkv, hs);
+        let [draw, drot] = da.disjoint_mut([dw(DQKV_RAW), dw(DQKV_ROPE)]);
+        be.rope_backward(draw, drot, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
+        let [dxn, draw] = da.disjoint_mut([dw(DXN), dw(DQKV_RAW)]);
+        lin.backward(l, QKV_LIN, dxn, gw.attn_qkv, None, draw, &a.data[ar(ATTN_XN, l)], w.attn_qkv, n, d, qd);
+        let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
+        let (x, rrms) = (&a.data[res], &a.data[ar(ATTN_RRMS, l)]);
+        be.rmsnorm_backward(dres, gw.attn_norm, dxn, x, w.attn_norm, rrms, n, d);
+    }
+
+    fn head_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>) {
+        let (d, n) = (self.n_embd, x.n());
+        let (be, a) = (x.be, &mut *x.a);
+        let al = a.layout.clone();
+        let last = al.range_at(TensorId(RESIDUAL3), self.n_layer - 1);
+        let [xn, rrms, xv] = a.disjoint_mut([al.range(TensorId(OUT_XN)), al.range(TensorId(OUT_RRMS)), last]);
+        be.rmsnorm_forward(xn, rrms, xv, p.get(pid.output_norm), n, d, self.norm_eps);
+        let [logits, xn] = a.disjoint_mut([al.range(TensorId(LOGITS)), al.range(TensorId(OUT_XN))]);
+        head_logits(be, x.head, logits, xn, p.get(pid.head), x.b, x.t, d, self.padded_vocab);
+    }
+
+    // Head and final norm: dlogits -> dxn -> dresidual.
+    fn head_backward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, g: &mut Slab<Bk::F>) {
+        let (d, n, vp) = (self.n_embd, x.n(), self.padded_vocab);
+        let (be, a, da) = (x.be, &*x.a, &mut *x.da);
+        let dl = da.layout.clone();
+        let dhead = &mut g.data[g.layout.range(pid.head)];
+        let (logits, xn) = (a.get(TensorId(LOGITS)), a.get(TensorId(OUT_XN)));
+        be.matmul_backward(da.get_mut(TensorId(DXN)), dhead, None, logits, xn, p.get(pid.head), n, d, vp);
+        be.zero(da.get_mut(TensorId(DRES)));
+        let [dres, dxn] = da.disjoint_mut([dl.range(TensorId(DRES)), dl.range(TensorId(DXN))]);
+        let dnorm = &mut g.data[g.layout.range(pid.output_norm)];
+        let (xv, rrms) = (&a.data[a.layout.range_at(TensorId(RESIDUAL3), self.n_layer - 1)], a.get(TensorId(OUT_RRMS)));
+        be.rmsnorm_backward(dres, dnorm, dxn, xv, p.get(pid.output_norm), rrms, n, d);
+    }
+}
+
+impl<Bk: Backend> Decoder<Bk, LlamaConfig> {
     /// The model in a GGUF `llama` file, dequantised to the backend's float type.
     pub fn from_gguf(g: &GgufFile, backend: Bk) -> Result<Self> {
         let cfg = LlamaConfig::from_gguf(g)?;
         let params = params_from_gguf(g, &cfg)?;
         Self::new(cfg, backend, params)
-    }
-
-    /// Run the block linears at `precision`, FP8 scaling per `recipe`.
-    /// At fp8-o1 / fp8-o2 the weights move into f16 storage with per-unit scales (`crate::narrow`).
-    pub fn with_precision(mut self, precision: Precision, recipe: &Recipe) -> Result<Self> {
-        recipe.validate()?;
-        let (full, working) = (param_layout(&self.cfg), param_layout(&LlamaConfig { n_layer: 1, ..self.cfg }));
-        let n_layer = self.cfg.n_layer;
-        let (narrow, params, grads) = (&mut self.narrow, &mut self.params, &mut self.grads);
-        let alloc = self.backend.allocator();
-        if let Some(l) = switch_storage(precision, narrow, params, grads, full, working, n_layer, alloc.as_ref())? {
-            self.ids = ParamIds::new(&l);
-        }
-        self.precision = precision;
-        self.scaling_mode = recipe.mode;
-        self.scaling =
-            if precision.is_fp8() { vec![LinearScaling::new(recipe); self.cfg.n_layer * LINEARS] } else { vec![] };
-        self.acts = None;
-        Ok(self)
-    }
-
-    pub fn zero_grad(&mut self) {
-        self.backend.zero(&mut self.grads.data);
-    }
-
-    /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
-    /// current batch shape.
-    pub fn activation_elems(&self) -> (usize, usize, usize) {
-        self.acts.as_ref().map_or((0, 0, 0), |a| (a.a.data.len(), a.d.data.len(), a.ws.elems()))
-    }
-
-    /// Every parameter in f32 over `param_layout(&cfg)` (decoded from narrow storage at fp8-o1/o2).
-    pub fn params_f32(&self) -> Vec<f32> {
-        match &self.narrow {
-            Some(nw) => nw.weights_f32(),
-            None => self.params.data.iter().map(|&x| x.into() as f32).collect(),
-        }
-    }
-
-    /// Allocate activations for (B, T) batches (forward does this on demand).
-    pub fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
-        if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
-            return Ok(());
-        }
-        let c = &self.cfg;
-        let (n, d, h) = (b * t, c.n_embd, c.ffn_hidden);
-        // Largest operands over the four linears: inputs (N, max(C, H)), weights and outputs of
-        // qkv (C+2KVD, C), gate_up (2H, C), down (C, H).
-        let oc = c.qkv_dim().max(2 * h).max(d);
-        let (al, dl) = (act_layout(&self.cfg, b, t), grad_act_layout(&self.cfg, b, t));
-        let alloc = self.backend.allocator();
-        self.acts =
-            Some(Acts::alloc(b, t, al, dl, self.precision, (n * d.max(h), oc * d.max(h), n * oc), alloc.as_ref())?);
-        Ok(())
-    }
-
-    fn check_tokens(&self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
-        let c = &self.cfg;
-        if b == 0 || t == 0 || t > c.max_seq_len || tokens.len() != b * t || targets.is_some_and(|x| x.len() != b * t) {
-            return Err(Error::Shape {
-                name: "tokens".into(),
-                expected: vec![b, t.min(c.max_seq_len)],
-                found: vec![tokens.len()],
-            });
-        }
-        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
-            return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
-        }
-        Ok(())
-    }
-
-    /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
-    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
-    pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
-        self.check_tokens(tokens, targets, b, t)?;
-        self.run_forward(tokens, b, t, Head::All)?;
-        self.loss = None;
-        if let Some(tg) = targets {
-            let (n, v, vp) = (b * t, self.cfg.vocab_size, self.cfg.padded_vocab);
-            self.targets.clear();
-            self.targets.extend_from_slice(tg);
-            let a = &mut self.acts.as_mut().expect("allocated by run_forward").a;
-            let al = a.layout.clone();
-            let [losses, logits] = a.disjoint_mut([al.range(TensorId(LOSSES)), al.range(TensorId(LOGITS))]);
-            self.backend.softmax_xent_forward(losses, logits, tg, n, v, vp);
-            self.backend.synchronize();
-            self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64);
-        }
-        Ok(self.loss)
-    }
-
-    /// Forward for generation: the logits (B, Vp) of each sequence's last position only (the output
-    /// head, a (Vp, C) GEMM, is skipped for the other rows). No backward after this.
-    pub fn forward_last(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[Bk::F]> {
-        self.check_tokens(tokens, None, b, t)?;
-        self.run_forward(tokens, b, t, Head::Last)?;
-        self.loss = None;
-        let vp = self.cfg.padded_vocab;
-        self.backend.synchronize();
-        Ok(&self.acts.as_ref().expect("allocated by run_forward").a.get(TensorId(LOGITS))[..b * vp])
-    }
-
-    /// Raw logits (B*T, Vp) of the last `forward` without targets.
-    pub fn logits(&self) -> &[Bk::F] {
-        self.backend.synchronize();
-        let a = &self.acts.as_ref().expect("forward first").a;
-        a.get(TensorId(LOGITS))
-    }
-
-    fn run_forward(&mut self, tokens: &[u32], b: usize, t: usize, head: Head) -> Result<()> {
-        let c = self.cfg;
-        self.ensure_acts(b, t)?;
-        self.tokens.clear();
-        self.tokens.extend_from_slice(tokens);
-        let (d, nh, nkv, hs, h, l_n, n, vp) =
-            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
-        let (qd, eps) = (c.qkv_dim(), c.norm_eps);
-        stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
-        let (be, p, pid) = (&self.backend, &mut self.params, &self.ids);
-        let acts = self.acts.as_mut().expect("allocated above");
-        let al = acts.a.layout.clone();
-        let a = &mut acts.a;
-        let mut lin = Linears {
-            be,
-            prec: self.precision,
-            mode: self.scaling_mode,
-            scaling: &mut self.scaling,
-            ws: &mut acts.ws,
-            per_layer: LINEARS,
-        };
-        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
-        let aw = |i: usize| al.range(TensorId(i));
-
-        be.embed_forward(a.get_mut(TensorId(ENCODED)), tokens, p.get(pid.token_embd), n, d);
-        for l in 0..l_n {
-            let lw = stage_forward(be, self.narrow.as_ref(), l, &mut p.data);
-            let w = pid.block(p, lw);
-            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
-            // Attention branch: residual2 = x + attn_output(attention(repeat_kv(rope(qkv(rmsnorm(x)))))).
-            let [xn, rrms, x] = a.disjoint_mut([ar(ATTN_XN, l), ar(ATTN_RRMS, l), res.clone()]);
-            be.rmsnorm_forward(xn, rrms, x, w.attn_norm, n, d, eps);
-            let [raw, xn] = a.disjoint_mut([aw(QKV_RAW), ar(ATTN_XN, l)]);
-            lin.forward(l, QKV_LIN, raw, xn, w.attn_qkv, None, n, d, qd);
-            let [rot, raw] = a.disjoint_mut([aw(QKV_ROPE), aw(QKV_RAW)]);
-            be.rope_forward(rot, raw, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
-            let [qkv, rot] = a.disjoint_mut([ar(QKV, l), aw(QKV_ROPE)]);
-            be.repeat_kv_forward(qkv, rot, n, nh, nkv, hs);
-            let [atty, lse, qkv] = a.disjoint_mut([ar(ATTY, l), ar(ATT_LSE, l), ar(QKV, l)]);
-            be.attention_forward(atty, lse, qkv, b, t, d, nh);
-            let [proj, atty] = a.disjoint_mut([aw(PROJ), ar(ATTY, l)]);
-            lin.forward(l, ATTN_OUT_LIN, proj, atty, w.attn_output, None, n, d, d);
-            let [r2, x, proj] = a.disjoint_mut([ar(RESIDUAL2, l), res, aw(PROJ)]);
-            be.residual_forward(r2, x, proj);
-            // MLP branch: residual3 = residual2 + ffn_down(swiglu(ffn_gate_up(rmsnorm(residual2)))).
-            let [xn, rrms, r2] = a.disjoint_mut([ar(FFN_XN, l), ar(FFN_RRMS, l), ar(RESIDUAL2, l)]);
-            be.rmsnorm_forward(xn, rrms, r2, w.ffn_norm, n, d, eps);
-            let [gu, xn] = a.disjoint_mut([ar(GATE_UP, l), ar(FFN_XN, l)]);
-            lin.forward(l, GATE_UP_LIN, gu, xn, w.ffn_gate_up, None, n, d, 2 * h);
-            let [sw, gu] = a.disjoint_mut([ar(SWIGLU, l), ar(GATE_UP, l)]);
-            be.swiglu_forward(sw, gu, n, h);
-            let [proj, sw] = a.disjoint_mut([aw(PROJ), ar(SWIGLU, l)]);
-            lin.forward(l, DOWN_LIN, proj, sw, w.ffn_down, None, n, h, d);
-            let [r3, r2, proj] = a.disjoint_mut([ar(RESIDUAL3, l), ar(RESIDUAL2, l), aw(PROJ)]);
-            be.residual_forward(r3, r2, proj);
-        }
-        let [xn, rrms, x] = a.disjoint_mut([aw(OUT_XN), aw(OUT_RRMS), ar(RESIDUAL3, l_n - 1)]);
-        be.rmsnorm_forward(xn, rrms, x, p.get(pid.output_norm), n, d, eps);
-        // Output head, kept in f32 at every precision level (as Transformer Engine leaves the head).
-        let [logits, xn] = a.disjoint_mut([aw(LOGITS), aw(OUT_XN)]);
-        let w_head = p.get(pid.head);
-        match head {
-            Head::All => be.matmul_forward(logits, xn, w_head, None, n, d, vp),
-            Head::Last => {
-                for bi in 0..b {
-                    let row = &xn[(bi * t + t - 1) * d..][..d];
-                    be.matmul_forward(&mut logits[bi * vp..][..vp], row, w_head, None, 1, d, vp);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Backward of the last forward with targets: parameter gradients accumulate into `grads`.
-    pub fn backward(&mut self) -> Result<()> {
-        if self.loss.is_none() {
-            return Err(Error::Other("backward needs a forward with targets first".into()));
-        }
-        let c = self.cfg;
-        let acts = self.acts.as_mut().expect("forward allocated activations");
-        let (b, t) = (acts.b, acts.t);
-        let (d, nh, nkv, hs, h, l_n, n, vp) =
-            (c.n_embd, c.n_head, c.n_kv_head, c.head_size(), c.ffn_hidden, c.n_layer, b * t, c.padded_vocab);
-        let (qd, be, p, g, pid) = (c.qkv_dim(), &self.backend, &mut self.params, &mut self.grads, &self.ids);
-        if let Some(nw) = &mut self.narrow {
-            nw.begin_backward();
-        }
-        let (al, dl) = (acts.a.layout.clone(), acts.d.layout.clone());
-        let (a, da) = (&mut acts.a, &mut acts.d);
-        let mut lin = Linears {
-            be,
-            prec: self.precision,
-            mode: self.scaling_mode,
-            scaling: &mut self.scaling,
-            ws: &mut acts.ws,
-            per_layer: LINEARS,
-        };
-        let ar = |i: usize, l: usize| al.range_at(TensorId(i), l);
-        let aw = |i: usize| al.range(TensorId(i));
-        let dw = |i: usize| dl.range(TensorId(i));
-
-        // Loss, head and final norm: dlogits in place of the probabilities, dxn, then dresidual.
-        let dloss = self.grad_scale / n as f64;
-        be.softmax_xent_backward(a.get_mut(TensorId(LOGITS)), &self.targets, dloss, n, c.vocab_size, vp);
-        let dhead = &mut g.data[g.layout.range(pid.head)];
-        be.matmul_backward(
-            da.get_mut(TensorId(DXN)),
-            dhead,
-            None,
-            &a.data[aw(LOGITS)],
-            &a.data[aw(OUT_XN)],
-            p.get(pid.head),
-            n,
-            d,
-            vp,
-        );
-        be.zero(da.get_mut(TensorId(DRES)));
-        {
-            let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
-            let dnorm = &mut g.data[g.layout.range(pid.output_norm)];
-            let (x, rrms) = (&a.data[ar(RESIDUAL3, l_n - 1)], &a.data[aw(OUT_RRMS)]);
-            be.rmsnorm_backward(dres, dnorm, dxn, x, p.get(pid.output_norm), rrms, n, d);
-        }
-        for l in (0..l_n).rev() {
-            let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
-            let (w, gw) = (pid.block(p, lw), pid.block_mut(g, lw));
-            let res = if l == 0 { aw(ENCODED) } else { ar(RESIDUAL3, l - 1) };
-            // MLP branch.
-            let [dsw, dres] = da.disjoint_mut([dw(DSWIGLU), dw(DRES)]);
-            lin.backward(l, DOWN_LIN, dsw, gw.ffn_down, None, dres, &a.data[ar(SWIGLU, l)], w.ffn_down, n, h, d);
-            let [dgu, dsw] = da.disjoint_mut([dw(DGATE_UP), dw(DSWIGLU)]);
-            be.swiglu_backward(dgu, &a.data[ar(GATE_UP, l)], dsw, n, h);
-            let [dxn, dgu] = da.disjoint_mut([dw(DXN), dw(DGATE_UP)]);
-            lin.backward(
-                l,
-                GATE_UP_LIN,
-                dxn,
-                gw.ffn_gate_up,
-                None,
-                dgu,
-                &a.data[ar(FFN_XN, l)],
-                w.ffn_gate_up,
-                n,
-                d,
-                2 * h,
-            );
-            let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
-            let (x, rrms) = (&a.data[ar(RESIDUAL2, l)], &a.data[ar(FFN_RRMS, l)]);
-            be.rmsnorm_backward(dres, gw.ffn_norm, dxn, x, w.ffn_norm, rrms, n, d);
-            // Attention branch.
-            let [datty, dres] = da.disjoint_mut([dw(DATTY), dw(DRES)]);
-            lin.backward(
-                l,
-                ATTN_OUT_LIN,
-                datty,
-                gw.attn_output,
-                None,
-                dres,
-                &a.data[ar(ATTY, l)],
-                w.attn_output,
-                n,
-                d,
-                d,
-            );
-            let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
-            let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(ATT_LSE, l)]);
-            be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
-            let [drot, dqkv] = da.disjoint_mut([dw(DQKV_ROPE), dw(DQKV)]);
-            be.repeat_kv_backward(drot, dqkv, n, nh, nkv, hs);
-            let [draw, drot] = da.disjoint_mut([dw(DQKV_RAW), dw(DQKV_ROPE)]);
-            be.rope_backward(draw, drot, b, t, 0, qd, (nh + nkv) * hs, hs, c.rope_base);
-            let [dxn, draw] = da.disjoint_mut([dw(DXN), dw(DQKV_RAW)]);
-            lin.backward(l, QKV_LIN, dxn, gw.attn_qkv, None, draw, &a.data[ar(ATTN_XN, l)], w.attn_qkv, n, d, qd);
-            let [dres, dxn] = da.disjoint_mut([dw(DRES), dw(DXN)]);
-            let (x, rrms) = (&a.data[res], &a.data[ar(ATTN_RRMS, l)]);
-            be.rmsnorm_backward(dres, gw.attn_norm, dxn, x, w.attn_norm, rrms, n, d);
-            store_backward(be, self.narrow.as_mut(), l, &g.data);
-        }
-        let dembd = &mut g.data[g.layout.range(pid.token_embd)];
-        be.embed_backward(dembd, da.get(TensorId(DRES)), &self.tokens, n, d);
-        store_top(be, self.narrow.as_mut(), &g.data);
-        // The gradients are read on the host next (clipping, the optimizer).
-        be.synchronize();
-        Ok(())
     }
 }
 
@@ -857,7 +695,7 @@ fn decode_layout(c: &LlamaConfig, n: usize) -> Layout {
     ])
 }
 
-impl<Bk: Backend> Llama<Bk> {
+impl<Bk: Backend> Decoder<Bk, LlamaConfig> {
     /// Inference with a key/value cache: feed `tokens` (one sequence) at positions `cache.len()..`,
     /// append their keys and values to the cache, and return the logits (Vp) of the last one. Equal to
     /// `forward_last` over the whole sequence so far (up to rounding); the GEMMs run in fp32 whatever

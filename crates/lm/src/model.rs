@@ -1,15 +1,15 @@
 //! The one interface the trainer, the training benchmark, the memory ledger and the sampler drive a
 //! decoder-only language model through, so `octet train --block ...` runs every block kind with the
-//! same loop, checkpoints and precision levels as GPT-2. Implemented over every f32 backend (the CPU;
-//! a device over host-addressable memory) for `Gpt2`, `BlocksLm` (Pre-LN, Parallel, SAS, SAS-P, SAS-P
-//! without norms) and `Llama` (trained through `step::train_step`; the CLI builds GPT-2 shapes only).
+//! same loop, checkpoints and precision levels as GPT-2. Implemented once, for the decoder shell
+//! (`crate::decoder::Decoder`) of every architecture over every f32 backend (the CPU; a device over
+//! host-addressable memory).
 
 use octet_core::{Result, Slab};
 use octet_kernels::{Backend, CpuBackend};
 
 use crate::blocks::{self, BlocksLm};
-use crate::gpt2::{self, Gpt2, Gpt2Config};
-use crate::llama::{self, Llama};
+use crate::decoder::{Arch, Decoder};
+use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::narrow::Narrow;
 use crate::precision::{LinearScaling, Precision};
 
@@ -59,83 +59,76 @@ pub trait LanguageModel {
     fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64;
 }
 
-macro_rules! impl_language_model {
-    ($ty:ident, $layout:path, $decay:path) => {
-        impl<Bk: Backend<F = f32>> LanguageModel for $ty<Bk> {
-            fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
-                <$ty<Bk>>::forward(self, tokens, targets, b, t)
-            }
-            fn backward(&mut self) -> Result<()> {
-                <$ty<Bk>>::backward(self)
-            }
-            fn zero_grad(&mut self) {
-                <$ty<Bk>>::zero_grad(self)
-            }
-            fn logits(&self) -> &[f32] {
-                <$ty<Bk>>::logits(self)
-            }
-            fn vocab(&self) -> (usize, usize) {
-                (self.cfg.vocab_size, self.cfg.padded_vocab)
-            }
-            fn max_seq_len(&self) -> usize {
-                self.cfg.max_seq_len
-            }
-            fn num_params(&self) -> usize {
-                self.cfg.num_params()
-            }
-            fn decay_flags(&self) -> Vec<bool> {
-                $decay(&$layout(&self.cfg))
-            }
-            fn full_layout(&self) -> octet_core::Layout {
-                $layout(&self.cfg)
-            }
-            fn buffers(&mut self) -> Buffers<'_> {
-                match &mut self.narrow {
-                    Some(nw) => Buffers::Narrow(nw),
-                    None => Buffers::Plain { params: &mut self.params, grads: &mut self.grads },
-                }
-            }
-            fn narrow(&self) -> Option<&Narrow> {
-                self.narrow.as_ref()
-            }
-            fn plain(&self) -> Option<(&Slab<f32>, &Slab<f32>)> {
-                if self.narrow.is_some() { None } else { Some((&self.params, &self.grads)) }
-            }
-            fn set_grad_scale(&mut self, s: f64) {
-                self.grad_scale = s;
-            }
-            fn precision(&self) -> Precision {
-                self.precision
-            }
-            fn scaling(&self) -> &[LinearScaling] {
-                &self.scaling
-            }
-            fn scaling_mut(&mut self) -> &mut Vec<LinearScaling> {
-                &mut self.scaling
-            }
-            fn activation_elems(&self) -> (usize, usize, usize) {
-                <$ty<Bk>>::activation_elems(self)
-            }
-            fn working_bytes(&self) -> usize {
-                if self.narrow.is_some() { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
-            }
-            fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
-                <$ty<Bk>>::ensure_acts(self, b, t)
-            }
-            fn allocator(&self) -> Option<std::sync::Arc<dyn octet_core::Allocator>> {
-                self.backend.allocator()
-            }
-            fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64 {
-                assert!(self.narrow.is_none(), "plain_update at a narrow level");
-                crate::step::plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
-            }
+impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
+    fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
+        Decoder::forward(self, tokens, targets, b, t)
+    }
+    fn backward(&mut self) -> Result<()> {
+        Decoder::backward(self)
+    }
+    fn zero_grad(&mut self) {
+        Decoder::zero_grad(self)
+    }
+    fn logits(&self) -> &[f32] {
+        Decoder::logits(self)
+    }
+    fn vocab(&self) -> (usize, usize) {
+        let d = self.cfg.dims();
+        (d.vocab_size, d.padded_vocab)
+    }
+    fn max_seq_len(&self) -> usize {
+        self.cfg.dims().max_seq_len
+    }
+    fn num_params(&self) -> usize {
+        self.cfg.param_layout().total()
+    }
+    fn decay_flags(&self) -> Vec<bool> {
+        self.cfg.decay_flags(&self.cfg.param_layout())
+    }
+    fn full_layout(&self) -> octet_core::Layout {
+        self.cfg.param_layout()
+    }
+    fn buffers(&mut self) -> Buffers<'_> {
+        match &mut self.narrow {
+            Some(nw) => Buffers::Narrow(nw),
+            None => Buffers::Plain { params: &mut self.params, grads: &mut self.grads },
         }
-    };
+    }
+    fn narrow(&self) -> Option<&Narrow> {
+        self.narrow.as_ref()
+    }
+    fn plain(&self) -> Option<(&Slab<f32>, &Slab<f32>)> {
+        if self.narrow.is_some() { None } else { Some((&self.params, &self.grads)) }
+    }
+    fn set_grad_scale(&mut self, s: f64) {
+        self.grad_scale = s;
+    }
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+    fn scaling(&self) -> &[LinearScaling] {
+        &self.scaling
+    }
+    fn scaling_mut(&mut self) -> &mut Vec<LinearScaling> {
+        &mut self.scaling
+    }
+    fn activation_elems(&self) -> (usize, usize, usize) {
+        Decoder::activation_elems(self)
+    }
+    fn working_bytes(&self) -> usize {
+        if self.narrow.is_some() { (self.params.data.len() + self.grads.data.len()) * 4 } else { 0 }
+    }
+    fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
+        Decoder::ensure_acts(self, b, t)
+    }
+    fn allocator(&self) -> Option<std::sync::Arc<dyn octet_core::Allocator>> {
+        self.backend.allocator()
+    }
+    fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64 {
+        assert!(self.narrow.is_none(), "plain_update at a narrow level");
+        crate::step::plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
+    }
 }
-
-impl_language_model!(Gpt2, gpt2::param_layout, gpt2::decay_flags);
-impl_language_model!(BlocksLm, blocks::param_layout, blocks::decay_flags);
-impl_language_model!(Llama, llama::param_layout, llama::decay_flags);
 
 /// The model a configuration names: GPT-2 (`block` None) or a `BlocksLm` of that block kind with
 /// GPT-2's shape, freshly initialised from `seed` at `precision`, on the CPU.
