@@ -10,6 +10,7 @@ use octet_core::{Error, Result};
 use octet_lm::blocks::BlockKind;
 use octet_lm::generate::{SampleConfig, sample};
 use octet_lm::precision::Precision;
+use octet_lm::spec::{ArchKind, ModelSpec, Overrides};
 use octet_lm::train::{self, Event, Source, Start, TrainConfig};
 use octet_lm::{checkpoint, data::TextTokenizer};
 
@@ -31,7 +32,8 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once
 enum Cmd {
-    /// Train a GPT-2 model (with no flags: a small model on the embedded Python docs, ~2 min).
+    /// Train a GPT-2 or Llama model, from scratch or from a pretrained GGUF / HuggingFace model (with
+    /// no flags: a small GPT-2 on the embedded Python docs, ~2 min).
     Train(TrainArgs),
     /// Sample text from a checkpoint, or from a GGUF Llama model (SmolLM2) with --gguf.
     Generate(GenerateArgs),
@@ -53,9 +55,15 @@ enum Cmd {
 
 #[derive(Args)]
 struct MemoryArgs {
-    /// A GPT-2 preset (tiny, small, gpt2-124m, ...) or smollm2-135m (Llama, the adaptation base).
+    /// Architecture: gpt2, llama (smollm2-135m implies llama).
+    #[arg(long)]
+    arch: Option<ArchKind>,
+    /// A preset of the architecture: tiny, small, gpt2-124m (gpt2); tiny, small, smollm2-135m (llama).
     #[arg(long, default_value = "gpt2-124m")]
     model: String,
+    /// Block kind (preln, parallel, sas, sas-p, sas-p-nonorm); default: the architecture's own.
+    #[arg(long)]
+    block: Option<BlockKind>,
     #[arg(long, default_value = "fp32")]
     precision: Precision,
     /// Vocabulary for tiny/small (gpt2-124m keeps 50257).
@@ -79,7 +87,10 @@ enum BenchCmd {
 
 #[derive(Args)]
 struct BenchTrainArgs {
-    /// Model preset: tiny, small, gpt2-124m.
+    /// Architecture: gpt2, llama (smollm2-135m implies llama).
+    #[arg(long)]
+    arch: Option<ArchKind>,
+    /// A preset of the architecture: tiny, small, gpt2-124m (gpt2); tiny, small, smollm2-135m (llama).
     #[arg(long, default_value = "small")]
     model: String,
     /// Block kind (preln, parallel, sas, sas-p, sas-p-nonorm); default: GPT-2's own block.
@@ -113,9 +124,18 @@ struct TrainArgs {
     /// TOML file with TrainConfig keys; flags given here override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model preset: tiny, small, gpt2-124m.
+    /// Architecture: gpt2 (default), llama (smollm2-135m implies llama).
+    #[arg(long)]
+    arch: Option<ArchKind>,
+    /// A preset of the architecture: tiny, small (default), gpt2-124m (gpt2); tiny, small,
+    /// smollm2-135m (llama).
     #[arg(long)]
     model: Option<String>,
+    /// Start from a pretrained Llama: a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) or a
+    /// HuggingFace directory (config.json, model.safetensors, tokenizer.json; what `octet adapt
+    /// tokenizer` writes). Its tokenizer tokenizes --data.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Override the preset's number of layers.
     #[arg(long)]
     n_layer: Option<usize>,
@@ -226,14 +246,30 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
     if a.block.is_some() {
         c.block = a.block;
     }
+    if a.init.is_some() {
+        c.init = a.init.clone();
+        c.arch = ArchKind::Llama;
+    }
+    c.arch = arch_for(a.arch.unwrap_or(c.arch), &c.model, a.arch.is_some())?;
     c.validate()?;
     Ok(c)
+}
+
+/// The architecture of a run: as given, or implied by a preset only one architecture has.
+fn arch_for(arch: ArchKind, model: &str, explicit: bool) -> Result<ArchKind> {
+    match (model, explicit) {
+        ("smollm2-135m", false) => Ok(ArchKind::Llama),
+        ("smollm2-135m", true) if arch != ArchKind::Llama => {
+            Err(Error::config("model", "smollm2-135m is a llama model (--arch llama)"))
+        }
+        _ => Ok(arch),
+    }
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
     let start = match &a.resume {
         Some(dir) => {
-            if a.config.is_some() || a.model.is_some() || a.data.is_some() || a.out.is_some() {
+            if a.config.is_some() || a.model.is_some() || a.data.is_some() || a.out.is_some() || a.init.is_some() {
                 return Err(Error::config(
                     "resume",
                     "a resumed run keeps its checkpoint's configuration; only --steps and --until may change",
@@ -331,7 +367,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let ck = checkpoint::load(dir, false)?;
     let tok = TextTokenizer::load(&ck.dir.join("tokenizer.json"))?;
     let recipe = octet_core::scaling::Recipe::default();
-    let mut model = octet_lm::model::from_params(ck.state.model, ck.state.block, ck.params, Precision::Fp32, &recipe)?;
+    let mut model = ck.state.model.from_params(ck.params, Precision::Fp32, &recipe)?;
     let prompt = tok.encode(&a.prompt)?;
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.vocab().0) {
         return Err(Error::config("prompt", format!("token {bad} is outside the model's vocabulary")));
@@ -353,16 +389,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn run_memory(a: MemoryArgs) -> Result<()> {
-    let (ledger, seq) = if a.model == "smollm2-135m" {
-        let cfg = octet_lm::llama::LlamaConfig::smollm2_135m();
-        let seq = a.seq.min(cfg.max_seq_len);
-        (octet_lm::memory::plan_llama(cfg, a.precision, a.batch, seq)?, seq)
-    } else {
-        let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
-        let seq = a.seq.min(cfg.max_seq_len);
-        (octet_lm::memory::plan(cfg, a.precision, a.batch, seq)?, seq)
-    };
+    let arch = arch_for(a.arch.unwrap_or_default(), &a.model, a.arch.is_some())?;
+    let spec = ModelSpec::preset(arch, &a.model, a.block, a.vocab_size, Overrides::default())?;
+    let seq = a.seq.min(spec.dims().max_seq_len);
+    let ledger = octet_lm::memory::plan(spec, a.precision, a.batch, seq)?;
     let mut v = ledger.to_json();
+    v["arch"] = arch.name().into();
     v["model"] = a.model.clone().into();
     v["precision"] = a.precision.name().into();
     v["batch"] = a.batch.into();
@@ -392,23 +424,23 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Materials(a) => materials::run_bench(a),
         BenchCmd::Train(a) => {
-            let cfg = octet_lm::Gpt2Config::named(&a.model, a.vocab_size)?;
-            if a.seq == 0 || a.seq > cfg.max_seq_len || a.batch == 0 || a.steps == 0 {
-                return Err(Error::config(
-                    "seq/batch/steps",
-                    format!("need 0 < seq <= {}, batch > 0, steps > 0", cfg.max_seq_len),
-                ));
+            let arch = arch_for(a.arch.unwrap_or_default(), &a.model, a.arch.is_some())?;
+            let spec = ModelSpec::preset(arch, &a.model, a.block, a.vocab_size, Overrides::default())?;
+            let max_t = spec.dims().max_seq_len;
+            if a.seq == 0 || a.seq > max_t || a.batch == 0 || a.steps == 0 {
+                return Err(Error::config("seq/batch/steps", format!("need 0 < seq <= {max_t}, batch > 0, steps > 0")));
             }
             let r = match a.device.as_str() {
-                "cpu" => octet_lm::bench::bench_train(cfg, a.block, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?,
-                "cuda" => bench_train_cuda(cfg, &a)?,
+                "cpu" => octet_lm::bench::bench_train(spec, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)?,
+                "cuda" => bench_train_cuda(spec, &a)?,
                 other => return Err(Error::config("device", format!("`{other}`: expected cpu or cuda"))),
             };
             if a.json {
                 println!("{}", serde_json::to_string(&r).expect("serialises"));
             } else {
                 println!(
-                    "{}{} {} on {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    "{} {}{} {} on {} ({:.2}M params), B={} T={}: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    arch,
                     a.model,
                     a.block.map_or(String::new(), |b| format!(" --block {b}")),
                     a.precision,
@@ -428,13 +460,13 @@ fn run_bench(cmd: BenchCmd) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn bench_train_cuda(cfg: octet_lm::Gpt2Config, a: &BenchTrainArgs) -> Result<octet_lm::bench::BenchResult> {
+fn bench_train_cuda(spec: ModelSpec, a: &BenchTrainArgs) -> Result<octet_lm::bench::BenchResult> {
     let be = octet_cuda::CudaBackend::new(0).map_err(|e| Error::config("device", format!("cuda: {e}")))?;
-    octet_lm::bench::bench_train_on(be, cfg, a.block, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)
+    octet_lm::bench::bench_train_on(be, spec, a.precision, a.batch, a.seq, a.steps, a.warmup, 0)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn bench_train_cuda(_: octet_lm::Gpt2Config, _: &BenchTrainArgs) -> Result<octet_lm::bench::BenchResult> {
+fn bench_train_cuda(_: ModelSpec, _: &BenchTrainArgs) -> Result<octet_lm::bench::BenchResult> {
     Err(Error::config("device", "cuda is not built in: rebuild with `cargo build --release --features cuda`"))
 }
 

@@ -263,6 +263,57 @@ fn resume_is_bit_identical_with_sas_p_at_fp8_o2() {
 }
 
 #[test]
+fn resume_is_bit_identical_for_llama_at_fp32_and_fp8_o2() {
+    assert_resume_bit_identical(&["--arch", "llama"]);
+    assert_resume_bit_identical(&["--arch", "llama", "--precision", "fp8-o2"]);
+}
+
+#[test]
+fn llama_checkpoint_records_the_model_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--arch", "llama", "--steps", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let ck = std::fs::read_to_string(run.join("latest")).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(ck.trim()).join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["version"], 2);
+    assert_eq!(state["model"]["arch"], "llama");
+    for k in ["n_kv_head", "rope_base", "tied_embeddings", "ffn_hidden"] {
+        assert!(!state["model"]["config"][k].is_null(), "state.json lacks model.config.{k}: {state}");
+    }
+    let g =
+        octet(&["generate", "--checkpoint", run.to_str().unwrap(), "--prompt", "def", "--max-tokens", "5", "--json"]);
+    assert!(g.status.success(), "{}", stderr(&g));
+}
+
+#[test]
+fn a_version_1_gpt2_checkpoint_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let ck = run.join(std::fs::read_to_string(run.join("latest")).unwrap().trim());
+    // Rewrite state.json as version 1 wrote it: a GPT-2 configuration and `block` beside it.
+    let sp = ck.join("state.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    v["version"] = 1.into();
+    v["model"] = v["model"]["config"].clone();
+    v["block"] = serde_json::Value::Null;
+    for k in ["arch", "init"] {
+        v["train"].as_object_mut().unwrap().remove(k);
+    }
+    std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    let g = octet(&["generate", "--checkpoint", ck.to_str().unwrap(), "--max-tokens", "3", "--json"]);
+    assert!(g.status.success(), "{}", stderr(&g));
+    v["version"] = 7.into();
+    std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    let g = octet(&["generate", "--checkpoint", ck.to_str().unwrap(), "--max-tokens", "3"]);
+    assert!(!g.status.success());
+    assert!(stderr(&g).contains("state version 7"), "{}", stderr(&g));
+}
+
+#[test]
 fn resume_is_bit_identical_at_fp8_o1() {
     assert_resume_bit_identical(&["--precision", "fp8-o1"]);
 }

@@ -9,11 +9,12 @@ mod device {
     use octet_core::scaling::Recipe;
     use octet_cuda::CudaBackend;
     use octet_kernels::{Backend, CpuBackend};
-    use octet_lm::blocks::BlockKind;
+    use octet_lm::blocks::{BlockKind, BlocksConfig};
     use octet_lm::gpt2::Gpt2Config;
     use octet_lm::llama::{Llama, LlamaConfig, init_params, param_layout};
-    use octet_lm::model::{LanguageModel, init_on};
+    use octet_lm::model::LanguageModel;
     use octet_lm::precision::Precision;
+    use octet_lm::spec::ModelSpec;
     use octet_lm::step::{GradScaler, Optimizer, train_step};
 
     fn open(test: &str) -> Option<CudaBackend> {
@@ -59,8 +60,12 @@ mod device {
             (Some(BlockKind::SasP), Precision::Fp32, 1e-4),
         ] {
             let be = CudaBackend::new(0).unwrap();
-            let mut dev = init_on(be, cfg, block, p, &r, 7).unwrap();
-            let mut cpu = init_on(CpuBackend, cfg, block, p, &r, 7).unwrap();
+            let spec = match block {
+                None => ModelSpec::Gpt2(cfg),
+                Some(k) => ModelSpec::Blocks(BlocksConfig::from_gpt2(&cfg, k)),
+            };
+            let mut dev = spec.init_on(be, p, &r, 7).unwrap();
+            let mut cpu = spec.init_on(CpuBackend, p, &r, 7).unwrap();
             let what = format!("{} {p}", block.map_or("gpt2".into(), |b| b.to_string()));
             close(&what, &losses(dev.as_mut(), cfg.vocab_size), &losses(cpu.as_mut(), cfg.vocab_size), rtol);
         }

@@ -7,10 +7,9 @@ use octet_core::{Result, Rng};
 use octet_kernels::{Backend, CpuBackend};
 use octet_optim::AdamWConfig;
 
-use crate::blocks::BlockKind;
-use crate::gpt2::Gpt2Config;
 use crate::memory::Ledger;
 use crate::precision::Precision;
+use crate::spec::ModelSpec;
 use crate::step::{GradScaler, Optimizer, train_step};
 use crate::train::peak_rss_bytes;
 use octet_core::scaling::Recipe;
@@ -19,9 +18,7 @@ use octet_core::scaling::Recipe;
 pub struct BenchResult {
     /// The backend that ran the steps ("cpu", "cuda").
     pub device: &'static str,
-    pub model: Gpt2Config,
-    /// Block kind (none: GPT-2's own block).
-    pub block: Option<BlockKind>,
+    pub model: ModelSpec,
     pub precision: Precision,
     pub batch: usize,
     pub seq: usize,
@@ -29,7 +26,7 @@ pub struct BenchResult {
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
-    /// Matmul FLOPs per token, forward + backward (`model::flops_per_token`).
+    /// Matmul FLOPs per token, forward + backward (`ModelSpec::flops_per_token`).
     pub flops_per_token: f64,
     pub gflops: f64,
     pub peak_rss_bytes: u64,
@@ -39,11 +36,10 @@ pub struct BenchResult {
     pub rss_over_ledger: f64,
 }
 
-/// Time `steps` training steps (after `warmup`) of GPT-2 (`block` None) or a `BlocksLm` of GPT-2's shape.
+/// Time `steps` training steps (after `warmup`) of the model `spec`.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train(
-    cfg: Gpt2Config,
-    block: Option<BlockKind>,
+    spec: ModelSpec,
     precision: Precision,
     b: usize,
     t: usize,
@@ -51,15 +47,14 @@ pub fn bench_train(
     warmup: usize,
     seed: u64,
 ) -> Result<BenchResult> {
-    bench_train_on(CpuBackend, cfg, block, precision, b, t, steps, warmup, seed)
+    bench_train_on(CpuBackend, spec, precision, b, t, steps, warmup, seed)
 }
 
 /// `bench_train` on `backend` (its name goes into the result as `device`).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train_on<Bk: Backend<F = f32> + 'static>(
     backend: Bk,
-    cfg: Gpt2Config,
-    block: Option<BlockKind>,
+    spec: ModelSpec,
     precision: Precision,
     b: usize,
     t: usize,
@@ -68,14 +63,15 @@ pub fn bench_train_on<Bk: Backend<F = f32> + 'static>(
     seed: u64,
 ) -> Result<BenchResult> {
     let device = backend.name();
-    let mut model = crate::model::init_on(backend, cfg, block, precision, &Recipe::default(), seed)?;
+    let mut model = spec.init_on(backend, precision, &Recipe::default(), seed)?;
+    let vocab = spec.dims().vocab_size;
     let mut opt = Optimizer::for_model(model.as_ref(), AdamWConfig::default());
     let mut scaler = GradScaler::default();
     let mut rng = Rng::new(seed);
     let mut times = vec![];
     for i in 0..warmup + steps {
-        let x: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
-        let y: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size) as u32).collect();
+        let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
+        let y: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
         let t0 = Instant::now();
         train_step(model.as_mut(), &mut opt, &mut scaler, &x, &y, b, t, 1.0, 1e-4)?;
         if i >= warmup {
@@ -85,13 +81,12 @@ pub fn bench_train_on<Bk: Backend<F = f32> + 'static>(
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
     let tps = (b * t) as f64 / med;
-    let fpt = crate::model::flops_per_token(&model.full_layout(), cfg.n_layer, cfg.n_embd, t);
+    let fpt = spec.flops_per_token(t);
     let ledger = Ledger::of(model.as_ref(), opt.state_bytes());
     let rss = peak_rss_bytes();
     Ok(BenchResult {
         device,
-        model: cfg,
-        block,
+        model: spec,
         precision,
         batch: b,
         seq: t,

@@ -14,13 +14,17 @@ use octet_core::{Error, Layout, Result, Slab};
 use octet_optim::{ScaledBuf, StateFormat};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::blocks::{BlockKind, BlocksConfig};
 use crate::gpt2::Gpt2Config;
 use crate::precision::LinearScaling;
+use crate::spec::ModelSpec;
 use crate::step::GradScaler;
 use crate::train::TrainConfig;
 use octet_core::fs::write_atomic;
 
-pub const STATE_VERSION: u32 = 1;
+/// Version 2: `model` is a `ModelSpec` (architecture, dimensions, block). Version 1 (GPT-2 shapes
+/// only: `model` a GPT-2 configuration plus `block`) still loads.
+pub const STATE_VERSION: u32 = 2;
 
 /// `state.json`: everything besides tensors that resuming needs.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -29,7 +33,8 @@ pub struct State {
     pub version: u32,
     /// Completed optimizer steps; the next step to run.
     pub step: usize,
-    pub model: Gpt2Config,
+    /// The model: architecture, dimensions, block (RoPE base, tied head, ... in its configuration).
+    pub model: ModelSpec,
     pub train: TrainConfig,
     /// Number of training tokens in the shard the run trained on (a cheap data fingerprint).
     pub train_tokens: usize,
@@ -43,9 +48,35 @@ pub struct State {
     /// Completed optimizer steps, when they differ from `step` (skipped steps at the narrow levels).
     #[serde(default)]
     pub optimizer_step: Option<u64>,
-    /// Block kind of a `BlocksLm` run (none: GPT-2).
-    #[serde(default)]
-    pub block: Option<crate::blocks::BlockKind>,
+}
+
+/// Parse `state.json` text: the current version, or version 1 converted.
+fn parse_state(sp: &Path, text: &str) -> Result<State> {
+    let bad = |e: serde_json::Error| Error::format(sp, "state", e.to_string());
+    let v: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
+    match v.get("version").and_then(serde_json::Value::as_u64) {
+        Some(1) => {
+            let mut v = v;
+            let obj = v.as_object_mut().ok_or_else(|| Error::format(sp, "state", "not a JSON object"))?;
+            let block: Option<BlockKind> =
+                serde_json::from_value(obj.remove("block").unwrap_or_default()).map_err(bad)?;
+            let gpt2: Gpt2Config = serde_json::from_value(obj.remove("model").unwrap_or_default()).map_err(bad)?;
+            let model = match block {
+                None => ModelSpec::Gpt2(gpt2),
+                Some(k) => ModelSpec::Blocks(BlocksConfig::from_gpt2(&gpt2, k)),
+            };
+            obj.insert("model".into(), serde_json::to_value(model).expect("spec serialises"));
+            obj.insert("version".into(), STATE_VERSION.into());
+            serde_json::from_value(v).map_err(bad)
+        }
+        Some(n) if n == STATE_VERSION as u64 => serde_json::from_value(v).map_err(bad),
+        Some(n) => Err(Error::format(
+            sp,
+            "version",
+            format!("state version {n}: this octet reads versions 1 and {STATE_VERSION} (written by a newer octet?)"),
+        )),
+        None => Err(Error::format(sp, "version", "missing")),
+    }
 }
 
 /// Parameters and optimizer state as a run holds them.
@@ -63,7 +94,7 @@ pub struct NarrowParts {
 
 /// `bufs` (name, buffer) as raw safetensors bytes; formats and margins in the metadata.
 fn raw_safetensors(bufs: &[(&str, &ScaledBuf)]) -> Result<Vec<u8>> {
-    let mut meta = HashMap::from([("format".to_string(), "octet-gpt2-narrow".to_string())]);
+    let mut meta = HashMap::from([("format".to_string(), "octet-narrow".to_string())]);
     let mut owned: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = vec![];
     for (name, b) in bufs {
         let (codes, scales) = b.to_raw();
@@ -170,7 +201,7 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let (model, opt) = match tensors {
         Tensors::Plain { params, m, v } => {
-            let meta = HashMap::from([("format".to_string(), "octet-gpt2".to_string())]);
+            let meta = HashMap::from([("format".to_string(), "octet".to_string())]);
             (to_safetensors(&[("", params)], meta.clone())?, to_safetensors(&[("m.", m), ("v.", v)], meta)?)
         }
         Tensors::Narrow { weights, m, v } => {
@@ -232,24 +263,17 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
     let dir = resolve(dir)?;
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| Error::format(&sp, "state", e.to_string()))?;
-    if state.version != STATE_VERSION {
-        return Err(Error::format(&sp, "version", format!("expected {STATE_VERSION}, found {}", state.version)));
-    }
+    let state = parse_state(&sp, &text)?;
     state.model.validate().map_err(|e| Error::format(&sp, "model", e.to_string()))?;
     // The model's parameter layout, and the one-block layout its narrow units come from.
-    let layout_of = |c: &Gpt2Config| match state.block {
-        Some(k) => crate::blocks::param_layout(&crate::blocks::BlocksConfig::from_gpt2(c, k)),
-        None => crate::gpt2::param_layout(c),
-    };
-    let layout = layout_of(&state.model);
+    let layout = state.model.param_layout();
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).map(|b| (p.clone(), b)).map_err(|e| Error::io(&p, e))
     };
     let (p, b) = read("model.safetensors")?;
     if state.train.precision.is_narrow() {
-        let working = layout_of(&Gpt2Config { n_layer: 1, ..state.model });
+        let working = state.model.working_layout();
         let units = std::sync::Arc::new(crate::narrow::unit_layout(&layout, &working).0);
         let weights = raw_load(&p, &b, "weights", &units)?;
         let (mut m, mut v, mut params) = (None, None, vec![]);

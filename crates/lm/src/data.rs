@@ -33,6 +33,7 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 use octet_core::fs::write_atomic;
 
 /// A byte-level BPE tokenizer (GPT-2 style): any UTF-8 text encodes, decode(encode(x)) == x.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
 }
@@ -66,6 +67,11 @@ impl TextTokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let inner = Tokenizer::from_file(path).map_err(|e| Error::format(path, "tokenizer", e.to_string()))?;
         Ok(TextTokenizer { inner })
+    }
+
+    /// A tokenizer built elsewhere (e.g. from a GGUF file's metadata).
+    pub fn from_tokenizer(inner: Tokenizer) -> Self {
+        TextTokenizer { inner }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -236,11 +242,19 @@ pub fn prepare(text: &str, dir: &Path, vocab_size: usize, val_frac: f64, tokeniz
     if text.trim().is_empty() {
         return Err(Error::config("data", "the training text is empty"));
     }
-    let tok_path = dir.join("tokenizer.json");
     let tokenizer = match tokenizer {
         Some(p) => TextTokenizer::load(p)?,
         None => TextTokenizer::train(text, vocab_size)?,
     };
+    prepare_with(text, dir, val_frac, tokenizer)
+}
+
+/// `prepare` with a given tokenizer.
+pub fn prepare_with(text: &str, dir: &Path, val_frac: f64, tokenizer: TextTokenizer) -> Result<Prepared> {
+    if text.trim().is_empty() {
+        return Err(Error::config("data", "the training text is empty"));
+    }
+    let tok_path = dir.join("tokenizer.json");
     tokenizer.save(&tok_path)?;
     let ids = tokenizer.encode(text)?;
     let n_val = ((ids.len() as f64 * val_frac) as usize).max(1);

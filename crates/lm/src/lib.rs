@@ -16,6 +16,7 @@ pub mod memory;
 pub mod model;
 pub mod narrow;
 pub mod precision;
+pub mod spec;
 pub mod step;
 pub mod train;
 

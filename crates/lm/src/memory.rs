@@ -3,7 +3,6 @@
 //! (weights, master weights, gradients, Adam m and v) divided by the parameter count is the number
 //! FP8-LM reports (16 B for fp32 AdamW; 6 B for its O3 level).
 
-use crate::gpt2::Gpt2;
 use crate::model::LanguageModel;
 
 /// What a buffer is for.
@@ -82,32 +81,17 @@ impl Ledger {
     }
 }
 
-/// The ledger of a training run of `cfg` at `precision` with (B, T) batches, without running it:
+/// The ledger of a training run of `spec` at `precision` with (B, T) batches, without running it:
 /// the buffers are allocated zeroed (untouched pages cost no RSS) and counted.
 pub fn plan(
-    cfg: crate::gpt2::Gpt2Config,
+    spec: crate::spec::ModelSpec,
     precision: crate::precision::Precision,
     b: usize,
     t: usize,
 ) -> octet_core::Result<Ledger> {
-    check_batch(b, t, cfg.max_seq_len)?;
-    let params = vec![0.0f32; crate::gpt2::param_layout(&cfg).total()];
-    let model = Gpt2::new(cfg, octet_kernels::CpuBackend, params)?
-        .with_precision(precision, &octet_core::scaling::Recipe::default())?;
-    planned(model, b, t)
-}
-
-/// `plan` for a Llama model (e.g. `LlamaConfig::smollm2_135m()`, the domain-adaptation base).
-pub fn plan_llama(
-    cfg: crate::llama::LlamaConfig,
-    precision: crate::precision::Precision,
-    b: usize,
-    t: usize,
-) -> octet_core::Result<Ledger> {
-    check_batch(b, t, cfg.max_seq_len)?;
-    let params = vec![0.0f32; crate::llama::param_layout(&cfg).total()];
-    let model = crate::llama::Llama::new(cfg, octet_kernels::CpuBackend, params)?
-        .with_precision(precision, &octet_core::scaling::Recipe::default())?;
+    check_batch(b, t, spec.dims().max_seq_len)?;
+    let params = vec![0.0f32; spec.num_params()];
+    let model = spec.from_params(params, precision, &octet_core::scaling::Recipe::default())?;
     planned(model, b, t)
 }
 
@@ -118,8 +102,8 @@ fn check_batch(b: usize, t: usize, max_seq_len: usize) -> octet_core::Result<()>
     Ok(())
 }
 
-fn planned(mut model: impl LanguageModel, b: usize, t: usize) -> octet_core::Result<Ledger> {
+fn planned(mut model: Box<dyn LanguageModel>, b: usize, t: usize) -> octet_core::Result<Ledger> {
     model.ensure_acts(b, t)?;
-    let opt = crate::step::Optimizer::for_model(&model, Default::default());
-    Ok(Ledger::of(&model, opt.state_bytes()))
+    let opt = crate::step::Optimizer::for_model(model.as_ref(), Default::default());
+    Ok(Ledger::of(model.as_ref(), opt.state_bytes()))
 }

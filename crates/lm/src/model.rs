@@ -2,14 +2,12 @@
 //! decoder-only language model through, so `octet train --block ...` runs every block kind with the
 //! same loop, checkpoints and precision levels as GPT-2. Implemented once, for the decoder shell
 //! (`crate::decoder::Decoder`) of every architecture over every f32 backend (the CPU; a device over
-//! host-addressable memory).
+//! host-addressable memory). A `crate::spec::ModelSpec` builds one.
 
 use octet_core::{Result, Slab};
-use octet_kernels::{Backend, CpuBackend};
+use octet_kernels::Backend;
 
-use crate::blocks::{self, BlocksLm};
 use crate::decoder::{Arch, Decoder};
-use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::narrow::Narrow;
 use crate::precision::{LinearScaling, Precision};
 
@@ -128,59 +126,4 @@ impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
         assert!(self.narrow.is_none(), "plain_update at a narrow level");
         crate::step::plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
     }
-}
-
-/// The model a configuration names: GPT-2 (`block` None) or a `BlocksLm` of that block kind with
-/// GPT-2's shape, freshly initialised from `seed` at `precision`, on the CPU.
-pub fn init(
-    cfg: Gpt2Config,
-    block: Option<blocks::BlockKind>,
-    precision: Precision,
-    recipe: &octet_core::scaling::Recipe,
-    seed: u64,
-) -> Result<Box<dyn LanguageModel>> {
-    init_on(CpuBackend, cfg, block, precision, recipe, seed)
-}
-
-/// `init` on `backend` (e.g. the CUDA backend, whose memory the model's buffers then live in).
-pub fn init_on<Bk: Backend<F = f32> + 'static>(
-    backend: Bk,
-    cfg: Gpt2Config,
-    block: Option<blocks::BlockKind>,
-    precision: Precision,
-    recipe: &octet_core::scaling::Recipe,
-    seed: u64,
-) -> Result<Box<dyn LanguageModel>> {
-    Ok(match block {
-        None => Box::new(Gpt2::init(cfg, backend, precision, recipe, seed)?),
-        Some(k) => {
-            Box::new(BlocksLm::init(blocks::BlocksConfig::from_gpt2(&cfg, k), backend, precision, recipe, seed)?)
-        }
-    })
-}
-
-/// A model with the given f32 parameters (laid out as its full parameter layout) at `precision`.
-pub fn from_params(
-    cfg: Gpt2Config,
-    block: Option<blocks::BlockKind>,
-    params: Vec<f32>,
-    precision: Precision,
-    recipe: &octet_core::scaling::Recipe,
-) -> Result<Box<dyn LanguageModel>> {
-    Ok(match block {
-        None => Box::new(Gpt2::new(cfg, CpuBackend, params)?.with_precision(precision, recipe)?),
-        Some(k) => Box::new(
-            BlocksLm::new(blocks::BlocksConfig::from_gpt2(&cfg, k), CpuBackend, params)?
-                .with_precision(precision, recipe)?,
-        ),
-    })
-}
-
-/// Matmul FLOPs per trained token, forward + backward: 6 per weight of every GEMM (the block
-/// matrices and the tied logits projection; embedding lookups are not GEMMs) plus causal attention's
-/// 6 * L * T * C (QK^T and PV, half the T x T masked off).
-pub fn flops_per_token(layout: &octet_core::Layout, n_layer: usize, n_embd: usize, t: usize) -> f64 {
-    const GEMM: [&str; 7] = ["wte", "qkvw", "qkw", "attprojw", "fcw", "fcprojw", "v0w"];
-    let w: usize = layout.specs().iter().filter(|s| GEMM.contains(&s.name.as_str())).map(|s| s.numel()).sum();
-    6.0 * w as f64 + 6.0 * (n_layer * t * n_embd) as f64
 }

@@ -12,9 +12,11 @@ use crate::blocks::BlockKind;
 use crate::checkpoint::{self, STATE_VERSION, State, Tensors};
 use crate::data::{self, Batches, Shard, TextTokenizer};
 use crate::generate::{SampleConfig, sample};
-use crate::gpt2::Gpt2Config;
-use crate::model::{self, Buffers, LanguageModel};
+use crate::gguf::GgufFile;
+use crate::llama::{LlamaConfig, params_from_gguf};
+use crate::model::{Buffers, LanguageModel};
 use crate::precision::Precision;
+use crate::spec::{ArchKind, ModelSpec, Overrides};
 use crate::step::{GradScaler, Optimizer, train_step};
 use octet_core::scaling::Recipe;
 
@@ -22,11 +24,16 @@ use octet_core::scaling::Recipe;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Model preset: tiny, small, gpt2-124m.
+    /// Architecture: gpt2, llama.
+    pub arch: ArchKind,
+    /// Model preset of the architecture: tiny, small, gpt2-124m (gpt2); tiny, small, smollm2-135m (llama).
     pub model: String,
-    /// Block kind (`crate::blocks`: preln, parallel, sas, sas-p, sas-p-nonorm); none = GPT-2's own
-    /// block (LayerNorm, GELU, biases).
+    /// Block kind (`crate::blocks`: preln, parallel, sas, sas-p, sas-p-nonorm); none = the
+    /// architecture's own block.
     pub block: Option<BlockKind>,
+    /// Start from a pretrained model instead of a preset: a GGUF file or a HuggingFace directory
+    /// (config.json + model.safetensors + tokenizer.json). Its tokenizer tokenizes the data.
+    pub init: Option<PathBuf>,
     /// Override the preset's depth, heads and width (e.g. 6 layers, d=256 for the parity runs).
     pub n_layer: Option<usize>,
     pub n_head: Option<usize>,
@@ -68,8 +75,10 @@ impl Default for TrainConfig {
     /// The embedded default: a 4-layer, d=128 GPT-2 on the Python tutorial, ~2 minutes on 2 cores.
     fn default() -> Self {
         TrainConfig {
+            arch: ArchKind::Gpt2,
             model: "small".into(),
             block: None,
+            init: None,
             n_layer: None,
             n_head: None,
             n_embd: None,
@@ -100,17 +109,10 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The model this configuration trains, for a tokenizer of `vocab_size` tokens.
-    pub fn model_config(&self, vocab_size: usize) -> Result<Gpt2Config> {
-        let p = Gpt2Config::named(&self.model, vocab_size)?;
-        let c = Gpt2Config {
-            n_layer: self.n_layer.unwrap_or(p.n_layer),
-            n_head: self.n_head.unwrap_or(p.n_head),
-            n_embd: self.n_embd.unwrap_or(p.n_embd),
-            ..p
-        };
-        c.validate()?;
-        Ok(c)
+    /// The preset model this configuration trains, for a tokenizer of `vocab_size` tokens.
+    pub fn model_spec(&self, vocab_size: usize) -> Result<ModelSpec> {
+        let over = Overrides { n_layer: self.n_layer, n_head: self.n_head, n_embd: self.n_embd };
+        ModelSpec::preset(self.arch, &self.model, self.block, vocab_size, over)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -194,8 +196,38 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Prepare (or reuse) the tokenizer and shards for a run under `out/data`.
-fn prepare_data(cfg: &TrainConfig, source: &Source) -> Result<(PathBuf, TextTokenizer)> {
+/// A pretrained model a fresh run starts from (`--init`).
+struct Pretrained {
+    spec: ModelSpec,
+    params: Vec<f32>,
+    tokenizer: TextTokenizer,
+}
+
+/// Read `--init`: a GGUF `llama` file (weights dequantised, its embedded tokenizer), or a HuggingFace
+/// Llama directory as `octet adapt tokenizer` and `llama_hf::export_hf` write it.
+fn load_pretrained(path: &Path) -> Result<Pretrained> {
+    let (cfg, params, tokenizer) = if path.is_dir() {
+        let (cfg, params) = crate::llama_hf::import_hf(path)?;
+        (cfg, params, TextTokenizer::load(&path.join("tokenizer.json"))?)
+    } else {
+        let g = GgufFile::open(path)?;
+        let cfg = LlamaConfig::from_gguf(&g)?;
+        let params = params_from_gguf(&g, &cfg)?;
+        (cfg, params, TextTokenizer::from_tokenizer(g.tokenizer()?.into_inner()))
+    };
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        return Err(Error::format(
+            path,
+            "tokenizer",
+            format!("{} tokens, but the model has {} embedding rows", tokenizer.vocab_size(), cfg.vocab_size),
+        ));
+    }
+    Ok(Pretrained { spec: ModelSpec::Llama(cfg), params, tokenizer })
+}
+
+/// Prepare (or reuse) the tokenizer and shards for a run under `out/data`; `given` (a pretrained
+/// model's tokenizer) replaces training one.
+fn prepare_data(cfg: &TrainConfig, source: &Source, given: Option<&TextTokenizer>) -> Result<(PathBuf, TextTokenizer)> {
     if let Source::Path(p) = source
         && p.is_dir()
     {
@@ -211,7 +243,10 @@ fn prepare_data(cfg: &TrainConfig, source: &Source) -> Result<(PathBuf, TextToke
         }
     };
     let dir = cfg.out.join("data");
-    let prep = data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref())?;
+    let prep = match given {
+        Some(tok) => data::prepare_with(&text, &dir, cfg.val_frac, tok.clone())?,
+        None => data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref())?,
+    };
     Ok((dir, prep.tokenizer))
 }
 
@@ -253,15 +288,23 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         }
     };
     cfg.validate()?;
-    // Check the model preset and sequence length before anything is written.
-    let preset = cfg.model_config(cfg.vocab_size)?;
-    if cfg.seq > preset.max_seq_len {
+    let init = match (&loaded, &cfg.init) {
+        (None, Some(p)) => Some(load_pretrained(p)?),
+        _ => None,
+    };
+    // Check the model and sequence length before anything is written.
+    let preset = match (&loaded, &init) {
+        (Some(l), _) => l.state.model,
+        (None, Some(pt)) => pt.spec,
+        (None, None) => cfg.model_spec(cfg.vocab_size)?,
+    };
+    if cfg.seq > preset.dims().max_seq_len {
         return Err(Error::config(
             "seq",
-            format!("{} exceeds the model's max_seq_len {}", cfg.seq, preset.max_seq_len),
+            format!("{} exceeds the model's max_seq_len {}", cfg.seq, preset.dims().max_seq_len),
         ));
     }
-    let (data_dir, tokenizer) = prepare_data(&cfg, &source)?;
+    let (data_dir, tokenizer) = prepare_data(&cfg, &source, init.as_ref().map(|pt| &pt.tokenizer))?;
     let train_shard = Shard::open(&data_dir.join("train.bin"))?;
     let val_shard = Shard::open(&data_dir.join("val.bin"))?;
     let vocab = tokenizer.vocab_size();
@@ -272,14 +315,15 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size),
         ));
     }
-    let model_cfg = match &loaded {
-        Some(l) => l.state.model,
-        None => cfg.model_config(vocab)?,
+    let spec = match (&loaded, &init) {
+        (Some(l), _) => l.state.model,
+        (None, Some(pt)) => pt.spec,
+        (None, None) => cfg.model_spec(vocab)?,
     };
-    if cfg.seq > model_cfg.max_seq_len {
+    if vocab > spec.dims().vocab_size {
         return Err(Error::config(
-            "seq",
-            format!("{} exceeds the model's max_seq_len {}", cfg.seq, model_cfg.max_seq_len),
+            "vocab_size",
+            format!("the tokenizer has {vocab} tokens, the model {} embedding rows", spec.dims().vocab_size),
         ));
     }
     let (train_tokens, val_tokens) = (train_shard.len(), val_shard.len());
@@ -302,21 +346,13 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let recipe = Recipe::default();
     let mut scaler = GradScaler::default();
-    let block = cfg.block;
     let (mut model, mut opt, start): (Box<dyn LanguageModel>, Optimizer, usize) = match loaded {
         Some(l) => {
-            if l.state.block != block {
-                return Err(Error::format(
-                    &l.dir,
-                    "block",
-                    "the checkpoint's block kind differs from the configuration's",
-                ));
-            }
             let (mut model, opt): (Box<dyn LanguageModel>, Optimizer) = match l.narrow {
                 Some(parts) => {
                     // The stored f16 weights, bit for bit (decoded only to build the model).
                     let w = parts.weights.to_f32();
-                    let mut model = model::from_params(model_cfg, block, w, cfg.precision, &recipe)?;
+                    let mut model = spec.from_params(w, cfg.precision, &recipe)?;
                     match model.buffers() {
                         Buffers::Narrow(nw) if **nw.weights.layout() == **parts.weights.layout() => {
                             nw.weights = parts.weights
@@ -344,7 +380,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                     (model, opt)
                 }
                 None => {
-                    let model = model::from_params(model_cfg, block, l.params, cfg.precision, &recipe)?;
+                    let model = spec.from_params(l.params, cfg.precision, &recipe)?;
                     let mut opt = Optimizer::for_model(model.as_ref(), adam);
                     if let Optimizer::Plain(o) = &mut opt {
                         // Into the optimizer's own buffers (its backend's memory), not in their place.
@@ -380,7 +416,10 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             (model, opt, l.state.step)
         }
         None => {
-            let model = model::init(model_cfg, block, cfg.precision, &recipe, cfg.seed)?;
+            let model = match init {
+                Some(pt) => spec.from_params(pt.params, cfg.precision, &recipe)?,
+                None => spec.init(cfg.precision, &recipe, cfg.seed)?,
+            };
             let opt = Optimizer::for_model(model.as_ref(), adam);
             (model, opt, 0)
         }
@@ -401,15 +440,19 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let mut state = State {
         version: STATE_VERSION,
         step: start,
-        model: model_cfg,
+        model: spec,
         train: cfg.clone(),
         train_tokens,
         last_loss: None,
         scaling: vec![],
         scaler,
         optimizer_step: None,
-        block,
     };
+    // A run from a pretrained model measures where it starts: the held-out loss before step 1.
+    if start == 0 && cfg.init.is_some() {
+        let v0 = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
+        on(&Event::Eval { step: 0, val_loss: v0 });
+    }
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
     let mut val_loss = f64::NAN;

@@ -190,7 +190,7 @@ fn ledger_bytes_per_param_follow_the_levels() {
         (Precision::Fp8O2V8, 5.0),
     ];
     for (p, want) in levels {
-        let l = plan(c, p, 2, 16).unwrap();
+        let l = plan(octet_lm::spec::ModelSpec::Gpt2(c), p, 2, 16).unwrap();
         let got = l.bytes_per_param();
         // Per-tensor scales add ~0; the 1x128 block scales of v add 4/128 bytes per parameter.
         let want = want + if p == Precision::Fp8O2V8 { 4.0 / 128.0 } else { 0.0 };
