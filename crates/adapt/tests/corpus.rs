@@ -73,11 +73,8 @@ fn tiny_wheel_becomes_a_tagged_deduplicated_corpus() {
         ],
     );
     let general = vec![
-        RawFile {
-            path: "tutorial/intro.rst.txt".into(),
-            bytes: "Python is a programming language. ".repeat(10).into(),
-        },
-        RawFile { path: "tutorial/copy.rst.txt".into(), bytes: "Python is a programming language. ".repeat(10).into() },
+        RawFile::new("tutorial/intro.rst.txt", "Python is a programming language. ".repeat(10).into()),
+        RawFile::new("tutorial/copy.rst.txt", "Python is a programming language. ".repeat(10).into()),
     ];
     let out = dir.path().join("corpus");
     let mut lines = vec![];

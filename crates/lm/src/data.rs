@@ -152,12 +152,24 @@ impl Shard {
         if width != 2 && width != 4 {
             return bad("dtype", format!("token width must be 2 or 4 bytes, found {width}"));
         }
-        let len = u64::from_le_bytes(map[16..24].try_into().unwrap()) as usize;
+        let count = u64::from_le_bytes(map[16..24].try_into().unwrap());
         let vocab_size = u32_at(24) as usize;
-        let expect = HEADER + len * width;
-        if map.len() != expect {
-            return bad("count", format!("header says {len} tokens ({expect} bytes), file has {} bytes", map.len()));
-        }
+        // Checked: a count whose byte size wraps (2^63 + 2 tokens of 2 bytes "is" 4 bytes) would
+        // pass an unchecked comparison and index past the map.
+        let expect = usize::try_from(count).ok().and_then(|n| n.checked_mul(width)?.checked_add(HEADER));
+        let len = match expect {
+            Some(e) if e == map.len() => count as usize,
+            _ => {
+                return bad(
+                    "count",
+                    format!(
+                        "header says {count} tokens of {width} bytes ({} bytes), file has {} bytes",
+                        expect.map_or("more than usize::MAX".to_string(), |e| e.to_string()),
+                        map.len()
+                    ),
+                );
+            }
+        };
         let s = Shard { path: path.to_path_buf(), map, width, len, vocab_size };
         if let Some(i) = (0..len).find(|&i| s.get(i) as usize >= vocab_size) {
             return bad("tokens", format!("token {i} is {} >= vocab_size {vocab_size}", s.get(i)));

@@ -588,7 +588,55 @@ fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         }
     }
 
+    check_model_sizes(&metadata, &tensors, &c)?;
     Ok(Parsed { version, metadata, tensors, index, alignment, data_start })
+}
+
+/// The GGUF spec's `[arch].block_count`, `[arch].embedding_length` and `[arch].feed_forward_length`
+/// size a model's buffers, and a loader allocates from them before it reads a single tensor. So they
+/// are checked here against the tensors present (each already checked against the file's bytes),
+/// with the weakest bounds every transformer meets: a block has at least one tensor, at least one
+/// vector of `embedding_length` (its norm) and at least one `embedding_length x feed_forward_length`
+/// matrix (its feed-forward). A file that claims more parameters than it holds is refused by name
+/// instead of aborting an allocation. Keys that are absent or not a single integer are left alone.
+fn check_model_sizes(metadata: &BTreeMap<String, Value>, tensors: &[TensorInfo], c: &Cursor) -> Result<()> {
+    let Some(Value::String(arch)) = metadata.get("general.architecture") else {
+        return Ok(());
+    };
+    let int = |key: &str| {
+        let key = format!("{arch}.{key}");
+        metadata.get(&key).and_then(Value::as_u64).map(|v| (key, u128::from(v)))
+    };
+    let held: u128 = tensors.iter().map(|t| u128::from(t.n_elements)).sum();
+    let over = |key: &str, claim: u128, what: &str| {
+        c.err(
+            &format!("metadata `{key}`"),
+            format!("{what} ({claim}) is more than the {held} elements of the file's {} tensors", tensors.len()),
+        )
+    };
+    let blocks = int("block_count");
+    let embd = int("embedding_length");
+    if let Some((key, l)) = &blocks
+        && *l > tensors.len() as u128
+    {
+        return Err(c.err(
+            &format!("metadata `{key}`"),
+            format!("{l} blocks but the file has {} tensors (a block has at least one)", tensors.len()),
+        ));
+    }
+    let l = blocks.as_ref().map_or(1, |(_, l)| (*l).max(1));
+    if let Some((key, d)) = &embd
+        && d * l > held
+    {
+        return Err(over(key, d * l, "embedding_length x block_count"));
+    }
+    if let (Some((_, d)), Some((key, h))) = (&embd, int("feed_forward_length")) {
+        let claim = d.saturating_mul(h).saturating_mul(l);
+        if claim > held {
+            return Err(over(&key, claim, "embedding_length x feed_forward_length x block_count"));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

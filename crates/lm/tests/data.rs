@@ -45,6 +45,23 @@ fn shard_roundtrips_and_rejects_corruption() {
 }
 
 #[test]
+fn shard_count_whose_byte_size_wraps_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wrap.bin");
+    write_shard(&p, &[1, 2], 300).unwrap();
+    let mut bytes = std::fs::read(&p).unwrap();
+    // 2^63 + 2 tokens of 2 bytes "are" 4 bytes when the product wraps: the file's exact size.
+    bytes[16..24].copy_from_slice(&((1u64 << 63) + 2).to_le_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    let e = Shard::open(&p).err().expect("a wrapped count is refused").to_string();
+    assert!(e.contains("wrap.bin") && e.contains("count") && e.contains("9223372036854775810 tokens"), "{e}");
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    let e = Shard::open(&p).err().expect("a huge count is refused").to_string();
+    assert!(e.contains("more than usize::MAX"), "{e}");
+}
+
+#[test]
 fn batches_are_deterministic_and_shifted() {
     let dir = tempfile::tempdir().unwrap();
     let text = TEXT.repeat(30);

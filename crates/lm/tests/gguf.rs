@@ -607,6 +607,28 @@ fn corrupt_tensor_infos_name_the_field() {
 }
 
 #[test]
+fn absurd_model_sizes_are_refused_before_any_allocation() {
+    // A tiny llama file: the embedding, one block's norm and one 8 x 16 feed-forward matrix.
+    let file = |block_count: u64, ffn: u64| {
+        let mut b = Builder::new();
+        b.kv("general.architecture", Value::String("llama".into()))
+            .kv("llama.block_count", Value::U64(block_count))
+            .kv("llama.embedding_length", Value::U32(8))
+            .kv("llama.feed_forward_length", Value::U64(ffn))
+            .tensor("token_embd.weight", &[8, 4], GgmlType::F32, f32_bytes(&[0.0; 32]))
+            .tensor("blk.0.attn_norm.weight", &[8], GgmlType::F32, f32_bytes(&[1.0; 8]))
+            .tensor("blk.0.ffn_up.weight", &[8, 16], GgmlType::F32, f32_bytes(&[0.0; 128]));
+        b.build().0
+    };
+    assert!(open_bytes(&file(1, 16)).is_ok());
+    // Were allocation aborts in the loader (4e9 blocks or a 4e9-wide feed-forward).
+    expect(&file(4_000_000_000, 16), "metadata `llama.block_count`", "4000000000 blocks but the file has 3 tensors");
+    expect(&file(1, 4_000_000_000), "metadata `llama.feed_forward_length`", "more than the 168 elements");
+    expect(&file(3, 16), "metadata `llama.feed_forward_length`", "(384)");
+    expect(&file(u64::MAX, u64::MAX), "metadata `llama.block_count`", "blocks but the file has 3 tensors");
+}
+
+#[test]
 fn missing_file_is_an_io_error() {
     match GgufFile::open("/nonexistent/octet/x.gguf") {
         Err(Error::Io { .. }) => {}

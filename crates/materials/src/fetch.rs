@@ -161,13 +161,98 @@ fn download_into(pkg: &Package, tmp: &Path, cache: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// The bytes of member `member` (path inside the archive, `/`-separated) of a gzip-compressed tar.
+/// Largest archive member read into memory (decompressed bytes). The members octet reads are data
+/// files of a few MB (matminer's `flla_2015.csv`, crabnet's CSVs); a member claiming more is refused
+/// before anything is allocated, and one that turns out longer than it claimed stops here.
+pub const MAX_MEMBER_BYTES: u64 = 64 << 20;
+
+/// Most decompressed bytes read from one archive, per byte of the archive file, with a floor of
+/// `MAX_MEMBER_BYTES` and never more than `MAX_ARCHIVE_BYTES`. Source code, prose and CSV deflate
+/// 3-10x, so 32x leaves room; a zip or gzip of zeros inflates 1000x, which is what a decompression
+/// bomb is. Bounds both the memory of readers that keep what they read (a 3 MB wheel: about 100 MB)
+/// and the time spent scanning a tar for one member.
+pub const MAX_EXPANSION: u64 = 32;
+
+/// Absolute cap on the decompressed bytes read from one archive (see `MAX_EXPANSION`).
+pub const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
+
+/// The decompressed-byte budget of `archive`: `MAX_EXPANSION` times its size, at least
+/// `MAX_MEMBER_BYTES`, at most `MAX_ARCHIVE_BYTES`.
+pub fn archive_budget(archive: &Path) -> Result<u64> {
+    let len = std::fs::metadata(archive).map_err(|e| Error::io(archive, e))?.len();
+    Ok(len.saturating_mul(MAX_EXPANSION).clamp(MAX_MEMBER_BYTES, MAX_ARCHIVE_BYTES))
+}
+
+/// Reads all of `r` when it holds at most `limit` bytes, else `Ok(None)` (after reading limit + 1
+/// bytes). The buffer grows with the bytes actually read, never from a size the archive declares.
+pub fn read_at_most(r: &mut impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    r.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= limit).then_some(out))
+}
+
+/// A reader that fails once more than `budget` bytes have come through it, counting the
+/// decompressed bytes of a whole archive (see `MAX_EXPANSION`).
+pub struct Budgeted<R> {
+    inner: R,
+    budget: u64,
+    used: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Budgeted<R> {
+    /// `inner` with `budget` bytes; the returned counter reads how many have been used.
+    pub fn new(inner: R, budget: u64) -> (Self, std::rc::Rc<std::cell::Cell<u64>>) {
+        let used = std::rc::Rc::new(std::cell::Cell::new(0));
+        (Budgeted { inner, budget, used: used.clone() }, used)
+    }
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get() + n as u64;
+        self.used.set(used);
+        if used > self.budget {
+            return Err(std::io::Error::other(format!("more than {} decompressed bytes", self.budget)));
+        }
+        Ok(n)
+    }
+}
+
+/// The error for an archive whose decompressed bytes exceeded `budget`.
+fn over_budget(archive: &Path, member: &str, budget: u64) -> Error {
+    Error::format(
+        archive,
+        member,
+        format!(
+            "the archive decompresses to more than {budget} bytes ({MAX_EXPANSION}x its size, at most \
+             {MAX_ARCHIVE_BYTES}): a decompression bomb or not the expected package; delete the file"
+        ),
+    )
+}
+
+/// The error for a member larger than `MAX_MEMBER_BYTES`.
+fn member_too_large(archive: &Path, member: &str, size: u64) -> Error {
+    Error::format(
+        archive,
+        member,
+        format!("member is {size} bytes, more than the {MAX_MEMBER_BYTES} read into memory; delete the file"),
+    )
+}
+
+/// The bytes of member `member` (path inside the archive, `/`-separated) of a gzip-compressed tar,
+/// at most `MAX_MEMBER_BYTES`, scanning at most the archive's decompressed-byte budget.
 pub fn read_tar_gz_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    let budget = archive_budget(archive)?;
     let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let (reader, used) = Budgeted::new(flate2::read::GzDecoder::new(BufReader::new(file)), budget);
     let bad = |e: std::io::Error| {
+        if used.get() > budget {
+            return over_budget(archive, member, budget);
+        }
         Error::format(archive, member, format!("not a readable .tar.gz ({e}); delete the file to download it again"))
     };
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    let mut tar = tar::Archive::new(reader);
     let mut count = 0usize;
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -175,15 +260,19 @@ pub fn read_tar_gz_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
         let path = entry.path().map_err(bad)?;
         let name = path.to_string_lossy();
         if name.strip_prefix("./").unwrap_or(&name) == member {
-            let mut out = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut out).map_err(bad)?;
-            return Ok(out);
+            if entry.size() > MAX_MEMBER_BYTES {
+                return Err(member_too_large(archive, member, entry.size()));
+            }
+            return read_at_most(&mut entry, MAX_MEMBER_BYTES)
+                .map_err(bad)?
+                .ok_or_else(|| member_too_large(archive, member, MAX_MEMBER_BYTES + 1));
         }
     }
     Err(Error::format(archive, member, format!("no such member in the archive ({count} entries)")))
 }
 
-/// The bytes of member `member` of a zip archive (a wheel), checked against its CRC-32.
+/// The bytes of member `member` of a zip archive (a wheel), checked against its CRC-32; at most
+/// `MAX_MEMBER_BYTES`.
 pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
     let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
     let bad = |e: zip::result::ZipError| {
@@ -198,9 +287,12 @@ pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
         }
         Err(e) => return Err(bad(e)),
     };
-    let mut out = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut out).map_err(|e| bad(e.into()))?;
-    Ok(out)
+    if f.size() > MAX_MEMBER_BYTES {
+        return Err(member_too_large(archive, member, f.size()));
+    }
+    read_at_most(&mut f, MAX_MEMBER_BYTES)
+        .map_err(|e| bad(e.into()))?
+        .ok_or_else(|| member_too_large(archive, member, MAX_MEMBER_BYTES + 1))
 }
 
 /// `bytes` as UTF-8 text; `archive` and `member` name it in the error.

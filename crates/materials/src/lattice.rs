@@ -13,6 +13,18 @@ use octet_core::{Error, Result};
 /// Cells with |det M| below this (A^3) are rejected as degenerate.
 pub const MIN_VOLUME: f64 = 1e-6;
 
+/// Longest lattice vector a structure may have (A): 1 um, a hundred times the largest real unit
+/// cells (protein crystals, MOFs, slab supercells with vacuum). Anything longer is a unit mistake or a
+/// crafted file, and would make the neighbour search's bin and image counts absurd.
+pub const MAX_CELL_LENGTH: f64 = 1e4;
+
+/// Largest orthogonality defect V / (w_0 w_1 w_2) a structure's cell may have (1 for an orthogonal
+/// cell, 1.15 for hexagonal, 2 for a monoclinic beta of 150 degrees): fifty times the most oblique
+/// settings real files use. The periodic image search visits about this many times more images
+/// than lie within the cutoff, so a sheared description of a normal lattice (`1e8 4.594 0` beside
+/// `4.594 0 0`: a defect of 2e7) would take minutes; such cells are refused rather than searched.
+pub const MAX_CELL_DEFECT: f64 = 100.0;
+
 /// A non-degenerate periodic cell. Handedness is kept: a left-handed cell has a negative
 /// determinant, and `volume` is its absolute value.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +163,42 @@ impl Lattice {
     pub fn perpendicular_widths(&self) -> [f64; 3] {
         let n = &self.inverse;
         std::array::from_fn(|i| 1.0 / (n[0][i] * n[0][i] + n[1][i] * n[1][i] + n[2][i] * n[2][i]).sqrt())
+    }
+
+    /// Orthogonality defect V / (w_0 w_1 w_2) >= 1 (Hadamard): how much larger the box of images
+    /// spanned by the perpendicular widths is than the cell itself; 1 for an orthogonal cell.
+    pub fn orthogonality_defect(&self) -> f64 {
+        let w = self.perpendicular_widths();
+        self.volume() / (w[0] * w[1] * w[2])
+    }
+
+    /// Whether this is a cell a structure can have: every vector at most [`MAX_CELL_LENGTH`] long and
+    /// an orthogonality defect at most [`MAX_CELL_DEFECT`]. `new` accepts any non-degenerate cell (the
+    /// reciprocal of a small cell is long); structures and the file readers apply this check.
+    pub fn check_plausible(&self) -> Result<()> {
+        // |a| scaled by its largest component, so that 1e300 A reads as 1e300 and not inf.
+        let lengths = self.matrix.map(|row| {
+            let m = row.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            if m == 0.0 { 0.0 } else { m * norm(&row.map(|x| x / m)) }
+        });
+        if let Some(k) = (0..3).find(|&k| lengths[k] > MAX_CELL_LENGTH) {
+            return Err(Error::Other(format!(
+                "lattice vector {} is {:.3e} A long, longer than {MAX_CELL_LENGTH:e} A (vectors {:?})",
+                ["a", "b", "c"][k],
+                lengths[k],
+                self.matrix
+            )));
+        }
+        let defect = self.orthogonality_defect();
+        if defect > MAX_CELL_DEFECT || defect.is_nan() {
+            return Err(Error::Other(format!(
+                "cell is too sheared: orthogonality defect V / (w_a w_b w_c) = {defect:e} exceeds \
+                 {MAX_CELL_DEFECT:e} (perpendicular widths {:?} A, vectors {:?}); give a reduced cell",
+                self.perpendicular_widths(),
+                self.matrix
+            )));
+        }
+        Ok(())
     }
 
     /// The same cell shape scaled isotropically to `volume` (A^3): every vector times

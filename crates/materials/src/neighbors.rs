@@ -12,7 +12,8 @@
 //! range comes from the widths.
 //!
 //! Algorithm (`neighbor_list`): wrap coordinates into [0, 1) (remembering the integer part), cut the
-//! cell into n_k = max(1, floor(w_k / s)) slabs per axis, s = max(cutoff, (V/N)^(1/3)), so that a
+//! cell into n_k = max(1, floor(w_k / s)) slabs per axis (thinned to at most N bins in all, see
+//! `bin_counts`), s = max(cutoff, (V/N)^(1/3)), so that a
 //! bin spans at least the cutoff across and there are at most about N bins (w_0 w_1 w_2 <= V by
 //! Hadamard's inequality on the reciprocal matrix). Two atoms within the cutoff then differ by at
 //! most t_k = cutoff n_k / w_k in scaled coordinate f_k n_k, hence by at most D_k = ceil(t_k) bins
@@ -117,7 +118,7 @@ pub fn neighbor_list(lattice: &Lattice, frac_coords: &[[f64; 3]], cutoff: f64) -
 
     // Bins per axis and search range in bins.
     let s = cutoff.max((lattice.volume() / n_atoms as f64).cbrt());
-    let nbins: [i64; 3] = std::array::from_fn(|a| ((widths[a] / s).floor() as i64).max(1));
+    let nbins = bin_counts(widths, s, n_atoms);
     if nbins == [1, 1, 1] {
         small_cell_pairs(lattice, &wrapped, &whole, &cart, cutoff, &mut out);
         return Ok(out);
@@ -203,6 +204,23 @@ pub fn neighbor_list(lattice: &Lattice, frac_coords: &[[f64; 3]], cutoff: f64) -
         }
     }
     Ok(out)
+}
+
+/// Bins per axis: floor(w_k / s), at least 1, with at most max(N, 1) bins in all. The product of
+/// the floors is at most N (w_0 w_1 w_2 <= V <= N s^3), but the clamp to 1 of a thin axis lifts that
+/// bound (a cell 1e19 A long and 5 A wide would ask for 1e12 bins), so the axes with several bins
+/// are thinned in proportion. Fewer bins only make each bin wider, which the search range allows
+/// for. Computed in f64, so huge widths cannot overflow an integer.
+fn bin_counts(widths: [f64; 3], s: f64, n_atoms: usize) -> [i64; 3] {
+    let mut n: [f64; 3] = widths.map(|w| (w / s).floor().max(1.0));
+    let budget = n_atoms.max(1) as f64;
+    let product = n[0] * n[1] * n[2];
+    if product > budget {
+        let split = n.iter().filter(|&&x| x > 1.0).count() as f64;
+        let factor = (budget / product).powf(1.0 / split);
+        n = n.map(|x| if x > 1.0 { (x * factor).floor().max(1.0) } else { x });
+    }
+    n.map(|x| x as i64)
 }
 
 /// The one-bin case (cells not much wider than the cutoff, the usual crystal): per ordered pair

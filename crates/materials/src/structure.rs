@@ -15,6 +15,16 @@ use crate::neighbors::{NeighborList, neighbor_list};
 /// they usually mean a symmetry expansion or unit mistake went wrong.
 pub const MIN_SEPARATION: f64 = 0.5;
 
+/// Most atoms per A^3 a structure may hold: sqrt(2) / MIN_SEPARATION^3 (about 11.3), the density of
+/// the closest packing of spheres MIN_SEPARATION across. Any denser structure must overlap, so it is
+/// refused before the overlap check, whose neighbour search would otherwise grow with the square of
+/// the number of atoms crammed together.
+pub const MAX_ATOM_DENSITY: f64 = std::f64::consts::SQRT_2 / (MIN_SEPARATION * MIN_SEPARATION * MIN_SEPARATION);
+
+/// Largest |fractional coordinate| accepted: a million cells away is already far beyond any file
+/// written in earnest, and periodic image shifts are stored as i32.
+pub const MAX_FRACTIONAL: f64 = 1e6;
+
 /// A crystal: `species[i]` sits at `frac_coords[i]` (fractional, not necessarily in [0, 1)).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Structure {
@@ -63,7 +73,9 @@ impl Structure {
     }
 
     /// Like `new` but without the overlap check (for callers that check it themselves, such as
-    /// readers that want to name file lines in the message).
+    /// readers that want to name file lines in the message). Still refused: a cell that fails
+    /// `Lattice::check_plausible`, more than `MAX_ATOM_DENSITY` atoms per A^3, and fractional
+    /// coordinates beyond `MAX_FRACTIONAL`.
     pub fn new_unchecked_overlaps(
         lattice: Lattice,
         species: Vec<Element>,
@@ -78,6 +90,22 @@ impl Structure {
         }
         if let Some(i) = frac_coords.iter().position(|f| f.iter().any(|x| !x.is_finite())) {
             return Err(Error::Other(format!("site {i} has non-finite fractional coordinates {:?}", frac_coords[i])));
+        }
+        lattice.check_plausible()?;
+        if let Some(i) = frac_coords.iter().position(|f| f.iter().any(|x| x.abs() > MAX_FRACTIONAL)) {
+            return Err(Error::Other(format!(
+                "site {i} has fractional coordinates {:?}, more than {MAX_FRACTIONAL:e} cells from the origin",
+                frac_coords[i]
+            )));
+        }
+        let density = species.len() as f64 / lattice.volume();
+        if density > MAX_ATOM_DENSITY {
+            return Err(Error::Other(format!(
+                "{} atoms in {:e} A^3 is {density:.3e} atoms/A^3, denser than {MAX_ATOM_DENSITY:.1} (closest \
+                 packing of atoms {MIN_SEPARATION} A apart): atoms must overlap",
+                species.len(),
+                lattice.volume()
+            )));
         }
         Ok(Structure { lattice, species, frac_coords })
     }
@@ -169,9 +197,14 @@ mod tests {
 
     #[test]
     fn tiny_cell_overlaps_with_own_image() {
-        let l = Lattice::cubic(0.4).unwrap();
+        // 0.45^3 A^3 per atom is just under MAX_ATOM_DENSITY: the overlap search names the site.
+        let l = Lattice::cubic(0.45).unwrap();
         let err = Structure::new(l, vec![el("H")], vec![[0.0; 3]]).unwrap_err().to_string();
         assert!(err.contains("site 0") && err.contains("own periodic image"), "{err}");
+        // A smaller cell is refused by its density before any search.
+        let l = Lattice::cubic(0.4).unwrap();
+        let err = Structure::new(l, vec![el("H")], vec![[0.0; 3]]).unwrap_err().to_string();
+        assert!(err.contains("denser than"), "{err}");
     }
 
     #[test]

@@ -275,6 +275,98 @@ fn extxyz_malformed_inputs_name_the_line() {
     assert!(e.to_string().contains("lines 3 and 4"), "{e}");
 }
 
+// ---- hostile inputs (issue 19): a clear error, never a panic, an abort or a hang ----
+
+/// Generous wall-clock bound for refusing a hostile file (the fix makes these microseconds).
+const REFUSE_SECONDS: f64 = 2.0;
+
+#[test]
+fn cif_loop_without_values_is_an_error() {
+    let p = Path::new("empty_loop.cif");
+    let cell = CIF_HEAD.split("loop_\n").next().unwrap();
+    // Line 8 is the `loop_`.
+    assert_line_error(parse_cif(&format!("{cell}loop_\n_atom_site_fract_x\n"), p).unwrap_err(), 8, "no values");
+    let t = format!("{cell}loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n");
+    assert_line_error(parse_cif(&t, p).unwrap_err(), 8, "`_atom_site_fract_x`");
+    // The atom loop itself empty, another loop after it.
+    assert_line_error(parse_cif(&format!("{CIF_HEAD}loop_\n_x\n1\n"), p).unwrap_err(), 8, "no values");
+}
+
+#[test]
+fn cif_absurd_cell_lengths_are_refused() {
+    let p = Path::new("huge.cif");
+    let row = "Na Na1 0 0 0 1\n";
+    // Was a capacity overflow in the neighbour list.
+    let t = CIF_HEAD.replace("_cell_length_a 4.0", "_cell_length_a 1e300") + row;
+    assert_line_error(parse_cif(&t, p).unwrap_err(), 7, "lattice vector a is 1.000e300 A long");
+    // Was an allocation abort (1e12 neighbour bins).
+    let t = CIF_HEAD.replace("_cell_length_c 4.0(1)", "_cell_length_c 1.8e19") + row;
+    assert_line_error(parse_cif(&t, p).unwrap_err(), 7, "lattice vector c is 1.800e19 A long");
+}
+
+#[test]
+fn poscar_huge_atom_counts_are_errors_not_allocations() {
+    let p = Path::new("POSCAR");
+    let max = u64::MAX.to_string();
+    for counts in [format!("0 {max}"), "4294967296 1".to_string(), "1 100000000000".to_string()] {
+        let t = POSCAR.replace("\n1 1\n", &format!("\n{counts}\n"));
+        assert_line_error(parse_poscar(&t, p).unwrap_err(), 11, "file ends");
+    }
+    // A total that overflows usize.
+    let t = POSCAR.replace("\n1 1\n", &format!("\n{max} {max}\n"));
+    assert_line_error(parse_poscar(&t, p).unwrap_err(), 7, "overflow");
+}
+
+#[test]
+fn extxyz_huge_atom_counts_are_errors_not_allocations() {
+    let p = Path::new("t.xyz");
+    let good = "2\nLattice=\"4 0 0 0 4 0 0 0 4\" Properties=species:S:1:pos:R:3\nNa 0 0 0\nCl 2 2 2\n";
+    for n in [u64::MAX.to_string(), "100000000000".to_string()] {
+        let t = good.replacen("2\n", &format!("{n}\n"), 1);
+        assert_line_error(parse_extxyz(&t, p).unwrap_err(), 5, "file ends at atom 3");
+    }
+}
+
+#[test]
+fn poscar_huge_lattice_vector_is_refused_quickly() {
+    let p = Path::new("POSCAR");
+    // Rutile-like cell; the sheared vector made the image search take 15.7 s (1e8) and over a
+    // minute (1e10); as the first vector it is simply too long.
+    let base = "TiO2\n1.0\n4.594 0 0\n0 4.594 0\n0 0 2.959\nTi O\n2 4\nDirect\n0 0 0\n0.5 0.5 0.5\n\
+                0.3 0.3 0\n0.7 0.7 0\n0.8 0.2 0.5\n0.2 0.8 0.5\n";
+    assert!(parse_poscar(base, p).is_ok());
+    for (line, row, needle) in [
+        (3, "1e8 4.594 0", "lattice vector a is 1.000e8 A long"),
+        (3, "1e10 4.594 0", "lattice vector a is 1.000e10 A long"),
+        (4, "1e8 4.594 0", "lattice vector b is 1.000e8 A long"),
+        (4, "1e10 4.594 0", "lattice vector b is 1.000e10 A long"),
+        // Short enough, but so sheared that the image search would visit 200 times too many images.
+        (4, "1000 4.594 0", "too sheared"),
+    ] {
+        let t = if line == 3 { base.replacen("4.594 0 0", row, 1) } else { base.replacen("0 4.594 0", row, 1) };
+        let t0 = std::time::Instant::now();
+        let e = parse_poscar(&t, p).unwrap_err();
+        let dt = t0.elapsed().as_secs_f64();
+        assert!(dt < REFUSE_SECONDS, "{row} on line {line}: {dt} s");
+        // Lattice problems are reported at the first lattice line.
+        assert_line_error(e, 3, needle);
+    }
+}
+
+#[test]
+fn structures_denser_than_close_packing_are_refused_before_the_overlap_search() {
+    // 20,000 atoms in a 4 A cube: the overlap search would visit 4e8 pairs.
+    let n = 20_000;
+    let mut t = format!("dense\n1.0\n4 0 0\n0 4 0\n0 0 4\nNa\n{n}\nDirect\n");
+    for i in 0..n {
+        t.push_str(&format!("{} 0.5 0.5\n", i as f64 / n as f64));
+    }
+    let t0 = std::time::Instant::now();
+    let e = parse_poscar(&t, Path::new("POSCAR")).unwrap_err();
+    assert!(t0.elapsed().as_secs_f64() < REFUSE_SECONDS);
+    assert!(e.to_string().contains("denser than"), "{e}");
+}
+
 // ---- dispatch by file name ----
 
 #[test]

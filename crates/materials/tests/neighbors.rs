@@ -135,6 +135,21 @@ fn one_atom_cell_with_cutoff_several_lattice_constants_finds_every_image() {
 }
 
 #[test]
+fn very_long_cells_get_few_bins_and_the_right_edges() {
+    // One axis 1e19 or 1e300 A, two axes 5 A: the slab count floor(w / s) per axis was 1e12 or
+    // overflowed i64 (an allocation abort and a capacity-overflow panic). The bins are now capped
+    // at the atom count; the edges are those of the brute force.
+    for (long, f) in [(1.8e19, vec![[0.0, 0.0, 0.0], [0.5, 0.5, 0.3]]), (1e300, vec![[0.0; 3], [0.1, 0.5, 0.5]])] {
+        let l = Lattice::new([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, long]]).unwrap();
+        for cutoff in [0.5, 6.0] {
+            let fast = as_map(&neighbor_list(&l, &f, cutoff).unwrap());
+            let slow = as_map(&reference_neighbor_list(&l, &f, cutoff).unwrap());
+            assert_same(&fast, &slow, &format!("c = {long:e}, cutoff {cutoff}"));
+        }
+    }
+}
+
+#[test]
 fn edge_set_is_symmetric_under_reversal() {
     let mut rng = Rng::new(7);
     let l = random_cell(&mut rng);

@@ -217,6 +217,14 @@ fn parse_blocks(tokens: Vec<Token>, path: &Path) -> Result<Vec<Block>> {
                 while let Some(v) = it.next_if(|t| t.kind == Kind::Value) {
                     values.push(Val { text: v.text, line: v.line });
                 }
+                if values.is_empty() {
+                    // CIF 1.1 requires at least one row; readers below index a column's first value.
+                    return Err(line_error(
+                        path,
+                        tok.line,
+                        format!("loop_ with tags `{}` has no values", tags.join("`, `")),
+                    ));
+                }
                 if !values.len().is_multiple_of(tags.len()) {
                     let last_row = values[values.len() / tags.len() * tags.len()].line;
                     return Err(line_error(
@@ -375,6 +383,7 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
     }
     let lattice = Lattice::from_parameters(cell[0], cell[1], cell[2], cell[3], cell[4], cell[5])
         .map_err(|e| at_line(path, cell_line, e))?;
+    lattice.check_plausible().map_err(|e| at_line(path, cell_line, e))?;
 
     // Symmetry operations.
     let op_tags = ["_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz"];

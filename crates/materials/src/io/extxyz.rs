@@ -124,6 +124,7 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
             .ok_or_else(|| line_error(path, comment_no, format!("Lattice needs 9 numbers, found `{lattice_text}`")))?;
         let lattice = Lattice::new([[v[0], v[1], v[2]], [v[3], v[4], v[5]], [v[6], v[7], v[8]]])
             .map_err(|e| at_line(path, comment_no, e))?;
+        lattice.check_plausible().map_err(|e| at_line(path, comment_no, e))?;
         if let Some(pbc) = find("pbc") {
             let flags: Vec<&str> = pbc.split_whitespace().collect();
             let periodic = |f: &str| matches!(f, "T" | "t" | "True" | "true" | "1");
@@ -167,8 +168,11 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
             return Err(line_error(path, comment_no, format!("Properties `{props}` lacks species:S:1 or pos:R:3")));
         };
 
-        let mut species = Vec::with_capacity(n);
-        let mut frac = Vec::with_capacity(n);
+        // One line per atom: buffers are sized by the lines present, never by the count alone (a
+        // count of 1e11 in a small file ends at "file ends" without allocating for it).
+        let capacity = n.min(lines.len().saturating_sub(i + 2));
+        let mut species = Vec::with_capacity(capacity);
+        let mut frac = Vec::with_capacity(capacity);
         for a in 0..n {
             let no = i + 3 + a;
             let l =
@@ -202,7 +206,7 @@ pub fn parse_extxyz(text: &str, path: &Path) -> Result<Vec<Frame>> {
             ));
         }
         frames.push(Frame { structure: s, energy });
-        i += 2 + n;
+        i += 2 + n; // cannot overflow: the n lines were read above
     }
     if frames.is_empty() {
         return Err(line_error(path, 1, "no frames"));

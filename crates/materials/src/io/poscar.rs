@@ -88,6 +88,7 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
     };
     let matrix = raw.map(|row| std::array::from_fn(|k| row[k] * axis_scale[k]));
     let lattice = Lattice::new(matrix).map_err(|e| at_line(path, 3, e))?;
+    lattice.check_plausible().map_err(|e| at_line(path, 3, e))?;
 
     // Species and counts.
     let l6 = get(5, "species or counts line")?;
@@ -127,7 +128,9 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
     if counts.len() != symbols.len() {
         return Err(line_error(path, counts_line_no, format!("{} counts for {} species", counts.len(), symbols.len())));
     }
-    let n_atoms: usize = counts.iter().sum();
+    let n_atoms = counts.iter().try_fold(0usize, |acc, &n| acc.checked_add(n)).ok_or_else(|| {
+        line_error(path, counts_line_no, format!("counts `{}` overflow the atom total", counts_line.trim()))
+    })?;
     if n_atoms == 0 {
         return Err(line_error(path, counts_line_no, "no atoms"));
     }
@@ -151,11 +154,12 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
     };
     next += 1;
 
-    let mut species = Vec::with_capacity(n_atoms);
-    let mut frac = Vec::with_capacity(n_atoms);
-    for (e, n) in symbols.iter().zip(&counts) {
-        species.extend(std::iter::repeat_n(*e, *n));
-    }
+    // One line per atom: buffers are sized by the lines present, never by the counts alone, and the
+    // species fill in as positions are read, so a huge count ends at "file ends" without allocating.
+    let capacity = n_atoms.min(lines.len().saturating_sub(next));
+    let mut species = Vec::with_capacity(capacity);
+    let mut frac = Vec::with_capacity(capacity);
+    let mut elements = symbols.iter().zip(&counts).flat_map(|(e, n)| std::iter::repeat_n(*e, *n));
     for a in 0..n_atoms {
         let i = next + a;
         let l = get(i, &format!("position of atom {} of {n_atoms}", a + 1))?;
@@ -172,6 +176,7 @@ pub fn parse_poscar(text: &str, path: &Path) -> Result<Structure> {
             }
         }
         let v = [v[0], v[1], v[2]];
+        species.push(elements.next().expect("the counts sum to n_atoms"));
         frac.push(if cartesian { lattice.to_fractional(&std::array::from_fn(|k| v[k] * axis_scale[k])) } else { v });
     }
     let s = Structure::new_unchecked_overlaps(lattice, species, frac).map_err(|e| at_line(path, next + 1, e))?;
