@@ -16,6 +16,7 @@ pub mod element;
 pub mod fetch;
 pub mod gnn;
 pub mod graph;
+pub mod hull;
 pub mod io;
 pub mod lattice;
 pub mod neighbors;
