@@ -21,6 +21,7 @@ pub mod io;
 pub mod lattice;
 pub mod neighbors;
 pub mod ops;
+pub mod oracle;
 pub mod pyliteral;
 pub mod structure;
 pub mod train;
