@@ -16,7 +16,8 @@
 //!   fresh worker takes the next frame;
 //! - `worker exited`: the worker died (crash, segfault, `exit`) on the frame; restarted likewise;
 //! - `garbage output`: a line that is not a JSON object; the worker is restarted, since its stream
-//!   can no longer be trusted to answer the next frame;
+//!   can no longer be trusted to answer the next frame; likewise `out of step`, an answer whose
+//!   string `id` is another frame's;
 //! - `non-finite`: NaN or Infinity anywhere in the answer, or a missing/inconsistent field
 //!   (`bad result`); the worker stays, it kept the protocol;
 //! - the worker's own `error` when it reports `ok: false` (an unsupported element, a failed SCF);
@@ -226,7 +227,15 @@ impl Slot<'_> {
         let outcome = worker.ask(&request_frame(req), self.config.timeout);
         let wall_s = t0.elapsed().as_secs_f64();
         match outcome {
-            Answer::Line(line) => parse_result(req, &line, wall_s),
+            Answer::Line(line) => match line.get("id").and_then(Value::as_str) {
+                // An answer for another frame: the stream is out of step, so every later answer
+                // would be misfiled too. Restart.
+                Some(id) if id != req.id => {
+                    self.worker.take().expect("worker").kill();
+                    OracleResult::failed(&req.id, wall_s, format!("out of step: answer for id `{}`", clip(id)))
+                }
+                _ => parse_result(req, &line, wall_s),
+            },
             Answer::Timeout => {
                 self.worker.take().expect("worker").kill();
                 OracleResult::failed(

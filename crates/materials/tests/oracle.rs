@@ -166,6 +166,8 @@ while True:
     if fid.startswith("garbage"):
         print("WARNING: something printed to stdout", flush=True)
         continue
+    if fid.startswith("stray"):
+        fid = "someone-else"
     e = float("nan") if fid.startswith("nan") else -1.0 * n
     print(json.dumps({"id": fid, "ok": True, "energy": e, "forces": [[0.0, 0.0, 0.0]] * n,
                       "stress": [[0.0] * 3] * 3, "cell": [lat[0:3], lat[3:6], lat[6:9]],
@@ -195,12 +197,12 @@ fn reason(r: &OracleResult) -> &str {
 #[test]
 fn crash_hang_garbage_and_nan_each_fail_one_frame() {
     let dir = tempfile::tempdir().unwrap();
-    let ids = ["ok0", "crash1", "ok2", "hang3", "ok4", "garbage5", "ok6", "nan7", "ok8", "ok9"];
+    let ids = ["ok0", "crash1", "ok2", "hang3", "ok4", "garbage5", "ok6", "nan7", "ok8", "stray9", "ok10"];
     let timeout = Duration::from_secs(2);
     let t = Instant::now();
     let res = run_oracle(&fake_config(dir.path(), 2, timeout), &requests(&ids)).unwrap();
     let took = t.elapsed();
-    println!("10 fake frames, 4 bad, 2 workers: {:.2} s", took.as_secs_f64());
+    println!("11 fake frames, 5 bad, 2 workers: {:.2} s", took.as_secs_f64());
     for (r, id) in res.iter().zip(ids) {
         assert_eq!(r.id, id);
         println!("{id}: ok={} error={:?}", r.ok, r.error);
@@ -218,6 +220,7 @@ fn crash_hang_garbage_and_nan_each_fail_one_frame() {
     assert!(res[3].wall_s >= 2.0 && res[3].wall_s < 4.0, "{}", res[3].wall_s);
     assert!(reason(&res[5]).starts_with("garbage output") && reason(&res[5]).contains("WARNING: something"));
     assert!(reason(&res[7]).starts_with("non-finite"), "{}", reason(&res[7]));
+    assert!(reason(&res[9]).starts_with("out of step: answer for id `someone-else`"), "{}", reason(&res[9]));
     // The hang costs one timeout; three restarts of a Python worker cost well under a second each.
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
