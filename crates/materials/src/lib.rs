@@ -7,6 +7,8 @@
 //! Models: `graph` (featurizer: structures and compositions -> batched graphs) -> `ops` (GNN
 //! kernels) -> `gnn` (the GNoME network, forward and backward) -> `train` (training, ensembles,
 //! checkpoints, prediction).
+//! Discovery loop: `oracle` (external energy/relaxation workers) and `hull` (formation energies,
+//! energy above the convex hull, decompositions).
 
 pub mod bench;
 pub mod composition;
