@@ -7,6 +7,8 @@
 //! Models: `graph` (featurizer: structures and compositions -> batched graphs) -> `ops` (GNN
 //! kernels) -> `gnn` (the GNoME network, forward and backward) -> `train` (training, ensembles,
 //! checkpoints, prediction).
+//! Discovery loop: `oracle` (external energy/relaxation workers) and `hull` (formation energies,
+//! energy above the convex hull, decompositions).
 
 pub mod bench;
 pub mod composition;
@@ -16,10 +18,12 @@ pub mod element;
 pub mod fetch;
 pub mod gnn;
 pub mod graph;
+pub mod hull;
 pub mod io;
 pub mod lattice;
 pub mod neighbors;
 pub mod ops;
+pub mod oracle;
 pub mod pyliteral;
 pub mod structure;
 pub mod train;
