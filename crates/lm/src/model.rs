@@ -41,6 +41,10 @@ pub trait LanguageModel {
     /// Plain parameters and gradients (None at the narrow levels).
     fn plain(&self) -> Option<(&Slab<f32>, &Slab<f32>)>;
     fn set_grad_scale(&mut self, s: f64);
+    /// Add the next backward's gradients to the stored ones (gradient accumulation) instead of
+    /// starting from the zeroed gradients of `zero_grad`; matters at the narrow levels, whose layer
+    /// gradients are stored per backward.
+    fn set_accumulate(&mut self, on: bool);
     fn precision(&self) -> Precision;
     fn scaling(&self) -> &[LinearScaling];
     fn scaling_mut(&mut self) -> &mut Vec<LinearScaling>;
@@ -100,6 +104,11 @@ impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
     }
     fn set_grad_scale(&mut self, s: f64) {
         self.grad_scale = s;
+    }
+    fn set_accumulate(&mut self, on: bool) {
+        if let Some(nw) = &mut self.narrow {
+            nw.accumulate = on;
+        }
     }
     fn precision(&self) -> Precision {
         self.precision

@@ -14,8 +14,12 @@
 //! time); the top tensors' gradients are encoded after the whole backward. A GPU FP8 GEMM would read
 //! the f16 weights and cast them per layer the same way.
 //!
-//! Gradients are stored per backward (not accumulated across calls). An encode whose f32 amax is not
-//! finite sets `overflow`: the trainer skips that step and lowers its gradient scale.
+//! Gradients are stored per backward (not accumulated across calls) unless `accumulate` is set
+//! (gradient accumulation): then each layer's stored E4M3 gradient is decoded, the new f32 block
+//! gradient added, and the sum re-encoded under a new just-in-time scale; the top tensors' f32
+//! gradients stay in the working set across backwards (only `zero_grad` clears them), so their
+//! encode already holds the sum. An encode whose f32 amax is not finite sets `overflow` (kept across
+//! an accumulation): the trainer skips that step and lowers its gradient scale.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -49,8 +53,10 @@ pub struct Narrow {
     pub parent: Vec<usize>,
     layers: Vec<Vec<Unit>>,
     top: Vec<Unit>,
-    /// True once an encoded gradient had a NaN or inf; cleared by `begin_backward`.
+    /// True once an encoded gradient had a NaN or inf; cleared by `begin_backward` (unless accumulating).
     pub overflow: bool,
+    /// Add each layer's new gradient to the stored one (micro-batches after the first of a step).
+    pub accumulate: bool,
 }
 
 /// The unit layout of `full`: tensors whose shape differs from the same-named tensor of `working`
@@ -133,7 +139,7 @@ impl Narrow {
         }
         let weights = ScaledBuf::zeros(WEIGHT_FORMAT, units.clone());
         let grads = ScaledBuf::zeros(GRAD_FORMAT, units.clone());
-        Narrow { units, weights, grads, parent, layers, top, overflow: false }
+        Narrow { units, weights, grads, parent, layers, top, overflow: false, accumulate: false }
     }
 
     /// Decode the tensors outside the blocks into the working set `work`.
@@ -158,14 +164,25 @@ impl Narrow {
     }
 
     pub fn begin_backward(&mut self) {
-        self.overflow = false;
+        if !self.accumulate {
+            self.overflow = false;
+        }
     }
 
-    /// Encode layer `l`'s f32 block gradient from the working set into E4M3.
+    /// Encode layer `l`'s f32 block gradient from the working set into E4M3 (with `accumulate`: the
+    /// stored gradient plus it).
     pub fn store_layer_grads(&mut self, l: usize, gwork: &[f32]) {
+        let mut sum = vec![];
         for i in 0..self.layers[l].len() {
             let u = self.layers[l][i].clone();
-            let amax = self.grads.set_f32(u.index, &gwork[u.work]);
+            let amax = if self.accumulate {
+                sum.resize(u.work.len(), 0.0);
+                self.grads.get_f32(u.index, &mut sum);
+                sum.iter_mut().zip(&gwork[u.work]).for_each(|(s, &g)| *s += g);
+                self.grads.set_f32(u.index, &sum)
+            } else {
+                self.grads.set_f32(u.index, &gwork[u.work])
+            };
             self.overflow |= !amax.is_finite();
         }
     }

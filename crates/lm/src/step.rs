@@ -125,14 +125,46 @@ pub fn train_step(
     clip: f64,
     lr: f64,
 ) -> Result<StepOutcome> {
+    train_step_accum(model, opt, scaler, &[(x, y)], b, t, clip, lr)
+}
+
+/// One training step over the micro-batches `micro` (each (B, T) tokens and targets) with gradient
+/// accumulation: the update of one batch N = `micro.len()` times larger. Each micro-batch's loss
+/// gradient is scaled by 1/N, so the accumulated gradient is the mean over all N*B*T positions;
+/// the reported loss is the mean of the micro-batch losses. At the plain levels the f32 gradients
+/// add up across backwards (`+=`); at the narrow levels each layer's E4M3 gradient is decoded,
+/// added to and re-encoded (`Narrow::accumulate`), the top tensors' f32 gradients add up as at the
+/// plain levels.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_accum(
+    model: &mut dyn LanguageModel,
+    opt: &mut Optimizer,
+    scaler: &mut GradScaler,
+    micro: &[(&[u32], &[u32])],
+    b: usize,
+    t: usize,
+    clip: f64,
+    lr: f64,
+) -> Result<StepOutcome> {
     let step = opt.step() as usize;
-    model.zero_grad();
-    model.set_grad_scale(if model.narrow().is_some() { scaler.scale } else { 1.0 });
-    let loss = model.forward(x, Some(y), b, t)?.expect("targets given");
-    if !loss.is_finite() {
-        return Err(Error::NonFinite { what: "training loss".into(), step, value: loss });
+    let n = micro.len();
+    if n == 0 {
+        return Err(Error::config("grad_accum", "a step needs at least one micro-batch"));
     }
-    model.backward()?;
+    model.zero_grad();
+    let s = if model.narrow().is_some() { scaler.scale } else { 1.0 };
+    model.set_grad_scale(s / n as f64);
+    let mut loss = 0.0;
+    for (i, (x, y)) in micro.iter().enumerate() {
+        model.set_accumulate(i > 0);
+        let l = model.forward(x, Some(y), b, t)?.expect("targets given");
+        if !l.is_finite() {
+            return Err(Error::NonFinite { what: "training loss".into(), step, value: l });
+        }
+        model.backward()?;
+        loss += l / n as f64;
+    }
+    model.set_accumulate(false);
     match opt {
         Optimizer::Plain(o) => {
             let grad_norm = model.plain_update(o, clip, lr);

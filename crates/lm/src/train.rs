@@ -17,7 +17,7 @@ use crate::llama::{LlamaConfig, params_from_gguf};
 use crate::model::{Buffers, LanguageModel};
 use crate::precision::Precision;
 use crate::spec::{ArchKind, ModelSpec, Overrides};
-use crate::step::{GradScaler, Optimizer, train_step};
+use crate::step::{GradScaler, Optimizer, train_step_accum};
 use octet_core::scaling::Recipe;
 
 /// Everything a training run is configured by (TOML file keys; flags override them).
@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub vocab_size: usize,
     pub steps: usize,
     pub batch: usize,
+    /// Micro-batches of `batch` sequences per optimizer step (gradient accumulation): the update of
+    /// a batch this many times larger.
+    pub grad_accum: usize,
     pub seq: usize,
     pub lr: f64,
     pub warmup: usize,
@@ -88,6 +91,7 @@ impl Default for TrainConfig {
             vocab_size: 1024,
             steps: 600,
             batch: 16,
+            grad_accum: 1,
             seq: 128,
             lr: 2e-3,
             warmup: 50,
@@ -121,6 +125,7 @@ impl TrainConfig {
         };
         pos("steps", self.steps)?;
         pos("batch", self.batch)?;
+        pos("grad_accum", self.grad_accum)?;
         pos("seq", self.seq)?;
         pos("eval_batches", self.eval_batches)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
@@ -459,20 +464,26 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let mut last_loss = f64::NAN;
     for step in start..stop {
         let t0 = Instant::now();
-        let (x, y) = train.train_batch(step);
+        // Micro-batch i of step s is batch s * grad_accum + i of the shard's order (grad_accum = 1:
+        // batch s, as without accumulation).
+        let batches: Vec<(Vec<u32>, Vec<u32>)> =
+            (0..cfg.grad_accum).map(|i| train.train_batch(step * cfg.grad_accum + i)).collect();
+        let micro: Vec<(&[u32], &[u32])> = batches.iter().map(|(x, y)| (&x[..], &y[..])).collect();
         let lr = sched.lr_at(step);
-        let out = train_step(model.as_mut(), &mut opt, &mut scaler, &x, &y, cfg.batch, cfg.seq, cfg.grad_clip, lr)?;
+        let out =
+            train_step_accum(model.as_mut(), &mut opt, &mut scaler, &micro, cfg.batch, cfg.seq, cfg.grad_clip, lr)?;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
         let dt = t0.elapsed().as_secs_f64();
+        let step_tokens = cfg.batch * cfg.seq * cfg.grad_accum;
         train_secs += dt;
-        trained_tokens += cfg.batch * cfg.seq;
+        trained_tokens += step_tokens;
         last_loss = loss;
         on(&Event::Step(StepLog {
             step: step + 1,
             loss,
             lr,
             grad_norm,
-            tokens_per_s: (cfg.batch * cfg.seq) as f64 / dt,
+            tokens_per_s: step_tokens as f64 / dt,
             skipped: out.skipped,
         }));
         let done = step + 1;
