@@ -269,6 +269,18 @@ fn resume_is_bit_identical_for_llama_at_fp32_and_fp8_o2() {
 }
 
 #[test]
+fn llama_with_a_simplified_block_trains_from_scratch_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--arch", "llama", "--block", "sas-p", "--steps", "60"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let losses = step_losses(&json_lines(&o));
+    let first: f64 = losses[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    let last: f64 = losses[55..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    assert!(last < first - 0.3, "loss did not fall: {first} -> {last}");
+    assert_resume_bit_identical(&["--arch", "llama", "--block", "sas-p", "--precision", "fp8-o2"]);
+}
+
+#[test]
 fn llama_checkpoint_records_the_model_and_generates() {
     let dir = tempfile::tempdir().unwrap();
     let o = train(dir.path(), "run", &["--arch", "llama", "--steps", "3"]);

@@ -89,6 +89,11 @@ macro_rules! with_backend_ops {
     fn repeat_kv_forward(out: &mut [Self::F], inp: &[Self::F], n: usize, nh: usize, nkv: usize, hs: usize);
     /// Backward of repeat_kv_forward: dk, dv summed over the repeats; dinp overwritten.
     fn repeat_kv_backward(dinp: &mut [Self::F], dout: &[Self::F], n: usize, nh: usize, nkv: usize, hs: usize);
+    /// inp (N, (NH + NKV) hs) = [q | k] -> out (N, 2 NH hs), each k head repeated NH/NKV times (the
+    /// shaped blocks' grouped-query keys; their values are the block input).
+    fn repeat_k_forward(out: &mut [Self::F], inp: &[Self::F], n: usize, nh: usize, nkv: usize, hs: usize);
+    /// Backward of repeat_k_forward: dk summed over the repeats; dinp overwritten.
+    fn repeat_k_backward(dinp: &mut [Self::F], dout: &[Self::F], n: usize, nh: usize, nkv: usize, hs: usize);
     /// Inference attention of Tq new queries (rows of stride ldq) against cached k, v (Tk, NKV hs) of
     /// positions 0..Tk (new ones included) -> out (Tq, NH hs); grouped-query, causal, one sequence.
     fn attention_kv_forward(out: &mut [Self::F], q: &[Self::F], k: &[Self::F], v: &[Self::F], tq: usize, tk: usize, ldq: usize, nh: usize, nkv: usize, hs: usize);

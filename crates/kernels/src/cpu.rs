@@ -641,6 +641,31 @@ pub fn repeat_kv_backward(dinp: &mut [f32], dout: &[f32], n: usize, nh: usize, n
     });
 }
 
+pub fn repeat_k_forward(out: &mut [f32], inp: &[f32], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    out[..n * 2 * c].par_chunks_mut(2 * c).zip(inp.par_chunks(c + kvd)).for_each(|(o, x)| {
+        o[..c].copy_from_slice(&x[..c]);
+        for (h, oh) in o[c..].chunks_exact_mut(hs).enumerate() {
+            oh.copy_from_slice(&x[c + (h / rep) * hs..][..hs]);
+        }
+    });
+}
+
+pub fn repeat_k_backward(dinp: &mut [f32], dout: &[f32], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    dinp[..n * (c + kvd)].par_chunks_mut(c + kvd).zip(dout.par_chunks(2 * c)).for_each(|(dx, d)| {
+        dx[..c].copy_from_slice(&d[..c]);
+        for (g, dg) in dx[c..].chunks_exact_mut(hs).enumerate() {
+            dg.copy_from_slice(&d[c + g * rep * hs..][..hs]);
+            for j in 1..rep {
+                for (a, &v) in dg.iter_mut().zip(&d[c + (g * rep + j) * hs..][..hs]) {
+                    *a += v;
+                }
+            }
+        }
+    });
+}
+
 /// One rayon task per (query row, head); scores, softmax and the weighted sum of values in f32.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_kv_forward(

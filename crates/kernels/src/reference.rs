@@ -566,6 +566,37 @@ pub fn repeat_kv_backward<F: Float>(dinp: &mut [F], dout: &[F], n: usize, nh: us
     }
 }
 
+/// [q | k] (N, (NH + NKV) hs) -> [q | k repeated] (N, 2 NH hs): query head h reads key head
+/// h / (NH / NKV), as `repeat_kv_forward` without values.
+pub fn repeat_k_forward<F: Float>(out: &mut [F], inp: &[F], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    let wi = c + kvd;
+    for r in 0..n {
+        let (x, o) = (&inp[r * wi..][..wi], &mut out[r * 2 * c..][..2 * c]);
+        o[..c].copy_from_slice(&x[..c]);
+        for h in 0..nh {
+            let g = h / rep;
+            o[c + h * hs..][..hs].copy_from_slice(&x[c + g * hs..][..hs]);
+        }
+    }
+}
+
+/// Backward of `repeat_k_forward`: dq copied, dk of group g = sum of its NH/NKV query heads' dk.
+pub fn repeat_k_backward<F: Float>(dinp: &mut [F], dout: &[F], n: usize, nh: usize, nkv: usize, hs: usize) {
+    let (c, kvd, rep) = (nh * hs, nkv * hs, nh / nkv);
+    let wi = c + kvd;
+    for r in 0..n {
+        let (d, dx) = (&dout[r * 2 * c..][..2 * c], &mut dinp[r * wi..][..wi]);
+        dx[..c].copy_from_slice(&d[..c]);
+        for g in 0..nkv {
+            for k in 0..hs {
+                let s: f64 = (0..rep).map(|j| f(d[c + (g * rep + j) * hs + k])).sum();
+                dx[c + g * hs + k] = t(s);
+            }
+        }
+    }
+}
+
 /// Attention of new queries against cached keys and values (inference, one sequence, no backward).
 /// q: Tq rows of stride `ldq`, the first NH hs columns of each the query heads, at positions
 /// tk - tq .. tk; k, v (Tk, NKV hs): keys and values of positions 0..tk, the new ones included.

@@ -134,6 +134,42 @@ fn repeat_kv_backward_matches_finite_differences() {
 }
 
 #[test]
+fn repeat_k_backward_matches_finite_differences() {
+    let (n, nh, nkv, hs) = (3, 6, 2, 4);
+    let (wi, wo) = ((nh + nkv) * hs, 2 * nh * hs);
+    let mut rng = Rng::new(14);
+    let (x, d) = (randn(&mut rng, n * wi), randn(&mut rng, n * wo));
+    let fwd = |x: &[f64]| {
+        let mut o = vec![0.0; n * wo];
+        r::repeat_k_forward(&mut o, x, n, nh, nkv, hs);
+        o
+    };
+    let o = fwd(&x);
+    // Query head 4 reads key head 4 / 3 = 1; q passes through.
+    assert_eq!(&o[nh * hs + 4 * hs..][..hs], &x[nh * hs + hs..][..hs]);
+    assert_eq!(&o[..nh * hs], &x[..nh * hs]);
+    let mut dx = vec![f64::NAN; n * wi];
+    r::repeat_k_backward(&mut dx, &d, n, nh, nkv, hs);
+    FD.assert_close("repeat_k dx", &dx, &fd_grad(&x, &|x| dot(&fwd(x), &d)));
+}
+
+#[test]
+fn repeat_k_cpu_matches_reference() {
+    let (n, nh, nkv, hs) = (37, 9, 3, 64);
+    let (wi, wo) = ((nh + nkv) * hs, 2 * nh * hs);
+    let mut rng = Rng::new(15);
+    let (x, d) = (f32s(&randn(&mut rng, n * wi)), f32s(&randn(&mut rng, n * wo)));
+    let (mut o1, mut o2) = (vec![0.0f32; n * wo], vec![0.0f32; n * wo]);
+    cpu::repeat_k_forward(&mut o1, &x, n, nh, nkv, hs);
+    r::repeat_k_forward(&mut o2, &x, n, nh, nkv, hs);
+    Tolerance::EXACT.assert_close("repeat_k out", &o1, &o2);
+    let (mut d1, mut d2) = (vec![0.0f32; n * wi], vec![0.0f32; n * wi]);
+    cpu::repeat_k_backward(&mut d1, &d, n, nh, nkv, hs);
+    r::repeat_k_backward(&mut d2, &d, n, nh, nkv, hs);
+    TOL.assert_close("repeat_k dinp", &d1, &d2);
+}
+
+#[test]
 fn repeat_kv_cpu_matches_reference() {
     let (n, nh, nkv, hs) = (37, 9, 3, 64);
     let (wi, wo) = ((nh + 2 * nkv) * hs, 3 * nh * hs);

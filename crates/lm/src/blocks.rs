@@ -121,7 +121,7 @@ impl<'de> serde::Deserialize<'de> for BlockKind {
 
 /// Model shape and block. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient
 /// GEMMs; the loss ignores the padded columns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlocksConfig {
     pub vocab_size: usize,
@@ -131,12 +131,37 @@ pub struct BlocksConfig {
     pub n_head: usize,
     pub n_embd: usize,
     pub block: BlockKind,
+    /// Llama-style blocks (`--arch llama --block ...`); None: GPT-2-style.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llama: Option<LlamaStyle>,
+}
+
+/// What makes the blocks Llama-style: RoPE instead of learned positions (no `wpe`), grouped-query
+/// keys (the qk(v) projection has NKV key (and value) heads, each serving NH/NKV query heads; values
+/// of the shaped blocks stay the block input, head by head), a SwiGLU MLP of width H instead of
+/// ReLU of width 4C, and Llama's RMSNorm epsilon.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaStyle {
+    pub n_kv_head: usize,
+    pub ffn_hidden: usize,
+    pub rope_base: f64,
+    pub norm_eps: f64,
 }
 
 impl BlocksConfig {
     /// Tiny debug model (matches tools/ref/sas_golden.py).
     pub fn tiny(block: BlockKind) -> Self {
-        BlocksConfig { vocab_size: 61, padded_vocab: 64, max_seq_len: 16, n_layer: 2, n_head: 4, n_embd: 32, block }
+        BlocksConfig {
+            vocab_size: 61,
+            padded_vocab: 64,
+            max_seq_len: 16,
+            n_layer: 2,
+            n_head: 4,
+            n_embd: 32,
+            block,
+            llama: None,
+        }
     }
     /// The same shape as a GPT-2 configuration, with `block`.
     pub fn from_gpt2(g: &Gpt2Config, block: BlockKind) -> Self {
@@ -148,7 +173,52 @@ impl BlocksConfig {
             n_head: g.n_head,
             n_embd: g.n_embd,
             block,
+            llama: None,
         }
+    }
+    /// The same shape as a Llama configuration (RoPE, grouped-query keys, SwiGLU), with `block`; the
+    /// head is tied.
+    pub fn from_llama(c: &crate::llama::LlamaConfig, block: BlockKind) -> Self {
+        BlocksConfig {
+            vocab_size: c.vocab_size,
+            padded_vocab: c.padded_vocab,
+            max_seq_len: c.max_seq_len,
+            n_layer: c.n_layer,
+            n_head: c.n_head,
+            n_embd: c.n_embd,
+            block,
+            llama: Some(LlamaStyle {
+                n_kv_head: c.n_kv_head,
+                ffn_hidden: c.ffn_hidden,
+                rope_base: c.rope_base,
+                norm_eps: c.norm_eps,
+            }),
+        }
+    }
+    /// Head size hs = C / NH.
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+    /// Key (and value) heads: NKV (Llama-style) or NH.
+    pub fn n_kv_head(&self) -> usize {
+        self.llama.map_or(self.n_head, |s| s.n_kv_head)
+    }
+    /// Rows of the attention input projection: [W_Q; W_K] (C + KVD) for the shaped blocks,
+    /// [W_Q; W_K; W_V] (C + 2 KVD) otherwise, KVD = NKV hs.
+    pub fn qk_rows(&self) -> usize {
+        let kvd = self.n_kv_head() * self.head_size();
+        if self.block.is_shaped() { self.n_embd + kvd } else { self.n_embd + 2 * kvd }
+    }
+    /// (fc output width, MLP hidden width): (4C, 4C) for ReLU, (2H, H) for SwiGLU.
+    pub fn ffn(&self) -> (usize, usize) {
+        match self.llama {
+            Some(s) => (2 * s.ffn_hidden, s.ffn_hidden),
+            None => (4 * self.n_embd, 4 * self.n_embd),
+        }
+    }
+    /// RMSNorm epsilon: the paper's `RMS_EPS`, or Llama's.
+    pub fn eps(&self) -> f64 {
+        self.llama.map_or(RMS_EPS, |s| s.norm_eps)
     }
     /// A named preset (`Gpt2Config::named`: tiny, small, gpt2-124m) with `block`.
     pub fn named(name: &str, vocab_size: usize, block: BlockKind) -> Result<Self> {
@@ -165,6 +235,17 @@ impl BlocksConfig {
         if self.n_layer == 0 || self.max_seq_len == 0 {
             return bad("n_layer", "n_layer and max_seq_len must be positive".into());
         }
+        if let Some(s) = self.llama {
+            if s.n_kv_head == 0 || !self.n_head.is_multiple_of(s.n_kv_head) {
+                return bad("n_kv_head", format!("{} must divide n_head {}", s.n_kv_head, self.n_head));
+            }
+            if !self.head_size().is_multiple_of(2) || s.ffn_hidden == 0 {
+                return bad("n_head", "RoPE needs an even head size, SwiGLU a positive width".into());
+            }
+            if !(s.rope_base.is_finite() && s.rope_base > 1.0 && s.norm_eps.is_finite() && s.norm_eps > 0.0) {
+                return bad("rope_base", format!("rope_base {} must be > 1, norm_eps {} > 0", s.rope_base, s.norm_eps));
+            }
+        }
         Ok(())
     }
     pub fn num_params(&self) -> usize {
@@ -176,11 +257,15 @@ impl BlocksConfig {
 /// `ln1w` has one row per normalised layer), layer 0's value reparameterisation, the final norm.
 pub fn param_layout(c: &BlocksConfig) -> Layout {
     let (v, t, l, d, nh, k) = (c.padded_vocab, c.max_seq_len, c.n_layer, c.n_embd, c.n_head, c.block);
-    let mut e: Vec<(&str, Vec<usize>)> = vec![("wte", vec![v, d]), ("wpe", vec![t, d])];
+    let (qk, (fc, hidden)) = (c.qk_rows(), c.ffn());
+    let mut e: Vec<(&str, Vec<usize>)> = vec![("wte", vec![v, d])];
+    if c.llama.is_none() {
+        e.push(("wpe", vec![t, d]));
+    }
     e.push(("ln1w", vec![k.normed_layers(l), d]));
     if k.is_shaped() {
         e.extend([
-            ("qkw", vec![l, 2 * d, d]),
+            ("qkw", vec![l, qk, d]),
             ("attn_alpha", vec![l, nh]),
             ("attn_beta", vec![l, nh]),
             ("attn_gamma", vec![l, nh]),
@@ -190,12 +275,12 @@ pub fn param_layout(c: &BlocksConfig) -> Layout {
             ("v0_beta", vec![1]),
         ]);
     } else {
-        e.extend([("qkvw", vec![l, 3 * d, d]), ("attprojw", vec![l, d, d])]);
+        e.extend([("qkvw", vec![l, qk, d]), ("attprojw", vec![l, d, d])]);
     }
     if k.has_mlp_norm() {
         e.push(("ln2w", vec![l, d]));
     }
-    e.extend([("fcw", vec![l, 4 * d, d]), ("fcprojw", vec![l, d, 4 * d])]);
+    e.extend([("fcw", vec![l, fc, d]), ("fcprojw", vec![l, d, hidden])]);
     if k.is_shaped() {
         e.push(("mlp_gain", vec![l]));
     }
@@ -231,7 +316,7 @@ pub fn init_tensors(c: &BlocksConfig, layout: &Layout, seed: u64, mut f: impl Fn
         let out = &mut scratch[..s.numel()];
         match s.name.as_str() {
             "qkw" => {
-                for layer in out.chunks_mut(2 * d * d) {
+                for layer in out.chunks_mut(c.qk_rows() * d) {
                     layer[..d * d].fill(0.0); // W_Q = 0: scores are 0, softmax is uniform causal
                     layer[d * d..].iter_mut().for_each(|x| *x = (rng.normal() * INIT_STD) as f32);
                 }
@@ -371,14 +456,17 @@ const LN2_RRMS: usize = 10; // (L, N)
 const FCH_RELU: usize = 11; // (L, N, 4C) relu(h W_fc^T); relu' reads it (relu(x) > 0 iff x > 0)
 const MLP: usize = 12; // (L, N, C) MLP output (shaped: its gain's gradient needs it)
 const RESIDUAL: usize = 13; // (L, N, C) block output
-const FCH: usize = 14; // (N, 4C) scratch: pre-activation
+const FCH: usize = 14; // (N, 4C) scratch: ReLU's pre-activation; SwiGLU: (L, N, 2H) saved [gate | up]
 const SCRATCH: usize = 15; // (N, C) scratch: a projection before it joins the residual stream
 const LNF: usize = 16; // (N, C)
 const LNF_RRMS: usize = 17; // (N)
 const LOGITS: usize = 18; // (N, Vp)
-const ACT_NAMES: [&str; 20] = [
+// Llama-style scratch (absent otherwise): the attention projection before RoPE and after.
+const QKV_RAW: usize = 20; // (N, C + KVD) or (N, C + 2 KVD)
+const QKV_ROPE: usize = 21;
+const ACT_NAMES: [&str; 22] = [
     "encoded", "ln1", "ln1_rrms", "qkv", "v0_u", "v0", "atty", "lse", "mid", "ln2", "ln2_rrms", "fch_relu", "mlp",
-    "residual", "fch", "scratch", "lnf", "lnf_rrms", "logits", "losses",
+    "residual", "fch", "scratch", "lnf", "lnf_rrms", "logits", "losses", "qkv_raw", "qkv_rope",
 ];
 
 // Gradient scratch (grad_act_layout): one layer's worth, reused from the top layer down.
@@ -392,7 +480,10 @@ const DQKV: usize = 6; // (N, 3C) or (N, 2C)
 const DV: usize = 7; // (N, C) shaped: value gradient
 const DMID: usize = 8; // (N, C) shaped
 const DMLP: usize = 9; // (N, C) shaped
-const GRAD_NAMES: [&str; 10] = ["dres", "dln", "dtmp", "dfch_relu", "dfch", "datty", "dqkv", "dv", "dmid", "dmlp"];
+const DQKV_ROPE: usize = 10; // Llama-style: gradients at the rotated and the raw projection
+const DQKV_RAW: usize = 11;
+const GRAD_NAMES: [&str; 12] =
+    ["dres", "dln", "dtmp", "dfch_relu", "dfch", "datty", "dqkv", "dv", "dmid", "dmlp", "dqkv_rope", "dqkv_raw"];
 
 fn qkv_width(c: &BlocksConfig) -> usize {
     if c.block.is_shaped() { 2 * c.n_embd } else { 3 * c.n_embd }
@@ -415,32 +506,40 @@ pub fn act_layout(c: &BlocksConfig, b: usize, t: usize) -> Layout {
     if k.has_mlp_norm() {
         e.extend([("mid", vec![l, n, d]), ("ln2", vec![l, n, d]), ("ln2_rrms", vec![l, n])]);
     }
-    e.push(("fch_relu", vec![l, n, 4 * d]));
+    let (fc, hidden) = c.ffn();
+    e.push(("fch_relu", vec![l, n, hidden]));
     if k.is_shaped() {
         e.push(("mlp", vec![l, n, d]));
     }
-    e.extend([("residual", vec![l, n, d]), ("fch", vec![n, 4 * d])]);
+    e.push(("residual", vec![l, n, d]));
+    e.push(("fch", if c.llama.is_some() { vec![l, n, fc] } else { vec![n, fc] }));
     if !k.is_shaped() {
         e.push(("scratch", vec![n, d]));
     }
     e.extend([("lnf", vec![n, d]), ("lnf_rrms", vec![n]), ("logits", vec![n, c.padded_vocab]), ("losses", vec![n])]);
+    if c.llama.is_some() {
+        e.extend([("qkv_raw", vec![n, c.qk_rows()]), ("qkv_rope", vec![n, c.qk_rows()])]);
+    }
     Layout::new(e)
 }
 
 /// Activation-gradient scratch for one layer, reused from the top layer down.
 pub fn grad_act_layout(c: &BlocksConfig, b: usize, t: usize) -> Layout {
-    let (d, n) = (c.n_embd, b * t);
+    let (d, n, (fc, hidden)) = (c.n_embd, b * t, c.ffn());
     let mut e: Vec<(&str, Vec<usize>)> = vec![
         ("dres", vec![n, d]),
         ("dln", vec![n, d]),
         ("dtmp", vec![n, d]),
-        ("dfch_relu", vec![n, 4 * d]),
-        ("dfch", vec![n, 4 * d]),
+        ("dfch_relu", vec![n, hidden]),
+        ("dfch", vec![n, fc]),
         ("datty", vec![n, d]),
         ("dqkv", vec![n, qkv_width(c)]),
     ];
     if c.block.is_shaped() {
         e.extend([("dv", vec![n, d]), ("dmid", vec![n, d]), ("dmlp", vec![n, d])]);
+    }
+    if c.llama.is_some() {
+        e.extend([("dqkv_rope", vec![n, c.qk_rows()]), ("dqkv_raw", vec![n, c.qk_rows()])]);
     }
     Layout::new(e)
 }
@@ -477,8 +576,37 @@ pub type BlocksLm<Bk> = Decoder<Bk, BlocksConfig>;
 /// Resolved ids of the parameter, activation and activation-gradient tables.
 pub struct BlockIds {
     params: ParamIds,
-    aid: Ids<20>,
-    did: Ids<10>,
+    aid: Ids<22>,
+    did: Ids<12>,
+}
+
+impl BlocksConfig {
+    /// From the gradient at the attention's input (DQKV: (N, 2C) or (N, 3C), keys (and values)
+    /// repeated, q and k rotated) back to the gradient at the projection's output: Llama-style
+    /// through repeat_k(v) and RoPE into DQKV_RAW (N, qk rows); GPT-2-style that is DQKV itself.
+    fn unrope<Bk: Backend>(
+        &self,
+        be: &Bk,
+        da: &mut Slab<Bk::F>,
+        did: &Ids<12>,
+        n: usize,
+        b: usize,
+        t: usize,
+    ) -> Range<usize> {
+        let dl = da.layout.clone();
+        let dw = |i: usize| did.w(&dl, i);
+        let Some(s) = self.llama else { return dw(DQKV) };
+        let (nh, nkv, hs, qk) = (self.n_head, s.n_kv_head, self.head_size(), self.qk_rows());
+        let [drot, dqkv] = da.disjoint_mut([dw(DQKV_ROPE), dw(DQKV)]);
+        if self.block.is_shaped() {
+            be.repeat_k_backward(drot, dqkv, n, nh, nkv, hs);
+        } else {
+            be.repeat_kv_backward(drot, dqkv, n, nh, nkv, hs);
+        }
+        let [draw, drot] = da.disjoint_mut([dw(DQKV_RAW), dw(DQKV_ROPE)]);
+        be.rope_backward(draw, drot, b, t, 0, qk, (nh + nkv) * hs, hs, s.rope_base);
+        dw(DQKV_RAW)
+    }
 }
 
 impl Arch for BlocksConfig {
@@ -515,9 +643,11 @@ impl Arch for BlocksConfig {
         grad_act_layout(self, b, t)
     }
     fn workspace(&self, n: usize) -> (usize, usize, usize) {
-        // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
-        let d = self.n_embd;
-        (n * 4 * d, 4 * d * d, n * 4 * d)
+        // Largest block linear: inputs (N, max(C, hidden)), weights and outputs of fc (fc, C),
+        // fcproj (C, hidden) and the attention projection (qk rows, C).
+        let (d, (fc, hidden)) = (self.n_embd, self.ffn());
+        let oc = fc.max(self.qk_rows()).max(d);
+        (n * d.max(hidden), oc * d.max(hidden), n * oc)
     }
     fn linears_per_layer(&self) -> usize {
         self.block.linears_per_layer()
@@ -534,18 +664,27 @@ impl Arch for BlocksConfig {
     fn embed_forward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]) {
         let (_, top) = ids.params.views(p, 0);
         let r = ids.aid.w(&x.a.layout, ENCODED);
-        x.be.encoder_forward(&mut x.a.data[r], tokens, top.wte, top.wpe, x.b, x.t, self.n_embd);
+        let n = x.n();
+        match self.llama {
+            None => x.be.encoder_forward(&mut x.a.data[r], tokens, top.wte, top.wpe, x.b, x.t, self.n_embd),
+            Some(_) => x.be.embed_forward(&mut x.a.data[r], tokens, top.wte, n, self.n_embd),
+        }
     }
 
     fn embed_backward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, g: &mut Slab<Bk::F>, tokens: &[u32]) {
         let (_, gt) = ids.params.views_mut(g, 0);
         let r = ids.did.w(&x.da.layout, DRES);
-        x.be.encoder_backward(gt.wte, gt.wpe, &x.da.data[r], tokens, x.b, x.t, self.n_embd);
+        let n = x.n();
+        match self.llama {
+            None => x.be.encoder_backward(gt.wte, gt.wpe, &x.da.data[r], tokens, x.b, x.t, self.n_embd),
+            Some(_) => x.be.embed_backward(gt.wte, &x.da.data[r], tokens, n, self.n_embd),
+        }
     }
 
     fn layer_forward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, l: usize, lw: usize) {
         let (d, nh, l_n, n, b, t, kind) = (self.n_embd, self.n_head, self.n_layer, x.n(), x.b, x.t, self.block);
-        let (l1, wq, pid, aid) = (kind.normed_layers(l_n), qkv_width(self), ids, &ids.aid);
+        let (l1, qk, pid, aid, eps) = (kind.normed_layers(l_n), self.qk_rows(), ids, &ids.aid, self.eps());
+        let (fc, hidden) = self.ffn();
         let (be, a, lin) = (x.be, &mut *x.a, &mut x.lin);
         let al = a.layout.clone();
         let ar = |i: usize, l: usize| aid.at(&al, i, l);
@@ -555,13 +694,31 @@ impl Arch for BlocksConfig {
         // h = N1 x (every layer, or only the first without norms)
         let h = if l < l1 {
             let [hn, rrms, xv] = a.disjoint_mut([ar(LN1, l), ar(LN1_RRMS, l), x.clone()]);
-            be.rmsnorm_forward(hn, rrms, xv, w.ln1w, n, d, RMS_EPS);
+            be.rmsnorm_forward(hn, rrms, xv, w.ln1w, n, d, eps);
             ar(LN1, l)
         } else {
             x.clone()
         };
-        let [qkv, hv] = a.disjoint_mut([ar(QKV, l), h.clone()]);
-        lin.forward(l, QKV_LIN, qkv, hv, w.qkvw, None, n, d, wq);
+        match self.llama {
+            None => {
+                let [qkv, hv] = a.disjoint_mut([ar(QKV, l), h.clone()]);
+                lin.forward(l, QKV_LIN, qkv, hv, w.qkvw, None, n, d, qk);
+            }
+            Some(s) => {
+                // [q | k (| v)] with NKV key heads -> RoPE on q and k -> keys (and values) repeated.
+                let (nkv, hs) = (s.n_kv_head, self.head_size());
+                let [raw, hv] = a.disjoint_mut([aw(QKV_RAW), h.clone()]);
+                lin.forward(l, QKV_LIN, raw, hv, w.qkvw, None, n, d, qk);
+                let [rot, raw] = a.disjoint_mut([aw(QKV_ROPE), aw(QKV_RAW)]);
+                be.rope_forward(rot, raw, b, t, 0, qk, (nh + nkv) * hs, hs, s.rope_base);
+                let [qkv, rot] = a.disjoint_mut([ar(QKV, l), aw(QKV_ROPE)]);
+                if kind.is_shaped() {
+                    be.repeat_k_forward(qkv, rot, n, nh, nkv, hs);
+                } else {
+                    be.repeat_kv_forward(qkv, rot, n, nh, nkv, hs);
+                }
+            }
+        }
         if kind.is_shaped() {
             // Values: h itself (identity W_V), or in layer 0 v = alpha_V h + beta_V h dW^T.
             let v = if l == 0 {
@@ -603,19 +760,25 @@ impl Arch for BlocksConfig {
         let h2 = match mlp_in {
             Some(mid) => {
                 let [h2, rrms, mv] = a.disjoint_mut([ar(LN2, l), ar(LN2_RRMS, l), mid]);
-                be.rmsnorm_forward(h2, rrms, mv, w.ln2w, n, d, RMS_EPS);
+                be.rmsnorm_forward(h2, rrms, mv, w.ln2w, n, d, eps);
                 ar(LN2, l)
             }
             None => h.clone(),
         };
-        // MLP: relu(h2 W_fc^T) W_proj^T, into `mlp` (shaped: its gain needs it) or scratch.
-        let [fch, hv] = a.disjoint_mut([aw(FCH), h2]);
-        lin.forward(l, FC_LIN, fch, hv, w.fcw, None, n, d, 4 * d);
-        let [g, fch] = a.disjoint_mut([ar(FCH_RELU, l), aw(FCH)]);
-        be.relu_forward(g, fch);
+        // MLP: relu(h2 W_fc^T) W_proj^T (or swiglu(h2 [W_gate; W_up]^T) W_down^T), into `mlp`
+        // (shaped: its gain needs it) or scratch. SwiGLU's backward needs its input: saved per layer.
+        let fch = if self.llama.is_some() { ar(FCH, l) } else { aw(FCH) };
+        let [fo, hv] = a.disjoint_mut([fch.clone(), h2]);
+        lin.forward(l, FC_LIN, fo, hv, w.fcw, None, n, d, fc);
+        let [g, fo] = a.disjoint_mut([ar(FCH_RELU, l), fch]);
+        if self.llama.is_some() {
+            be.swiglu_forward(g, fo, n, hidden);
+        } else {
+            be.relu_forward(g, fo);
+        }
         let m = if kind.is_shaped() { ar(MLP, l) } else { aw(SCRATCH) };
         let [mo, g] = a.disjoint_mut([m.clone(), ar(FCH_RELU, l)]);
-        lin.forward(l, FCPROJ_LIN, mo, g, w.fcprojw, None, n, 4 * d, d);
+        lin.forward(l, FCPROJ_LIN, mo, g, w.fcprojw, None, n, hidden, d);
         match kind {
             BlockKind::PreLn => {
                 let [r, mid, mo] = a.disjoint_mut([ar(RESIDUAL, l), ar(MID, l), m]);
@@ -646,7 +809,8 @@ impl Arch for BlocksConfig {
         lw: usize,
     ) {
         let (d, nh, l_n, n, b, t, kind) = (self.n_embd, self.n_head, self.n_layer, x.n(), x.b, x.t, self.block);
-        let (l1, wq, pid, aid, did) = (kind.normed_layers(l_n), qkv_width(self), ids, &ids.aid, &ids.did);
+        let (l1, qk_rows, pid, aid, did) = (kind.normed_layers(l_n), self.qk_rows(), ids, &ids.aid, &ids.did);
+        let (fc, hidden) = self.ffn();
         let (be, a, da, lin) = (x.be, &*x.a, &mut *x.da, &mut x.lin);
         let (al, dl) = (a.layout.clone(), da.layout.clone());
         let ar = |i: usize, l: usize| aid.at(&al, i, l);
@@ -678,11 +842,16 @@ impl Arch for BlocksConfig {
         let h2 = if kind.has_mlp_norm() { ar(LN2, l) } else { h.clone() };
         {
             let [dg, dmv] = da.disjoint_mut([dw(DFCH_RELU), dm]);
-            lin.backward(l, FCPROJ_LIN, dg, gw.fcprojw, None, dmv, &a.data[ar(FCH_RELU, l)], w.fcprojw, n, 4 * d, d);
+            let g_act = &a.data[ar(FCH_RELU, l)];
+            lin.backward(l, FCPROJ_LIN, dg, gw.fcprojw, None, dmv, g_act, w.fcprojw, n, hidden, d);
             let [dfch, dg] = da.disjoint_mut([dw(DFCH), dw(DFCH_RELU)]);
-            be.relu_backward(dfch, &a.data[ar(FCH_RELU, l)], dg);
+            if self.llama.is_some() {
+                be.swiglu_backward(dfch, &a.data[ar(FCH, l)], dg, n, hidden);
+            } else {
+                be.relu_backward(dfch, g_act, dg);
+            }
             let [dhv, dfch] = da.disjoint_mut([dh2.clone(), dw(DFCH)]);
-            lin.backward(l, FC_LIN, dhv, gw.fcw, None, dfch, &a.data[h2], w.fcw, n, d, 4 * d);
+            lin.backward(l, FC_LIN, dhv, gw.fcw, None, dfch, &a.data[h2], w.fcw, n, d, fc);
         }
         // Sequential blocks: through N2 into the join x', then to the attention branch's output.
         match kind {
@@ -708,8 +877,9 @@ impl Arch for BlocksConfig {
             be.shaped_attention_backward(
                 dqk, dv, gw.alpha, gw.beta, gw.gamma, datty, qk, vv, lse, w.alpha, w.beta, w.gamma, b, t, d, nh,
             );
-            let [dln, dqk] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-            lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqk, &a.data[h.clone()], w.qkvw, n, d, wq);
+            let dproj = self.unrope(be, da, did, n, b, t);
+            let [dln, dqk] = da.disjoint_mut([dw(DLN), dproj]);
+            lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqk, &a.data[h.clone()], w.qkvw, n, d, qk_rows);
             if l == 0 {
                 // v = alpha_V h + beta_V u, u = h dW^T: dh += alpha_V dv + (beta_V dv) dW.
                 let [dah, du, dv] = da.disjoint_mut([dw(DMID), dw(DMLP), dw(DV)]);
@@ -728,8 +898,9 @@ impl Arch for BlocksConfig {
             let [dqkv, datty] = da.disjoint_mut([dw(DQKV), dw(DATTY)]);
             let (qkv, atty, lse) = (&a.data[ar(QKV, l)], &a.data[ar(ATTY, l)], &a.data[ar(LSE, l)]);
             be.attention_backward(dqkv, datty, qkv, atty, lse, b, t, d, nh);
-            let [dln, dqkv] = da.disjoint_mut([dw(DLN), dw(DQKV)]);
-            lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqkv, &a.data[h.clone()], w.qkvw, n, d, wq);
+            let dproj = self.unrope(be, da, did, n, b, t);
+            let [dln, dqkv] = da.disjoint_mut([dw(DLN), dproj]);
+            lin.backward(l, QKV_LIN, dln, gw.qkvw, None, dqkv, &a.data[h.clone()], w.qkvw, n, d, qk_rows);
         }
         if kind.is_parallel() {
             let [dln, dtmp] = da.disjoint_mut([dw(DLN), dw(DTMP)]);
@@ -750,13 +921,13 @@ impl Arch for BlocksConfig {
     }
 
     fn head_forward<Bk: Backend>(&self, ids: &BlockIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>) {
-        let (d, n, aid) = (self.n_embd, x.n(), &ids.aid);
+        let (d, n, aid, eps) = (self.n_embd, x.n(), &ids.aid, self.eps());
         let (be, a) = (x.be, &mut *x.a);
         let al = a.layout.clone();
         let (_, top) = ids.params.views(p, 0);
         let last = aid.at(&al, RESIDUAL, self.n_layer - 1);
         let [lnf, rrms, xv] = a.disjoint_mut([aid.w(&al, LNF), aid.w(&al, LNF_RRMS), last]);
-        be.rmsnorm_forward(lnf, rrms, xv, top.lnfw, n, d, RMS_EPS);
+        be.rmsnorm_forward(lnf, rrms, xv, top.lnfw, n, d, eps);
         // Tied output projection.
         let [logits, lnf] = a.disjoint_mut([aid.w(&al, LOGITS), aid.w(&al, LNF)]);
         head_logits(be, x.head, logits, lnf, top.wte, x.b, x.t, d, self.padded_vocab);

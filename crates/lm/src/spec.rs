@@ -62,7 +62,7 @@ impl FromStr for ArchKind {
 pub enum ModelSpec {
     Gpt2(Gpt2Config),
     /// The simplified blocks (and the Pre-LN / Parallel baselines they are compared with) on GPT-2's
-    /// embeddings.
+    /// embeddings, or Llama-style (RoPE, grouped-query keys, SwiGLU; `BlocksConfig::llama`).
     Blocks(BlocksConfig),
     Llama(LlamaConfig),
 }
@@ -142,15 +142,10 @@ impl ModelSpec {
                     n_embd: over.n_embd.unwrap_or(p.n_embd),
                     ..p
                 };
-                if let Some(k) = block
-                    && k != BlockKind::PreLn
-                {
-                    return Err(Error::config(
-                        "block",
-                        format!("`--block {k}` with `--arch llama` is not built yet (Llama's own block is preln)"),
-                    ));
+                match block {
+                    None => ModelSpec::Llama(c),
+                    Some(k) => ModelSpec::Blocks(BlocksConfig::from_llama(&c, k)),
                 }
-                ModelSpec::Llama(c)
             }
         };
         spec.validate()?;
@@ -159,8 +154,9 @@ impl ModelSpec {
 
     pub fn arch(&self) -> ArchKind {
         match self {
-            ModelSpec::Gpt2(_) | ModelSpec::Blocks(_) => ArchKind::Gpt2,
-            ModelSpec::Llama(_) => ArchKind::Llama,
+            ModelSpec::Gpt2(_) => ArchKind::Gpt2,
+            ModelSpec::Blocks(c) if c.llama.is_none() => ArchKind::Gpt2,
+            ModelSpec::Blocks(_) | ModelSpec::Llama(_) => ArchKind::Llama,
         }
     }
 

@@ -46,6 +46,7 @@ fn block_step_times() {
         n_head: 8,
         n_embd: 256,
         block: k,
+        llama: None,
     };
     let mut models: Vec<_> = kinds
         .iter()
