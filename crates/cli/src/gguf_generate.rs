@@ -1,7 +1,7 @@
 //! `octet generate --gguf FILE`: text from a pretrained GGUF Llama (SmolLM2) on the CPU — the prompt
 //! optionally wrapped in the model's ChatML chat template (`--chat`), generation until EOS /
 //! `<|im_end|>` or `--max-tokens`, the text streamed to stdout and the speed reported on stderr.
-//! The prompt is fed once and each new token once (`llama::generate` keeps a key/value cache).
+//! The prompt is fed once and each new token once (`infer::generate` keeps a key/value cache).
 
 use std::io::Write;
 use std::path::Path;
@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use octet_core::{Error, Result};
 use octet_kernels::CpuBackend;
+use octet_lm::chat::{ChatMl, IM_END};
 use octet_lm::generate::SampleConfig;
 use octet_lm::gguf::GgufFile;
-use octet_lm::llama::{ChatMl, IM_END, Llama, generate};
+use octet_lm::infer::generate;
+use octet_lm::llama::Llama;
 
 /// Validated arguments of a GGUF generation.
 pub struct GgufGenerate<'a> {

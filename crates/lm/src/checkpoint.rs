@@ -15,11 +15,11 @@ use octet_optim::{ScaledBuf, StateFormat};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::blocks::{BlockKind, BlocksConfig};
+use crate::config::TrainConfig;
 use crate::gpt2::Gpt2Config;
 use crate::precision::LinearScaling;
 use crate::spec::ModelSpec;
 use crate::step::GradScaler;
-use crate::train::TrainConfig;
 use octet_core::fs::write_atomic;
 
 /// Version 2: `model` is a `ModelSpec` (architecture, dimensions, block). Version 1 (GPT-2 shapes

@@ -4,12 +4,15 @@
 mod acts;
 pub mod bench;
 pub mod blocks;
+pub mod chat;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod decoder;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
+pub mod infer;
 pub mod llama;
 pub mod llama_hf;
 pub mod memory;

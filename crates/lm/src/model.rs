@@ -6,6 +6,7 @@
 
 use octet_core::{Result, Slab};
 use octet_kernels::Backend;
+use octet_optim::AdamW;
 
 use crate::decoder::{Arch, Decoder};
 use crate::narrow::Narrow;
@@ -56,9 +57,9 @@ pub trait LanguageModel {
     fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()>;
     /// The memory the model's buffers come from (its backend's; None: the host heap).
     fn allocator(&self) -> Option<std::sync::Arc<dyn octet_core::Allocator>>;
-    /// Clip and AdamW-update the plain parameters on the model's backend (`step::plain_update`);
+    /// Clip and AdamW-update the plain parameters on the model's backend (`plain_update`);
     /// returns the gradient norm before clipping. Plain levels only.
-    fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64;
+    fn plain_update(&mut self, opt: &mut AdamW, clip: f64, lr: f64) -> f64;
 }
 
 impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
@@ -131,8 +132,34 @@ impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
     fn allocator(&self) -> Option<std::sync::Arc<dyn octet_core::Allocator>> {
         self.backend.allocator()
     }
-    fn plain_update(&mut self, opt: &mut octet_optim::AdamW, clip: f64, lr: f64) -> f64 {
+    fn plain_update(&mut self, opt: &mut AdamW, clip: f64, lr: f64) -> f64 {
         assert!(self.narrow.is_none(), "plain_update at a narrow level");
-        crate::step::plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
+        plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
     }
+}
+
+/// The plain levels' update on the model's backend (so a device backend runs it in its memory):
+/// global-norm clipping to `clip` (0 = off), then one AdamW step. Returns the norm before clipping;
+/// a non-finite norm changes nothing (the caller reports it). On the CPU this is exactly
+/// `clip_global_norm` + `AdamW::update`.
+pub fn plain_update<Bk: Backend<F = f32>>(
+    be: &Bk,
+    params: &mut [f32],
+    grads: &mut [f32],
+    opt: &mut AdamW,
+    clip: f64,
+    lr: f64,
+) -> f64 {
+    let norm = be.global_norm(grads);
+    if !norm.is_finite() {
+        return norm;
+    }
+    if clip > 0.0 && norm > clip {
+        be.scale_in_place(grads, (clip / norm) as f32);
+    }
+    opt.update_with(params, grads, lr, |p, g, m, v, t, lr, cfg, decay| be.adamw_update(p, g, m, v, t, lr, cfg, decay));
+    // The step is done when this returns: the next step, a checkpoint or the caller may touch the
+    // weights, moments or gradients from the host (a device backend queues the updates).
+    be.synchronize();
+    norm
 }

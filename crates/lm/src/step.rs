@@ -11,7 +11,6 @@
 //! scale differs; the optimizer reads `decode(g) * clip / scale`.
 
 use octet_core::{Error, Result};
-use octet_kernels::Backend;
 use octet_optim::{AdamW, AdamWConfig, Fp8AdamW};
 
 use crate::model::{Buffers, LanguageModel};
@@ -193,30 +192,4 @@ pub fn train_step_accum(
             Ok(StepOutcome { loss, grad_norm, skipped: report.skipped })
         }
     }
-}
-
-/// The plain levels' update on the model's backend (so a device backend runs it in its memory):
-/// global-norm clipping to `clip` (0 = off), then one AdamW step. Returns the norm before clipping;
-/// a non-finite norm changes nothing (the caller reports it). On the CPU this is exactly
-/// `clip_global_norm` + `AdamW::update`.
-pub fn plain_update<Bk: Backend<F = f32>>(
-    be: &Bk,
-    params: &mut [f32],
-    grads: &mut [f32],
-    opt: &mut AdamW,
-    clip: f64,
-    lr: f64,
-) -> f64 {
-    let norm = be.global_norm(grads);
-    if !norm.is_finite() {
-        return norm;
-    }
-    if clip > 0.0 && norm > clip {
-        be.scale_in_place(grads, (clip / norm) as f32);
-    }
-    opt.update_with(params, grads, lr, |p, g, m, v, t, lr, cfg, decay| be.adamw_update(p, g, m, v, t, lr, cfg, decay));
-    // The step is done when this returns: the next step, a checkpoint or the caller may touch the
-    // weights, moments or gradients from the host (a device backend queues the updates).
-    be.synchronize();
-    norm
 }

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use octet_core::Tolerance;
 use octet_kernels::CpuBackend;
+use octet_lm::chat::ChatMl;
 use octet_lm::generate::SampleConfig;
 use octet_lm::gguf::GgufFile;
-use octet_lm::llama::{ChatMl, Llama, LlamaConfig, generate};
+use octet_lm::infer::generate;
+use octet_lm::llama::{Llama, LlamaConfig};
 use serde_json::Value;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/llama/smollm2_logits.json");
