@@ -4,8 +4,10 @@
 //! estimator).
 //!
 //! A sample passes when `iverilog -g2012 -s tb` accepts the candidate's `module TopModule ... endmodule`
-//! with the reference (`RefModule`) and testbench, and `vvp` exits within its wall-clock limit printing
-//! `Mismatches: 0 in N samples`. Each check runs in its own temporary directory (the testbenches write
+//! with the reference (`RefModule`) and testbench, and `vvp` exits (status 0) within its wall-clock limit
+//! printing `Mismatches: 0 in M samples` with M > 0. iverilog runs with VerilogEval's flags
+//! (`-Wall -Winfloop -Wno-timescale -g2012 -s tb`); `-Winfloop` makes an `always` without any delay a
+//! compile error. Each check runs in its own temporary directory (the testbenches write
 //! `wave.vcd` to the working directory); iverilog and vvp run in their own process group, killed whole
 //! when the limit expires, their output drained by a thread and kept to the last [`OUTPUT_KEEP`] bytes.
 //! A hanging, crashing or non-compiling candidate is a failed sample, never a hung or failed run.
@@ -209,20 +211,24 @@ pub fn check(p: &Problem, candidate: Option<&str>, limits: &Limits) -> Result<Ch
     if s.timed_out {
         return Ok(done(Outcome::SimTimeout, None, &s.output));
     }
-    let mismatches = parse_mismatches(&s.output);
-    let outcome = match mismatches {
-        Some(0) if s.success => Outcome::Pass,
-        Some(_) if s.success => Outcome::Mismatch,
+    // A run that compared no samples (killed early, or a testbench cut short) tested nothing.
+    let verdict = parse_mismatches(&s.output);
+    let outcome = match verdict {
+        Some((0, m)) if s.success && m > 0 => Outcome::Pass,
+        Some((n, _)) if s.success && n > 0 => Outcome::Mismatch,
         _ => Outcome::SimError,
     };
-    Ok(done(outcome, mismatches, &s.output))
+    Ok(done(outcome, verdict.map(|v| v.0), &s.output))
 }
 
-/// N of the testbench's last `Mismatches: N in M samples` line.
-pub fn parse_mismatches(output: &str) -> Option<u64> {
+/// (N, M) of the testbench's last `Mismatches: N in M samples` line.
+pub fn parse_mismatches(output: &str) -> Option<(u64, u64)> {
     let line = output.lines().rev().find_map(|l| l.trim().strip_prefix("Mismatches:"))?;
-    let n = line.split_whitespace().next()?;
-    n.parse().ok()
+    let w: Vec<&str> = line.split_whitespace().collect();
+    match w[..] {
+        [n, "in", m, ..] => Some((n.parse().ok()?, m.parse().ok()?)),
+        _ => None,
+    }
 }
 
 fn tail(s: &str, max: usize) -> &str {
