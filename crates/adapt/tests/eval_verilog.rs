@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use octet_adapt::eval::Generated;
 use octet_adapt::eval::verilog::{
-    Limits, Outcome, VerilogConfig, check, check_tools, evaluate, evaluate_references, extract_module,
-    load_problems, parse_mismatches, pass_at_k,
+    Limits, Outcome, VerilogConfig, check, check_tools, evaluate, evaluate_references, extract_module, load_problems,
+    parse_mismatches, pass_at_k,
 };
 use octet_core::Tolerance;
 
@@ -55,7 +55,10 @@ fn pass_at_k_matches_hand_computed_values() {
 fn extracts_the_first_top_module() {
     let fenced = "Here:\n```verilog\nmodule helper(); endmodule\nmodule TopModule(input a, output b);\n  assign b = a;\nendmodule\n```\nmodule TopModule(); endmodule";
     assert_eq!(extract_module(fenced), Some("module TopModule(input a, output b);\n  assign b = a;\nendmodule"));
-    assert_eq!(extract_module("module TopModule (output z); assign z = 0; endmodule"), Some("module TopModule (output z); assign z = 0; endmodule"));
+    assert_eq!(
+        extract_module("module TopModule (output z); assign z = 0; endmodule"),
+        Some("module TopModule (output z); assign z = 0; endmodule")
+    );
     // No module, an unfinished one, a different name, `endmodule` is not `module`.
     assert_eq!(extract_module("I cannot do that."), None);
     assert_eq!(extract_module("module TopModule(output z);\n assign z = 0;"), None);
@@ -125,7 +128,8 @@ fn a_candidate_that_never_finishes_fails_within_the_limit() {
     let Some(dir) = ready("a_candidate_that_never_finishes_fails_within_the_limit") else { return };
     let p = load_problems(&dir).unwrap().into_iter().find(|p| p.name == "Prob001_zero").unwrap();
     // A zero-delay loop at time 0: simulation time never advances.
-    let hang = "module TopModule(output zero);\n  reg x = 0;\n  initial while (1) x = ~x;\n  assign zero = 1'b0;\nendmodule";
+    let hang =
+        "module TopModule(output zero);\n  reg x = 0;\n  initial while (1) x = ~x;\n  assign zero = 1'b0;\nendmodule";
     let limits = Limits { compile: Duration::from_secs(10), simulate: Duration::from_secs(2) };
     let t0 = Instant::now();
     let c = check(&p, extract_module(hang), &limits).unwrap();
@@ -159,13 +163,14 @@ fn broken_and_wrong_candidates_fail() {
 fn pass_at_k_and_compile_rate_over_samples() {
     let Some(dir) = ready("pass_at_k_and_compile_rate_over_samples") else { return };
     let problems: Vec<_> = load_problems(&dir).unwrap().into_iter().take(2).collect();
-    // A fake model: greedy answers right, temperature samples right on even seeds' parity of a
-    // counter (3 of 4), else non-compiling text.
+    // A fake model: every answer is the reference in a code block, except every fifth call
+    // (a temperature sample here), which is text without a module.
     let mut count = 0usize;
     let mut answer = |p: &octet_adapt::eval::verilog::Problem, sc: &octet_lm::generate::SampleConfig| {
         count += 1;
-        let good = sc.temperature == 0.0 || count % 5 != 0;
-        let text = if good { format!("```\n{}\n```", p.reference.replace("RefModule", "TopModule")) } else { "no".into() };
+        let good = sc.temperature == 0.0 || !count.is_multiple_of(5);
+        let text =
+            if good { format!("```\n{}\n```", p.reference.replace("RefModule", "TopModule")) } else { "no".into() };
         Ok(Generated { text, tokens: 1, seconds: 0.0, stopped: true })
     };
     let cfg = VerilogConfig { samples: 4, ks: vec![1, 4], ..Default::default() };

@@ -46,7 +46,15 @@ fn reference_solutions_pass_with_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let Some(set) = small_set("reference_solutions_pass_with_json_lines", dir.path(), 4) else { return };
     let lines = dir.path().join("ref.jsonl");
-    let o = octet(&["adapt", "eval", "--verilog-eval", set.to_str().unwrap(), "--reference", "--out", lines.to_str().unwrap()]);
+    let o = octet(&[
+        "adapt",
+        "eval",
+        "--verilog-eval",
+        set.to_str().unwrap(),
+        "--reference",
+        "--out",
+        lines.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("4 problems, pass 100.0%, compile 100.0%"), "{stdout}");

@@ -62,7 +62,13 @@ pub fn prefix(s: &str, max: usize) -> &str {
 }
 
 /// Bits per byte of `texts` under `model` (module doc); `context` is capped by the model's context.
-pub fn bits_per_byte(model: &mut EvalModel, set: &str, texts: &[&str], context: usize, max_doc_bytes: usize) -> Result<Bpb> {
+pub fn bits_per_byte(
+    model: &mut EvalModel,
+    set: &str,
+    texts: &[&str],
+    context: usize,
+    max_doc_bytes: usize,
+) -> Result<Bpb> {
     let context = context.min(model.model.cfg.max_seq_len).max(1);
     let (mut nll, mut tokens, mut bytes, mut documents) = (0.0f64, 0usize, 0usize, 0usize);
     for text in texts {

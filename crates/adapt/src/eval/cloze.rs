@@ -144,7 +144,11 @@ fn argmax(x: &[f64]) -> usize {
 }
 
 /// Score `items` (module doc); contexts keep their last `max_context_tokens` tokens.
-pub fn score(model: &mut EvalModel, items: &[ClozeItem], max_context_tokens: usize) -> Result<(ClozeSummary, Vec<ClozeScore>)> {
+pub fn score(
+    model: &mut EvalModel,
+    items: &[ClozeItem],
+    max_context_tokens: usize,
+) -> Result<(ClozeSummary, Vec<ClozeScore>)> {
     if items.is_empty() {
         return Err(Error::config("cloze", "no cloze items (no held-out documentation with 4 distinct names)"));
     }

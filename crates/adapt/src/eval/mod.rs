@@ -60,7 +60,9 @@ struct Specials {
 fn specials_of(path: &Path, g: &GgufFile) -> Result<Specials> {
     let tok = g.tokenizer()?;
     let chat = match &tok.chat_template {
-        Some(t) => Some(ChatMl::from_template(t).map_err(|e| Error::format(path, "tokenizer.chat_template", e.to_string()))?),
+        Some(t) => {
+            Some(ChatMl::from_template(t).map_err(|e| Error::format(path, "tokenizer.chat_template", e.to_string()))?)
+        }
         None => None,
     };
     Ok(Specials { chat, bos: tok.bos_id, add_bos: tok.add_bos, eos: tok.eos_id })
@@ -128,10 +130,7 @@ impl EvalModel {
     /// `user` as one user turn of the chat template, followed by the assistant prompt, as token ids.
     pub fn chat_prompt(&self, user: &str) -> Result<Vec<u32>> {
         let chat = self.chat.as_ref().ok_or_else(|| {
-            Error::config(
-                &self.source,
-                "no chat template: give --chat-template-from FILE.gguf (the model's base GGUF)",
-            )
+            Error::config(&self.source, "no chat template: give --chat-template-from FILE.gguf (the model's base GGUF)")
         })?;
         let mut ids = self.encode(&chat.render_user(user))?;
         if self.add_bos
@@ -144,7 +143,12 @@ impl EvalModel {
 
     /// Continue `prompt` (fed once, then each new token, with a key/value cache) until a stop token,
     /// `done(text so far)` or `sc.max_new_tokens` (or the model's context is full).
-    pub fn generate_until(&mut self, prompt: &[u32], sc: &SampleConfig, done: impl Fn(&str) -> bool) -> Result<Generated> {
+    pub fn generate_until(
+        &mut self,
+        prompt: &[u32],
+        sc: &SampleConfig,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<Generated> {
         let t0 = Instant::now();
         let c = self.model.cfg;
         if prompt.is_empty() || prompt.len() >= c.max_seq_len {
@@ -184,6 +188,8 @@ pub fn read_json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Ve
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}", i + 1), e.to_string())))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}", i + 1), e.to_string()))
+        })
         .collect()
 }

@@ -89,9 +89,9 @@ pub fn extract_module(answer: &str) -> Option<&str> {
         from = start + "module".len();
         let before_ok = answer[..start].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
         let rest = answer[from..].trim_start();
-        let name_ok = rest.strip_prefix("TopModule").is_some_and(|r| {
-            r.chars().next().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$'))
-        });
+        let name_ok = rest
+            .strip_prefix("TopModule")
+            .is_some_and(|r| r.chars().next().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$')));
         if before_ok && name_ok {
             let end = answer[from..].find("endmodule")? + from + "endmodule".len();
             return Some(&answer[start..end]);
@@ -469,7 +469,10 @@ pub fn evaluate(
     let pass_at_k = if cfg.samples == 0 {
         Default::default()
     } else {
-        cfg.ks.iter().map(|&k| (k.to_string(), results.iter().map(|r| r.pass_at[&k.to_string()]).sum::<f64>() / np)).collect()
+        cfg.ks
+            .iter()
+            .map(|&k| (k.to_string(), results.iter().map(|r| r.pass_at[&k.to_string()]).sum::<f64>() / np))
+            .collect()
     };
     Ok(VerilogSummary {
         problems: results.len(),
