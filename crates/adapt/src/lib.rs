@@ -1,10 +1,12 @@
 //! octet-adapt: ChipNeMo-style domain adaptation of a pretrained Llama (SmolLM2) to chip design — the
 //! domain corpus built from registry packages (`corpus`, `dedup`, `sources`) and tokenizer augmentation
-//! with the matching model resize (`augment`, `resize`).
+//! with the matching model resize (`augment`, `resize`); evaluation (`eval`: VerilogEval by simulation,
+//! held-out bits per byte, a domain cloze set).
 
 pub mod augment;
 pub mod corpus;
 pub mod dedup;
+pub mod eval;
 pub mod extend;
 pub mod resize;
 pub mod sources;

@@ -1,7 +1,8 @@
 //! `octet adapt`: ChipNeMo-style domain adaptation. `corpus` fetches the chip-design packages and the
 //! general replay set into a cache and writes the corpus (format in `octet_adapt::corpus`);
 //! `tokenizer` extends a GGUF model's tokenizer with domain tokens and resizes the model
-//! (`octet_adapt::extend`).
+//! (`octet_adapt::extend`); `eval` scores a model on VerilogEval, held-out bits per byte and the domain
+//! cloze set (`octet_adapt::eval`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,6 +32,80 @@ pub enum AdaptCmd {
     /// on the held-out domain and general documents before and after, and writes `tokenizer.json`,
     /// `model.safetensors`, `config.json`, `new_tokens.jsonl` and `report.json` to `--out`.
     Tokenizer(TokenizerArgs),
+    /// Evaluate a Llama (GGUF or checkpoint): VerilogEval spec-to-RTL, held-out bits per byte, cloze.
+    ///
+    /// `--verilog-eval DIR`: every problem of DIR (laid out like VerilogEval's spec-to-rtl/) is asked
+    /// as one chat turn; a greedy answer gives pass@1, `--samples` temperature answers give pass@k
+    /// (unbiased estimator); each answer's first `module TopModule ... endmodule` is compiled with
+    /// iverilog -g2012 against the reference and testbench and simulated with vvp (each in a temporary
+    /// directory, with wall-clock limits). `--reference` scores the reference solutions instead (the
+    /// harness's self-check; no model). `--corpus DIR`: bits per byte on the held-out domain and
+    /// general documents and the domain cloze set (format and construction in octet_adapt::eval).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The model: a GGUF llama file (SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, conflicts_with = "checkpoint")]
+    gguf: Option<PathBuf>,
+    /// The model: a trained Llama run or checkpoint directory (its tokenizer.json).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// GGUF file whose chat template, BOS and EOS a --checkpoint uses [default: the run's --init GGUF].
+    #[arg(long, requires = "checkpoint")]
+    chat_template_from: Option<PathBuf>,
+    /// VerilogEval problem directory (<name>_prompt.txt, _ref.sv, _test.sv).
+    #[arg(long)]
+    verilog_eval: Option<PathBuf>,
+    /// Score the reference solutions (renamed TopModule) instead of a model's answers.
+    #[arg(long, requires = "verilog_eval")]
+    reference: bool,
+    /// Only the first N problems (sorted by name) [default: all].
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Temperature samples per problem for pass@k (0: greedy pass@1 only).
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    /// The k of pass@k, comma-separated (those above --samples are dropped).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    k: Vec<usize>,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// Most new tokens per answer (greedy and sampled).
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wall-clock limit of one iverilog run, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    compile_timeout: f64,
+    /// Wall-clock limit of one vvp run, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    sim_timeout: f64,
+    /// Write per-problem results as JSON lines here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Corpus directory from `octet adapt corpus` (held-out bits per byte and the cloze set).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Tokens predicted per window for bits per byte.
+    #[arg(long, default_value_t = 1024)]
+    context: usize,
+    /// Held-out documents scored per set (0: all).
+    #[arg(long, default_value_t = 0)]
+    max_documents: usize,
+    /// Cut each scored document to its first N bytes (0: whole).
+    #[arg(long, default_value_t = 0)]
+    max_doc_bytes: usize,
+    /// Cloze items (0: all), at most 3 per document.
+    #[arg(long, default_value_t = 200)]
+    cloze_items: usize,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -82,6 +157,7 @@ pub fn run(cmd: AdaptCmd) -> Result<()> {
     match cmd {
         AdaptCmd::Corpus(a) => run_corpus(a),
         AdaptCmd::Tokenizer(a) => run_tokenizer(a),
+        AdaptCmd::Eval(a) => run_eval(a),
     }
 }
 
@@ -162,5 +238,156 @@ fn run_tokenizer(a: TokenizerArgs) -> Result<()> {
         r.out.display(),
         r.seconds
     );
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    use octet_adapt::eval::{EvalModel, bpb, cloze, verilog};
+    use octet_core::Error;
+    use std::time::Duration;
+
+    if a.verilog_eval.is_none() && a.corpus.is_none() {
+        return Err(Error::config("eval", "give --verilog-eval DIR and/or --corpus DIR"));
+    }
+    let limit_s = |name: &str, s: f64| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(Error::config(name, format!("{s}: must be a positive number of seconds")))
+        }
+    };
+    let limits = verilog::Limits {
+        compile: limit_s("compile-timeout", a.compile_timeout)?,
+        simulate: limit_s("sim-timeout", a.sim_timeout)?,
+    };
+    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
+        return Err(Error::config("top-p", format!("{}: must be in (0, 1]", a.top_p)));
+    }
+    let problems = match &a.verilog_eval {
+        Some(dir) => {
+            let mut p = verilog::load_problems(dir)?;
+            p.truncate(a.limit.unwrap_or(usize::MAX));
+            verilog::check_tools()?;
+            Some(p)
+        }
+        None => None,
+    };
+    let mut out = match &a.out {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| Error::io(p, e))?),
+        None => None,
+    };
+    let t0 = Instant::now();
+    let mut on_problem = |r: &verilog::ProblemResult| -> Result<()> {
+        use std::io::Write;
+        if let (Some(f), Some(p)) = (out.as_mut(), a.out.as_ref()) {
+            let line = serde_json::to_string(r).expect("results serialise");
+            writeln!(f, "{line}").map_err(|e| Error::io(p, e))?;
+        }
+        say(format!(
+            "{}: greedy {:?}{} ({} tokens, {:.1} s){}",
+            r.problem,
+            r.greedy.outcome,
+            r.greedy.mismatches.map_or(String::new(), |m| format!(" ({m} mismatches)")),
+            r.greedy.tokens,
+            r.greedy.generate_seconds + r.greedy.check_seconds,
+            if r.n > 0 { format!("; samples {}/{} pass, {} compile", r.c, r.n, r.compiled) } else { String::new() }
+        ));
+        Ok(())
+    };
+    let mut summary = serde_json::Map::new();
+    if a.reference {
+        let s = verilog::evaluate_references(problems.as_deref().unwrap_or_default(), &limits, &mut on_problem)?;
+        summary.insert("verilog_eval_reference".into(), serde_json::to_value(&s).expect("summary serialises"));
+        if !a.json {
+            println!(
+                "reference solutions: {} problems, pass {:.1}%, compile {:.1}% ({:.1} s)",
+                s.problems,
+                100.0 * s.pass_at_1_greedy,
+                100.0 * s.compile_rate,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        if a.corpus.is_none() {
+            if a.json {
+                println!("{}", serde_json::Value::Object(summary));
+            }
+            return Ok(());
+        }
+    }
+    let mut model = match (&a.gguf, &a.checkpoint) {
+        (Some(g), None) => EvalModel::from_gguf(g)?,
+        (None, Some(c)) => EvalModel::from_checkpoint(c, a.chat_template_from.as_deref())?,
+        _ => return Err(Error::config("eval", "give exactly one of --gguf FILE or --checkpoint DIR")),
+    };
+    say(format!("model {} loaded in {:.1} s", model.source, t0.elapsed().as_secs_f64()));
+    summary.insert("model".into(), model.source.clone().into());
+    if let (Some(problems), false) = (&problems, a.reference) {
+        let cfg = verilog::VerilogConfig {
+            samples: a.samples,
+            ks: a.k.iter().copied().filter(|&k| k <= a.samples).collect(),
+            sample: octet_lm::generate::SampleConfig {
+                max_new_tokens: a.max_tokens,
+                temperature: a.temperature,
+                top_k: 0,
+                top_p: a.top_p,
+                seed: a.seed,
+            },
+            limits,
+        };
+        let t1 = Instant::now();
+        let s = verilog::evaluate_model(&mut model, problems, &cfg, &mut on_problem)?;
+        let secs = t1.elapsed().as_secs_f64();
+        let mut v = serde_json::to_value(&s).expect("summary serialises");
+        v["seconds"] = secs.into();
+        summary.insert("verilog_eval".into(), v);
+        if !a.json {
+            let ks: Vec<String> = s.pass_at_k.iter().map(|(k, p)| format!("pass@{k} {:.1}%", 100.0 * p)).collect();
+            println!(
+                "VerilogEval: {} problems; pass@1 (greedy) {:.1}%; compile rate {:.1}% (greedy {:.1}%, answers with a TopModule {:.1}%){}{}; {} tokens generated, {:.0} s",
+                s.problems,
+                100.0 * s.pass_at_1_greedy,
+                100.0 * s.compile_rate,
+                100.0 * s.greedy_compile_rate,
+                100.0 * s.greedy_module_rate,
+                if ks.is_empty() { "" } else { "; " },
+                ks.join(", "),
+                s.generated_tokens,
+                secs
+            );
+        }
+    }
+    if let Some(dir) = &a.corpus {
+        let mut sets = Vec::new();
+        for set in ["domain", "general"] {
+            let docs = bpb::heldout(&dir.join(format!("{set}.jsonl")), a.max_documents)?;
+            let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+            let r = bpb::bits_per_byte(&mut model, set, &texts, a.context, a.max_doc_bytes)?;
+            if !a.json {
+                println!(
+                    "held-out {set}: {} documents, {} bytes, {} tokens: {:.4} bits/byte ({:.4} tokens/byte)",
+                    r.documents, r.bytes, r.tokens, r.bits_per_byte, r.tokens_per_byte
+                );
+            }
+            sets.push(serde_json::to_value(&r).expect("bpb serialises"));
+        }
+        summary.insert("bits_per_byte".into(), sets.into());
+        let domain = octet_adapt::corpus::read_jsonl(&dir.join("domain.jsonl"))?;
+        let items = cloze::build(&domain, 3, a.cloze_items);
+        let (c, _) = cloze::score(&mut model, &items, 256)?;
+        if !a.json {
+            println!(
+                "cloze: {} items from {} held-out documents; accuracy {:.1}% (summed log-likelihood), {:.1}% (per byte); chance {:.0}%",
+                c.items,
+                c.documents,
+                100.0 * c.accuracy_sum,
+                100.0 * c.accuracy_per_byte,
+                100.0 * c.chance
+            );
+        }
+        summary.insert("cloze".into(), serde_json::to_value(&c).expect("cloze serialises"));
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Object(summary));
+    }
     Ok(())
 }

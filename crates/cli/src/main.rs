@@ -364,7 +364,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
-    let sc = SampleConfig { max_new_tokens: a.max_tokens, temperature: a.temperature, top_k: a.top_k, seed: a.seed };
+    let sc = SampleConfig {
+        max_new_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: 1.0,
+        seed: a.seed,
+    };
     let dir = match (&a.checkpoint, &a.gguf) {
         (Some(dir), None) => dir,
         (None, Some(path)) => {

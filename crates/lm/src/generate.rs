@@ -1,5 +1,5 @@
-//! Sampling text from a trained model: temperature and top-k over the real vocabulary, a sliding
-//! window of at most `max_seq_len` tokens of context.
+//! Sampling text from a trained model: temperature, top-k and top-p (nucleus) over the real vocabulary,
+//! a sliding window of at most `max_seq_len` tokens of context.
 
 use octet_core::{Result, Rng};
 
@@ -12,7 +12,17 @@ pub struct SampleConfig {
     pub temperature: f64,
     /// Keep the k most likely tokens (0 = all).
     pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability (after temperature and top-k)
+    /// reaches top_p (1.0 = all, the nucleus sampling of Holtzman et al. 2019).
+    pub top_p: f64,
     pub seed: u64,
+}
+
+impl Default for SampleConfig {
+    /// Greedy, 256 tokens, no top-k or top-p cut, seed 0.
+    fn default() -> Self {
+        SampleConfig { max_new_tokens: 256, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
 }
 
 /// Continue `prompt` by `max_new_tokens` tokens; returns only the new tokens.
@@ -33,7 +43,8 @@ pub fn sample<M: LanguageModel + ?Sized>(model: &mut M, prompt: &[u32], sc: &Sam
     Ok(out)
 }
 
-/// Greedy at temperature 0, else softmax(logits / T) sampling over the top-k (0 = all).
+/// Greedy at temperature 0, else softmax(logits / T) sampling over the top-k (0 = all), then over the
+/// nucleus of probability top_p (>= 1 = all; the most likely token is always kept).
 pub fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
     let argmax = || logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
     if sc.temperature <= 0.0 {
@@ -45,7 +56,19 @@ pub fn pick(logits: &[f64], sc: &SampleConfig, rng: &mut Rng) -> usize {
         idx.truncate(sc.top_k);
     }
     let mx = idx.iter().map(|&i| logits[i]).fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] - mx) / sc.temperature).exp()).collect();
+    let mut w: Vec<f64> = idx.iter().map(|&i| ((logits[i] - mx) / sc.temperature).exp()).collect();
+    if sc.top_p < 1.0 {
+        let mut order: Vec<usize> = (0..idx.len()).collect();
+        order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+        let (total, mut acc) = (w.iter().sum::<f64>(), 0.0);
+        let keep = order.iter().position(|&k| {
+            acc += w[k];
+            acc >= sc.top_p * total
+        });
+        let keep = keep.map_or(order.len(), |p| p + 1);
+        idx = order[..keep].iter().map(|&k| idx[k]).collect();
+        w = order[..keep].iter().map(|&k| w[k]).collect();
+    }
     let mut u = rng.uniform() * w.iter().sum::<f64>();
     for (k, &wk) in w.iter().enumerate() {
         if u < wk {

@@ -385,7 +385,8 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     }
     let sample = if cfg.sample_tokens > 0 && stop == cfg.steps {
         let prompt = tokenizer.encode("\n")?;
-        let sc = SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, seed: cfg.seed };
+        let sc =
+            SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, top_p: 1.0, seed: cfg.seed };
         let ids = sample(model.as_mut(), &prompt, &sc)?;
         Some(tokenizer.decode(&ids)?)
     } else {

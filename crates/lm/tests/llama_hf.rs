@@ -690,7 +690,7 @@ fn smollm2_exports_in_hf_layout_and_reimports() {
     let tok = g.tokenizer().unwrap();
     let ids = tok.encode("The capital of France is").unwrap();
     let mut m = Llama::new(cfg2, CpuBackend, p2).unwrap();
-    let sc = SampleConfig { max_new_tokens: 1, temperature: 0.0, top_k: 0, seed: 0 };
+    let sc = SampleConfig { max_new_tokens: 1, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
     let next = generate(&mut m, &ids, &sc, &[], |_| {}).unwrap();
     assert_eq!(tok.decode(&next, false).unwrap(), " Paris");
 

@@ -106,7 +106,7 @@ fn cached_generation_equals_recomputing_generation_past_the_context_window() {
     let cfg = LlamaConfig::tiny();
     let mut m = Llama::new(cfg, RefBackend::<f64>::new(), params(&cfg, 6).iter().map(|&v| v as f64).collect()).unwrap();
     let prompt = [3u32, 1, 4, 1, 5];
-    let sc = SampleConfig { max_new_tokens: 20, temperature: 0.0, top_k: 0, seed: 0 };
+    let sc = SampleConfig { max_new_tokens: 20, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
     let mut seen = vec![];
     let got = generate(&mut m, &prompt, &sc, &[], |t| seen.push(t)).unwrap();
     assert_eq!(got, seen);

@@ -101,7 +101,7 @@ fn smollm2_logits_match_float64_reference() {
 
         // Greedy next token = the reference's argmax, by the generation path (last-row head only).
         let want = case["argmax"].as_u64().unwrap() as u32;
-        let sc = SampleConfig { max_new_tokens: 1, temperature: 0.0, top_k: 0, seed: 0 };
+        let sc = SampleConfig { max_new_tokens: 1, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
         let next = generate(&mut m, &ids, &sc, &[], |_| {}).unwrap();
         assert_eq!(next, vec![want], "greedy next token after {text:?}");
         let row: Vec<f32> = m.forward_last(&ids, 1, t).unwrap()[..v].to_vec();
@@ -109,7 +109,7 @@ fn smollm2_logits_match_float64_reference() {
     }
     // Eight greedy tokens with the key/value cache = eight full recomputations (chat prompt).
     let ids = u32s(&golden["cases"][1]["ids"]);
-    let sc = SampleConfig { max_new_tokens: 8, temperature: 0.0, top_k: 0, seed: 0 };
+    let sc = SampleConfig { max_new_tokens: 8, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
     let cached = generate(&mut m, &ids, &sc, &[], |_| {}).unwrap();
     let mut ctx = ids.clone();
     for _ in 0..8 {
