@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod checkpoint;
 pub mod data;
 pub mod decoder;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
