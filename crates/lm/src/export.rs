@@ -210,6 +210,5 @@ pub fn llama_gguf(
     if !cfg.tied_embeddings {
         put("output.weight".into(), v, d, start("output"))?;
     }
-    drop(put);
     Ok(w)
 }
