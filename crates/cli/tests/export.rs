@@ -143,6 +143,33 @@ fn exported_gguf_generates_the_checkpoints_tokens_and_logits() {
     }
 }
 
+/// At the narrow levels the checkpoint stores f16 weights with per-tensor scales; export writes the
+/// decoded weights, so `generate --gguf` again follows `generate --checkpoint`.
+#[test]
+fn a_narrow_precision_checkpoint_exports_its_decoded_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run =
+        train(dir.path(), "run", &["--arch", "llama", "--model", "tiny", "--steps", "3", "--precision", "fp8-o2"]);
+    let out = dir.path().join("m.gguf");
+    let o = export(&run, "gguf", Some("f32"), &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = octet_lm::checkpoint::load(&run, false).unwrap();
+    let g = GgufFile::open(&out).unwrap();
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    let p = octet_lm::llama::params_from_gguf::<f32>(&g, &cfg).unwrap();
+    let ModelSpec::Llama(ck_cfg) = ck.state.model else { panic!("not a llama checkpoint") };
+    let emb = cfg.vocab_size * cfg.n_embd;
+    assert_eq!(p[..emb], ck.params[..emb], "token_embd rows 0..V");
+    assert_eq!(p.len() + (ck_cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd, ck.params.len());
+    let prompt = "def f(x):";
+    let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
+    assert_same_tokens(
+        &generate(&["--gguf", out_s], prompt, "1"),
+        &generate(&["--checkpoint", run_s], prompt, "1"),
+        "fp8-o2 sampled",
+    );
+}
+
 #[test]
 fn exported_hf_directory_imports_with_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
