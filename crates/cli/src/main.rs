@@ -43,6 +43,8 @@ enum Cmd {
     /// Bytes per role (weights, gradients, optimizer state, activations) of a training run, and bytes
     /// per parameter.
     Memory(MemoryArgs),
+    /// Write a Llama checkpoint as a HuggingFace directory or a GGUF file (llama.cpp, `generate --gguf`).
+    Export(ExportArgs),
     /// Measure throughput (machine-readable with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -193,6 +195,25 @@ struct TrainArgs {
     #[arg(long)]
     until: Option<usize>,
     /// Print one JSON object per line (steps, evaluations, last a summary) instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Checkpoint directory or run directory (a Llama model).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// hf: directory with model.safetensors, config.json, tokenizer.json (HF's RoPE convention);
+    /// gguf: one GGUF v3 `llama` file with the tokenizer in its metadata.
+    #[arg(long)]
+    format: String,
+    /// GGUF weight type: f32 (default), f16, q8_0 (norm gains stay f32).
+    #[arg(long = "type")]
+    ty: Option<String>,
+    /// The GGUF file, or the HF directory.
+    #[arg(long)]
+    out: PathBuf,
     #[arg(long)]
     json: bool,
 }
@@ -406,6 +427,25 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_export(a: ExportArgs) -> Result<()> {
+    let format = octet_lm::export::Format::parse(&a.format, a.ty.as_deref())?;
+    let e = octet_lm::export::export(&a.checkpoint, format, &a.out)?;
+    let what = match format {
+        octet_lm::export::Format::Hf => "hf".to_string(),
+        octet_lm::export::Format::Gguf(t) => format!("gguf {}", t.name()),
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "path": e.path, "format": what, "step": e.step, "bytes": e.bytes,
+            "model": serde_json::to_value(e.config).expect("config serialises"),
+        });
+        println!("{v}");
+    } else {
+        eprintln!("wrote {} ({what}, step {}, {} bytes)", e.path.display(), e.step, e.bytes);
+    }
+    Ok(())
+}
+
 fn run_memory(a: MemoryArgs) -> Result<()> {
     let arch = arch_for(a.arch.unwrap_or_default(), &a.model, a.arch.is_some())?;
     let spec = ModelSpec::preset(arch, &a.model, a.block, a.vocab_size, Overrides::default())?;
@@ -503,6 +543,7 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Bench(c) => run_bench(c),
         Cmd::Memory(a) => run_memory(a),
+        Cmd::Export(a) => run_export(a),
         Cmd::Materials(c) => materials::run(c),
         Cmd::Adapt(c) => adapt::run(c),
         Cmd::Device => run_device(),

@@ -307,7 +307,7 @@ fn full_builder() -> Builder {
         .tensor("q8_0", &[64, 2], GgmlType::Q8_0, q8_0_data(&q8_0_blocks()).0)
         .tensor("q4_1", &[32, 3], GgmlType::Q4_1, q4_1_data().0)
         .tensor("q4_0", &[32, 1, 1, 1], GgmlType::Q4_0, q4_0_data().0)
-        .tensor("q4_k", &[256], GgmlType(12), vec![0u8; 144]);
+        .tensor("iq2_xxs", &[256], GgmlType(16), vec![0u8; 66]);
     b
 }
 
@@ -368,7 +368,7 @@ fn synthetic_tensors_dequantise_exactly() {
     let (bytes, _) = full_builder().build();
     let g = open_bytes(&bytes).unwrap();
     let names: Vec<&str> = g.tensors().iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["f32", "f16", "bf16", "q8_0", "q4_1", "q4_0", "q4_k"]);
+    assert_eq!(names, ["f32", "f16", "bf16", "q8_0", "q4_1", "q4_0", "iq2_xxs"]);
     for t in g.tensors() {
         assert_eq!(t.offset % 64, 0, "{}: offset {}", t.name, t.offset);
     }
@@ -400,9 +400,9 @@ fn synthetic_tensors_dequantise_exactly() {
     assert_bits_eq("q4_0", &g.tensor_f32("q4_0").unwrap(), &q4_0_data().1);
 
     // Known but unsupported: opens, and tensor_f32 says which type and tensor.
-    let (field, msg) = format_err(g.tensor_f32("q4_k"));
-    assert_eq!(field, "q4_k");
-    assert!(msg.contains("unsupported ggml type 12 (Q4_K) for tensor `q4_k`"), "{msg}");
+    let (field, msg) = format_err(g.tensor_f32("iq2_xxs"));
+    assert_eq!(field, "iq2_xxs");
+    assert!(msg.contains("unsupported ggml type 16 (IQ2_XXS) for tensor `iq2_xxs`"), "{msg}");
     let (field, _) = format_err(g.tensor_f32("nope"));
     assert_eq!(field, "nope");
 }

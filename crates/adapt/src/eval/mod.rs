@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use octet_core::{Error, Result, Rng};
 use octet_kernels::CpuBackend;
+use octet_lm::chat::{ChatMl, IM_END};
 use octet_lm::generate::{SampleConfig, pick};
 use octet_lm::gguf::GgufFile;
-use octet_lm::chat::{ChatMl, IM_END};
 use octet_lm::infer::KvCache;
 use octet_lm::llama::Llama;
 use octet_lm::spec::ModelSpec;

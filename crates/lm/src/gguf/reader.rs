@@ -1,6 +1,5 @@
 //! GGUF reader (llama.cpp's model format, v3; v2 has the same layout and is accepted): typed
-//! metadata, tensor infos, memory-mapped tensor data, dequantisation to f32 and a HuggingFace
-//! tokenizer rebuilt from the `tokenizer.ggml.*` metadata.
+//! metadata, tensor infos and memory-mapped tensor data, every field bounds-checked.
 //!
 //! File layout (little endian; a string is `u64 len` + that many UTF-8 bytes, no terminator):
 //! ```text
@@ -19,15 +18,6 @@
 //! `dims = [in, out]` (ne0 = in, ne1 = out) is therefore exactly the row-major `(out, in)` matrix
 //! of a PyTorch `nn.Linear` weight; [`TensorInfo::shape_row_major`] gives the reversed dims.
 //!
-//! Dequantisation ([`dequantize`]) follows ggml's `dequantize_row_*` (ggml-quants.c), block by block:
-//! - `Q8_0`: 34-byte blocks of 32 = f16 `d`, 32 x i8 `q`; `x = q * d`.
-//! - `Q4_0`: 18-byte blocks of 32 = f16 `d`, 16 bytes of nibbles; `x = (q - 8) * d`.
-//! - `Q4_1`: 20-byte blocks of 32 = f16 `d`, f16 `m`, 16 bytes of nibbles; `x = q * d + m`
-//!   (a product then a sum, never fused).
-//!
-//! For Q4_*, byte `j` of a block holds element `j` in its low nibble and element `j + 16` in its
-//! high nibble. F32, F16 and BF16 are decoded exactly; other types are refused with a clear error.
-//!
 //! Every malformed input (truncation, bad magic, unknown value or ggml type, a count or length larger
 //! than the bytes left, tensor data outside the file) is an `Error::Format` naming the field, and no
 //! buffer is sized from the file before that size has been checked against the bytes available.
@@ -38,13 +28,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use octet_core::{Error, Result};
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, Tokenizer};
+
+use super::dequant::dequantize;
+use super::tokenizer::GgufTokenizer;
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 /// The version this reader is written against; version 2 has the same layout and is accepted.
@@ -55,11 +41,6 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: usize = 4;
 /// Deepest nesting of metadata arrays accepted (real files use 1, nested string arrays 2).
 pub const MAX_ARRAY_DEPTH: usize = 8;
-
-/// `tokenizer.ggml.token_type` value of a control token (llama.cpp `LLAMA_TOKEN_TYPE_CONTROL`).
-pub const TOKEN_TYPE_CONTROL: i64 = 3;
-/// `tokenizer.ggml.token_type` value of a user-defined token (`LLAMA_TOKEN_TYPE_USER_DEFINED`).
-pub const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Metadata values
@@ -300,6 +281,11 @@ impl GgmlType {
     pub const Q4_0: GgmlType = GgmlType(2);
     pub const Q4_1: GgmlType = GgmlType(3);
     pub const Q8_0: GgmlType = GgmlType(8);
+    pub const Q2_K: GgmlType = GgmlType(10);
+    pub const Q3_K: GgmlType = GgmlType(11);
+    pub const Q4_K: GgmlType = GgmlType(12);
+    pub const Q5_K: GgmlType = GgmlType(13);
+    pub const Q6_K: GgmlType = GgmlType(14);
     pub const BF16: GgmlType = GgmlType(30);
 
     pub fn info(self) -> Option<&'static GgmlTypeInfo> {
@@ -315,7 +301,17 @@ impl GgmlType {
     pub fn can_dequantize(self) -> bool {
         matches!(
             self,
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
+            GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::BF16
+                | GgmlType::Q8_0
+                | GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q2_K
+                | GgmlType::Q3_K
+                | GgmlType::Q4_K
+                | GgmlType::Q5_K
+                | GgmlType::Q6_K
         )
     }
 }
@@ -807,325 +803,5 @@ impl GgufFile {
     /// The byte-level BPE tokenizer described by the `tokenizer.*` metadata (see [`GgufTokenizer`]).
     pub fn tokenizer(&self) -> Result<GgufTokenizer> {
         GgufTokenizer::from_gguf(self)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dequantisation
-
-/// IEEE binary16 bits to f32, exactly (subnormals, infinities and NaN payloads included).
-#[inline]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h & 0x8000) << 16;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    match exp {
-        0 => {
-            // zero or subnormal: man * 2^-24, exact in f32.
-            let mag = man as f32 * f32::from_bits(0x3380_0000);
-            f32::from_bits(sign | mag.to_bits())
-        }
-        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
-        _ => f32::from_bits(sign | ((exp + 127 - 15) << 23) | (man << 13)),
-    }
-}
-
-/// bfloat16 bits to f32 (exact: bf16 is the top half of an f32).
-#[inline]
-pub fn bf16_to_f32(h: u16) -> f32 {
-    f32::from_bits(u32::from(h) << 16)
-}
-
-#[inline]
-fn le16(b: &[u8]) -> u16 {
-    u16::from_le_bytes([b[0], b[1]])
-}
-
-/// Decode `src`, the data of `out.len()` elements of type `ty`, into `out`. The error message says
-/// why (unsupported type, or sizes that do not agree).
-pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
-    let info = ty.info().ok_or_else(|| format!("unknown ggml type {}", ty.0))?;
-    if !ty.can_dequantize() {
-        return Err(format!("unsupported ggml type {ty}"));
-    }
-    let n = out.len() as u64;
-    if !n.is_multiple_of(info.block_elems) || (n / info.block_elems) * info.block_bytes != src.len() as u64 {
-        return Err(format!("{} bytes of {} do not hold {n} elements", src.len(), info.name));
-    }
-    match ty {
-        GgmlType::F32 => {
-            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        GgmlType::F16 => {
-            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-                *o = f16_to_f32(le16(b));
-            }
-        }
-        GgmlType::BF16 => {
-            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-                *o = bf16_to_f32(le16(b));
-            }
-        }
-        GgmlType::Q8_0 => {
-            for (blk, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-                let d = f16_to_f32(le16(blk));
-                for (x, &q) in o.iter_mut().zip(&blk[2..]) {
-                    *x = f32::from(q as i8) * d;
-                }
-            }
-        }
-        GgmlType::Q4_0 => {
-            for (blk, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
-                let d = f16_to_f32(le16(blk));
-                let (lo, hi) = o.split_at_mut(16);
-                for (j, &q) in blk[2..].iter().enumerate() {
-                    lo[j] = f32::from((q & 0x0f) as i8 - 8) * d;
-                    hi[j] = f32::from((q >> 4) as i8 - 8) * d;
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            for (blk, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
-                let d = f16_to_f32(le16(blk));
-                let m = f16_to_f32(le16(&blk[2..]));
-                let (lo, hi) = o.split_at_mut(16);
-                for (j, &q) in blk[4..].iter().enumerate() {
-                    lo[j] = f32::from(q & 0x0f) * d + m;
-                    hi[j] = f32::from(q >> 4) * d + m;
-                }
-            }
-        }
-        _ => unreachable!("can_dequantize covers exactly the arms above"),
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tokenizer
-
-/// How a `tokenizer.ggml.pre` name splits text before byte-level BPE (llama.cpp `llama-vocab.cpp`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PreSplit {
-    /// The GPT-2 regex alone (`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`).
-    Gpt2,
-    /// Every digit (`\p{N}`) split off on its own first, then the GPT-2 regex: llama.cpp's
-    /// STARCODER/SMOLLM regex set. In HF terms `Sequence[Digits(individual_digits=true),
-    /// ByteLevel]`, the StarCoder-style `tokenizer.json` that llama.cpp's converter labels `smollm`
-    /// (HF `Digits` splits on `char::is_numeric`: Nd, Nl, No, i.e. `\p{N}`).
-    DigitsThenGpt2,
-}
-
-impl PreSplit {
-    /// The pre-tokenizer names whose regexes are one of the two above. Others ("default", "llama3",
-    /// "qwen2", ...) use different regexes and are refused rather than tokenized wrongly.
-    pub fn from_pre(pre: &str) -> Option<PreSplit> {
-        match pre {
-            "gpt-2" | "mpt" | "olmo" | "jais" => Some(PreSplit::Gpt2),
-            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
-                Some(PreSplit::DigitsThenGpt2)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// A GGUF `gpt2` (byte-level BPE) tokenizer as a HuggingFace [`Tokenizer`]: BPE over the
-/// `tokenizer.ggml.tokens` vocabulary (id = position) and `tokenizer.ggml.merges` (rank = position),
-/// ByteLevel pre-tokenizer (no prefix space, GPT-2 regex) after the split [`PreSplit`] names,
-/// ByteLevel decoder; control tokens (`token_type` 3) are special added tokens, user-defined ones
-/// (`token_type` 4) plain added tokens, so both are matched whole in input text.
-///
-/// `encode` never adds BOS/EOS: `add_bos` / `add_eos` report what the model expects the caller to do.
-/// When a token string occurs twice in the vocabulary, encoding yields the first id.
-pub struct GgufTokenizer {
-    tokenizer: Tokenizer,
-    pub pre: String,
-    pub pre_split: PreSplit,
-    pub bos_id: Option<u32>,
-    pub eos_id: Option<u32>,
-    pub unk_id: Option<u32>,
-    pub pad_id: Option<u32>,
-    pub add_bos: bool,
-    pub add_eos: bool,
-    /// `tokenizer.chat_template` (a Jinja template), when present.
-    pub chat_template: Option<String>,
-    special_ids: Vec<u32>,
-}
-
-impl std::fmt::Debug for GgufTokenizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufTokenizer")
-            .field("vocab_size", &self.vocab_size())
-            .field("pre", &self.pre)
-            .field("bos_id", &self.bos_id)
-            .field("eos_id", &self.eos_id)
-            .field("special", &self.special_ids.len())
-            .finish()
-    }
-}
-
-impl GgufTokenizer {
-    fn from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
-        let path = g.path();
-        let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(Error::format(
-                path,
-                "tokenizer.ggml.model",
-                format!("unsupported tokenizer model `{model}` (reads `gpt2` byte-level BPE)"),
-            ));
-        }
-        let pre = match g.get("tokenizer.ggml.pre") {
-            None => "default",
-            Some(_) => g.get_str("tokenizer.ggml.pre")?,
-        };
-        let pre_split = PreSplit::from_pre(pre)
-            .ok_or_else(|| Error::format(path, "tokenizer.ggml.pre", format!("unsupported pre-tokenizer `{pre}`")))?;
-
-        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
-        let n_vocab = u32::try_from(tokens.len())
-            .map_err(|_| Error::format(path, "tokenizer.ggml.tokens", "more than u32::MAX tokens"))?;
-        // Insert in reverse so that the first of duplicate strings keeps its id.
-        let vocab: Vocab = tokens.iter().enumerate().rev().map(|(i, t)| ((*t).to_string(), i as u32)).collect();
-
-        let types = match g.get("tokenizer.ggml.token_type") {
-            None => vec![1; tokens.len()],
-            Some(_) => g.get_i64_array("tokenizer.ggml.token_type")?,
-        };
-        if types.len() != tokens.len() {
-            return Err(Error::format(
-                path,
-                "tokenizer.ggml.token_type",
-                format!("{} entries for {} tokens", types.len(), tokens.len()),
-            ));
-        }
-
-        let merges_raw = g.get_str_array("tokenizer.ggml.merges")?;
-        let mut merges = Vec::with_capacity(merges_raw.len());
-        for (i, m) in merges_raw.iter().enumerate() {
-            // As llama.cpp: split at the first space after the first character.
-            let split = m.char_indices().skip(1).find(|&(_, ch)| ch == ' ').map(|(at, _)| at);
-            let Some(at) = split else {
-                return Err(Error::format(
-                    path,
-                    "tokenizer.ggml.merges",
-                    format!("merge {i} `{m}` is not two tokens separated by a space"),
-                ));
-            };
-            merges.push((m[..at].to_string(), m[at + 1..].to_string()));
-        }
-
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| Error::format(path, "tokenizer.ggml.merges", e.to_string()))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_tok: PreTokenizerWrapper = match pre_split {
-            PreSplit::Gpt2 => byte_level.into(),
-            PreSplit::DigitsThenGpt2 => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        };
-        tokenizer.with_pre_tokenizer(Some(pre_tok));
-        tokenizer.with_post_processor(Some(ByteLevel::new(false, true, true)));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
-
-        let mut special_ids = Vec::new();
-        let mut special = Vec::new();
-        let mut user = Vec::new();
-        for (i, (&t, &ty)) in tokens.iter().zip(&types).enumerate() {
-            match ty {
-                TOKEN_TYPE_CONTROL => {
-                    special_ids.push(i as u32);
-                    special.push(AddedToken::from(t, true).normalized(false));
-                }
-                TOKEN_TYPE_USER_DEFINED => {
-                    user.push(AddedToken::from(t, false).normalized(false));
-                }
-                _ => {}
-            }
-        }
-        tokenizer
-            .add_special_tokens(special)
-            .map_err(|e| Error::format(path, "tokenizer.ggml.token_type", e.to_string()))?;
-        tokenizer.add_tokens(user).map_err(|e| Error::format(path, "tokenizer.ggml.token_type", e.to_string()))?;
-
-        let id = |key: &str| -> Result<Option<u32>> {
-            match g.get(key) {
-                None => Ok(None),
-                Some(_) => {
-                    let v = g.get_u32(key)?;
-                    if v >= n_vocab {
-                        return Err(Error::format(
-                            path,
-                            key,
-                            format!("token id {v} is outside the vocabulary of {n_vocab}"),
-                        ));
-                    }
-                    Ok(Some(v))
-                }
-            }
-        };
-        let flag = |key: &str| -> Result<bool> {
-            match g.get(key) {
-                None => Ok(false),
-                Some(_) => g.get_bool(key),
-            }
-        };
-        let chat_template = match g.get("tokenizer.chat_template") {
-            None => None,
-            Some(_) => Some(g.get_str("tokenizer.chat_template")?.to_string()),
-        };
-        Ok(GgufTokenizer {
-            tokenizer,
-            pre: pre.to_string(),
-            pre_split,
-            bos_id: id("tokenizer.ggml.bos_token_id")?,
-            eos_id: id("tokenizer.ggml.eos_token_id")?,
-            unk_id: id("tokenizer.ggml.unknown_token_id")?,
-            pad_id: id("tokenizer.ggml.padding_token_id")?,
-            add_bos: flag("tokenizer.ggml.add_bos_token")?,
-            add_eos: flag("tokenizer.ggml.add_eos_token")?,
-            chat_template,
-            special_ids,
-        })
-    }
-
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    pub fn into_inner(self) -> Tokenizer {
-        self.tokenizer
-    }
-
-    /// Number of ids, added tokens included.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
-    }
-
-    /// Ids of the control tokens (`token_type` 3), ascending.
-    pub fn special_ids(&self) -> &[u32] {
-        &self.special_ids
-    }
-
-    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) map to their ids.
-    /// No BOS/EOS is added.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Other(format!("tokenize: {e}")))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.tokenizer.decode(ids, skip_special).map_err(|e| Error::Other(format!("detokenize: {e}")))
-    }
-
-    pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.tokenizer.id_to_token(id)
-    }
-
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.tokenizer.token_to_id(token)
     }
 }
