@@ -218,3 +218,47 @@ fn gpt2_checkpoints_and_bad_flags_are_refused_clearly() {
     let o = export(&dir.path().join("nope"), "gguf", None, &out);
     assert!(!o.status.success() && stderr(&o).contains("nope"), "{}", stderr(&o));
 }
+
+/// `train --init` from an exported GGUF file and from an exported HuggingFace directory: the run
+/// starts from the exported weights (its step-0 held-out loss equals the checkpoint's model on the
+/// same data within f32 rounding) and trains on with the model's own tokenizer.
+#[test]
+fn train_init_starts_from_exported_gguf_and_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), "base", &["--arch", "llama", "--model", "tiny", "--steps", "5"]);
+    let gguf = dir.path().join("m.gguf");
+    let hf = dir.path().join("hf");
+    assert!(export(&run, "gguf", Some("f32"), &gguf).status.success());
+    assert!(export(&run, "hf", None, &hf).status.success());
+    let data = corpus(dir.path());
+    let mut first = vec![];
+    for (name, init) in [("from-gguf", &gguf), ("from-hf", &hf)] {
+        let out = dir.path().join(name);
+        let o = octet(&[
+            "train",
+            "--json",
+            "--init",
+            init.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--checkpoint-every",
+            "0",
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let v0 = lines.iter().find(|v| v["event"] == "eval" && v["step"] == 0).expect("held-out loss at step 0");
+        first.push(v0["val_loss"].as_f64().unwrap());
+        assert_eq!(lines.last().unwrap()["event"], "summary");
+    }
+    // Both starts see the same weights (F32 GGUF and HF are exact) and the same tokenizer.
+    assert!((first[0] - first[1]).abs() <= 1e-4 * first[0], "step-0 loss gguf {} vs hf {}", first[0], first[1]);
+}
