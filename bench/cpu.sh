@@ -10,7 +10,7 @@
 #
 # Environment (all optional):
 #   BENCH_CONFIGS     space-separated model:batch:seq:steps
-#                     (default "small:16:128:10 gpt2-124m:4:64:5")
+#                     (default "small:16:128:10 gpt2-124m:4:64:5 gpt2-124m:8:256:3")
 #   WARMUP            untimed warm-up steps for both (default 2; JAX compiles before warm-up)
 #   PYTHON            interpreter with bench/requirements-peer.txt installed (default python3)
 #   OCTET_SKIP_BUILD  1 = use the existing target/release/octet instead of `cargo build`
@@ -22,7 +22,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-BENCH_CONFIGS=${BENCH_CONFIGS:-"small:16:128:10 gpt2-124m:4:64:5"}
+BENCH_CONFIGS=${BENCH_CONFIGS:-"small:16:128:10 gpt2-124m:4:64:5 gpt2-124m:8:256:3"}
 WARMUP=${WARMUP:-2}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-bench/results-cpu.jsonl}
