@@ -7,4 +7,5 @@ pub mod corpus;
 pub mod dedup;
 pub mod extend;
 pub mod resize;
+pub mod retrieval;
 pub mod sources;
