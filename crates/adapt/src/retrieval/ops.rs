@@ -5,11 +5,12 @@
 //! only needs the saved mean and rstd), and masked mean pooling followed by L2 normalisation.
 //!
 //! Argument order as the kernels: outputs, saved-for-backward, inputs, dimensions. Activation gradients
-//! overwrite (`=`). The fast versions are generic over the element type, parallel over the batch with
-//! rayon, and accumulate in f64 (these ops are a few percent of an encoder's FLOPs; the GEMMs dominate).
+//! overwrite (`=`). The fast versions are generic over the element type and parallel over the batch with
+//! rayon; attention forward computes in the element type (it is the hot op of inference), the others
+//! accumulate in f64.
 //! `mask` is (B, T) with 1 for a real token and 0 for padding.
 
-use octet_core::Float;
+use octet_core::{DType, Float};
 use rayon::prelude::*;
 
 #[inline]
@@ -51,10 +52,16 @@ pub fn layernorm_eps_forward<F: Float>(
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// Exact GELU: out = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (BERT's `gelu`, not the tanh approximation).
+/// f32 uses the f32 erf (musl `erff`, < 1 ulp), wider types the f64 one.
 pub fn gelu_erf_forward<F: Float>(out: &mut [F], inp: &[F]) {
     out.par_iter_mut().zip(inp.par_iter()).for_each(|(o, &x)| {
-        let x = f(x);
-        *o = F::from_f64(0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)));
+        *o = if F::DTYPE == DType::F32 {
+            let x = x.to_f32();
+            F::from_f32(0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)))
+        } else {
+            let x = f(x);
+            F::from_f64(0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)))
+        };
     });
 }
 
@@ -72,6 +79,10 @@ pub fn gelu_erf_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
 /// C = NH * hs with head h in columns h*hs..(h+1)*hs. For every query i (padding rows too; their
 /// outputs are never pooled): s_ij = q_i.k_j / sqrt(hs) over keys j with mask[b, j] = 1,
 /// p_i = softmax(s_i), out_i = sum_j p_ij v_j. Saves probs (B, NH, T, T) (masked keys: exactly 0).
+///
+/// Arithmetic in `F` (this is the hot op of inference): per (b, h), K is gathered transposed (hs, T)
+/// and V as (T, hs), so both inner loops (over keys for the scores, over head dims for the output)
+/// are elementwise and vectorise; sums run over at most T (scores: hs) terms.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_masked_forward<F: Float>(
     out: &mut [F],
@@ -84,7 +95,8 @@ pub fn attention_masked_forward<F: Float>(
     nh: usize,
 ) {
     let hs = c / nh;
-    let scale = 1.0 / (hs as f64).sqrt();
+    let scale = F::from_f64(1.0 / (hs as f64).sqrt());
+    let zero = F::default();
     out[..b * t * c]
         .par_chunks_mut(t * c)
         .zip(probs[..b * nh * t * t].par_chunks_mut(nh * t * t))
@@ -92,39 +104,45 @@ pub fn attention_masked_forward<F: Float>(
         .for_each(|(bi, (o, p))| {
             let x = &qkv[bi * t * 3 * c..][..t * 3 * c];
             let m = &mask[bi * t..][..t];
-            let mut s = vec![0f64; t];
-            let mut acc = vec![0f64; hs];
+            let keys: Vec<usize> = (0..t).filter(|&j| m[j] != 0).collect();
+            let nk = keys.len();
+            let (mut kt, mut v) = (vec![zero; hs * nk], vec![zero; nk * hs]);
+            let mut s = vec![zero; nk];
+            let mut acc = vec![zero; hs];
             for h in 0..nh {
+                for (jj, &j) in keys.iter().enumerate() {
+                    for e in 0..hs {
+                        kt[e * nk + jj] = x[j * 3 * c + c + h * hs + e];
+                        v[jj * hs + e] = x[j * 3 * c + 2 * c + h * hs + e];
+                    }
+                }
                 for i in 0..t {
                     let q = &x[i * 3 * c + h * hs..][..hs];
-                    let mut mx = f64::NEG_INFINITY;
-                    for j in 0..t {
-                        if m[j] == 0 {
-                            continue;
+                    s.iter_mut().for_each(|z| *z = zero);
+                    for e in 0..hs {
+                        let qe = q[e] * scale;
+                        for (z, &k) in s.iter_mut().zip(&kt[e * nk..][..nk]) {
+                            *z = *z + qe * k;
                         }
-                        let k = &x[j * 3 * c + c + h * hs..][..hs];
-                        let d: f64 = q.iter().zip(k).map(|(&a, &bb)| f(a) * f(bb)).sum::<f64>() * scale;
-                        s[j] = d;
-                        mx = mx.max(d);
                     }
-                    let mut z = 0.0;
-                    for j in 0..t {
-                        s[j] = if m[j] == 0 { 0.0 } else { (s[j] - mx).exp() };
-                        z += s[j];
+                    let mx = s.iter().fold(F::neg_infinity(), |a, &z| a.max(z));
+                    let mut sum = zero;
+                    for z in s.iter_mut() {
+                        *z = (*z - mx).exp();
+                        sum = sum + *z;
                     }
-                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    let inv = F::one() / sum;
+                    acc.iter_mut().for_each(|a| *a = zero);
                     let prow = &mut p[(h * t + i) * t..][..t];
-                    for j in 0..t {
-                        let pj = s[j] / z;
-                        prow[j] = F::from_f64(pj);
-                        if pj != 0.0 {
-                            let v = &x[j * 3 * c + 2 * c + h * hs..][..hs];
-                            acc.iter_mut().zip(v).for_each(|(a, &vv)| *a += pj * f(vv));
+                    prow.iter_mut().for_each(|z| *z = zero);
+                    for (jj, &j) in keys.iter().enumerate() {
+                        let pj = s[jj] * inv;
+                        prow[j] = pj;
+                        for (a, &vv) in acc.iter_mut().zip(&v[jj * hs..][..hs]) {
+                            *a = *a + pj * vv;
                         }
                     }
-                    for (d, &a) in o[i * c + h * hs..][..hs].iter_mut().zip(&acc) {
-                        *d = F::from_f64(a);
-                    }
+                    o[i * c + h * hs..][..hs].copy_from_slice(&acc);
                 }
             }
         });
