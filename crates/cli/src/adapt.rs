@@ -11,6 +11,7 @@ use octet_adapt::augment::AugmentConfig;
 use octet_adapt::extend::{TokensPerByte, extend_gguf};
 use octet_adapt::retrieval::encoder::Precision;
 use octet_adapt::retrieval::pipeline::{EvalOptions, IndexOptions, build_index, evaluate};
+use octet_adapt::retrieval::retriever::{RetrieverOptions, train};
 use octet_adapt::sources::{self, DOMAIN_PACKAGES};
 use octet_core::Result;
 
@@ -43,6 +44,44 @@ pub enum AdaptCmd {
     /// Evaluate BM25 (tantivy) and the dense index on the held-out pairs (and hand-written queries):
     /// hit@1, hit@5, hit@8, MRR@10 with 95% bootstrap intervals, search latency, a sample.
     RetrievalEval(RetrievalEvalArgs),
+    /// Fine-tune the sentence encoder contrastively (InfoNCE, in-batch negatives, optional BM25 hard
+    /// negatives) on (query, passage) pairs from the training documents; checkpoints to `--out` and
+    /// resumes from it when `--out/state.json` exists. `--out` is then a model for `index --model`.
+    Retriever(RetrieverArgs),
+}
+
+#[derive(Args)]
+pub struct RetrieverArgs {
+    /// Corpus directory from `octet adapt corpus` [default: <default cache>/corpus].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// The base sentence-transformers BERT directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output model directory (checkpoints; resumed from when it holds state.json).
+    #[arg(long, default_value = "runs/adapt-retriever")]
+    out: PathBuf,
+    /// Optimizer steps in all (a resumed run continues to this count).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// AdamW learning rate (constant; no weight decay).
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = 0.05)]
+    temperature: f64,
+    /// Add one BM25 hard negative per query.
+    #[arg(long)]
+    hard_negatives: bool,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 25)]
+    checkpoint_every: usize,
+    /// Seed of the pair order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -143,6 +182,7 @@ pub fn run(cmd: AdaptCmd) -> Result<()> {
         AdaptCmd::Tokenizer(a) => run_tokenizer(a),
         AdaptCmd::Index(a) => run_index(a),
         AdaptCmd::RetrievalEval(a) => run_retrieval_eval(a),
+        AdaptCmd::Retriever(a) => run_retriever(a),
     }
 }
 
@@ -312,5 +352,40 @@ fn run_retrieval_eval(a: RetrievalEvalArgs) -> Result<()> {
         println!("    bm25 {} top: {}", rk(s.bm25_rank), s.bm25_top);
         println!("    dense {} top: {}", rk(s.dense_rank), s.dense_top);
     }
+    Ok(())
+}
+
+fn run_retriever(a: RetrieverArgs) -> Result<()> {
+    let corpus = match a.corpus {
+        Some(c) => c,
+        None => sources::default_cache_dir()?.join("corpus"),
+    };
+    let o = RetrieverOptions {
+        corpus,
+        model: a.model,
+        out: a.out,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        temperature: a.temperature,
+        hard_negatives: a.hard_negatives,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+    };
+    let t0 = Instant::now();
+    let st = train(
+        &o,
+        |step, loss| eprintln!("step {step:>5}  loss {loss:.4}  {:.1} s", t0.elapsed().as_secs_f64()),
+        &mut say,
+    )?;
+    println!(
+        "{} steps on {} pairs in {:.0} s; loss {:.4} -> {:.4}; model in {}",
+        st.step,
+        st.pairs,
+        t0.elapsed().as_secs_f64(),
+        st.losses.first().map_or(f64::NAN, |x| x.1),
+        st.losses.last().map_or(f64::NAN, |x| x.1),
+        o.out.display()
+    );
     Ok(())
 }

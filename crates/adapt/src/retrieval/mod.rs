@@ -3,9 +3,11 @@
 //! a BM25 baseline on tantivy (`bm25`), and the held-out evaluation set and metrics (`evalset`).
 
 pub mod bm25;
+pub mod contrastive;
 pub mod embed;
 pub mod encoder;
 pub mod evalset;
 pub mod index;
 pub mod ops;
 pub mod pipeline;
+pub mod retriever;
