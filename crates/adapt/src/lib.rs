@@ -9,4 +9,5 @@ pub mod dedup;
 pub mod eval;
 pub mod extend;
 pub mod resize;
+pub mod retrieval;
 pub mod sources;

