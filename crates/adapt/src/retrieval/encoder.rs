@@ -97,7 +97,7 @@ impl BertConfig {
             ff: u("intermediate_size")?,
             eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-12),
         };
-        if cfg.nh == 0 || cfg.c % cfg.nh != 0 || cfg.type_vocab == 0 {
+        if cfg.nh == 0 || !cfg.c.is_multiple_of(cfg.nh) || cfg.type_vocab == 0 {
             return Err(Error::format(path, "num_attention_heads", "must divide hidden_size"));
         }
         Ok(cfg)

@@ -8,8 +8,10 @@
 //!   heading) is the target, when the section has at least [`MIN_TARGET`] non-space bytes.
 //! - HDL (`.sv .svh .v .vh`) and Tcl (`.tcl .sdc .xdc`): a block of consecutive comment lines (`//`,
 //!   resp. `#`) with at least 4 words once licence/banner lines are dropped, and no `;`, ` = ` or `<=`
-//!   (commented-out code), directly followed by code, is the query; the code is the target: up to `endmodule` when it starts with `module` (kind
-//!   `module`, the module's header comment), else to the next blank or comment line (kind `comment`).
+//!   (commented-out code), directly followed by code, is the query; the code is the target: up to
+//!   `endmodule` when it starts with `module` (kind `module`, the module's header comment), else to the
+//!   next blank or comment line (kind `comment`).
+//!
 //! Queries are cut to [`MAX_QUERY`] bytes and targets to [`MAX_TARGET`] bytes; at most
 //! [`MAX_PER_DOC`] pairs per document, evenly spaced over its pairs.
 //!
@@ -111,8 +113,11 @@ fn boilerplate(l: &str) -> bool {
         || !l.chars().any(char::is_alphanumeric)
 }
 
+/// A raw pair: kind, query, query span, target span.
+pub type RawPair = (String, String, (usize, usize), (usize, usize));
+
 /// The pairs of one document (module doc), in text order, before the per-document cap.
-pub fn pairs_of(text: &str, path: &str) -> Vec<(String, String, (usize, usize), (usize, usize))> {
+pub fn pairs_of(text: &str, path: &str) -> Vec<RawPair> {
     let e = ext(path);
     let ls = lines(text);
     let mut out = Vec::new();

@@ -86,7 +86,7 @@ pub fn build_index(
             evalset::blank(&d.text, &spans)
         } else {
             train_seen += 1;
-            if (train_seen - 1) % o.train_every.max(1) != 0 {
+            if !(train_seen - 1).is_multiple_of(o.train_every.max(1)) {
                 continue;
             }
             d.text.clone()

@@ -205,7 +205,7 @@ pub fn train(
         be.adamw_update(&mut emb.enc.params, &grads, &mut m, &mut v, st.step as u64, o.lr, &cfg, true);
         st.losses.push((st.step, loss));
         progress(st.step, loss);
-        if st.step % o.checkpoint_every.max(1) == 0 || st.step == o.steps {
+        if st.step.is_multiple_of(o.checkpoint_every.max(1)) || st.step == o.steps {
             save_checkpoint(o, &emb, &m, &v, &st)?;
         }
     }
