@@ -67,7 +67,12 @@ pub fn atomic_volume(e: Element) -> Option<f64> {
 }
 
 fn checked(e: Element, what: &str, v: Option<f64>) -> Result<f64> {
-    v.ok_or_else(|| Error::config("elements", format!("no {what} tabulated for {e} (candidates.rs covers Al Cu Ag Au Ni Pd Pt H C N O)")))
+    v.ok_or_else(|| {
+        Error::config(
+            "elements",
+            format!("no {what} tabulated for {e} (candidates.rs covers Al Cu Ag Au Ni Pd Pt H C N O)"),
+        )
+    })
 }
 
 /// Where a candidate came from.
@@ -110,7 +115,10 @@ impl Default for AirssConfig {
     }
 }
 
-fn sym_ops(space_group: u16) -> Result<Vec<([[f64; 3]; 3], [f64; 3])>> {
+/// A space-group operation on fractional coordinates: rotation, translation.
+type SymOp = ([[f64; 3]; 3], [f64; 3]);
+
+fn sym_ops(space_group: u16) -> Result<Vec<SymOp>> {
     let id = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
     let inv = [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]];
     match space_group {
@@ -270,7 +278,13 @@ pub fn enumerate_compositions(elements: &[Element], max_atoms: usize) -> Vec<Com
 
 /// `parent` with every site of `from` (or, with `partial`, a random half of them, at least one)
 /// turned into `to`, the cell rescaled by the change in summed atomic volumes.
-pub fn substitute(parent: &Structure, from: Element, to: Element, partial: bool, seed: u64) -> Result<Option<(Structure, usize)>> {
+pub fn substitute(
+    parent: &Structure,
+    from: Element,
+    to: Element,
+    partial: bool,
+    seed: u64,
+) -> Result<Option<(Structure, usize)>> {
     let sites: Vec<usize> = (0..parent.num_sites()).filter(|&i| parent.species[i] == from).collect();
     if sites.is_empty() || from == to {
         return Ok(None);
@@ -293,7 +307,8 @@ pub fn substitute(parent: &Structure, from: Element, to: Element, partial: bool,
     for &i in &chosen {
         species[i] = to;
     }
-    let vol = |sp: &[Element]| -> Result<f64> { sp.iter().map(|&e| checked(e, "atomic volume", atomic_volume(e))).sum() };
+    let vol =
+        |sp: &[Element]| -> Result<f64> { sp.iter().map(|&e| checked(e, "atomic volume", atomic_volume(e))).sum() };
     let factor = vol(&species)? / vol(&parent.species)?;
     let lat = parent.lattice.scaled_to_volume(parent.lattice.volume() * factor)?;
     Ok(Structure::new(lat, species, parent.frac_coords.clone()).ok().map(|s| (s, chosen.len())))
@@ -379,7 +394,7 @@ mod tests {
                 assert!((0..5).any(|j| s.species[j] == s.species[i]
                     && (0..3).all(|a| {
                         let d = (s.frac_coords[j][a] - inv[a]).rem_euclid(1.0);
-                        d < 1e-9 || d > 1.0 - 1e-9
+                        !(1e-9..=1.0 - 1e-9).contains(&d)
                     })));
             }
         }

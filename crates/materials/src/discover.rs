@@ -135,7 +135,8 @@ impl DiscoverConfig {
     pub fn validate(&self) -> Result<Vec<Element>> {
         let mut els = Vec::new();
         for s in &self.elements {
-            let e = Element::from_symbol(s).ok_or_else(|| Error::config("elements", format!("`{s}` is not an element")))?;
+            let e =
+                Element::from_symbol(s).ok_or_else(|| Error::config("elements", format!("`{s}` is not an element")))?;
             if candidates::covalent_radius(e).is_none() || candidates::atomic_volume(e).is_none() {
                 return Err(Error::config("elements", format!("{e}: no covalent radius / atomic volume tabulated")));
             }
@@ -150,7 +151,10 @@ impl DiscoverConfig {
             ("max_atoms", self.max_atoms >= 2),
             ("ensemble", self.ensemble >= 1),
             ("epochs", self.epochs >= 1 && self.finetune_epochs >= 1),
-            ("volume_factors", !self.volume_factors.is_empty() && self.volume_factors.iter().all(|f| *f > 0.5 && *f < 2.0)),
+            (
+                "volume_factors",
+                !self.volume_factors.is_empty() && self.volume_factors.iter().all(|f| *f > 0.5 && *f < 2.0),
+            ),
         ];
         for (field, ok) in checks {
             if !ok {
@@ -197,7 +201,9 @@ impl PlanItem {
         let species = self
             .species
             .iter()
-            .map(|s| Element::from_symbol(s).ok_or_else(|| Error::Other(format!("plan item `{}`: element `{s}`", self.id))))
+            .map(|s| {
+                Element::from_symbol(s).ok_or_else(|| Error::Other(format!("plan item `{}`: element `{s}`", self.id)))
+            })
             .collect::<Result<Vec<_>>>()?;
         Structure::new(Lattice::new(self.cell)?, species, self.frac.clone())
     }
@@ -230,10 +236,13 @@ struct Verified {
     wall_s: f64,
     error: Option<String>,
     /// Subsampled trajectory: (energy, cell, positions).
-    frames: Vec<(f64, [[f64; 3]; 3], Vec<[f64; 3]>)>,
+    frames: Vec<Frame>,
 }
 
-fn subsample(traj: &[TrajectoryStep], k: usize) -> Vec<(f64, [[f64; 3]; 3], Vec<[f64; 3]>)> {
+/// A kept trajectory frame: energy (eV), cell rows, Cartesian positions.
+type Frame = (f64, [[f64; 3]; 3], Vec<[f64; 3]>);
+
+fn subsample(traj: &[TrajectoryStep], k: usize) -> Vec<Frame> {
     if traj.len() < 2 || k == 0 {
         return Vec::new();
     }
@@ -286,7 +295,8 @@ fn replay(path: &Path, records: &[Value], cfg: &DiscoverConfig) -> Result<State>
         let bad = |k: &str, e: serde_json::Error| Error::format(path, format!("record {} `{k}`", i + 1), e.to_string());
         match kind {
             "config" => {
-                let old: DiscoverConfig = serde_json::from_value(field("config")?.clone()).map_err(|e| bad("config", e))?;
+                let old: DiscoverConfig =
+                    serde_json::from_value(field("config")?.clone()).map_err(|e| bad("config", e))?;
                 let (a, b) = (serde_json::to_value(&old).unwrap(), serde_json::to_value(cfg).unwrap());
                 if let (Some(a), Some(b)) = (a.as_object(), b.as_object())
                     && let Some(k) = b.keys().find(|k| a.get(*k) != b.get(*k))
@@ -299,7 +309,8 @@ fn replay(path: &Path, records: &[Value], cfg: &DiscoverConfig) -> Result<State>
                 }
             }
             "plan" => {
-                let items: Vec<PlanItem> = serde_json::from_value(field("items")?.clone()).map_err(|e| bad("items", e))?;
+                let items: Vec<PlanItem> =
+                    serde_json::from_value(field("items")?.clone()).map_err(|e| bad("items", e))?;
                 st.plans.insert(round, items);
             }
             "oracle" => {
@@ -359,14 +370,26 @@ pub fn discover(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let jpath = dir.join("journal.jsonl");
     if jpath.exists() && !resume {
-        return Err(Error::format(&jpath, "journal", "a run exists in this directory: pass --resume, or use a new --dir"));
+        return Err(Error::format(
+            &jpath,
+            "journal",
+            "a run exists in this directory: pass --resume, or use a new --dir",
+        ));
     }
     let opened = crate::journal::Journal::open(&jpath)?;
     if opened.dropped_bytes > 0 {
         on(&DiscoverEvent::Note(format!("journal: dropped a torn last line ({} bytes)", opened.dropped_bytes)));
     }
     let st = replay(&jpath, &opened.records, cfg)?;
-    let mut lp = Loop { dir: dir.to_path_buf(), cfg: cfg.clone(), elements, oracle, journal: Mutex::new(opened.journal), st, on };
+    let mut lp = Loop {
+        dir: dir.to_path_buf(),
+        cfg: cfg.clone(),
+        elements,
+        oracle,
+        journal: Mutex::new(opened.journal),
+        st,
+        on,
+    };
     if opened.records.is_empty() {
         lp.append(rec("config", 0, json!({"config": cfg})))?;
     } else {
@@ -400,7 +423,8 @@ impl Loop<'_> {
                     vec![e; 4],
                     vec![[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]],
                 )?;
-                let origin = Origin { method: "reference".into(), space_group: 225, parent: None, substitution: None, seed: 0 };
+                let origin =
+                    Origin { method: "reference".into(), space_group: 225, parent: None, substitution: None, seed: 0 };
                 items.push(PlanItem::new(&Candidate { id: format!("ref-{e}"), structure: s, origin }, "reference"));
             }
             let cands = self.generate(0, self.cfg.bootstrap)?;
@@ -520,12 +544,20 @@ impl Loop<'_> {
                     Some(s) => Candidate {
                         id: String::new(),
                         structure: s,
-                        origin: Origin { method: "airss".into(), space_group: sg, parent: None, substitution: None, seed },
+                        origin: Origin {
+                            method: "airss".into(),
+                            space_group: sg,
+                            parent: None,
+                            substitution: None,
+                            seed,
+                        },
                     },
                     None => continue,
                 }
             };
-            if cand.structure.num_sites() > self.cfg.max_atoms || !dedup.insert(&cand.structure, cand.origin.space_group) {
+            if cand.structure.num_sites() > self.cfg.max_atoms
+                || !dedup.insert(&cand.structure, cand.origin.space_group)
+            {
                 continue;
             }
             let id = format!("r{round}-{:04}-{}", out.len(), cand.structure.reduced_formula());
@@ -653,7 +685,7 @@ impl Loop<'_> {
     fn train(&mut self, round: usize) -> Result<()> {
         let cutoff = graph::CUTOFF;
         let all = self.samples(round, cutoff)?;
-        let is_valid = |s: &Sample| fnv1a64(s.id.split('#').next().unwrap_or("").as_bytes()) % 10 == 0;
+        let is_valid = |s: &Sample| fnv1a64(s.id.split('#').next().unwrap_or("").as_bytes()).is_multiple_of(10);
         let (mut tr, mut va): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|s| !is_valid(s));
         if va.is_empty() && tr.len() > 1 {
             va.push(tr.pop().expect("nonempty"));
@@ -801,7 +833,8 @@ fn pct(v: &Value) -> String {
 
 /// One line per round.
 pub fn summary_line(m: &Value) -> String {
-    let num = |v: &Value, scale: f64, unit: &str| v.as_f64().map_or("n/a".into(), |x| format!("{:.2}{unit}", x * scale));
+    let num =
+        |v: &Value, scale: f64, unit: &str| v.as_f64().map_or("n/a".into(), |x| format!("{:.2}{unit}", x * scale));
     format!(
         "round {}: hit rate {} [25 meV: {}], prevalence {}, DAF {}, F1 {}, MAE {} meV/atom (n={}), stable on hull {}, discovered {} cumulative, {:.0} s",
         m["round"],

@@ -56,7 +56,8 @@ impl Journal {
             start = end + 1;
         }
         let dropped_bytes = bytes.len() - good_end;
-        let file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(|e| Error::io(path, e))?;
+        let file =
+            OpenOptions::new().create(true).append(true).read(true).open(path).map_err(|e| Error::io(path, e))?;
         if dropped_bytes > 0 {
             file.set_len(good_end as u64).map_err(|e| Error::io(path, e))?;
             file.sync_all().map_err(|e| Error::io(path, e))?;
