@@ -124,6 +124,12 @@ pub struct DiscoverArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/discover")]
     dir: PathBuf,
+    /// pymatgen's lambda.json (ionic substitution probabilities) for substitutions; uniform without.
+    #[arg(long)]
+    lambda: Option<PathBuf>,
+    /// Labels of trajectory frames: relaxed (the relaxation's final energy) or own (the frame's).
+    #[arg(long, default_value = "relaxed")]
+    frame_labels: String,
     /// Continue the run in --dir.
     #[arg(long)]
     resume: bool,
@@ -1031,6 +1037,8 @@ fn run_discover(a: DiscoverArgs) -> Result<()> {
     cfg.relax_steps = a.relax_steps;
     cfg.seed = a.seed;
     cfg.oracle = a.oracle.clone();
+    cfg.lambda = a.lambda.clone();
+    cfg.frame_labels = a.frame_labels.clone();
     cfg.validate()?;
     if a.workers == 0 {
         return Err(Error::config("workers", "must be at least 1"));

@@ -12,9 +12,12 @@
 //! symmetry finder here).
 //!
 //! Substitutions (SAPS without Wyckoff orbits): every site of one element of a parent replaced by
-//! another element of the chemical system (full substitution), or a random half of them (partial);
-//! the substitution weight comes from the caller (uniform for metals, where the ionic model of
-//! `lambda.json` does not apply). The cell is rescaled by the change of summed atomic volumes.
+//! another element of the chemical system (full substitution), or a random half of them (partial;
+//! a random half, not a symmetry-equivalent set: no symmetry finder here). The replacing element is
+//! drawn by the Hautier ionic substitution probabilities of pymatgen's `lambda.json`
+//! (`SubstitutionTable`, pairs below `SUBSTITUTION_THRESHOLD` never drawn) or uniformly without a
+//! table. No charge-balance filter: the loop's structures carry no oxidation states. The cell is
+//! rescaled by the change of summed atomic volumes.
 //!
 //! Fingerprint: per element pair, a histogram of interatomic distances up to 6 A in a cell scaled
 //! to 15 A^3/atom (so that a uniformly compressed copy matches), Gaussian-smeared and L2-normalised;
@@ -88,6 +91,9 @@ pub struct Origin {
     /// `[from, to, sites replaced]` (substitutions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substitution: Option<(String, String, usize)>,
+    /// The substitution's probability under the ionic model (with a `lambda.json` table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
     /// The seed of the random stream that made it.
     pub seed: u64,
 }
@@ -314,6 +320,100 @@ pub fn substitute(
     Ok(Structure::new(lat, species, parent.frac_coords.clone()).ok().map(|s| (s, chosen.len())))
 }
 
+/// pymatgen's default log-probability for an ion pair missing from `lambda.json`.
+pub const LAMBDA_ALPHA: f64 = -5.0;
+/// GNoME's SAPS threshold on the substitution probability.
+pub const SUBSTITUTION_THRESHOLD: f64 = 0.001;
+
+/// The Hautier ionic substitution model (pymatgen's `SubstitutionProbability` over its
+/// `lambda.json`: `[species_a, species_b, lambda]` rows, species like `Cu1+`, `O2-`). With
+/// `px(a) = sum_t exp(lambda(a, t))` over all species, the probability that species `b` replaces
+/// `a` is `exp(lambda(b, a)) / px(a)` (pymatgen's `cond_prob(b, a)`); a missing pair has lambda
+/// `LAMBDA_ALPHA`. Elements are mapped to their ions: `element_weight(from, to)` is the largest
+/// such probability over the oxidation states the table knows for each (metals in an alloy have
+/// none of their own, so the ionic model is only a prior on chemical similarity there).
+#[derive(Clone, Debug)]
+pub struct SubstitutionTable {
+    species: Vec<(Element, i32)>,
+    lambda: std::collections::HashMap<(usize, usize), f64>,
+    px: Vec<f64>,
+}
+
+impl SubstitutionTable {
+    /// Parses `lambda.json` text; errors name the file and row.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<SubstitutionTable> {
+        let rows: Vec<(String, String, f64)> = serde_json::from_str(text)
+            .map_err(|e| Error::format(path, "rows", format!("expected [[a, b, lambda]]: {e}")))?;
+        let mut species: Vec<(Element, i32)> = Vec::new();
+        let mut index = |s: &str, row: usize| -> Result<usize> {
+            let digits = s.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+            let el = &s[..s.len() - digits.len()];
+            let e = Element::from_symbol(el)
+                .ok_or_else(|| Error::format(path, format!("row {row}"), format!("species `{s}`: unknown element")))?;
+            let (num, sign) = match digits.strip_suffix('+') {
+                Some(n) => (n, 1),
+                None => (digits.strip_suffix('-').unwrap_or(digits), -1),
+            };
+            let q = if num.is_empty() {
+                1
+            } else {
+                num.parse::<i32>()
+                    .map_err(|_| Error::format(path, format!("row {row}"), format!("species `{s}`: bad charge")))?
+            };
+            let sp = (e, sign * q);
+            Ok(species.iter().position(|&x| x == sp).unwrap_or_else(|| {
+                species.push(sp);
+                species.len() - 1
+            }))
+        };
+        let mut lambda = std::collections::HashMap::new();
+        for (row, (a, b, l)) in rows.iter().enumerate() {
+            let (i, j) = (index(a, row + 1)?, index(b, row + 1)?);
+            if !l.is_finite() {
+                return Err(Error::format(path, format!("row {}", row + 1), "lambda is not finite"));
+            }
+            lambda.insert((i.min(j), i.max(j)), *l);
+        }
+        let n = species.len();
+        let mut t = SubstitutionTable { species, lambda, px: vec![0.0; n] };
+        for a in 0..n {
+            t.px[a] = (0..n).map(|b| t.get(a, b).exp()).sum();
+        }
+        Ok(t)
+    }
+
+    /// Reads `lambda.json` (from the pymatgen-core wheel: `pymatgen/core/structure_prediction/data/`).
+    pub fn read(path: &std::path::Path) -> Result<SubstitutionTable> {
+        SubstitutionTable::parse(&crate::io::read_text(path)?, path)
+    }
+
+    fn get(&self, a: usize, b: usize) -> f64 {
+        *self.lambda.get(&(a.min(b), a.max(b))).unwrap_or(&LAMBDA_ALPHA)
+    }
+
+    /// Species (element, oxidation state) in the table.
+    pub fn len(&self) -> usize {
+        self.species.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.species.is_empty()
+    }
+
+    /// P(ion `to` replaces ion `from`), or `None` when either ion is not in the table.
+    pub fn ion_probability(&self, from: (Element, i32), to: (Element, i32)) -> Option<f64> {
+        let a = self.species.iter().position(|&s| s == from)?;
+        let b = self.species.iter().position(|&s| s == to)?;
+        Some(self.get(b, a).exp() / self.px[a])
+    }
+
+    /// The largest ion probability over the two elements' oxidation states (0 when none is known).
+    pub fn element_weight(&self, from: Element, to: Element) -> f64 {
+        let ions = |e: Element| self.species.iter().copied().filter(move |s| s.0 == e);
+        ions(from).flat_map(|a| ions(to).filter_map(move |b| self.ion_probability(a, b))).fold(0.0, f64::max)
+    }
+}
+
 /// Distance range and bins of the fingerprint.
 const FP_RMAX: f64 = 6.0;
 const FP_BINS: usize = 60;
@@ -412,6 +512,23 @@ mod tests {
         assert!(!d.insert(&a.with_volume_scaled(1.1).unwrap(), 1));
         assert!(d.insert(&b, 1));
         assert!(d.insert(&a, 2), "another space group is another key");
+    }
+
+    /// pymatgen's conditional probability on a three-ion table, by hand: px(a) sums exp(lambda)
+    /// over every species, a missing pair counts as alpha = -5.
+    #[test]
+    fn lambda_probabilities_match_pymatgen_formula() {
+        let text = r#"[["Cu1+", "Cu1+", 2.0], ["Cu1+", "Ag1+", 1.0], ["Ag1+", "Ag1+", 3.0], ["O2-", "O2-", 4.0]]"#;
+        let t = SubstitutionTable::parse(text, std::path::Path::new("lambda.json")).unwrap();
+        assert_eq!(t.len(), 3);
+        let px_cu = 2f64.exp() + 1f64.exp() + (-5f64).exp();
+        let p = t.ion_probability((el("Cu"), 1), (el("Ag"), 1)).unwrap();
+        assert!((p - 1f64.exp() / px_cu).abs() < 1e-12);
+        assert!((t.element_weight(el("Cu"), el("Ag")) - p).abs() < 1e-12);
+        assert_eq!(t.element_weight(el("Cu"), el("Au")), 0.0);
+        let bad = SubstitutionTable::parse(r#"[["Xx1+", "Cu1+", 1.0]]"#, std::path::Path::new("l.json"));
+        let e = bad.err().unwrap().to_string();
+        assert!(e.contains("l.json") && e.contains("row 1"), "{e}");
     }
 
     #[test]
