@@ -345,11 +345,11 @@ impl SubstitutionTable {
         let rows: Vec<(String, String, f64)> = serde_json::from_str(text)
             .map_err(|e| Error::format(path, "rows", format!("expected [[a, b, lambda]]: {e}")))?;
         let mut species: Vec<(Element, i32)> = Vec::new();
-        let mut index = |s: &str, row: usize| -> Result<usize> {
+        // A species whose element octet does not know (pymatgen's `D1+`, deuterium) skips its row.
+        let mut index = |s: &str, row: usize| -> Result<Option<usize>> {
             let digits = s.trim_start_matches(|c: char| c.is_ascii_alphabetic());
             let el = &s[..s.len() - digits.len()];
-            let e = Element::from_symbol(el)
-                .ok_or_else(|| Error::format(path, format!("row {row}"), format!("species `{s}`: unknown element")))?;
+            let Some(e) = Element::from_symbol(el) else { return Ok(None) };
             let (num, sign) = match digits.strip_suffix('+') {
                 Some(n) => (n, 1),
                 None => (digits.strip_suffix('-').unwrap_or(digits), -1),
@@ -361,14 +361,14 @@ impl SubstitutionTable {
                     .map_err(|_| Error::format(path, format!("row {row}"), format!("species `{s}`: bad charge")))?
             };
             let sp = (e, sign * q);
-            Ok(species.iter().position(|&x| x == sp).unwrap_or_else(|| {
+            Ok(Some(species.iter().position(|&x| x == sp).unwrap_or_else(|| {
                 species.push(sp);
                 species.len() - 1
-            }))
+            })))
         };
         let mut lambda = std::collections::HashMap::new();
         for (row, (a, b, l)) in rows.iter().enumerate() {
-            let (i, j) = (index(a, row + 1)?, index(b, row + 1)?);
+            let (Some(i), Some(j)) = (index(a, row + 1)?, index(b, row + 1)?) else { continue };
             if !l.is_finite() {
                 return Err(Error::format(path, format!("row {}", row + 1), "lambda is not finite"));
             }
@@ -526,7 +526,9 @@ mod tests {
         assert!((p - 1f64.exp() / px_cu).abs() < 1e-12);
         assert!((t.element_weight(el("Cu"), el("Ag")) - p).abs() < 1e-12);
         assert_eq!(t.element_weight(el("Cu"), el("Au")), 0.0);
-        let bad = SubstitutionTable::parse(r#"[["Xx1+", "Cu1+", 1.0]]"#, std::path::Path::new("l.json"));
+        let skipped = SubstitutionTable::parse(r#"[["D1+", "Cu1+", 1.0]]"#, std::path::Path::new("l.json"));
+        assert_eq!(skipped.unwrap().len(), 1, "the deuterium row is skipped, Cu1+ alone remains");
+        let bad = SubstitutionTable::parse(r#"[["Cu1+", "Cu1.5+", 1.0]]"#, std::path::Path::new("l.json"));
         let e = bad.err().unwrap().to_string();
         assert!(e.contains("l.json") && e.contains("row 1"), "{e}");
     }
