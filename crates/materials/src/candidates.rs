@@ -8,12 +8,12 @@
 //! placed at random positions under the cell's space-group operations and rejected while any two are
 //! closer than `min_distance_factor * (r_i + r_j)` (covalent radii, `covalent_radius`). Only space
 //! groups 1 (P1) and 2 (P-1, inversion pairs plus atoms on the eight inversion centres) are
-//! implemented; the space group recorded is the one generated in, not one detected afterwards (no
-//! symmetry finder here).
+//! implemented; `Origin::space_group` is the one generated in, while deduplication keys on the space
+//! group moyo detects (`symmetry`), which may be higher.
 //!
-//! Substitutions (SAPS without Wyckoff orbits): every site of one element of a parent replaced by
-//! another element of the chemical system (full substitution), or a random half of them (partial;
-//! a random half, not a symmetry-equivalent set: no symmetry finder here). The replacing element is
+//! Substitutions (SAPS): every site of one element of a parent replaced by another element of the
+//! chemical system (full substitution), or the sites of one of its Wyckoff orbits (partial, when the
+//! element occupies more than one orbit; orbits from `symmetry`, i.e. moyo). The replacing element is
 //! drawn by the Hautier ionic substitution probabilities of pymatgen's `lambda.json`
 //! (`SubstitutionTable`, pairs below `SUBSTITUTION_THRESHOLD` never drawn) or uniformly without a
 //! table. No charge-balance filter: the loop's structures carry no oxidation states. The cell is
@@ -282,7 +282,7 @@ pub fn enumerate_compositions(elements: &[Element], max_atoms: usize) -> Vec<Com
     out
 }
 
-/// `parent` with every site of `from` (or, with `partial`, a random half of them, at least one)
+/// `parent` with every site of `from` (or, with `partial`, one random Wyckoff orbit of them)
 /// turned into `to`, the cell rescaled by the change in summed atomic volumes.
 pub fn substitute(
     parent: &Structure,
@@ -296,16 +296,13 @@ pub fn substitute(
         return Ok(None);
     }
     let chosen: Vec<usize> = if partial {
-        if sites.len() < 2 {
+        // One Wyckoff orbit of `from`, when `from` occupies more than one.
+        let Ok(sym) = crate::symmetry::analyse(parent, crate::symmetry::SYMPREC) else { return Ok(None) };
+        let orbits: Vec<Vec<usize>> = sym.orbit_sets().into_iter().filter(|o| parent.species[o[0]] == from).collect();
+        if orbits.len() < 2 {
             return Ok(None);
         }
-        let mut rng = Rng::new(seed);
-        let mut s = sites.clone();
-        for i in (1..s.len()).rev() {
-            s.swap(i, rng.below(i + 1));
-        }
-        s.truncate(sites.len() / 2);
-        s
+        orbits[Rng::new(seed).below(orbits.len())].clone()
     } else {
         sites
     };
@@ -531,6 +528,50 @@ mod tests {
         let bad = SubstitutionTable::parse(r#"[["Cu1+", "Cu1.5+", 1.0]]"#, std::path::Path::new("l.json"));
         let e = bad.err().unwrap().to_string();
         assert!(e.contains("l.json") && e.contains("row 1"), "{e}");
+    }
+
+    /// Partial substitution replaces exactly one Wyckoff orbit: none in L1_2 Cu3Au (Cu on one
+    /// orbit), one whole orbit of Cu in Cu7Au (an L1_2 double cell with one Au turned to Cu).
+    #[test]
+    fn partial_substitution_takes_one_wyckoff_orbit() {
+        let (cu, au, ag) = (el("Cu"), el("Au"), el("Ag"));
+        let l12 = Structure::new(
+            Lattice::cubic(3.75).unwrap(),
+            vec![au, cu, cu, cu],
+            vec![[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]],
+        )
+        .unwrap();
+        assert!(substitute(&l12, cu, ag, true, 0).unwrap().is_none());
+        let (full, k) = substitute(&l12, cu, ag, false, 0).unwrap().unwrap();
+        assert_eq!(
+            (k, full.reduced_formula()),
+            (
+                3,
+                Structure::new(l12.lattice.clone(), vec![au, ag, ag, ag], l12.frac_coords.clone())
+                    .unwrap()
+                    .reduced_formula()
+            )
+        );
+        let mut frac = Vec::new();
+        let mut species = Vec::new();
+        for shift in [0.0, 0.5] {
+            for (i, f) in l12.frac_coords.iter().enumerate() {
+                frac.push([f[0] / 2.0 + shift, f[1], f[2]]);
+                species.push(if i == 0 && shift > 0.0 { cu } else { l12.species[i] });
+            }
+        }
+        let cu7au =
+            Structure::new(Lattice::new([[7.5, 0.0, 0.0], [0.0, 3.75, 0.0], [0.0, 0.0, 3.75]]).unwrap(), species, frac)
+                .unwrap();
+        let sym = crate::symmetry::analyse(&cu7au, crate::symmetry::SYMPREC).unwrap();
+        let cu_orbits: Vec<Vec<usize>> = sym.orbit_sets().into_iter().filter(|o| cu7au.species[o[0]] == cu).collect();
+        assert!(cu_orbits.len() >= 2, "{cu_orbits:?}");
+        for seed in 0..4 {
+            let (s, k) = substitute(&cu7au, cu, ag, true, seed).unwrap().unwrap();
+            let changed: Vec<usize> = (0..8).filter(|&i| s.species[i] == ag).collect();
+            assert_eq!(changed.len(), k);
+            assert!(cu_orbits.contains(&changed), "{changed:?} is not one of {cu_orbits:?}");
+        }
     }
 
     #[test]

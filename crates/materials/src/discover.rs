@@ -4,6 +4,11 @@
 //! every oracle result (final structure and trajectory frames) to the training set -> fine-tune the
 //! ensemble -> next round.
 //!
+//! Candidates (`candidates`): AIRSS random cells of the system's binary and ternary compositions
+//! (up to `max_atoms` atoms, space group P1 or P-1) and, once the loop has structures within 50
+//! meV/atom of the hull, SAPS substitutions of them (full, or one Wyckoff orbit), deduplicated
+//! against every earlier candidate by reduced formula + moyo space group + radial fingerprint.
+//!
 //! Round 0 relaxes one fcc cell of each element with the oracle (the hull's elemental references,
 //! so that formation energies are the oracle's own) and a random `bootstrap` sample of candidates,
 //! and trains the first ensemble from scratch on those oracle labels alone. The flla-trained (DFT)
@@ -180,6 +185,11 @@ impl DiscoverConfig {
         }
         Ok(els)
     }
+}
+
+/// moyo's space group number of `s`, or `fallback` when the search fails.
+fn detected_space_group(s: &Structure, fallback: u16) -> u16 {
+    crate::symmetry::analyse(s, crate::symmetry::SYMPREC).map_or(fallback, |x| x.number)
 }
 
 fn relaxed() -> String {
@@ -522,7 +532,8 @@ impl Loop<'_> {
         let known = if round > 0 { Some(self.diagram(round)?) } else { None };
         for items in self.st.plans.values() {
             for it in items {
-                dedup.insert(&it.structure()?, it.origin.space_group);
+                let st = it.structure()?;
+                dedup.insert(&st, detected_space_group(&st, it.origin.space_group));
                 if let (Some(pd), Some(v)) = (&known, self.st.results.get(&it.id).filter(|v| v.ok))
                     && it.role != "reference"
                 {
@@ -575,7 +586,7 @@ impl Loop<'_> {
                         structure: s,
                         origin: Origin {
                             method: "substitution".into(),
-                            space_group: 1,
+                            space_group: detected_space_group(p, 1),
                             parent: Some(pid.clone()),
                             substitution: Some((from.symbol().into(), to.symbol().into(), k)),
                             probability,
@@ -606,7 +617,7 @@ impl Loop<'_> {
                 }
             };
             if cand.structure.num_sites() > self.cfg.max_atoms
-                || !dedup.insert(&cand.structure, cand.origin.space_group)
+                || !dedup.insert(&cand.structure, detected_space_group(&cand.structure, cand.origin.space_group))
             {
                 continue;
             }

@@ -11,6 +11,7 @@
 //! energy above the convex hull, decompositions).
 //! The loop itself: `candidates` (AIRSS random cells, substitutions, deduplication), `journal`
 //! (append-only run state), `discover` (`octet materials discover`) and `plot` (its metrics figure).
+//! `symmetry` (space groups and Wyckoff orbits through the `moyo` crate).
 
 pub mod bench;
 pub mod candidates;
@@ -32,6 +33,7 @@ pub mod oracle;
 pub mod plot;
 pub mod pyliteral;
 pub mod structure;
+pub mod symmetry;
 pub mod train;
 
 pub use composition::Composition;
