@@ -54,27 +54,45 @@ fn discover_survives_sigkill_and_recomputes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let t0 = Instant::now();
-    let mut state = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
+    let mut state: u64 = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
     let mut kills = Vec::new();
-    for k in 0..3 {
-        let mut child = discover(&run, k > 0).spawn().unwrap();
+    // Kill k once the journal holds a random number of lines in the k-th third of a whole run's
+    // ~47 (config, 3 plans, 38 results, 3 trained, 2 rounds), plus a random 0-400 ms: kills land
+    // among oracle calls, planning and training.
+    let mut next = || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let ms = 1500 + state % 4000;
+        state
+    };
+    for k in 0..3u64 {
+        let mut child = discover(&run, k > 0).spawn().unwrap();
+        let target = 4 + 14 * k + next() % 12;
+        let ms = next() % 400;
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(60) {
+            let lines = std::fs::read_to_string(run.join("journal.jsonl")).map_or(0, |t| t.lines().count() as u64);
+            if lines >= target {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_millis(ms));
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
         let (counts, planned) = oracle_counts(&run);
-        kills.push((ms, finished, counts.values().sum::<usize>(), planned));
+        kills.push((target, ms, finished, counts.values().sum::<usize>(), planned));
         assert!(counts.values().all(|&n| n == 1), "a result was recomputed after kill {k}: {counts:?}");
     }
     let out = discover(&run, true).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "final resume failed: {stderr}");
     let (counts, planned) = oracle_counts(&run);
-    eprintln!("kills (ms, had finished, oracle lines, planned): {kills:?}; final {} / {planned}", counts.len());
+    eprintln!(
+        "kills (journal lines waited for, then ms, had finished, oracle lines, planned): {kills:?}; final {} / {planned}",
+        counts.len()
+    );
     eprintln!("{stderr}");
     assert!(counts.values().all(|&n| n == 1), "a result was recomputed: {counts:?}");
     assert_eq!(counts.len(), planned, "every planned request has exactly one result");
