@@ -52,6 +52,90 @@ pub enum MaterialsCmd {
     /// Predict formation energies with a trained ensemble: median over members and interquartile
     /// range, for structure files (CIF, POSCAR/CONTCAR/*.vasp, *.xyz/*.extxyz) or a data set.
     Predict(PredictArgs),
+    /// Run the discovery loop: generate candidates, screen them with the ensemble, relax a selection
+    /// and a random control sample with the oracle, update the hull, fine-tune, repeat.
+    ///
+    /// State lives in `--dir` (journal.jsonl, models/round-<r>/, metrics.jsonl, metrics.png); a run
+    /// killed at any moment continues with `--resume` without recomputing a journaled oracle result.
+    Discover(DiscoverArgs),
+}
+
+#[derive(Args)]
+pub struct DiscoverArgs {
+    /// Oracle: `emt` (tools/oracles/emt_worker.py, ASE's EMT).
+    #[arg(long, default_value = "emt")]
+    oracle: String,
+    /// Worker command instead of the named oracle's (space-separated).
+    #[arg(long)]
+    oracle_command: Option<String>,
+    /// Oracle worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Per-frame oracle timeout (s).
+    #[arg(long, default_value_t = 120)]
+    oracle_timeout: u64,
+    /// The chemical system, comma-separated.
+    #[arg(long, default_value = "Cu,Ag,Au,Pd")]
+    elements: String,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Candidates generated per round.
+    #[arg(long, default_value_t = 400)]
+    candidates: usize,
+    /// Candidates selected for the oracle per round.
+    #[arg(long, default_value_t = 50)]
+    select: usize,
+    /// Random control candidates per round.
+    #[arg(long, default_value_t = 100)]
+    control: usize,
+    /// Random candidates relaxed in round 0 to train the first ensemble.
+    #[arg(long, default_value_t = 60)]
+    bootstrap: usize,
+    #[arg(long, default_value_t = 6)]
+    max_atoms: usize,
+    /// Selection score: predicted e_above_hull - bonus * IQR.
+    #[arg(long, default_value_t = 0.5)]
+    uncertainty_bonus: f64,
+    #[arg(long, default_value_t = 4)]
+    ensemble: usize,
+    #[arg(long, default_value_t = 32)]
+    width: usize,
+    /// Message-passing steps.
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Epochs of the round-0 training.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Epochs of each round's fine-tune.
+    #[arg(long, default_value_t = 10)]
+    finetune_epochs: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Trajectory frames per relaxation added to training.
+    #[arg(long, default_value_t = 3)]
+    traj_frames: usize,
+    /// Relaxation force limit (eV/A) and step limit.
+    #[arg(long, default_value_t = 0.05)]
+    fmax: f64,
+    #[arg(long, default_value_t = 150)]
+    relax_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory.
+    #[arg(long, default_value = "runs/discover")]
+    dir: PathBuf,
+    /// pymatgen's lambda.json (ionic substitution probabilities) for substitutions; uniform without.
+    #[arg(long)]
+    lambda: Option<PathBuf>,
+    /// Labels of trajectory frames: relaxed (the relaxation's final energy) or own (the frame's).
+    #[arg(long, default_value = "relaxed")]
+    frame_labels: String,
+    /// Continue the run in --dir.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bars (summary lines only).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -168,6 +252,7 @@ pub fn run(cmd: MaterialsCmd) -> Result<()> {
         MaterialsCmd::Data(a) => run_data(a),
         MaterialsCmd::Train(a) => run_train(a),
         MaterialsCmd::Predict(a) => run_predict(a),
+        MaterialsCmd::Discover(a) => run_discover(a),
     }
 }
 
@@ -909,5 +994,107 @@ pub fn run_bench(a: BenchMaterialsArgs) -> Result<()> {
             r.train_batch
         );
     }
+    Ok(())
+}
+
+/// The worker command of a named oracle: the script beside the binary's source tree, or in the
+/// current directory's `tools/oracles`.
+fn oracle_command(name: &str) -> Result<Vec<String>> {
+    let script = match name {
+        "emt" => "tools/oracles/emt_worker.py",
+        o => return Err(Error::config("oracle", format!("`{o}` is not known (emt), or give --oracle-command"))),
+    };
+    let here = PathBuf::from(script);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(script);
+    let path = if here.exists() { here } else { src };
+    if !path.exists() {
+        return Err(Error::config("oracle", format!("{} not found", path.display())));
+    }
+    Ok(vec!["python3".into(), path.display().to_string()])
+}
+
+fn run_discover(a: DiscoverArgs) -> Result<()> {
+    use octet_materials::discover::{self, DiscoverConfig, DiscoverEvent};
+    use octet_materials::oracle::OracleConfig;
+    use std::sync::Mutex;
+    let elements: Vec<&str> = a.elements.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut cfg = DiscoverConfig::new(&elements);
+    cfg.rounds = a.rounds;
+    cfg.candidates = a.candidates;
+    cfg.select = a.select;
+    cfg.control = a.control;
+    cfg.bootstrap = a.bootstrap;
+    cfg.max_atoms = a.max_atoms;
+    cfg.uncertainty_bonus = a.uncertainty_bonus;
+    cfg.ensemble = a.ensemble;
+    cfg.width = a.width;
+    cfg.mp_steps = a.steps;
+    cfg.epochs = a.epochs;
+    cfg.finetune_epochs = a.finetune_epochs;
+    cfg.lr = a.lr;
+    cfg.traj_frames = a.traj_frames;
+    cfg.fmax = a.fmax;
+    cfg.relax_steps = a.relax_steps;
+    cfg.seed = a.seed;
+    cfg.oracle = a.oracle.clone();
+    cfg.lambda = a.lambda.clone();
+    cfg.frame_labels = a.frame_labels.clone();
+    cfg.validate()?;
+    if a.workers == 0 {
+        return Err(Error::config("workers", "must be at least 1"));
+    }
+    let command = match &a.oracle_command {
+        Some(c) => c.split_whitespace().map(String::from).collect(),
+        None => oracle_command(&a.oracle)?,
+    };
+    let mut ocfg = OracleConfig::new(command);
+    ocfg.workers = a.workers;
+    ocfg.timeout = std::time::Duration::from_secs(a.oracle_timeout);
+    let t0 = Instant::now();
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    let quiet = a.quiet;
+    let on = |e: &DiscoverEvent| {
+        let mut b = bar.lock().unwrap();
+        match e {
+            DiscoverEvent::Stage { round, name, total } => {
+                if let Some(old) = b.take() {
+                    old.finish_and_clear();
+                }
+                if !quiet {
+                    let pb = ProgressBar::new(*total as u64);
+                    pb.set_style(
+                        ProgressStyle::with_template("round {prefix} {msg:<28} [{bar:30}] {pos}/{len} {elapsed}")
+                            .expect("template")
+                            .progress_chars("=> "),
+                    );
+                    pb.set_prefix(round.to_string());
+                    pb.set_message(name.clone());
+                    *b = Some(pb);
+                }
+            }
+            DiscoverEvent::Advance => {
+                if let Some(pb) = b.as_ref() {
+                    pb.inc(1);
+                }
+            }
+            DiscoverEvent::Summary(line) | DiscoverEvent::Note(line) => {
+                if let Some(old) = b.take() {
+                    old.finish_and_clear();
+                }
+                say(line.clone());
+            }
+        }
+    };
+    let rounds = discover::discover(&a.dir, &cfg, &ocfg, a.resume, &on)?;
+    if let Some(pb) = bar.lock().unwrap().take() {
+        pb.finish_and_clear();
+    }
+    say(format!(
+        "{} rounds in {:.0} s; metrics in {} and {}",
+        rounds.len(),
+        t0.elapsed().as_secs_f64(),
+        a.dir.join("metrics.jsonl").display(),
+        a.dir.join("metrics.png").display()
+    ));
     Ok(())
 }

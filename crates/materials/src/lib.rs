@@ -9,23 +9,31 @@
 //! checkpoints, prediction).
 //! Discovery loop: `oracle` (external energy/relaxation workers) and `hull` (formation energies,
 //! energy above the convex hull, decompositions).
+//! The loop itself: `candidates` (AIRSS random cells, substitutions, deduplication), `journal`
+//! (append-only run state), `discover` (`octet materials discover`) and `plot` (its metrics figure).
+//! `symmetry` (space groups and Wyckoff orbits through the `moyo` crate).
 
 pub mod bench;
+pub mod candidates;
 pub mod composition;
 pub mod composition_data;
 pub mod dataset;
+pub mod discover;
 pub mod element;
 pub mod fetch;
 pub mod gnn;
 pub mod graph;
 pub mod hull;
 pub mod io;
+pub mod journal;
 pub mod lattice;
 pub mod neighbors;
 pub mod ops;
 pub mod oracle;
+pub mod plot;
 pub mod pyliteral;
 pub mod structure;
+pub mod symmetry;
 pub mod train;
 
 pub use composition::Composition;

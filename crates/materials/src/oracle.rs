@@ -140,6 +140,16 @@ impl OracleResult {
 /// Runs every request through `config.workers` workers; results in input order. Fails only when
 /// the configuration is unusable (no command, no workers); every per-frame failure is a result.
 pub fn run_oracle(config: &OracleConfig, requests: &[OracleRequest]) -> Result<Vec<OracleResult>> {
+    run_oracle_each(config, requests, &|_, _| {})
+}
+
+/// `run_oracle`, calling `on_result(index, result)` for each frame as its answer arrives (from the
+/// worker threads, in completion order): the discovery loop journals each result there.
+pub fn run_oracle_each(
+    config: &OracleConfig,
+    requests: &[OracleRequest],
+    on_result: &(dyn Fn(usize, &OracleResult) + Sync),
+) -> Result<Vec<OracleResult>> {
     if config.command.is_empty() || config.workers == 0 {
         return Err(Error::Config { field: "oracle".into(), msg: "needs a command and at least one worker".into() });
     }
@@ -158,6 +168,7 @@ pub fn run_oracle(config: &OracleConfig, requests: &[OracleRequest]) -> Result<V
                     };
                     let Some(req) = requests.get(i) else { break };
                     let r = slot.compute(req);
+                    on_result(i, &r);
                     results.lock().unwrap()[i] = Some(r);
                 }
                 if let Some(w) = slot.worker.take() {
