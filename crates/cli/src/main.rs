@@ -48,10 +48,11 @@ enum Cmd {
     /// Measure throughput (machine-readable with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// GNoME-style materials discovery: data, train, predict (the discovery loop: not yet).
+    /// GNoME-style materials discovery: data, train, predict, discover (the active-learning loop).
     #[command(subcommand)]
     Materials(materials::MaterialsCmd),
-    /// ChipNeMo-style domain adaptation: corpus, tokenizer (DAPT, SFT: not yet).
+    /// ChipNeMo-style domain adaptation: corpus, tokenizer, eval, index, retrieval-eval, retriever
+    /// (DAPT, SFT: not yet).
     #[command(subcommand)]
     Adapt(adapt::AdaptCmd),
     /// The CUDA device octet would use, or why none (exit status 1 then; build with `--features cuda`).
