@@ -348,22 +348,8 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         stage_top(&self.backend, self.narrow.as_ref(), &mut self.params.data);
         let (cfg, be, ids) = (self.cfg, &self.backend, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
-        let mut x = Pass {
-            be,
-            lin: Linears {
-                be,
-                prec: self.precision,
-                mode: self.scaling_mode,
-                scaling: &mut self.scaling,
-                ws: &mut acts.ws,
-                per_layer: cfg.linears_per_layer(),
-            },
-            a: &mut acts.a,
-            da: &mut acts.d,
-            b,
-            t,
-            head,
-        };
+        let lin = (self.precision, self.scaling_mode, cfg.linears_per_layer());
+        let mut x = pass(be, lin, &mut self.scaling, acts, head);
         cfg.embed_forward(ids, &mut x, &self.params, tokens);
         for l in 0..cfg.dims().n_layer {
             let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
@@ -396,22 +382,8 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             c.vocab_size,
             c.padded_vocab,
         );
-        let mut x = Pass {
-            be,
-            lin: Linears {
-                be,
-                prec: self.precision,
-                mode: self.scaling_mode,
-                scaling: &mut self.scaling,
-                ws: &mut acts.ws,
-                per_layer: cfg.linears_per_layer(),
-            },
-            a: &mut acts.a,
-            da: &mut acts.d,
-            b,
-            t,
-            head: Head::All,
-        };
+        let lin = (self.precision, self.scaling_mode, cfg.linears_per_layer());
+        let mut x = pass(be, lin, &mut self.scaling, acts, Head::All);
         cfg.head_backward(ids, &mut x, p, g);
         for l in (0..c.n_layer).rev() {
             let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
@@ -423,6 +395,26 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         // The gradients are read on the host next (clipping, the optimizer).
         be.synchronize();
         Ok(())
+    }
+}
+
+/// A pass over `acts`' batch: the block linears at (level, scaling mode, linears per layer).
+fn pass<'a, Bk: Backend>(
+    be: &'a Bk,
+    (prec, mode, per_layer): (Precision, ScalingMode, usize),
+    scaling: &'a mut [LinearScaling],
+    acts: &'a mut Acts<Bk::F>,
+    head: Head,
+) -> Pass<'a, Bk> {
+    let (b, t) = (acts.b, acts.t);
+    Pass {
+        be,
+        lin: Linears { be, prec, mode, scaling, ws: &mut acts.ws, per_layer },
+        a: &mut acts.a,
+        da: &mut acts.d,
+        b,
+        t,
+        head,
     }
 }
 
