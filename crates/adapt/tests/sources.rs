@@ -9,7 +9,7 @@ use std::process::Command;
 
 use octet_adapt::corpus::{self, Category, MAX_FILE_BYTES};
 use octet_adapt::sources::{self, DomainPackage, GENERAL_ROOT, RawFile};
-use octet_materials::fetch::{Dist, Package};
+use octet_fetch::{Dist, Package};
 
 /// The bar: a bomb is refused with peak RSS under 256 MiB.
 const MAX_RSS_BYTES: u64 = 256 << 20;
