@@ -300,7 +300,7 @@ pub fn read_general_deb(deb: &Path) -> Result<Vec<RawFile>> {
     let res =
         (|| {
             let out =
-                Command::new("dpkg-deb").arg("-x").arg(deb).arg(&scratch).output().map_err(|e| {
+                Command::new("dpkg-deb").arg("-x").arg("--").arg(deb).arg(&scratch).output().map_err(|e| {
                     Error::Other(format!("cannot run dpkg-deb (needed to read {}): {e}", deb.display()))
                 })?;
             if !out.status.success() {

@@ -385,3 +385,19 @@ fn generate_from_smollm2_gguf_writes_text() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("Paris"), "{text}");
 }
+
+#[test]
+fn resume_with_steps_below_the_checkpoint_says_so_and_a_negative_grad_clip_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let r = octet(&["train", "--resume", run.to_str().unwrap(), "--steps", "3"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("is at step 6") && stderr(&r).contains("--steps 3"), "{}", stderr(&r));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "grad_clip = -1.0\n").unwrap();
+    let o = octet(&["train", "--config", cfg.to_str().unwrap(), "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("grad_clip"), "{}", stderr(&o));
+}

@@ -130,6 +130,15 @@ impl TrainConfig {
                 return Err(Error::config(n, format!("must be in [0, 1), found {b}")));
             }
         }
+        // Non-negative and finite (0 turns clipping / decay off); a negative clip would flip gradients.
+        for (n, x) in [("grad_clip", self.grad_clip), ("weight_decay", self.weight_decay)] {
+            if !(x.is_finite() && x >= 0.0) {
+                return Err(Error::config(n, format!("must be a number >= 0, found {x}")));
+            }
+        }
+        if !(self.min_lr_frac.is_finite() && (0.0..=1.0).contains(&self.min_lr_frac)) {
+            return Err(Error::config("min_lr_frac", format!("must be in [0, 1], found {}", self.min_lr_frac)));
+        }
         Ok(())
     }
 }

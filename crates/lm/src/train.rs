@@ -155,6 +155,19 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         Start::Fresh(cfg, source) => (cfg, source, None),
         Start::Resume { dir, steps } => {
             let l = checkpoint::load(&dir, true)?;
+            if let Some(n) = steps
+                && n < l.state.step
+            {
+                return Err(Error::config(
+                    "steps",
+                    format!(
+                        "{} is at step {}: --steps {n} leaves nothing to train (give --steps above {})",
+                        l.dir.display(),
+                        l.state.step,
+                        l.state.step
+                    ),
+                ));
+            }
             let run_dir = l.dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
             let cfg = TrainConfig {
                 steps: steps.unwrap_or(l.state.train.steps),
