@@ -401,3 +401,19 @@ fn resume_with_steps_below_the_checkpoint_says_so_and_a_negative_grad_clip_is_re
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("grad_clip"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_checkpoint_step_past_the_runs_horizon_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let ck = run.join(std::fs::read_to_string(run.join("latest")).unwrap().trim());
+    let sp = ck.join("state.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    v["step"] = u64::MAX.into();
+    std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    let r = octet(&["train", "--resume", run.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("step") && stderr(&r).contains("past the run"), "{}", stderr(&r));
+}

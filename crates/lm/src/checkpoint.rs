@@ -265,6 +265,14 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
     let state = parse_state(&sp, &text)?;
     state.model.validate().map_err(|e| Error::format(&sp, "model", e.to_string()))?;
+    // A run checkpoints at most at its own horizon; a step past it is a damaged or hand-edited file.
+    if state.step > state.train.steps {
+        return Err(Error::format(
+            &sp,
+            "step",
+            format!("{} is past the run's {} steps", state.step, state.train.steps),
+        ));
+    }
     // The model's parameter layout, and the one-block layout its narrow units come from.
     let layout = state.model.param_layout();
     let read = |name: &str| {
