@@ -67,6 +67,18 @@ pub enum ModelSpec {
     Llama(LlamaConfig),
 }
 
+/// `$body` with `$c` bound to the configuration of whichever architecture `$spec` holds: one match
+/// arm per architecture, the same body in each (each arm is a different `Arch` type).
+macro_rules! each_arch {
+    ($spec:expr, $c:ident => $body:expr) => {
+        match $spec {
+            ModelSpec::Gpt2($c) => $body,
+            ModelSpec::Blocks($c) => $body,
+            ModelSpec::Llama($c) => $body,
+        }
+    };
+}
+
 /// Presets per architecture, for `--model`.
 pub const GPT2_PRESETS: [&str; 3] = ["tiny", "small", "gpt2-124m"];
 pub const LLAMA_PRESETS: [&str; 3] = ["tiny", "small", "smollm2-135m"];
@@ -169,36 +181,20 @@ impl ModelSpec {
     }
 
     pub fn dims(&self) -> Dims {
-        match self {
-            ModelSpec::Gpt2(c) => c.dims(),
-            ModelSpec::Blocks(c) => c.dims(),
-            ModelSpec::Llama(c) => c.dims(),
-        }
+        each_arch!(self, c => c.dims())
     }
 
     pub fn validate(&self) -> Result<()> {
-        match self {
-            ModelSpec::Gpt2(c) => c.validate(),
-            ModelSpec::Blocks(c) => c.validate(),
-            ModelSpec::Llama(c) => c.validate(),
-        }
+        each_arch!(self, c => Arch::validate(c))
     }
 
     pub fn param_layout(&self) -> Layout {
-        match self {
-            ModelSpec::Gpt2(c) => c.param_layout(),
-            ModelSpec::Blocks(c) => c.param_layout(),
-            ModelSpec::Llama(c) => c.param_layout(),
-        }
+        each_arch!(self, c => c.param_layout())
     }
 
     /// The narrow levels' working set: the same model with one layer.
     pub fn working_layout(&self) -> Layout {
-        match self {
-            ModelSpec::Gpt2(c) => c.with_layers(1).param_layout(),
-            ModelSpec::Blocks(c) => c.with_layers(1).param_layout(),
-            ModelSpec::Llama(c) => c.with_layers(1).param_layout(),
-        }
+        each_arch!(self, c => c.with_layers(1).param_layout())
     }
 
     pub fn num_params(&self) -> usize {
@@ -213,11 +209,7 @@ impl ModelSpec {
         recipe: &Recipe,
         seed: u64,
     ) -> Result<Box<dyn LanguageModel>> {
-        Ok(match *self {
-            ModelSpec::Gpt2(c) => Box::new(Decoder::init(c, backend, precision, recipe, seed)?),
-            ModelSpec::Blocks(c) => Box::new(Decoder::init(c, backend, precision, recipe, seed)?),
-            ModelSpec::Llama(c) => Box::new(Decoder::init(c, backend, precision, recipe, seed)?),
-        })
+        Ok(each_arch!(self, c => Box::new(Decoder::init(*c, backend, precision, recipe, seed)?)))
     }
 
     /// `init_on` the CPU.
@@ -232,11 +224,7 @@ impl ModelSpec {
         precision: Precision,
         recipe: &Recipe,
     ) -> Result<Box<dyn LanguageModel>> {
-        Ok(match *self {
-            ModelSpec::Gpt2(c) => Box::new(Decoder::new(c, CpuBackend, params)?.with_precision(precision, recipe)?),
-            ModelSpec::Blocks(c) => Box::new(Decoder::new(c, CpuBackend, params)?.with_precision(precision, recipe)?),
-            ModelSpec::Llama(c) => Box::new(Decoder::new(c, CpuBackend, params)?.with_precision(precision, recipe)?),
-        })
+        Ok(each_arch!(self, c => Box::new(Decoder::new(*c, CpuBackend, params)?.with_precision(precision, recipe)?)))
     }
 
     /// Matmul FLOPs per trained token, forward + backward: 6 per weight of every GEMM (the block

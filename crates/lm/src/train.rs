@@ -188,11 +188,13 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         _ => None,
     };
     // Check the model and sequence length before anything is written.
-    let preset = match (&loaded, &init) {
-        (Some(l), _) => l.state.model,
-        (None, Some(pt)) => pt.spec,
-        (None, None) => cfg.model_spec(cfg.vocab_size)?,
+    // The model: the checkpoint's, the pretrained one's, or the preset for a tokenizer of `vocab` tokens.
+    let spec_for = |vocab: usize| match (&loaded, &init) {
+        (Some(l), _) => Ok(l.state.model),
+        (None, Some(pt)) => Ok(pt.spec),
+        (None, None) => cfg.model_spec(vocab),
     };
+    let preset = spec_for(cfg.vocab_size)?;
     if cfg.seq > preset.dims().max_seq_len {
         return Err(Error::config(
             "seq",
@@ -210,11 +212,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size),
         ));
     }
-    let spec = match (&loaded, &init) {
-        (Some(l), _) => l.state.model,
-        (None, Some(pt)) => pt.spec,
-        (None, None) => cfg.model_spec(vocab)?,
-    };
+    let spec = spec_for(vocab)?;
     if vocab > spec.dims().vocab_size {
         return Err(Error::config(
             "vocab_size",
