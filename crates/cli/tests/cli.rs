@@ -51,6 +51,14 @@ fn step_losses(lines: &[serde_json::Value]) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The `state.json` of a run directory's latest checkpoint: its path and contents.
+fn latest_state(run: &Path) -> (std::path::PathBuf, serde_json::Value) {
+    let ck = std::fs::read_to_string(run.join("latest")).unwrap();
+    let sp = run.join(ck.trim()).join("state.json");
+    let v = serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    (sp, v)
+}
+
 fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
     let data = corpus(dir);
     let out = dir.join(out);
@@ -286,9 +294,7 @@ fn llama_checkpoint_records_the_model_and_generates() {
     let o = train(dir.path(), "run", &["--arch", "llama", "--steps", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let run = dir.path().join("run");
-    let ck = std::fs::read_to_string(run.join("latest")).unwrap();
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join(ck.trim()).join("state.json")).unwrap()).unwrap();
+    let (_, state) = latest_state(&run);
     assert_eq!(state["version"], 2);
     assert_eq!(state["model"]["arch"], "llama");
     for k in ["n_kv_head", "rope_base", "tied_embeddings", "ffn_hidden"] {
@@ -305,10 +311,9 @@ fn a_version_1_gpt2_checkpoint_still_loads() {
     let o = train(dir.path(), "run", &["--steps", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let run = dir.path().join("run");
-    let ck = run.join(std::fs::read_to_string(run.join("latest")).unwrap().trim());
+    let (sp, mut v) = latest_state(&run);
+    let ck = sp.parent().unwrap();
     // Rewrite state.json as version 1 wrote it: a GPT-2 configuration and `block` beside it.
-    let sp = ck.join("state.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
     v["version"] = 1.into();
     v["model"] = v["model"]["config"].clone();
     v["block"] = serde_json::Value::Null;
@@ -408,9 +413,7 @@ fn a_checkpoint_step_past_the_runs_horizon_is_refused() {
     let o = train(dir.path(), "run", &["--steps", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let run = dir.path().join("run");
-    let ck = run.join(std::fs::read_to_string(run.join("latest")).unwrap().trim());
-    let sp = ck.join("state.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    let (sp, mut v) = latest_state(&run);
     v["step"] = u64::MAX.into();
     std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
     let r = octet(&["train", "--resume", run.to_str().unwrap()]);
