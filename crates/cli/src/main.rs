@@ -192,6 +192,10 @@ struct TrainArgs {
     /// Continue a run from its directory or a checkpoint directory.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Replace an earlier run in --out (its checkpoints, `latest` and prepared data) instead of
+    /// refusing to start.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Stop after this step, checkpointing as an interruption would (for tests and time slicing).
     #[arg(long)]
     until: Option<usize>,
@@ -285,6 +289,7 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
         }
     }
     c.arch = arch_for(a.arch.unwrap_or(c.arch), &c.model, a.arch.is_some())?;
+    c.overwrite = a.overwrite;
     c.validate()?;
     Ok(c)
 }
@@ -360,6 +365,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             }
             Event::Eval { step, val_loss } => say(format!("step {step:>6}: validation loss {val_loss:.4}")),
             Event::Checkpoint { step, path } => say(format!("step {step:>6}: checkpoint {}", path.display())),
+            Event::Note { message } => say(message.clone()),
         }
     };
     let summary = train::run(start, a.until, &mut on)?;

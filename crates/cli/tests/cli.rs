@@ -59,6 +59,16 @@ fn latest_state(run: &Path) -> (std::path::PathBuf, serde_json::Value) {
     (sp, v)
 }
 
+/// Rewrite a checkpoint's `state.json` and re-record its checksum in `manifest.json`: a checkpoint
+/// octet could have written, so the checks after the checksum are what is exercised.
+fn rewrite_state(sp: &Path, text: &str) {
+    std::fs::write(sp, text).unwrap();
+    let mp = sp.parent().unwrap().join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    m["sha256"]["state.json"] = octet_core::manifest::sha256_hex(text.as_bytes()).into();
+    std::fs::write(&mp, m.to_string()).unwrap();
+}
+
 fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
     let data = corpus(dir);
     let out = dir.join(out);
@@ -205,7 +215,7 @@ fn checkpoint_shape_mismatch_reports_expected_and_found() {
     let ck = dir.path().join("run/ckpt-000002");
     let state = ck.join("state.json");
     let s = std::fs::read_to_string(&state).unwrap().replace("\"n_layer\": 2", "\"n_layer\": 3");
-    std::fs::write(&state, s).unwrap();
+    rewrite_state(&state, &s);
     let o = octet(&["generate", "--checkpoint", ck.to_str().unwrap()]);
     assert!(!o.status.success());
     let e = stderr(&o);
@@ -295,7 +305,7 @@ fn llama_checkpoint_records_the_model_and_generates() {
     assert!(o.status.success(), "{}", stderr(&o));
     let run = dir.path().join("run");
     let (_, state) = latest_state(&run);
-    assert_eq!(state["version"], 2);
+    assert_eq!(state["version"], 3);
     assert_eq!(state["model"]["arch"], "llama");
     for k in ["n_kv_head", "rope_base", "tied_embeddings", "ffn_hidden"] {
         assert!(!state["model"]["config"][k].is_null(), "state.json lacks model.config.{k}: {state}");
@@ -321,6 +331,7 @@ fn a_version_1_gpt2_checkpoint_still_loads() {
         v["train"].as_object_mut().unwrap().remove(k);
     }
     std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    std::fs::remove_file(ck.join("manifest.json")).unwrap(); // version 1 wrote none
     let g = octet(&["generate", "--checkpoint", ck.to_str().unwrap(), "--max-tokens", "3", "--json"]);
     assert!(g.status.success(), "{}", stderr(&g));
     v["version"] = 7.into();
@@ -415,8 +426,157 @@ fn a_checkpoint_step_past_the_runs_horizon_is_refused() {
     let run = dir.path().join("run");
     let (sp, mut v) = latest_state(&run);
     v["step"] = u64::MAX.into();
-    std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    rewrite_state(&sp, &serde_json::to_string(&v).unwrap());
     let r = octet(&["train", "--resume", run.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(1));
     assert!(stderr(&r).contains("step") && stderr(&r).contains("past the run"), "{}", stderr(&r));
+}
+
+#[test]
+fn a_fresh_run_into_an_earlier_runs_directory_is_refused_and_overwrite_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let second = train(dir.path(), "run", &["--steps", "2"]);
+    assert_eq!(second.status.code(), Some(1));
+    let e = stderr(&second);
+    assert!(e.contains("earlier run") && e.contains("ckpt-000006") && e.contains("--overwrite"), "{e}");
+    assert!(run.join("ckpt-000006").is_dir(), "a refused run must not touch the old one");
+    // Replacing it: the new run's checkpoints are its own and resume works.
+    let o = train(dir.path(), "run", &["--steps", "4", "--until", "2", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!run.join("ckpt-000006").exists());
+    let r = octet(&["train", "--json", "--resume", run.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(std::fs::read_to_string(run.join("latest")).unwrap().trim(), "ckpt-000004");
+}
+
+#[test]
+fn resuming_from_an_earlier_checkpoint_keeps_its_own_new_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "6", "--until", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let r = octet(&["train", "--json", "--resume", run.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // Kept: the newest two, ckpt-000004 and ckpt-000006. Branch from ckpt-000004 to step 5.
+    let r = octet(&["train", "--json", "--resume", run.join("ckpt-000004").to_str().unwrap(), "--steps", "5"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let latest = std::fs::read_to_string(run.join("latest")).unwrap();
+    assert_eq!(latest.trim(), "ckpt-000005");
+    assert!(run.join("ckpt-000005/state.json").is_file(), "the branch's own checkpoint must survive pruning");
+    assert!(run.join("ckpt-000004").is_dir());
+    let again = octet(&["train", "--json", "--resume", run.to_str().unwrap(), "--steps", "6"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn two_trainers_on_one_run_directory_give_one_clear_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let out = dir.path().join("run");
+    let mut args = vec!["train", "--json", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--steps", "100000"]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_octet"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first one trains (its first step line), then start the second.
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("\"step\"")), "the first trainer never stepped");
+    let second = octet(&args);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let e = stderr(&second);
+    assert!(e.contains("in use by octet train (pid"), "{e}");
+    // The kernel dropped the killed holder's lock: a resume-less restart now gets the usual refusal
+    // of an earlier run (or starts, when the killed run had not checkpointed), never the lock error.
+    let third = train(dir.path(), "run", &["--steps", "1", "--overwrite"]);
+    assert!(third.status.success(), "{}", stderr(&third));
+}
+
+#[test]
+fn stale_temporaries_of_a_killed_run_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), "run", &["--steps", "4", "--until", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    // What SIGKILL or a full disk leaves: a half checkpoint directory and a half `latest`.
+    std::fs::create_dir_all(run.join(".ckpt-000004.tmp-999999")).unwrap();
+    std::fs::write(run.join(".ckpt-000004.tmp-999999/model.safetensors"), [0u8; 100]).unwrap();
+    std::fs::write(run.join(".latest.tmp-999999"), "ckpt-00").unwrap();
+    let r = octet(&["train", "--json", "--resume", run.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let left: Vec<String> =
+        std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.contains(".tmp-")), "{left:?}");
+}
+
+#[test]
+fn too_little_data_fails_without_leaving_prepared_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, text) in ["x", "print('hi')\n"].iter().enumerate() {
+        let data = dir.path().join(format!("tiny{i}.txt"));
+        std::fs::write(&data, text).unwrap();
+        let out = dir.path().join(format!("run{i}"));
+        let mut args = vec!["train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(&TINY);
+        let o = octet(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("too few"), "{}", stderr(&o));
+        assert!(!out.exists(), "a failed fresh run leaves no directory it created");
+        // Into an existing directory: only the lock file stays, no prepared data.
+        std::fs::create_dir_all(&out).unwrap();
+        let o = octet(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let left: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, [".lock"], "nothing but the lock may stay");
+    }
+}
+
+#[test]
+fn an_unwritable_out_fails_before_any_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = blocker.join("run");
+    let data = corpus(dir.path());
+    let mut args = vec!["train", "--json", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--steps", "60"]);
+    let o = octet(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("file"), "{}", stderr(&o));
+    assert!(step_losses(&json_lines(&o)).is_empty(), "no step may run before --out is known to be writable");
+}
+
+#[test]
+fn a_flipped_bit_in_a_checkpoint_fails_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train(dir.path(), "run", &["--steps", "2"]).status.success());
+    let ck = dir.path().join("run/ckpt-000002");
+    for file in ["model.safetensors", "optimizer.safetensors", "tokenizer.json", "state.json"] {
+        let p = ck.join(file);
+        let good = std::fs::read(&p).unwrap();
+        let mut bad = good.clone();
+        let i = bad.len() - 3; // tensor data (or the JSON's last bytes), past any header
+        bad[i] ^= 0x04;
+        std::fs::write(&p, &bad).unwrap();
+        let o = octet(&["train", "--resume", ck.to_str().unwrap(), "--steps", "3"]);
+        assert_eq!(o.status.code(), Some(1), "{file}");
+        let e = stderr(&o);
+        assert!(e.contains(file) && e.contains("damaged"), "{file}: {e}");
+        std::fs::write(&p, &good).unwrap();
+    }
+    std::fs::remove_file(ck.join("manifest.json")).unwrap();
+    let o = octet(&["generate", "--checkpoint", ck.to_str().unwrap(), "--max-tokens", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("manifest.json"), "{}", stderr(&o));
 }

@@ -4,8 +4,11 @@
 //! tensors `<name>.codes` (U8, the elements' little-endian bytes in their format) and `<name>.scales`
 //! (F32, one per unit tensor), the formats in the safetensors metadata (`weights`, `m`, `v`); the unit
 //! layout is `narrow::unit_layout` of the model's parameter layout.
-//! Written into a temporary directory and renamed into place, then the run's `latest` pointer is
-//! replaced atomically: an interrupted write never leaves a half checkpoint that resume would load.
+//! `manifest.json` records the SHA-256 of each of those files (`octet_core::manifest`); loading
+//! checks every file it reads against it, so a damaged checkpoint fails naming the file.
+//! Written into a temporary directory (files and directory fsynced) and renamed into place, then the
+//! run's `latest` pointer is replaced atomically: an interrupted write never leaves a half checkpoint
+//! that resume would load.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,11 +23,13 @@ use crate::gpt2::Gpt2Config;
 use crate::precision::LinearScaling;
 use crate::spec::ModelSpec;
 use crate::step::GradScaler;
-use octet_core::fs::write_atomic;
+use octet_core::fs::{sync_dir, write_atomic};
+use octet_core::manifest::Manifest;
 
-/// Version 2: `model` is a `ModelSpec` (architecture, dimensions, block). Version 1 (GPT-2 shapes
-/// only: `model` a GPT-2 configuration plus `block`) still loads.
-pub const STATE_VERSION: u32 = 2;
+/// Version 3: version 2 plus a `manifest.json` that loading requires. Version 2: `model` is a
+/// `ModelSpec` (architecture, dimensions, block). Versions 1 (GPT-2 shapes only: `model` a GPT-2
+/// configuration plus `block`) and 2, written before manifests, still load unchecked.
+pub const STATE_VERSION: u32 = 3;
 
 /// `state.json`: everything besides tensors that resuming needs.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -66,14 +71,14 @@ fn parse_state(sp: &Path, text: &str) -> Result<State> {
                 Some(k) => ModelSpec::Blocks(BlocksConfig::from_gpt2(&gpt2, k)),
             };
             obj.insert("model".into(), serde_json::to_value(model).expect("spec serialises"));
-            obj.insert("version".into(), STATE_VERSION.into());
+            obj.insert("version".into(), 2.into());
             serde_json::from_value(v).map_err(bad)
         }
-        Some(n) if n == STATE_VERSION as u64 => serde_json::from_value(v).map_err(bad),
+        Some(2..=3) => serde_json::from_value(v).map_err(bad),
         Some(n) => Err(Error::format(
             sp,
             "version",
-            format!("state version {n}: this octet reads versions 1 and {STATE_VERSION} (written by a newer octet?)"),
+            format!("state version {n}: this octet reads versions 1 to {STATE_VERSION} (written by a newer octet?)"),
         )),
         None => Err(Error::format(sp, "version", "missing")),
     }
@@ -182,8 +187,9 @@ pub fn load_into(path: &Path, bytes: &[u8], prefix: &str, layout: &Layout, out: 
     Ok(())
 }
 
-/// Write a checkpoint `run_dir/ckpt-NNNNNN` atomically and point `run_dir/latest` at it; keep the
-/// newest `keep` checkpoints.
+/// Write a checkpoint `run_dir/ckpt-NNNNNN` atomically and point `run_dir/latest` at it; keep it and
+/// the `keep - 1` newest checkpoints before it. Checkpoints of later steps (another branch of the run,
+/// resumed from an earlier checkpoint) are not this run's history and stay.
 pub fn save(
     run_dir: &Path,
     state: &State,
@@ -193,7 +199,7 @@ pub fn save(
 ) -> Result<PathBuf> {
     let name = format!("ckpt-{:06}", state.step);
     let final_dir = run_dir.join(&name);
-    let tmp = run_dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = run_dir.join(format!(".{name}{}{}", octet_core::fs::TMP_MARK, std::process::id()));
     let io = |p: &Path, e| Error::io(p, e);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
@@ -208,25 +214,38 @@ pub fn save(
             (raw_safetensors(&[("weights", weights)])?, raw_safetensors(&[("m", m), ("v", v)])?)
         }
     };
-    write_atomic(&tmp.join("model.safetensors"), &model)?;
-    write_atomic(&tmp.join("optimizer.safetensors"), &opt)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
-    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
-    std::fs::copy(tokenizer_json, tmp.join("tokenizer.json")).map_err(|e| io(tokenizer_json, e))?;
+    let tok = std::fs::read(tokenizer_json).map_err(|e| io(tokenizer_json, e))?;
+    let mut manifest = Manifest::new();
+    for (file, bytes) in [
+        ("model.safetensors", &model[..]),
+        ("optimizer.safetensors", &opt),
+        ("state.json", json.as_bytes()),
+        ("tokenizer.json", &tok),
+    ] {
+        write_atomic(&tmp.join(file), bytes)?;
+        manifest.add(file, bytes);
+    }
+    manifest.write(&tmp)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+    sync_dir(run_dir)?;
     write_atomic(&run_dir.join("latest"), name.as_bytes())?;
-    // Prune older checkpoints (names sort by step).
+    // Prune this run's older checkpoints (names sort by step).
     let mut old: Vec<PathBuf> = std::fs::read_dir(run_dir)
         .map_err(|e| io(run_dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ckpt-")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ckpt-") && n < name.as_str())
+        })
         .collect();
     old.sort();
-    if old.len() > keep {
-        for p in &old[..old.len() - keep] {
+    let keep_old = keep.saturating_sub(1);
+    if old.len() > keep_old {
+        for p in &old[..old.len() - keep_old] {
             let _ = std::fs::remove_dir_all(p);
         }
     }
@@ -262,8 +281,23 @@ pub struct Loaded {
 pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
     let dir = resolve(dir)?;
     let sp = dir.join("state.json");
-    let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+    let manifest = Manifest::read(&dir)?;
+    let bytes = std::fs::read(&sp).map_err(|e| Error::io(&sp, e))?;
+    if let Some(m) = &manifest {
+        m.check(&sp, &bytes)?;
+    }
+    let text = String::from_utf8(bytes).map_err(|_| Error::format(&sp, "state", "not UTF-8"))?;
     let state = parse_state(&sp, &text)?;
+    if manifest.is_none() && state.version >= 3 {
+        return Err(Error::format(
+            dir.join(octet_core::manifest::MANIFEST),
+            "manifest",
+            "missing: a version 3 checkpoint cannot be checked without it",
+        ));
+    }
+    if let Some(m) = &manifest {
+        m.check_file(&dir.join("tokenizer.json"))?;
+    }
     state.model.validate().map_err(|e| Error::format(&sp, "model", e.to_string()))?;
     // A run checkpoints at most at its own horizon; a step past it is a damaged or hand-edited file.
     if state.step > state.train.steps {
@@ -277,7 +311,11 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
     let layout = state.model.param_layout();
     let read = |name: &str| {
         let p = dir.join(name);
-        std::fs::read(&p).map(|b| (p.clone(), b)).map_err(|e| Error::io(&p, e))
+        let b = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        if let Some(m) = &manifest {
+            m.check(&p, &b)?;
+        }
+        Ok::<_, Error>((p, b))
     };
     let (p, b) = read("model.safetensors")?;
     if state.train.precision.is_narrow() {

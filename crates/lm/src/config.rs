@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// Checkpoint every N steps (0 = only at the end).
     pub checkpoint_every: usize,
     pub out: PathBuf,
+    /// Replace an earlier run in `out` (its `latest`, `ckpt-*` and `data`) instead of refusing to
+    /// start. A flag of this invocation, not recorded in checkpoints.
+    #[serde(skip)]
+    pub overwrite: bool,
     /// Fraction of the tokens held out for validation.
     pub val_frac: f64,
     /// Tokens of text sampled at the end (0 = none).
@@ -97,6 +101,7 @@ impl Default for TrainConfig {
             eval_batches: 8,
             checkpoint_every: 200,
             out: PathBuf::from("runs/default"),
+            overwrite: false,
             val_frac: 0.1,
             sample_tokens: 120,
         }

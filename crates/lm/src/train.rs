@@ -1,6 +1,11 @@
 //! The trainer: data preparation, the AdamW loop with schedule and clipping, periodic validation and
 //! atomic checkpoints, bit-identical resume, and a summary. It reports through `Event`s so the CLI
 //! decides how to show them (progress bar or JSON lines).
+//!
+//! Run directory policy (`octet_core::rundir`): the trainer holds `--out`'s lock for the whole run
+//! (checked writable before any work), sweeps temporaries a killed run left, and refuses a fresh run
+//! over an earlier one (`latest`, `ckpt-*`, `data`) unless `overwrite`. Data is prepared in a
+//! temporary directory and renamed to `data/` only once it is usable.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,16 +23,35 @@ use crate::model::{Buffers, LanguageModel};
 use crate::precision::Precision;
 use crate::spec::ModelSpec;
 use crate::step::{GradScaler, Optimizer, train_step_accum};
+use octet_core::fs::{TMP_MARK, sync_dir};
+use octet_core::rundir::RunDir;
 use octet_core::scaling::Recipe;
 
 /// What the trainer reports as it goes.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Start { params: usize, train_tokens: usize, val_tokens: usize, vocab_size: usize, start_step: usize, steps: usize },
+    Start {
+        params: usize,
+        train_tokens: usize,
+        val_tokens: usize,
+        vocab_size: usize,
+        start_step: usize,
+        steps: usize,
+    },
     Step(StepLog),
-    Eval { step: usize, val_loss: f64 },
-    Checkpoint { step: usize, path: PathBuf },
+    Eval {
+        step: usize,
+        val_loss: f64,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    /// Anything else worth a line (stale temporaries removed).
+    Note {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -107,14 +131,18 @@ fn load_pretrained(path: &Path) -> Result<Pretrained> {
     Ok(Pretrained { spec: ModelSpec::Llama(cfg), params, tokenizer })
 }
 
-/// Prepare (or reuse) the tokenizer and shards for a run under `out/data`; `given` (a pretrained
+/// Where prepared data lives in a run directory.
+const DATA_DIR: &str = "data";
+
+/// Use a prepared data directory, or tokenize text into a temporary directory in `out` (the caller
+/// renames it to `data/` once the shards prove usable: `Staged::commit`); `given` (a pretrained
 /// model's tokenizer) replaces training one.
-fn prepare_data(cfg: &TrainConfig, source: &Source, given: Option<&TextTokenizer>) -> Result<(PathBuf, TextTokenizer)> {
+fn prepare_data(cfg: &TrainConfig, source: &Source, given: Option<&TextTokenizer>) -> Result<(Staged, TextTokenizer)> {
     if let Source::Path(p) = source
         && p.is_dir()
     {
         let tok = TextTokenizer::load(&p.join("tokenizer.json"))?;
-        return Ok((p.clone(), tok));
+        return Ok((Staged { dir: p.clone(), target: None }, tok));
     }
     let text = match source {
         Source::Embedded(t) => t.to_string(),
@@ -124,12 +152,59 @@ fn prepare_data(cfg: &TrainConfig, source: &Source, given: Option<&TextTokenizer
                 .map_err(|e| Error::format(p, "text", format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to())))?
         }
     };
-    let dir = cfg.out.join("data");
+    let dir = cfg.out.join(format!(".{DATA_DIR}{TMP_MARK}{}", std::process::id()));
+    let staged = Staged { dir: dir.clone(), target: Some(cfg.out.join(DATA_DIR)) };
     let prep = match given {
-        Some(tok) => data::prepare_with(&text, &dir, cfg.val_frac, tok.clone())?,
-        None => data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref())?,
+        Some(tok) => data::prepare_with(&text, &dir, cfg.val_frac, tok.clone()),
+        None => data::prepare(&text, &dir, cfg.vocab_size, cfg.val_frac, cfg.tokenizer.as_deref()),
     };
-    Ok((dir, prep.tokenizer))
+    match prep {
+        Ok(prep) => Ok((staged, prep.tokenizer)),
+        Err(e) => Err(staged.discard(e)),
+    }
+}
+
+/// Prepared data: in place (`target` none) or in a temporary directory to be renamed to `target`.
+struct Staged {
+    dir: PathBuf,
+    target: Option<PathBuf>,
+}
+
+impl Staged {
+    /// Move the data to its final place; returns that directory.
+    fn commit(self) -> Result<PathBuf> {
+        let Some(target) = self.target else { return Ok(self.dir) };
+        std::fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
+        sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+        Ok(target)
+    }
+
+    /// Remove a temporary directory after `e`, returning `e`: no partial output stays.
+    fn discard(self, e: Error) -> Error {
+        if self.target.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        e
+    }
+}
+
+/// The train and validation batches of prepared data in `dir`, checked against a tokenizer of
+/// `vocab` tokens.
+fn open_batches(cfg: &TrainConfig, dir: &Path, vocab: usize) -> Result<(Batches, Batches)> {
+    let train_shard = Shard::open(&dir.join("train.bin"))?;
+    let val_shard = Shard::open(&dir.join("val.bin"))?;
+    if train_shard.vocab_size > vocab {
+        return Err(Error::format(
+            &train_shard.path,
+            "vocab_size",
+            format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size),
+        ));
+    }
+    let val_tokens = val_shard.len();
+    let train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
+    let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
+    let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
+    Ok((train, val))
 }
 
 fn evaluate(model: &mut dyn LanguageModel, val: &Batches, n: usize) -> Result<f64> {
@@ -183,6 +258,21 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         }
     };
     cfg.validate()?;
+    if let Source::Path(p) = &source {
+        std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+    }
+    // Hold the run directory before any work: a bad --out fails now, not at the first checkpoint.
+    let run_dir = RunDir::hold(&cfg.out, "octet train")?;
+    for p in run_dir.swept() {
+        on(&Event::Note { message: format!("removed {}, left by an interrupted run", p.display()) });
+    }
+    if loaded.is_none() {
+        run_dir.claim_fresh(
+            &["latest", "ckpt-*", DATA_DIR],
+            cfg.overwrite,
+            &format!("continue it with --resume {}", cfg.out.display()),
+        )?;
+    }
     let init = match (&loaded, &cfg.init) {
         (None, Some(p)) => Some(load_pretrained(p)?),
         _ => None,
@@ -201,40 +291,38 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             format!("{} exceeds the model's max_seq_len {}", cfg.seq, preset.dims().max_seq_len),
         ));
     }
-    let (data_dir, tokenizer) = prepare_data(&cfg, &source, init.as_ref().map(|pt| &pt.tokenizer))?;
-    let train_shard = Shard::open(&data_dir.join("train.bin"))?;
-    let val_shard = Shard::open(&data_dir.join("val.bin"))?;
+    let (staged, tokenizer) = prepare_data(&cfg, &source, init.as_ref().map(|pt| &pt.tokenizer))?;
     let vocab = tokenizer.vocab_size();
-    if train_shard.vocab_size > vocab {
-        return Err(Error::format(
-            &train_shard.path,
-            "vocab_size",
-            format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size),
-        ));
-    }
-    let spec = spec_for(vocab)?;
-    if vocab > spec.dims().vocab_size {
-        return Err(Error::config(
-            "vocab_size",
-            format!("the tokenizer has {vocab} tokens, the model {} embedding rows", spec.dims().vocab_size),
-        ));
-    }
-    let (train_tokens, val_tokens) = (train_shard.len(), val_shard.len());
-    if let Some(l) = &loaded
-        && l.state.train_tokens != train_tokens
-    {
-        return Err(Error::format(
-            data_dir.join("train.bin"),
-            "count",
-            format!(
-                "checkpoint trained on {} tokens, this shard has {train_tokens}: not the same data",
-                l.state.train_tokens
-            ),
-        ));
-    }
-    let train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
-    let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
-    let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
+    let opened = (|| {
+        let spec = spec_for(vocab)?;
+        if vocab > spec.dims().vocab_size {
+            return Err(Error::config(
+                "vocab_size",
+                format!("the tokenizer has {vocab} tokens, the model {} embedding rows", spec.dims().vocab_size),
+            ));
+        }
+        let (train, val) = open_batches(&cfg, &staged.dir, vocab)?;
+        if let Some(l) = &loaded
+            && l.state.train_tokens != train.shard.len()
+        {
+            return Err(Error::format(
+                staged.dir.join("train.bin"),
+                "count",
+                format!(
+                    "checkpoint trained on {} tokens, this shard has {}: not the same data",
+                    l.state.train_tokens,
+                    train.shard.len()
+                ),
+            ));
+        }
+        Ok((spec, train, val))
+    })();
+    let (spec, train, val) = match opened {
+        Ok(o) => o,
+        Err(e) => return Err(staged.discard(e)),
+    };
+    let data_dir = staged.commit()?;
+    let (train_tokens, val_tokens) = (train.shard.len(), val.shard.len());
 
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let recipe = Recipe::default();

@@ -399,7 +399,11 @@ pub fn discover(
     on: &(dyn Fn(&DiscoverEvent) + Sync),
 ) -> Result<Vec<Value>> {
     let elements = cfg.validate()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // One process per run directory; temporaries a killed run left are removed under the lock.
+    let held = octet_core::rundir::RunDir::hold(dir, "octet materials discover")?;
+    for p in held.swept() {
+        on(&DiscoverEvent::Note(format!("removed {}, left by an interrupted run", p.display())));
+    }
     let jpath = dir.join("journal.jsonl");
     if jpath.exists() && !resume {
         return Err(Error::format(

@@ -14,7 +14,9 @@
 //!
 //! Checkpoint: one safetensors file per ensemble member, f32 tensors named as `GnnConfig::layout`,
 //! metadata `format` = `octet-gnome`, `kind` (structural | compositional), `config` (GnnConfig as
-//! JSON), `cutoff` (A), `seed`, `valid_mae`. Written atomically.
+//! JSON), `cutoff` (A), `seed`, `valid_mae`, `sha256` (of the tensors' data in layout order; a file
+//! whose data does not match fails naming it; files written before it load unchecked). Written
+//! atomically.
 //!
 //! Ensembles: members differ only in seed; predictions are the median over members and the
 //! interquartile range (q75 - q25, linear interpolation) as uncertainty; with test-time
@@ -25,6 +27,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use octet_core::manifest::sha256_hex_parts;
 use octet_core::{Error, Result, Rng, Slab};
 use octet_optim::{AdamW, AdamWConfig};
 use rayon::prelude::*;
@@ -433,6 +436,8 @@ pub fn save_member(
         .iter()
         .map(|(s, v)| (s.name.clone(), s.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
+    let mut meta = meta;
+    meta.insert("sha256".to_string(), sha256_hex_parts(owned.iter().map(|(_, _, b)| &b[..])));
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
         .map(|(n, s, b)| {
@@ -464,8 +469,10 @@ pub fn load_member(path: &Path) -> Result<Member> {
     let layout = cfg.layout();
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
     let mut data = vec![0.0f32; layout.total()];
+    let mut raw: Vec<&[u8]> = vec![];
     for spec in layout.specs() {
         let t = st.tensor(&spec.name).map_err(|_| Error::format(path, &spec.name, "tensor missing"))?;
+        raw.push(t.data());
         if t.dtype() != Dtype::F32 || t.shape() != spec.shape.as_slice() {
             return Err(Error::format(
                 path,
@@ -475,6 +482,17 @@ pub fn load_member(path: &Path) -> Result<Member> {
         }
         for (o, b) in data[spec.range()].iter_mut().zip(t.data().chunks_exact(4)) {
             *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+    }
+    // Files written before checksums (no `sha256`) load unchecked.
+    if let Some(want) = meta.get("sha256") {
+        let got = sha256_hex_parts(raw);
+        if &got != want {
+            return Err(Error::format(
+                path,
+                "sha256",
+                format!("tensor data hashes to {got}, the metadata records {want}: the file is damaged"),
+            ));
         }
     }
     Ok(Member { kind, cutoff, seed, valid_mae, model: Gnn::from_params(cfg, data)? })
@@ -647,6 +665,23 @@ mod tests {
         }
         let mut to = Gnn::<f32>::init(cfg(graph::NUM_BASIS), 2).unwrap();
         assert_eq!(copy_matching(&mut to, &from, Some(&["embed"])), vec!["embed".to_string()]);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_members_tensor_data_fails_naming_the_file() {
+        let cfg = GnnConfig { width: 8, steps: 2, basis_dim: 0, avg_adjacency: 2.0, scale: 1.0, shift: 0.0 };
+        let model = Gnn::<f32>::init(cfg, 3).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("member-0.safetensors");
+        save_member(&p, ModelKind::Compositional, graph::CUTOFF, 3, 0.1, &model).unwrap();
+        let m = load_member(&p).unwrap();
+        assert!(m.model.params.iter().zip(model.params.iter()).all(|(a, b)| a.1 == b.1));
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x10; // inside the last tensor's data
+        std::fs::write(&p, &bytes).unwrap();
+        let e = load_member(&p).unwrap_err().to_string();
+        assert!(e.contains("member-0.safetensors") && e.contains("damaged"), "{e}");
     }
 
     /// With `elemental_zero` a pure element's baseline is exactly 0 and every compound's is the

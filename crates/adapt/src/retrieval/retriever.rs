@@ -103,6 +103,11 @@ pub fn train(
         return Err(Error::config("temperature", "must be > 0"));
     }
     let pairs = training_pairs(&o.corpus)?;
+    // One process per run directory; temporaries a killed run left are removed under the lock.
+    let held = octet_core::rundir::RunDir::hold(&o.out, "octet adapt retriever")?;
+    for p in held.swept() {
+        say(format!("removed {}, left by an interrupted run", p.display()));
+    }
     let mut rng = Rng::new(o.seed);
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     for i in (1..order.len()).rev() {
