@@ -408,6 +408,15 @@ impl Worker {
     }
 }
 
+/// What one line of a worker's output means for `req`: the result, or why the frame failed (what
+/// the oracle loop does with each answer; public for the fuzz target).
+pub fn answer_from_line(req: &OracleRequest, line: &str) -> OracleResult {
+    match parse_line(line.to_string()) {
+        Answer::Line(v) => parse_result(req, &v, 0.0),
+        _ => OracleResult::failed(&req.id, 0.0, format!("not a JSON object: {}", clip(line))),
+    }
+}
+
 /// A JSON object, or NaN/Infinity in an otherwise valid line (which serde_json refuses), or garbage.
 fn parse_line(line: String) -> Answer {
     match serde_json::from_str::<Value>(&line) {
