@@ -198,6 +198,12 @@ struct TrainArgs {
     /// Print one JSON object per line (steps, evaluations, last a summary) instead of a progress bar.
     #[arg(long)]
     json: bool,
+    /// Shard the FP8 optimizer state over the ranks of an `mpirun` job (FP8-LM's ZeRO; fp8-o1/o2).
+    #[arg(long)]
+    zero: bool,
+    /// Under mpirun: check every N steps that all ranks hold the same weights (a hash).
+    #[arg(long)]
+    check_weights_every: Option<usize>,
 }
 
 #[derive(Args)]
@@ -259,7 +265,22 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! over {
         ($($f:ident),*) => { $(if let Some(v) = &a.$f { c.$f = v.clone(); })* };
     }
-    over!(model, precision, vocab_size, steps, batch, grad_accum, seq, lr, seed, eval_every, checkpoint_every, out);
+    over!(
+        model,
+        precision,
+        vocab_size,
+        steps,
+        batch,
+        grad_accum,
+        seq,
+        lr,
+        seed,
+        eval_every,
+        checkpoint_every,
+        out,
+        check_weights_every
+    );
+    c.zero |= a.zero;
     if a.data.is_some() {
         c.data = a.data.clone();
     }
@@ -303,7 +324,13 @@ fn arch_for(arch: ArchKind, model: &str, explicit: bool) -> Result<ArchKind> {
 fn run_train(a: TrainArgs) -> Result<()> {
     let start = match &a.resume {
         Some(dir) => {
-            if a.config.is_some() || a.model.is_some() || a.data.is_some() || a.out.is_some() || a.init.is_some() {
+            if a.config.is_some()
+                || a.model.is_some()
+                || a.data.is_some()
+                || a.out.is_some()
+                || a.init.is_some()
+                || a.zero
+            {
                 return Err(Error::config(
                     "resume",
                     "a resumed run keeps its checkpoint's configuration; only --steps and --until may change",
@@ -320,8 +347,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
             Start::Fresh(cfg, source)
         }
     };
+    // One process, or a rank of an mpirun job (MPI initialises here, once).
+    let coll = octet_dist::init().map_err(Error::Other)?;
+    let (rank, ranks) = (coll.rank(), coll.size());
     let json = a.json;
-    let pb = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let pb = if json || rank != 0 { ProgressBar::hidden() } else { ProgressBar::new(0) };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
             .expect("valid template"),
@@ -330,7 +360,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         if json {
             let v = match e {
                 Event::Step(s) => {
-                    serde_json::json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.tokens_per_s})
+                    let mut v = serde_json::json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.tokens_per_s});
+                    if let Some(b) = s.comm_bytes {
+                        v["comm_bytes"] = b.into();
+                    }
+                    v
                 }
                 other => serde_json::to_value(other).expect("events serialise"),
             };
@@ -342,9 +376,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
             if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) }
         };
         match e {
-            Event::Start { params, train_tokens, val_tokens, vocab_size, start_step, steps } => {
+            Event::Start { params, train_tokens, val_tokens, vocab_size, start_step, steps, ranks } => {
+                let procs = if *ranks > 1 { format!("; {ranks} ranks") } else { String::new() };
                 say(format!(
-                    "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}",
+                    "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}{procs}",
                     *params as f64 / 1e6
                 ));
                 pb.set_length(*steps as u64);
@@ -362,8 +397,19 @@ fn run_train(a: TrainArgs) -> Result<()> {
             Event::Checkpoint { step, path } => say(format!("step {step:>6}: checkpoint {}", path.display())),
         }
     };
-    let summary = train::run(start, a.until, &mut on)?;
+    let summary = match train::run_dist(start, a.until, coll.as_ref(), &mut on) {
+        Ok(s) => s,
+        // The other ranks would wait for this one in their next collective: end the job.
+        Err(e) if ranks > 1 => {
+            eprintln!("error (rank {rank} of {ranks}): {e}");
+            coll.abort(1)
+        }
+        Err(e) => return Err(e),
+    };
     pb.finish_and_clear();
+    if rank != 0 {
+        return Ok(());
+    }
     if json {
         let mut v = serde_json::to_value(&summary).expect("summary serialises");
         v["event"] = "summary".into();

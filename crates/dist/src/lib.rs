@@ -20,6 +20,9 @@ pub mod mpi;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Whether this build has the MPI implementation (`--features mpi`).
+pub const MPI_BUILT: bool = cfg!(feature = "mpi");
+
 /// A reduction of the plain (f32 / f64) collectives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -43,6 +46,17 @@ impl Traffic {
     /// Payload bytes over every kind.
     pub fn payload(&self) -> u64 {
         self.all_reduce + self.reduce_scatter + self.all_gather + self.broadcast
+    }
+    /// Both counts added.
+    pub fn plus(&self, o: &Traffic) -> Traffic {
+        Traffic {
+            calls: self.calls + o.calls,
+            all_reduce: self.all_reduce + o.all_reduce,
+            reduce_scatter: self.reduce_scatter + o.reduce_scatter,
+            all_gather: self.all_gather + o.all_gather,
+            broadcast: self.broadcast + o.broadcast,
+            wire: self.wire + o.wire,
+        }
     }
     /// What moved between `earlier` and `self`.
     pub fn since(&self, earlier: &Traffic) -> Traffic {
