@@ -81,6 +81,24 @@ struct MemoryArgs {
     seq: usize,
     #[arg(long)]
     json: bool,
+    /// At scale, computed (nothing allocated): per-GPU bytes by role and data-parallel bytes per step
+    /// of GPT-7B, 13B and 175B at every FP8-LM level (fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o3),
+    /// without and with ZeRO. With --model gpt-7b|gpt-13b|gpt-175b: that model only, at --level.
+    #[arg(long)]
+    scale: bool,
+    /// Level of --scale with one model: fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o3.
+    #[arg(long, default_value = "fp8-o2")]
+    level: String,
+    /// Data, tensor and pipeline parallel degrees for --scale (default: the table's for the model).
+    #[arg(long)]
+    dp: Option<usize>,
+    #[arg(long)]
+    tp: Option<usize>,
+    #[arg(long)]
+    pp: Option<usize>,
+    /// Shard the optimizer state over the data-parallel group (--scale with one model).
+    #[arg(long)]
+    zero: bool,
 }
 
 #[derive(Subcommand)]
@@ -494,6 +512,9 @@ fn run_export(a: ExportArgs) -> Result<()> {
 }
 
 fn run_memory(a: MemoryArgs) -> Result<()> {
+    if a.scale {
+        return run_memory_scale(&a);
+    }
     let arch = arch_for(a.arch.unwrap_or_default(), &a.model, a.arch.is_some())?;
     let spec = ModelSpec::preset(arch, &a.model, a.block, a.vocab_size, Overrides::default())?;
     let seq = a.seq.min(spec.dims().max_seq_len);
@@ -522,6 +543,68 @@ fn run_memory(a: MemoryArgs) -> Result<()> {
         ledger.bytes_per_param(),
         ledger.total() as f64 / (1 << 20) as f64
     );
+    Ok(())
+}
+
+/// `octet memory --scale`: the analytical ledger (`octet_lm::memory::analytic`).
+fn run_memory_scale(a: &MemoryArgs) -> Result<()> {
+    use octet_lm::memory::{GPT_7B, GPT_13B, GPT_175B, GptShape, Parallel, ScaleLevel, analytic, default_parallel};
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let rows: Vec<_> = match GptShape::by_name(&a.model) {
+        Some(shape) => {
+            let level = ScaleLevel::parse(&a.level).ok_or_else(|| {
+                Error::config(
+                    "level",
+                    format!("unknown level `{}` (fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o3)", a.level),
+                )
+            })?;
+            let d = default_parallel(shape, a.zero);
+            let par = Parallel { dp: a.dp.unwrap_or(d.dp), tp: a.tp.unwrap_or(d.tp), pp: a.pp.unwrap_or(d.pp), ..d };
+            if par.dp == 0 || par.tp == 0 || par.pp == 0 {
+                return Err(Error::config("dp", "parallel degrees must be positive"));
+            }
+            vec![analytic(shape, level, par)]
+        }
+        None => [GPT_7B, GPT_13B, GPT_175B]
+            .into_iter()
+            .flat_map(|shape| {
+                [false, true].into_iter().flat_map(move |zero| {
+                    ScaleLevel::ALL.into_iter().map(move |l| analytic(shape, l, default_parallel(shape, zero)))
+                })
+            })
+            .collect(),
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_value(r).expect("analytic serialises"));
+        }
+        return Ok(());
+    }
+    println!(
+        "| model | dp x tp x pp | ZeRO | level | weights | master | grads | m | v | weight state | activations | total | vs bf16 | DP comm / step |"
+    );
+    println!("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let bf16 = analytic(GptShape::by_name(r.model).expect("a scale model"), ScaleLevel::Bf16, r.parallel);
+        let p = r.parallel;
+        let b: Vec<String> = r.bytes.iter().map(|x| format!("{:.2}", gib(x.1))).collect();
+        println!(
+            "| {} | {} x {} x {} | {} | {} | {} | {:.2} | {} | {:.2} | {:+.0}% | {:.2} |",
+            r.model,
+            p.dp,
+            p.tp,
+            p.pp,
+            if p.zero { "yes" } else { "no" },
+            r.level.name(),
+            b[..5].join(" | "),
+            gib(r.weight_related_bytes),
+            b[5],
+            gib(r.total_bytes),
+            (r.total_bytes / bf16.total_bytes - 1.0) * 100.0,
+            gib(r.dp_comm_bytes_per_step),
+        );
+    }
+    println!("(GiB per GPU; activations: micro-batch 1, T=2048, selective recomputation, 16-bit)");
     Ok(())
 }
 
