@@ -9,6 +9,9 @@ O=target/release/octet
 R=bench/dist
 T=$(mktemp -d)
 MPI="mpirun --allow-run-as-root --oversubscribe -np 2"
+# `bench/dist.sh speed` reruns only section 3 (into speed_*.json, with its own load readings).
+if [ "${1:-}" = speed ]; then SPEED_ONLY=1; else SPEED_ONLY=0; fi
+if [ $SPEED_ONLY = 0 ]; then
 lscpu | grep 'Model name' > $R/machine.txt
 nproc >> $R/machine.txt
 uptime >> $R/machine.txt
@@ -22,6 +25,8 @@ for p in fp32 bf16 fp8-te fp8-o1 fp8-o2; do
 done
 $MPI $O train --precision fp8-o2 --zero --steps 20 --eval-every 0 --checkpoint-every 0 --json --out $T/bytes-zero \
   | tail -1 > $R/bytes_fp8-o2-zero.json
+fi
+uptime > $R/speed_load.txt
 # 3. Tokens/s, 1 vs 2 ranks (2 ranks also with one rayon thread each), interleaved, two rounds.
 for round in 1 2; do
   for p in fp32 fp8-o2; do
@@ -31,5 +36,6 @@ for round in 1 2; do
     $MPI -x RAYON_NUM_THREADS=1 $O train $a --out $T/t3-$p-$round | tail -1 > $R/speed_${p}_2ranks_1thread_r$round.json
   done
 done
-uptime >> $R/machine.txt
+uptime >> $R/speed_load.txt
+[ $SPEED_ONLY = 1 ] || uptime >> $R/machine.txt
 rm -rf $T

@@ -98,6 +98,30 @@ fn rank_checks(c: &dyn Collective) {
     fp8_all_reduce_error_is_within_the_e4m3_bound(c);
     zero_gives_the_same_weights_as_no_zero(c);
     every_level_keeps_the_ranks_identical(c);
+    an_overflow_on_one_rank_skips_the_step_on_every_rank(c);
+}
+
+/// The single-process policy, job-wide: a non-finite gradient on any rank (here rank 1's, flagged
+/// as `Narrow` flags an encode whose amax was not finite) makes every rank skip the step.
+fn an_overflow_on_one_rank_skips_the_step_on_every_rank(c: &dyn Collective) {
+    let (r, n) = (c.rank(), c.size());
+    let spec = ModelSpec::Gpt2(Gpt2Config::tiny());
+    let mut m = spec.init(Precision::Fp8O2, &Recipe::default(), 5).unwrap();
+    let (x, y) = batch(&spec, 0);
+    let rows = r * B / n..(r + 1) * B / n;
+    m.zero_grad();
+    m.set_grad_scale(1.0 / n as f64);
+    m.forward(&x[rows.start * T..rows.end * T], Some(&y[rows.start * T..rows.end * T]), B / n, T).unwrap();
+    m.backward().unwrap();
+    if let Buffers::Narrow(nw) = m.buffers() {
+        nw.overflow = r == 1;
+    }
+    let before = weights_hash(m.as_ref());
+    let rep = DataParallel::new(c).all_reduce_grads(m.as_mut());
+    assert!(rep.overflow, "rank {r} learns of rank 1's overflow");
+    let Buffers::Narrow(nw) = m.buffers() else { unreachable!() };
+    assert!(nw.overflow, "rank {r}: the step will be skipped (train_step_dist checks this flag)");
+    assert_eq!(weights_hash(m.as_ref()), before);
 }
 
 fn fp32_two_ranks_train_like_one_rank_on_the_whole_batch(c: &dyn Collective) {
