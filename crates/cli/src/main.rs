@@ -81,6 +81,24 @@ struct MemoryArgs {
     seq: usize,
     #[arg(long)]
     json: bool,
+    /// At scale, computed (nothing allocated): per-GPU bytes by role and data-parallel bytes per step
+    /// of GPT-7B, 13B and 175B at every FP8-LM level (fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o3),
+    /// without and with ZeRO. With --model gpt-7b|gpt-13b|gpt-175b: that model only, at --level.
+    #[arg(long)]
+    scale: bool,
+    /// Level of --scale with one model: fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o3.
+    #[arg(long, default_value = "fp8-o2")]
+    level: String,
+    /// Data, tensor and pipeline parallel degrees for --scale (default: the table's for the model).
+    #[arg(long)]
+    dp: Option<usize>,
+    #[arg(long)]
+    tp: Option<usize>,
+    #[arg(long)]
+    pp: Option<usize>,
+    /// Shard the optimizer state over the data-parallel group (--scale with one model).
+    #[arg(long)]
+    zero: bool,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +220,12 @@ struct TrainArgs {
     /// Print one JSON object per line (steps, evaluations, last a summary) instead of a progress bar.
     #[arg(long)]
     json: bool,
+    /// Shard the FP8 optimizer state over the ranks of an `mpirun` job (FP8-LM's ZeRO; fp8-o1/o2).
+    #[arg(long)]
+    zero: bool,
+    /// Under mpirun: check every N steps that all ranks hold the same weights (a hash).
+    #[arg(long)]
+    check_weights_every: Option<usize>,
 }
 
 #[derive(Args)]
@@ -263,7 +287,22 @@ fn resolve_train(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! over {
         ($($f:ident),*) => { $(if let Some(v) = &a.$f { c.$f = v.clone(); })* };
     }
-    over!(model, precision, vocab_size, steps, batch, grad_accum, seq, lr, seed, eval_every, checkpoint_every, out);
+    over!(
+        model,
+        precision,
+        vocab_size,
+        steps,
+        batch,
+        grad_accum,
+        seq,
+        lr,
+        seed,
+        eval_every,
+        checkpoint_every,
+        out,
+        check_weights_every
+    );
+    c.zero |= a.zero;
     if a.data.is_some() {
         c.data = a.data.clone();
     }
@@ -308,7 +347,13 @@ fn arch_for(arch: ArchKind, model: &str, explicit: bool) -> Result<ArchKind> {
 fn run_train(a: TrainArgs) -> Result<()> {
     let start = match &a.resume {
         Some(dir) => {
-            if a.config.is_some() || a.model.is_some() || a.data.is_some() || a.out.is_some() || a.init.is_some() {
+            if a.config.is_some()
+                || a.model.is_some()
+                || a.data.is_some()
+                || a.out.is_some()
+                || a.init.is_some()
+                || a.zero
+            {
                 return Err(Error::config(
                     "resume",
                     "a resumed run keeps its checkpoint's configuration; only --steps and --until may change",
@@ -325,8 +370,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
             Start::Fresh(cfg, source)
         }
     };
+    // One process, or a rank of an mpirun job (MPI initialises here, once).
+    let coll = octet_dist::init().map_err(Error::Other)?;
+    let (rank, ranks) = (coll.rank(), coll.size());
     let json = a.json;
-    let pb = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let pb = if json || rank != 0 { ProgressBar::hidden() } else { ProgressBar::new(0) };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
             .expect("valid template"),
@@ -335,7 +383,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         if json {
             let v = match e {
                 Event::Step(s) => {
-                    serde_json::json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.tokens_per_s})
+                    let mut v = serde_json::json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.tokens_per_s});
+                    if let Some(b) = s.comm_bytes {
+                        v["comm_bytes"] = b.into();
+                    }
+                    v
                 }
                 other => serde_json::to_value(other).expect("events serialise"),
             };
@@ -347,9 +399,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
             if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) }
         };
         match e {
-            Event::Start { params, train_tokens, val_tokens, vocab_size, start_step, steps } => {
+            Event::Start { params, train_tokens, val_tokens, vocab_size, start_step, steps, ranks } => {
+                let procs = if *ranks > 1 { format!("; {ranks} ranks") } else { String::new() };
                 say(format!(
-                    "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}",
+                    "model {:.2}M parameters, vocabulary {vocab_size}; data {train_tokens} train / {val_tokens} validation tokens; steps {start_step}..{steps}{procs}",
                     *params as f64 / 1e6
                 ));
                 pb.set_length(*steps as u64);
@@ -368,8 +421,19 @@ fn run_train(a: TrainArgs) -> Result<()> {
             Event::Note { message } => say(message.clone()),
         }
     };
-    let summary = train::run(start, a.until, &mut on)?;
+    let summary = match train::run_dist(start, a.until, coll.as_ref(), &mut on) {
+        Ok(s) => s,
+        // The other ranks would wait for this one in their next collective: end the job.
+        Err(e) if ranks > 1 => {
+            eprintln!("error (rank {rank} of {ranks}): {e}");
+            coll.abort(1)
+        }
+        Err(e) => return Err(e),
+    };
     pb.finish_and_clear();
+    if rank != 0 {
+        return Ok(());
+    }
     if json {
         let mut v = serde_json::to_value(&summary).expect("summary serialises");
         v["event"] = "summary".into();
@@ -454,6 +518,9 @@ fn run_export(a: ExportArgs) -> Result<()> {
 }
 
 fn run_memory(a: MemoryArgs) -> Result<()> {
+    if a.scale {
+        return run_memory_scale(&a);
+    }
     let arch = arch_for(a.arch.unwrap_or_default(), &a.model, a.arch.is_some())?;
     let spec = ModelSpec::preset(arch, &a.model, a.block, a.vocab_size, Overrides::default())?;
     let seq = a.seq.min(spec.dims().max_seq_len);
@@ -482,6 +549,68 @@ fn run_memory(a: MemoryArgs) -> Result<()> {
         ledger.bytes_per_param(),
         ledger.total() as f64 / (1 << 20) as f64
     );
+    Ok(())
+}
+
+/// `octet memory --scale`: the analytical ledger (`octet_lm::memory::analytic`).
+fn run_memory_scale(a: &MemoryArgs) -> Result<()> {
+    use octet_lm::memory::{GPT_7B, GPT_13B, GPT_175B, GptShape, Parallel, ScaleLevel, analytic, default_parallel};
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let rows: Vec<_> = match GptShape::by_name(&a.model) {
+        Some(shape) => {
+            let level = ScaleLevel::parse(&a.level).ok_or_else(|| {
+                Error::config(
+                    "level",
+                    format!("unknown level `{}` (fp32, bf16, fp8-te, fp8-o1, fp8-o2, fp8-o3)", a.level),
+                )
+            })?;
+            let d = default_parallel(shape, a.zero);
+            let par = Parallel { dp: a.dp.unwrap_or(d.dp), tp: a.tp.unwrap_or(d.tp), pp: a.pp.unwrap_or(d.pp), ..d };
+            if par.dp == 0 || par.tp == 0 || par.pp == 0 {
+                return Err(Error::config("dp", "parallel degrees must be positive"));
+            }
+            vec![analytic(shape, level, par)]
+        }
+        None => [GPT_7B, GPT_13B, GPT_175B]
+            .into_iter()
+            .flat_map(|shape| {
+                [false, true].into_iter().flat_map(move |zero| {
+                    ScaleLevel::ALL.into_iter().map(move |l| analytic(shape, l, default_parallel(shape, zero)))
+                })
+            })
+            .collect(),
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_value(r).expect("analytic serialises"));
+        }
+        return Ok(());
+    }
+    println!(
+        "| model | dp x tp x pp | ZeRO | level | weights | master | grads | m | v | weight state | activations | total | vs bf16 | DP comm / step |"
+    );
+    println!("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let bf16 = analytic(GptShape::by_name(r.model).expect("a scale model"), ScaleLevel::Bf16, r.parallel);
+        let p = r.parallel;
+        let b: Vec<String> = r.bytes.iter().map(|x| format!("{:.2}", gib(x.1))).collect();
+        println!(
+            "| {} | {} x {} x {} | {} | {} | {} | {:.2} | {} | {:.2} | {:+.0}% | {:.2} |",
+            r.model,
+            p.dp,
+            p.tp,
+            p.pp,
+            if p.zero { "yes" } else { "no" },
+            r.level.name(),
+            b[..5].join(" | "),
+            gib(r.weight_related_bytes),
+            b[5],
+            gib(r.total_bytes),
+            (r.total_bytes / bf16.total_bytes - 1.0) * 100.0,
+            gib(r.dp_comm_bytes_per_step),
+        );
+    }
+    println!("(GiB per GPU; activations: micro-batch 1, T=2048, selective recomputation, 16-bit)");
     Ok(())
 }
 

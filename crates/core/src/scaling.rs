@@ -113,6 +113,12 @@ impl AmaxHistory {
             self.values.last().copied()
         }
     }
+    /// The recorded values in storage order (a ring once full). Histories pushed in lockstep (the
+    /// ranks of a data-parallel job) share the order, so an element-wise max over them is the history
+    /// of the max.
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        &mut self.values
+    }
     /// Values oldest first.
     pub fn iter(&self) -> impl Iterator<Item = f32> + '_ {
         let (newer, older) = self.values.split_at(if self.is_full() { self.next } else { 0 });

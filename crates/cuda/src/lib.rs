@@ -44,6 +44,8 @@ pub mod gemm;
 #[cfg(feature = "cuda")]
 mod llama_ops;
 #[cfg(feature = "cuda")]
+pub mod nccl;
+#[cfg(feature = "cuda")]
 mod ops;
 #[cfg(feature = "cuda")]
 pub mod optim;

@@ -53,6 +53,9 @@ pub struct State {
     /// Completed optimizer steps, when they differ from `step` (skipped steps at the narrow levels).
     #[serde(default)]
     pub optimizer_step: Option<u64>,
+    /// FP8 all-reduce scaling factor of a data-parallel run (`dist::CommScaler`), if it had several ranks.
+    #[serde(default)]
+    pub comm: Option<crate::dist::CommScaler>,
 }
 
 /// Parse `state.json` text: the current version, or version 1 converted.

@@ -67,6 +67,12 @@ pub struct TrainConfig {
     pub val_frac: f64,
     /// Tokens of text sampled at the end (0 = none).
     pub sample_tokens: usize,
+    /// Shard the optimizer state over the ranks of a data-parallel job (FP8-LM's ZeRO; narrow
+    /// levels: fp8-o1, fp8-o2, fp8-o2-v8). See `crate::dist`.
+    pub zero: bool,
+    /// In a data-parallel job, check every N steps that all ranks hold the same weights (a hash;
+    /// 0 = never). A debugging aid: it costs one small all-gather.
+    pub check_weights_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +110,8 @@ impl Default for TrainConfig {
             overwrite: false,
             val_frac: 0.1,
             sample_tokens: 120,
+            zero: false,
+            check_weights_every: 0,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod decoder;
+pub mod dist;
 pub mod export;
 pub mod generate;
 pub mod gguf;

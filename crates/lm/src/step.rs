@@ -13,6 +13,7 @@
 use octet_core::{Error, Result};
 use octet_optim::{AdamW, AdamWConfig, Fp8AdamW};
 
+use crate::dist::{DataParallel, Zero};
 use crate::model::{Buffers, LanguageModel};
 
 /// Clean steps after which the gradient scale doubles (up to `MAX_SCALE`).
@@ -59,6 +60,9 @@ pub enum Optimizer {
     Plain(AdamW),
     /// FP8-LM AdamW over the model's narrow weights (fp8-o1: m, v f32; fp8-o2: m E4M3, v f16).
     Narrow(Fp8AdamW),
+    /// The same with its state sharded over the ranks of a data-parallel job (FP8-LM's ZeRO,
+    /// `crate::dist::Zero`): this rank's units only.
+    Zero(Box<Zero>),
 }
 
 impl Optimizer {
@@ -82,19 +86,37 @@ impl Optimizer {
         }
     }
 
+    /// FP8-LM's ZeRO optimizer for `model` (a narrow level), rank `rank` of `ranks`'s shard, fresh.
+    pub fn zero_for_model(model: &dyn LanguageModel, cfg: AdamWConfig, rank: usize, ranks: usize) -> Result<Optimizer> {
+        let Some(nw) = model.narrow() else {
+            return Err(Error::config(
+                "zero",
+                format!(
+                    "ZeRO shards the FP8 optimizer state of the narrow levels (fp8-o1, fp8-o2, fp8-o2-v8), not `{}`",
+                    model.precision()
+                ),
+            ));
+        };
+        let decay = nw.unit_flags(&model.decay_flags());
+        let formats = model.precision().adam_formats();
+        Ok(Optimizer::Zero(Box::new(Zero::new(nw.units.clone(), &decay, cfg, formats, rank, ranks))))
+    }
+
     /// Completed steps.
     pub fn step(&self) -> u64 {
         match self {
             Optimizer::Plain(o) => o.step,
             Optimizer::Narrow(o) => o.step,
+            Optimizer::Zero(z) => z.opt.step,
         }
     }
 
-    /// Bytes of Adam's m and v (with their scales).
+    /// Bytes of Adam's m and v (with their scales) held by this process.
     pub fn state_bytes(&self) -> (usize, usize) {
         match self {
             Optimizer::Plain(o) => (o.m.data.len() * 4, o.v.data.len() * 4),
             Optimizer::Narrow(o) => (o.m.bytes(), o.v.bytes()),
+            Optimizer::Zero(z) => z.state_bytes(),
         }
     }
 }
@@ -145,14 +167,34 @@ pub fn train_step_accum(
     clip: f64,
     lr: f64,
 ) -> Result<StepOutcome> {
+    train_step_dist(model, opt, scaler, micro, b, t, clip, lr, None)
+}
+
+/// `train_step_accum` as one rank of a data-parallel job (`crate::dist`): `micro` holds this rank's
+/// rows (B is the local batch), the loss gradient is also scaled by 1/N, the gradients are summed
+/// over ranks in the level's wire format before the update (reduce-scattered with ZeRO), the
+/// reported loss is the mean over ranks, and the FP8 amax histories are synchronised after it.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_dist(
+    model: &mut dyn LanguageModel,
+    opt: &mut Optimizer,
+    scaler: &mut GradScaler,
+    micro: &[(&[u32], &[u32])],
+    b: usize,
+    t: usize,
+    clip: f64,
+    lr: f64,
+    mut dp: Option<&mut DataParallel<'_>>,
+) -> Result<StepOutcome> {
     let step = opt.step() as usize;
     let n = micro.len();
     if n == 0 {
         return Err(Error::config("grad_accum", "a step needs at least one micro-batch"));
     }
+    let ranks = dp.as_ref().map_or(1, |d| d.size());
     model.zero_grad();
     let s = if model.narrow().is_some() { scaler.scale } else { 1.0 };
-    model.set_grad_scale(s / n as f64);
+    model.set_grad_scale(s / (n * ranks) as f64);
     let mut loss = 0.0;
     for (i, (x, y)) in micro.iter().enumerate() {
         model.set_accumulate(i > 0);
@@ -164,6 +206,32 @@ pub fn train_step_accum(
         loss += l / n as f64;
     }
     model.set_accumulate(false);
+    if let Some(dp) = dp.as_deref_mut() {
+        loss = dp.mean(loss);
+        if !matches!(opt, Optimizer::Zero(_)) {
+            // An overflow on any rank marks every rank's narrow gradient (`Narrow::overflow`).
+            dp.all_reduce_grads(model);
+        }
+    }
+    let out = update(model, opt, scaler, dp.as_deref_mut(), clip, lr, step, loss)?;
+    if let Some(dp) = dp {
+        dp.sync_scaling(model.scaling_mut());
+    }
+    Ok(out)
+}
+
+/// The update after the gradients are complete (and synchronised).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    model: &mut dyn LanguageModel,
+    opt: &mut Optimizer,
+    scaler: &mut GradScaler,
+    dp: Option<&mut DataParallel<'_>>,
+    clip: f64,
+    lr: f64,
+    step: usize,
+    loss: f64,
+) -> Result<StepOutcome> {
     match opt {
         Optimizer::Plain(o) => {
             let grad_norm = model.plain_update(o, clip, lr);
@@ -190,6 +258,21 @@ pub fn train_step_accum(
                 scaler.succeeded();
             }
             Ok(StepOutcome { loss, grad_norm, skipped: report.skipped })
+        }
+        Optimizer::Zero(z) => {
+            let Some(dp) = dp else {
+                return Err(Error::Other("a ZeRO optimizer steps inside a data-parallel job".into()));
+            };
+            let Buffers::Narrow(nw) = model.buffers() else {
+                unreachable!("ZeRO is built for narrow models (Optimizer::zero_for_model)")
+            };
+            let (grad_norm, skipped) = z.step(dp, nw, scaler.scale, clip, lr)?;
+            if skipped {
+                scaler.overflowed();
+            } else {
+                scaler.succeeded();
+            }
+            Ok(StepOutcome { loss, grad_norm, skipped })
         }
     }
 }

@@ -16,16 +16,18 @@ use octet_optim::{AdamWConfig, Schedule};
 use crate::checkpoint::{self, STATE_VERSION, State, Tensors};
 pub use crate::config::TrainConfig;
 use crate::data::{self, Batches, Shard, TextTokenizer};
+use crate::dist::{CommScaler, DataParallel};
 use crate::generate::{SampleConfig, sample};
 use crate::gguf::GgufFile;
 use crate::llama::{LlamaConfig, params_from_gguf};
 use crate::model::{Buffers, LanguageModel};
 use crate::precision::Precision;
 use crate::spec::ModelSpec;
-use crate::step::{GradScaler, Optimizer, train_step_accum};
+use crate::step::{GradScaler, Optimizer, train_step_dist};
 use octet_core::fs::{TMP_MARK, sync_dir};
 use octet_core::rundir::RunDir;
 use octet_core::scaling::Recipe;
+use octet_dist::{Collective, Single, Traffic};
 
 /// What the trainer reports as it goes.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -38,6 +40,8 @@ pub enum Event {
         vocab_size: usize,
         start_step: usize,
         steps: usize,
+        /// Processes of the data-parallel job (1: none).
+        ranks: usize,
     },
     Step(StepLog),
     Eval {
@@ -64,6 +68,37 @@ pub struct StepLog {
     /// The update was skipped (a gradient overflowed; narrow levels only) and the gradient scale halved.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Payload bytes this rank handed to collectives in this step (data-parallel runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_bytes: Option<u64>,
+}
+
+/// What a data-parallel run moved (rank 0's counts; every rank moves the same), from the
+/// `Collective`'s counters (`octet_dist::Traffic`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommSummary {
+    pub ranks: usize,
+    pub backend: &'static str,
+    /// What the level's gradients travel as (`dist::Wire`).
+    pub wire_format: crate::dist::Wire,
+    pub zero: bool,
+    /// Payload bytes per training step, by kind of collective (averaged over the run's steps; the
+    /// checkpoints' gathers and weight checks are not steps and are left out).
+    pub bytes_per_step: u64,
+    pub all_reduce_per_step: u64,
+    pub reduce_scatter_per_step: u64,
+    pub all_gather_per_step: u64,
+    /// What a ring algorithm sends per rank per step for those collectives.
+    pub wire_bytes_per_step: u64,
+    /// Bytes of the gradient payload alone per step (one element per parameter in the wire format).
+    pub gradient_payload_bytes: u64,
+    /// FP8 all-reduce: final mu exponent and its back-offs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mu_exp: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mu_backoffs: Option<u64>,
+    /// Adam m + v bytes each rank holds, from its live buffers (1/N each with ZeRO).
+    pub adam_bytes_per_rank: Vec<u64>,
 }
 
 /// The run's result (the last JSON object `octet train --json` prints).
@@ -84,6 +119,9 @@ pub struct Summary {
     pub train_seconds: f64,
     pub checkpoint: PathBuf,
     pub sample: Option<String>,
+    /// Communication of a data-parallel run (absent for one process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<CommSummary>,
 }
 
 /// Where the training text comes from.
@@ -207,6 +245,11 @@ fn open_batches(cfg: &TrainConfig, dir: &Path, vocab: usize) -> Result<(Batches,
     Ok((train, val))
 }
 
+/// This rank's rows of global batch rows `rows` (each of `t` tokens).
+fn local_rows((x, y): &(Vec<u32>, Vec<u32>), rows: &std::ops::Range<usize>, t: usize) -> (Vec<u32>, Vec<u32>) {
+    (x[rows.start * t..rows.end * t].to_vec(), y[rows.start * t..rows.end * t].to_vec())
+}
+
 fn evaluate(model: &mut dyn LanguageModel, val: &Batches, n: usize) -> Result<f64> {
     let mut total = 0.0;
     for i in 0..n {
@@ -226,6 +269,25 @@ pub enum Start<'a> {
 
 /// Train, stopping after step `until` if given (checkpointing as an interruption would).
 pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    run_dist(start, until, &Single::new(), on)
+}
+
+/// `run` as one rank of the data-parallel job `coll` (`crate::dist`). Every rank trains on its rows
+/// of each global batch (`batch` must split evenly); rank 0 alone prepares the data, writes the run
+/// directory (checkpoints) and reports events, the other ranks read what it wrote after a barrier
+/// (a shared file system). With one rank (and no ZeRO) this is exactly the single-process trainer.
+pub fn run_dist(
+    start: Start,
+    until: Option<usize>,
+    coll: &dyn Collective,
+    on: &mut dyn FnMut(&Event),
+) -> Result<Summary> {
+    let (rank, ranks) = (coll.rank(), coll.size());
+    let mut on = |e: &Event| {
+        if rank == 0 {
+            on(e)
+        }
+    };
     let (cfg, source, loaded) = match start {
         Start::Fresh(cfg, source) => (cfg, source, None),
         Start::Resume { dir, steps } => {
@@ -261,18 +323,24 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     if let Source::Path(p) = &source {
         std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
     }
-    // Hold the run directory before any work: a bad --out fails now, not at the first checkpoint.
-    let run_dir = RunDir::hold(&cfg.out, "octet train")?;
-    for p in run_dir.swept() {
-        on(&Event::Note { message: format!("removed {}, left by an interrupted run", p.display()) });
-    }
-    if loaded.is_none() {
-        run_dir.claim_fresh(
-            &["latest", "ckpt-*", DATA_DIR],
-            cfg.overwrite,
-            &format!("continue it with --resume {}", cfg.out.display()),
-        )?;
-    }
+    // Rank 0 holds the run directory, before any work: a bad --out fails now, not at the first
+    // checkpoint (the other ranks write nothing there).
+    let _run_dir = if rank == 0 {
+        let held = RunDir::hold(&cfg.out, "octet train")?;
+        for p in held.swept() {
+            on(&Event::Note { message: format!("removed {}, left by an interrupted run", p.display()) });
+        }
+        if loaded.is_none() {
+            held.claim_fresh(
+                &["latest", "ckpt-*", DATA_DIR],
+                cfg.overwrite,
+                &format!("continue it with --resume {}", cfg.out.display()),
+            )?;
+        }
+        Some(held)
+    } else {
+        None
+    };
     let init = match (&loaded, &cfg.init) {
         (None, Some(p)) => Some(load_pretrained(p)?),
         _ => None,
@@ -291,9 +359,12 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             format!("{} exceeds the model's max_seq_len {}", cfg.seq, preset.dims().max_seq_len),
         ));
     }
-    let (staged, tokenizer) = prepare_data(&cfg, &source, init.as_ref().map(|pt| &pt.tokenizer))?;
-    let vocab = tokenizer.vocab_size();
-    let opened = (|| {
+    let mut dp = DataParallel::new(coll);
+    let rows = dp.rows(cfg.batch)?;
+    // The model for a tokenizer, and the batches of the data in `dir`, checked against each other
+    // and against a checkpoint's data.
+    let open = |dir: &Path, tokenizer: &TextTokenizer| -> Result<(ModelSpec, Batches, Batches)> {
+        let vocab = tokenizer.vocab_size();
         let spec = spec_for(vocab)?;
         if vocab > spec.dims().vocab_size {
             return Err(Error::config(
@@ -301,12 +372,12 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                 format!("the tokenizer has {vocab} tokens, the model {} embedding rows", spec.dims().vocab_size),
             ));
         }
-        let (train, val) = open_batches(&cfg, &staged.dir, vocab)?;
+        let (train, val) = open_batches(&cfg, dir, vocab)?;
         if let Some(l) = &loaded
             && l.state.train_tokens != train.shard.len()
         {
             return Err(Error::format(
-                staged.dir.join("train.bin"),
+                dir.join("train.bin"),
                 "count",
                 format!(
                     "checkpoint trained on {} tokens, this shard has {}: not the same data",
@@ -316,17 +387,35 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             ));
         }
         Ok((spec, train, val))
-    })();
-    let (spec, train, val) = match opened {
-        Ok(o) => o,
-        Err(e) => return Err(staged.discard(e)),
     };
-    let data_dir = staged.commit()?;
+    // Rank 0 prepares the data (in a temporary directory, renamed to `data/` once it proves usable);
+    // the others wait for it and read what it wrote.
+    let (data_dir, tokenizer, (spec, train, val)) = if rank == 0 {
+        let prepared = prepare_data(&cfg, &source, init.as_ref().map(|pt| &pt.tokenizer)).and_then(|(staged, tok)| {
+            match open(&staged.dir, &tok) {
+                Ok(opened) => Ok((staged.commit()?, tok, opened)),
+                Err(e) => Err(staged.discard(e)),
+            }
+        });
+        coll.barrier();
+        prepared?
+    } else {
+        coll.barrier();
+        let dir = match &source {
+            Source::Path(p) if p.is_dir() => p.clone(),
+            _ => cfg.out.join(DATA_DIR),
+        };
+        let tok = TextTokenizer::load(&dir.join("tokenizer.json"))?;
+        let opened = open(&dir, &tok)?;
+        (dir, tok, opened)
+    };
+    let vocab = tokenizer.vocab_size();
     let (train_tokens, val_tokens) = (train.shard.len(), val.shard.len());
 
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let recipe = Recipe::default();
     let mut scaler = GradScaler::default();
+    let mut loaded_comm: Option<CommScaler> = None;
     let (mut model, mut opt, start): (Box<dyn LanguageModel>, Optimizer, usize) = match loaded {
         Some(l) => {
             let (mut model, opt): (Box<dyn LanguageModel>, Optimizer) = match l.narrow {
@@ -394,6 +483,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
                 *model.scaling_mut() = scaling;
             }
             scaler = l.state.scaler;
+            loaded_comm = l.state.comm;
             (model, opt, l.state.step)
         }
         None => {
@@ -405,6 +495,21 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             (model, opt, 0)
         }
     };
+    if let Some(c) = loaded_comm.filter(|c| c.ranks == ranks) {
+        dp.comm = c;
+    }
+    if cfg.zero {
+        let fresh = Optimizer::zero_for_model(model.as_ref(), adam, rank, ranks)?;
+        opt = match (opt, fresh) {
+            (Optimizer::Narrow(full), Optimizer::Zero(mut z)) => {
+                // A fresh shard, or a checkpoint's full moments cut to this rank's units.
+                z.load_full(&full.m, &full.v, full.step);
+                Optimizer::Zero(z)
+            }
+            _ => unreachable!("zero_for_model succeeds for narrow models only"),
+        };
+    }
+    let use_dp = ranks > 1 || cfg.zero;
     let sched =
         Schedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_frac: cfg.min_lr_frac, decay: cfg.decay };
     let stop = until.unwrap_or(cfg.steps).min(cfg.steps);
@@ -415,6 +520,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         vocab_size: vocab,
         start_step: start,
         steps: cfg.steps,
+        ranks,
     });
 
     let tok_json = data_dir.join("tokenizer.json");
@@ -428,6 +534,7 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         scaling: vec![],
         scaler,
         optimizer_step: None,
+        comm: None,
     };
     // A run from a pretrained model measures where it starts: the held-out loss before step 1.
     if start == 0 && cfg.init.is_some() {
@@ -438,16 +545,31 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     let mut last_ckpt = PathBuf::new();
     let mut val_loss = f64::NAN;
     let mut last_loss = f64::NAN;
+    let (mut step_traffic, mut traffic_steps) = (Traffic::default(), 0u64);
     for step in start..stop {
         let t0 = Instant::now();
         // Micro-batch i of step s is batch s * grad_accum + i of the shard's order (grad_accum = 1:
-        // batch s, as without accumulation).
-        let batches: Vec<(Vec<u32>, Vec<u32>)> =
-            (0..cfg.grad_accum).map(|i| train.train_batch(step * cfg.grad_accum + i)).collect();
+        // batch s, as without accumulation); this rank trains on its rows of it.
+        let batches: Vec<(Vec<u32>, Vec<u32>)> = (0..cfg.grad_accum)
+            .map(|i| local_rows(&train.train_batch(step * cfg.grad_accum + i), &rows, cfg.seq))
+            .collect();
         let micro: Vec<(&[u32], &[u32])> = batches.iter().map(|(x, y)| (&x[..], &y[..])).collect();
         let lr = sched.lr_at(step);
-        let out =
-            train_step_accum(model.as_mut(), &mut opt, &mut scaler, &micro, cfg.batch, cfg.seq, cfg.grad_clip, lr)?;
+        let before = coll.traffic();
+        let out = train_step_dist(
+            model.as_mut(),
+            &mut opt,
+            &mut scaler,
+            &micro,
+            rows.len(),
+            cfg.seq,
+            cfg.grad_clip,
+            lr,
+            if use_dp { Some(&mut dp) } else { None },
+        )?;
+        let moved = coll.traffic().since(&before);
+        step_traffic = step_traffic.plus(&moved);
+        traffic_steps += 1;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
         let dt = t0.elapsed().as_secs_f64();
         let step_tokens = cfg.batch * cfg.seq * cfg.grad_accum;
@@ -461,8 +583,12 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             grad_norm,
             tokens_per_s: step_tokens as f64 / dt,
             skipped: out.skipped,
+            comm_bytes: use_dp.then_some(moved.payload()),
         }));
         let done = step + 1;
+        if use_dp && cfg.check_weights_every > 0 && done % cfg.check_weights_every == 0 {
+            dp.check_same_weights(model.as_ref(), done)?;
+        }
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
             val_loss = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
             on(&Event::Eval { step: done, val_loss });
@@ -473,16 +599,34 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             state.scaling = model.scaling().to_vec();
             state.scaler = scaler;
             state.optimizer_step = Some(opt.step());
-            let tensors = match (&opt, model.narrow(), model.plain()) {
-                (Optimizer::Plain(o), None, Some((params, _))) => Tensors::Plain { params, m: &o.m, v: &o.v },
-                (Optimizer::Narrow(o), Some(nw), _) => Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v },
-                _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
+            state.comm = (ranks > 1).then_some(dp.comm);
+            // ZeRO: every rank sends its shard of m and v; rank 0 writes the whole state, so the
+            // checkpoint is the unsharded one (it resumes on any number of ranks).
+            let gathered = match &opt {
+                Optimizer::Zero(z) => Some(z.gather_full(coll)),
+                _ => None,
             };
-            last_ckpt = checkpoint::save(&cfg.out, &state, tensors, &tok_json, 2)?;
+            if rank == 0 {
+                let tensors = match (&opt, &gathered, model.narrow(), model.plain()) {
+                    (Optimizer::Plain(o), _, None, Some((params, _))) => Tensors::Plain { params, m: &o.m, v: &o.v },
+                    (Optimizer::Narrow(o), _, Some(nw), _) => {
+                        Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v }
+                    }
+                    (Optimizer::Zero(_), Some((m, v)), Some(nw), _) => Tensors::Narrow { weights: &nw.weights, m, v },
+                    _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
+                };
+                last_ckpt = checkpoint::save(&cfg.out, &state, tensors, &tok_json, 2)?;
+            } else {
+                last_ckpt = cfg.out.join(format!("ckpt-{done:06}"));
+            }
+            // Nobody runs ahead (or reads `latest`) before rank 0 has written it.
+            if ranks > 1 {
+                coll.barrier();
+            }
             on(&Event::Checkpoint { step: done, path: last_ckpt.clone() });
         }
     }
-    let sample = if cfg.sample_tokens > 0 && stop == cfg.steps {
+    let sample = if rank == 0 && cfg.sample_tokens > 0 && stop == cfg.steps {
         let prompt = tokenizer.encode("\n")?;
         let sc =
             SampleConfig { max_new_tokens: cfg.sample_tokens, temperature: 0.8, top_k: 40, top_p: 1.0, seed: cfg.seed };
@@ -490,6 +634,15 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         Some(tokenizer.decode(&ids)?)
     } else {
         None
+    };
+    // Every rank's optimizer bytes, for the summary (a collective: every rank takes part).
+    let adam_bytes_per_rank = if use_dp {
+        let (m, v) = opt.state_bytes();
+        let mut all = vec![0u8; 8 * ranks];
+        coll.all_gather_bytes(&((m + v) as u64).to_le_bytes(), &mut all);
+        all.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+    } else {
+        vec![]
     };
     Ok(Summary {
         steps: stop,
@@ -504,5 +657,29 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         train_seconds: train_secs,
         checkpoint: last_ckpt,
         sample,
+        comm: use_dp.then(|| {
+            let per = |b: u64| b / traffic_steps.max(1);
+            let wire_format = crate::dist::Wire::of(cfg.precision);
+            let elem = match wire_format {
+                crate::dist::Wire::F32 => 4,
+                crate::dist::Wire::Bf16 => 2,
+                crate::dist::Wire::E4M3 => 1,
+            };
+            CommSummary {
+                ranks,
+                backend: coll.name(),
+                wire_format,
+                zero: cfg.zero,
+                bytes_per_step: per(step_traffic.payload()),
+                all_reduce_per_step: per(step_traffic.all_reduce),
+                reduce_scatter_per_step: per(step_traffic.reduce_scatter),
+                all_gather_per_step: per(step_traffic.all_gather),
+                wire_bytes_per_step: per(step_traffic.wire),
+                gradient_payload_bytes: (model.num_params() * elem) as u64,
+                mu_exp: (wire_format == crate::dist::Wire::E4M3).then_some(dp.comm.mu_exp),
+                mu_backoffs: (wire_format == crate::dist::Wire::E4M3).then_some(dp.comm.backoffs),
+                adam_bytes_per_rank,
+            }
+        }),
     })
 }

@@ -579,20 +579,66 @@ impl ScaledBuf {
     /// gradients stored narrow). Chunked and parallel; the sum is reduced in a fixed order, so the
     /// result does not depend on the thread count.
     pub fn sum_squares(&self) -> f64 {
+        self.sum_squares_parts().iter().map(|p| p.1).sum()
+    }
+
+    /// The partial sums `sum_squares` adds up in order: (tensor index, sum of squares) per fixed
+    /// chunk. A sharded optimizer (ZeRO) sums its own tensors' chunks on each rank, zero elsewhere,
+    /// all-reduces the list (adding zeros is exact) and gets `sum_squares` bit for bit.
+    pub fn sum_squares_parts(&self) -> Vec<(usize, f64)> {
         let items = layout_items(&self.layout);
         let view = self.as_ref();
-        let parts: Vec<f64> = items
+        items
             .par_iter()
             .map_init(
                 || vec![0.0f32; CHUNK],
                 |scratch, it| {
                     let out = &mut scratch[..it.len];
                     view.decode_item(it, out);
-                    out.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+                    (it.tensor, out.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
                 },
             )
-            .collect();
-        parts.iter().sum()
+            .collect()
+    }
+
+    /// Tensor `i`'s stored elements as little-endian bytes, and its scales (one tensor of `to_raw`).
+    pub fn tensor_raw(&self, i: usize) -> (Vec<u8>, &[f32]) {
+        let r = self.layout.specs()[i].range();
+        let bytes = match self.data.data().slice(r) {
+            StateData::F32(d) => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            StateData::U16(d) => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            StateData::U8(d) => d.to_vec(),
+        };
+        (bytes, self.scales(i))
+    }
+
+    /// Overwrite tensor `i` with `tensor_raw`'s bytes and scales (from a buffer of the same format;
+    /// e.g. a ZeRO shard's updated weights). Panics if the lengths do not match.
+    pub fn set_tensor_raw(&mut self, i: usize, bytes: &[u8], scales: &[f32]) {
+        let r = self.layout.specs()[i].range();
+        assert_eq!(bytes.len(), r.len() * self.format.element_bytes(), "set_tensor_raw: tensor {i} bytes");
+        let sr = self.scale_offsets[i]..self.scale_offsets[i + 1];
+        self.scales[sr].copy_from_slice(scales);
+        match &mut self.data {
+            Storage::F32(d) => d[r].iter_mut().zip(bytes.chunks_exact(4)).for_each(|(x, b)| {
+                *x = f32::from_le_bytes(b.try_into().unwrap());
+            }),
+            Storage::U16(d) => d[r].iter_mut().zip(bytes.chunks_exact(2)).for_each(|(x, b)| {
+                *x = u16::from_le_bytes(b.try_into().unwrap());
+            }),
+            Storage::U8(d) => d[r].copy_from_slice(bytes),
+        }
+    }
+
+    /// The codes and per-tensor scales of a one-byte per-tensor format (E4M3, E5M2), mutable: for
+    /// a distributed all-reduce, which re-encodes every tensor under a scale shared by all ranks and
+    /// sums the codes. Keep `stored = round(x * scale)` true. Panics for other formats.
+    pub fn codes_and_scales_mut(&mut self) -> (&mut [u8], &mut [f32]) {
+        assert!(self.format.block().is_none(), "codes_and_scales_mut: {} has block scales", self.format);
+        match &mut self.data {
+            Storage::U8(d) => (d, &mut self.scales),
+            _ => panic!("codes_and_scales_mut: {} is not a one-byte format", self.format),
+        }
     }
 
     /// The stored elements as little-endian bytes and the scales (for checkpoints; `from_raw`
