@@ -31,7 +31,7 @@ use cudarc::cublas::sys as cublas_sys;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, result, sys};
 use octet_core::{Allocator, Error};
-use octet_kernels::backend::{AdamWConfig, Fp8Format};
+use octet_kernels::backend::{AdamWConfig, Cast, Fp8Format, GemmRole};
 use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
 
 use crate::device::{CudaError, Gpu};
@@ -152,6 +152,23 @@ impl CudaBackend {
     fn read_amax(&self, op: &str, a: &CudaSlice<u32>) -> f32 {
         let v = self.stream().clone_dtoh(a).unwrap_or_else(|e| panic!("cuda {op}: reading amax: {e}"));
         f32::from_bits(v[0])
+    }
+
+    /// `src` itself or its device cast into `q`, and the FP8 cast's amax (else 0).
+    fn cast_operand<'s>(&self, q: &'s mut [f32], src: &'s [f32], cast: Cast) -> (&'s [f32], f32) {
+        match cast {
+            Cast::None => (src, 0.0),
+            Cast::Bf16 => {
+                let q = &mut q[..src.len()];
+                <Self as HostFallback>::round_bf16(self, q, src);
+                (q, 0.0)
+            }
+            Cast::Fp8 { format, scale } => {
+                let q = &mut q[..src.len()];
+                let amax = <Self as HostFallback>::qdq_fp8(self, q, src, format, scale);
+                (q, amax)
+            }
+        }
     }
 
     /// out (N,OC) = inp (N,IC) @ w^T (w (OC,IC) row-major), f32 cuBLAS; beta = 0 overwrites.
@@ -427,6 +444,37 @@ impl HostFallback for CudaBackend {
         let (mut d, sv) = (self.view(dst), self.view(src));
         ok("qdq_fp8", self.gpu.qdq_fp8(format, &mut d, &mut a, &sv, scale));
         self.read_amax("qdq_fp8", &a)
+    }
+
+    // The precision levels' linear: device casts (one amax read-back each, as `qdq_fp8`), then the
+    // f32 cuBLAS GEMM of the role. Bit-for-bit the CPU's composition; cuBLASLt bf16/FP8 is next.
+    fn linear_gemm(
+        &self,
+        out: &mut [f32],
+        qa: &mut [f32],
+        qb: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        role: GemmRole,
+        cast_a: Cast,
+        cast_b: Cast,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> [f32; 2] {
+        assert!(bias.is_none() || role == GemmRole::Forward, "linear_gemm: bias only in the forward GEMM");
+        let (la, lb, _) = role.sizes(n, ic, oc);
+        let (a, amax_a) = self.cast_operand(qa, &a[..la], cast_a);
+        let (b, amax_b) = self.cast_operand(qb, &b[..lb], cast_b);
+        match role {
+            GemmRole::Forward => <Self as HostFallback>::matmul_forward(self, out, a, b, bias, n, ic, oc),
+            // dX^T (IC, N) = W^T-as-stored (IC, OC) . dY^T (OC, N): overwrite.
+            GemmRole::DataGrad => self.sgemm("linear_gemm dgrad", false, false, ic, n, oc, b, ic, a, oc, 0.0, out, ic),
+            // dW^T (IC, OC) += X^T (IC, N) . dY (N, OC): accumulate.
+            GemmRole::WeightGrad => self.sgemm("linear_gemm wgrad", false, true, ic, oc, n, b, ic, a, oc, 1.0, out, ic),
+        }
+        [amax_a, amax_b]
     }
 
     fn zero(&self, x: &mut [f32]) {

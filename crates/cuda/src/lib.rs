@@ -24,8 +24,10 @@
 //!   should stay a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next
 //!   scale (as `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer;
 //!   delayed scaling's amax history then lives on the device.
-//! - FP8 GEMMs need the TN layout, so the FP8 linear layer (quantise, transpose, three GEMMs) becomes
-//!   one backend operation rather than model-side code over `qdq_fp8`; likewise bf16 GEMMs on cuBLASLt.
+//! - The precision levels' linear is one backend operation (`Backend::linear_gemm`, one call per GEMM
+//!   role: forward, data gradient, weight gradient, operands with their cast: bf16 or FP8 format +
+//!   scale); here it is still device casts + an f32 cuBLAS GEMM. Mapping it to cuBLASLt (the TN
+//!   layout, FP8 transposes, scale pointers, `gemm::plan`) is the next step; likewise bf16 GEMMs.
 //! - Saved statistics (mean, rstd, lse) are f32 on the device whatever the storage type, and
 //!   activations in bf16 would halve the traffic (a `Float` bf16 element type for the backend).
 //! - Host syncs per step: the loss, the optimizer's skip flag (`optim::O2AdamW::step`) and the
