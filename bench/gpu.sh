@@ -40,7 +40,8 @@
 #   PYTHON            interpreter with torch 2.11 (default python3)
 #   PEER              the peer script (default bench/peer_torch_gpt2.py)
 #   GPU_BIN           directory of the prebuilt binaries (default target/gpu)
-#   OCTET_PRECISIONS  octet precision levels for step 4 (default "bf16 fp8-o2")
+#   OCTET_PRECISIONS  octet precision levels for step 4 (default "bf16 fp8-o2"), row attention kernels
+#   OCTET_TILED_PRECISIONS  levels run again with the tiled attention kernels (default "bf16"; "" none)
 #   OCTET_STEPS, OCTET_WARMUP, OCTET_TIMEOUT   timed / untimed octet steps, seconds per level (5, 1, 180)
 #   CHECK_TIMEOUT     seconds per kernel-check binary (default 180); PEER_TIMEOUT per peer run (300)
 #   SANITIZER_TIMEOUT seconds of memcheck (default 60; 0 skips it)
@@ -60,6 +61,7 @@ PYTHON=${PYTHON:-python3}
 PEER=${PEER:-bench/peer_torch_gpt2.py}
 GPU_BIN=${GPU_BIN:-target/gpu}
 OCTET_PRECISIONS=${OCTET_PRECISIONS:-bf16 fp8-o2}
+OCTET_TILED_PRECISIONS=${OCTET_TILED_PRECISIONS-bf16}
 OCTET_STEPS=${OCTET_STEPS:-5}
 OCTET_WARMUP=${OCTET_WARMUP:-1}
 OCTET_TIMEOUT=${OCTET_TIMEOUT:-180}
@@ -186,19 +188,26 @@ if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
 fi
 
 if [[ "${SKIP_OCTET:-0}" != 1 ]]; then
-    for p in $OCTET_PRECISIONS; do
-        echo "== octet GPT-2 124M training step on the GPU, $p, B=$BATCH T=$SEQ"
-        out=$(timeout "$OCTET_TIMEOUT" "$GPU_BIN/octet" bench train --device cuda --model gpt2-124m \
-            --batch "$BATCH" --seq "$SEQ" --precision "$p" --steps "$OCTET_STEPS" --warmup "$OCTET_WARMUP" --json)
+    # Each level with the row attention kernels, then the levels of OCTET_TILED_PRECISIONS again with
+    # the tiled ones (OCTET_CUDA_ATTENTION=tiled), so one run compares them.
+    runs=""
+    for p in $OCTET_PRECISIONS; do runs="$runs $p:rows"; done
+    for p in $OCTET_TILED_PRECISIONS; do runs="$runs $p:tiled"; done
+    for r in $runs; do
+        p=${r%%:*} att=${r##*:}
+        echo "== octet GPT-2 124M training step on the GPU, $p, attention $att, B=$BATCH T=$SEQ"
+        out=$(OCTET_CUDA_ATTENTION=$att timeout "$OCTET_TIMEOUT" "$GPU_BIN/octet" bench train --device cuda \
+            --model gpt2-124m --batch "$BATCH" --seq "$SEQ" --precision "$p" --steps "$OCTET_STEPS" \
+            --warmup "$OCTET_WARMUP" --json)
         status=$?
         line=$(tail -n 1 <<<"$out")
         if [[ $status == 0 && "$line" == "{"* ]]; then
-            record "$line"
+            record "{\"attention\": \"$att\", ${line#\{}"
         else
             what=$([[ $status == 124 ]] && echo "timeout after ${OCTET_TIMEOUT}s" || echo "exit status $status")
-            echo "octet $p: $what" >&2
+            echo "octet $p ($att attention): $what" >&2
             failed=1
-            record "{\"octet\": \"failed\", \"precision\": \"$p\", \"why\": \"$what\"}"
+            record "{\"octet\": \"failed\", \"precision\": \"$p\", \"attention\": \"$att\", \"why\": \"$what\"}"
         fi
     done
 fi
@@ -234,10 +243,10 @@ for r in rows:
         name = "pytorch " + ("compile" if r["compile"] else "eager")
         print(f"{name:<28} {'failed':>10} {r.get('why', '')}")
     elif r.get("device") == "cuda":
-        name = f"octet cuda {r['precision']}"
+        name = f"octet cuda {r['precision']} {r.get('attention', '')}"
         print(f"{name:<28} {r['tokens_per_s']:>10.0f} {'':>6} {r['peak_rss_bytes'] / 2**30:>9.2f} (host RSS)")
     elif "octet" in r:
-        print(f"{'octet ' + r.get('precision', ''):<28} {r['octet']:>10} {r.get('why', '')}")
+        print(f"{'octet ' + r.get('precision', '') + ' ' + r.get('attention', ''):<28} {r['octet']:>10} {r.get('why', '')}")
     elif "check" in r:
         extra = r.get("why") or f"{r.get('passed', 0)} passed, {r.get('failed', 0)} failed" + (
             f", {r['errors']} memcheck errors in {r['tests_run']} tests" if r["check"] == "memcheck" else "")

@@ -223,6 +223,16 @@ pub(crate) fn column_tiles(cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 32, 1), shared_mem_bytes: 0 }
 }
 
+/// The tiled attention kernels (kernels::ATTENTION_TILED): one block of 4 warps per 32 rows of one
+/// (batch, head): grid (ceil(T / 32), B * NH).
+pub(crate) fn attention_tiles(t: usize, bh: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (t.div_ceil(32).max(1) as u32, bh.max(1) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 pub(crate) fn check_len(name: &str, len: usize, want: usize) -> Result<()> {
     if len == want { Ok(()) } else { Err(CudaError::Shape(format!("{name} has {len} elements, expected {want}"))) }
 }

@@ -22,8 +22,16 @@
 //!   `optim::O2AdamW::step_e4m3_grads` as the update) is the next step for FP8 on the GPU.
 //! - Scaling without host syncs: `amax` and `qdq_fp8` return a host f32 today. On the device the amax
 //!   should stay a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next
-//!   scale (as `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer;
-//!   delayed scaling's amax history then lives on the device.
+//!   scale and cuBLASLt and the quantise kernels read scales by pointer. That kernel exists:
+//!   `scaling::DeviceScaling` (kernels::SCALING, `ScalingMeta::begin_cast` / `finish_cast` with the
+//!   amax history on the device, checked exact in the emulator); wiring it in needs the casts to take
+//!   the scale by pointer.
+//! - Memory: managed memory (the device docs warn it can hang a GPU when oversubscribed) is to become
+//!   plain device allocations, which needs every op on the step's path on the device first.
+//! - Attention: `ops::AttentionKernel` selects the row kernels or the shared-memory-tiled ones
+//!   (`OCTET_CUDA_ATTENTION=tiled`, bit-identical); an MMA (tensor-core) variant is next. The fused
+//!   classifier (`Gpu::classifier`: loss and dlogits in one pass, masked rows) is not yet used by the
+//!   backend.
 //! - The precision levels' linear is one backend operation (`Backend::linear_gemm`, one call per GEMM
 //!   role: forward, data gradient, weight gradient, operands with their cast: bf16 or FP8 format +
 //!   scale); here it is still device casts + an f32 cuBLAS GEMM. Mapping it to cuBLASLt (the TN
@@ -50,11 +58,13 @@ mod ops;
 #[cfg(feature = "cuda")]
 pub mod optim;
 #[cfg(feature = "cuda")]
+pub mod scaling;
+#[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, ManagedAlloc};
 #[cfg(feature = "cuda")]
 pub use device::{CudaError, DeviceFloat, Gpu, compile_cubin};
 #[cfg(feature = "cuda")]
-pub use ops::{MAX_HEAD_SIZE, TokenBuckets};
+pub use ops::{AttentionKernel, MAX_HEAD_SIZE, TILED_MAX_HEAD_SIZE, TokenBuckets};
 
 /// Whether this build contains the CUDA backend (the `cuda` feature).
 pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
