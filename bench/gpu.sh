@@ -29,7 +29,10 @@
 #   4. octet's GPT-2 124M training step on the device, `octet bench train --device cuda`, at each of
 #      OCTET_PRECISIONS, each under a time limit; a run that fails or times out is recorded, not dropped;
 #   5. the PyTorch peer at B=16, T=1024: eager, then torch.compile (bf16 autocast; tokens/s, MFU, peak
-#      memory), each under a time limit.
+#      memory), each under a time limit;
+#   6. the variants, so one run compares them: the tiled attention kernels (OCTET_TILED_PRECISIONS) and
+#      the FP8 GEMMs on cuBLASLt (OCTET_LT_PRECISIONS; UNVERIFIED code until this runs).
+# The whole run stays inside DEADLINE (540 s): each step's limit is cut to what is left.
 # Every result is a JSON line in $RESULTS (written to a temp file, moved into place at the end) and
 # a table is printed. On the device machine $OUT is a folder: results go to $OUT/results-gpu.jsonl and
 # the whole log to $OUT/gpu.log.
@@ -42,8 +45,11 @@
 #   GPU_BIN           directory of the prebuilt binaries (default target/gpu)
 #   OCTET_PRECISIONS  octet precision levels for step 4 (default "bf16 fp8-o2"), row attention kernels
 #   OCTET_TILED_PRECISIONS  levels run again with the tiled attention kernels (default "bf16"; "" none)
-#   OCTET_STEPS, OCTET_WARMUP, OCTET_TIMEOUT   timed / untimed octet steps, seconds per level (5, 1, 180)
-#   CHECK_TIMEOUT     seconds per kernel-check binary (default 180); PEER_TIMEOUT per peer run (300)
+#   OCTET_LT_PRECISIONS     levels run again with the FP8 GEMMs on cuBLASLt (default "fp8-o2"; "" none)
+#   OCTET_STEPS, OCTET_WARMUP, OCTET_TIMEOUT   timed / untimed octet steps, seconds per level (5, 1, 120)
+#   CHECK_TIMEOUT     seconds per kernel-check binary (default 90); PEER_TIMEOUT per peer run (200)
+#   DEADLINE          seconds for the whole run (default 540, inside the device's 600 s per command):
+#                     each step's limit is cut to what is left, and steps past it are recorded as skipped
 #   SANITIZER_TIMEOUT seconds of memcheck (default 60; 0 skips it)
 #   SKIP_KERNELS=1    skip steps 2-3;  SKIP_OCTET=1  skip step 4;  SKIP_PEER=1  skip step 5
 #   CUDA_HOME         the toolkit (default /usr/local/cuda); NV_WHEELS the wheels' nvidia/ folder
@@ -62,11 +68,13 @@ PEER=${PEER:-bench/peer_torch_gpt2.py}
 GPU_BIN=${GPU_BIN:-target/gpu}
 OCTET_PRECISIONS=${OCTET_PRECISIONS:-bf16 fp8-o2}
 OCTET_TILED_PRECISIONS=${OCTET_TILED_PRECISIONS-bf16}
+OCTET_LT_PRECISIONS=${OCTET_LT_PRECISIONS-fp8-o2}
 OCTET_STEPS=${OCTET_STEPS:-5}
 OCTET_WARMUP=${OCTET_WARMUP:-1}
-OCTET_TIMEOUT=${OCTET_TIMEOUT:-180}
-CHECK_TIMEOUT=${CHECK_TIMEOUT:-180}
-PEER_TIMEOUT=${PEER_TIMEOUT:-300}
+OCTET_TIMEOUT=${OCTET_TIMEOUT:-120}
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-90}
+PEER_TIMEOUT=${PEER_TIMEOUT:-200}
+DEADLINE=${DEADLINE:-540}
 SANITIZER_TIMEOUT=${SANITIZER_TIMEOUT:-60}
 CHECKS="nvrtc kernels llama_kernels gemm backend"
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -115,6 +123,14 @@ tmp=$(mktemp "${RESULTS}.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 failed=0
 record() { echo "$1" | tee -a "$tmp"; }
+# Seconds a step may take: its own limit, cut to what is left before DEADLINE (seconds since the
+# start); fails when less than 5 s are left, and the step is recorded as skipped.
+limit() {
+    local want=$1 left=$((DEADLINE - SECONDS))
+    (( left < 5 )) && return 1
+    (( left < want )) && want=$left
+    echo "$want"
+}
 
 echo "== device"
 timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
@@ -140,7 +156,9 @@ timeout 60 "$GPU_BIN/octet" device || echo "octet device: no usable CUDA device 
 check() { # name, command...
     local name=$1; shift
     local log; log=$(mktemp)
-    timeout "$CHECK_TIMEOUT" "$@" --test-threads=1 --nocapture >"$log" 2>&1
+    local t
+    t=$(limit "$CHECK_TIMEOUT") || { record "{\"check\": \"$name\", \"status\": \"skipped\", \"why\": \"out of time (DEADLINE)\"}"; failed=1; return; }
+    timeout "$t" "$@" --test-threads=1 --nocapture >"$log" 2>&1
     local rc=$?
     cat "$log"
     local passed failed_n status
@@ -173,7 +191,7 @@ if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
         record '{"check": "memcheck", "status": "skipped", "why": "gVisor runtime (compute-sanitizer refuses the device there)"}'
     else
         log=$(mktemp)
-        timeout "$SANITIZER_TIMEOUT" "$san" --tool memcheck --error-exitcode 99 --print-limit 20 \
+        timeout "$(limit "$SANITIZER_TIMEOUT" || echo 1)" "$san" --tool memcheck --error-exitcode 99 --print-limit 20 \
             "$GPU_BIN/octet-cuda-kernels" --test-threads=1 >"$log" 2>&1
         rc=$?
         tail -n 40 "$log"
@@ -187,45 +205,55 @@ if [[ "${SKIP_KERNELS:-0}" != 1 ]]; then
     fi
 fi
 
+# One octet training benchmark: precision, attention kernels, linear GEMMs.
+octet_run() {
+    local p=$1 att=$2 lin=$3 t
+    t=$(limit "$OCTET_TIMEOUT") || { record "{\"octet\": \"skipped\", \"precision\": \"$p\", \"attention\": \"$att\", \"linear\": \"$lin\", \"why\": \"out of time (DEADLINE)\"}"; return; }
+    echo "== octet GPT-2 124M training step on the GPU, $p, attention $att, linear $lin, B=$BATCH T=$SEQ"
+    local out status line what
+    out=$(OCTET_CUDA_ATTENTION=$att OCTET_CUDA_LINEAR=$lin timeout "$t" "$GPU_BIN/octet" bench train --device cuda \
+        --model gpt2-124m --batch "$BATCH" --seq "$SEQ" --precision "$p" --steps "$OCTET_STEPS" \
+        --warmup "$OCTET_WARMUP" --json)
+    status=$?
+    line=$(tail -n 1 <<<"$out")
+    if [[ $status == 0 && "$line" == "{"* ]]; then
+        record "{\"attention\": \"$att\", \"linear\": \"$lin\", ${line#\{}"
+    else
+        what=$([[ $status == 124 ]] && echo "timeout after ${t}s" || echo "exit status $status")
+        echo "octet $p ($att attention, $lin linear): $what" >&2
+        failed=1
+        record "{\"octet\": \"failed\", \"precision\": \"$p\", \"attention\": \"$att\", \"linear\": \"$lin\", \"why\": \"$what\"}"
+    fi
+}
+
+# The levels of OCTET_PRECISIONS with the row attention kernels and f32 GEMMs, then the peer, then
+# the variants: OCTET_TILED_PRECISIONS with the tiled attention kernels (OCTET_CUDA_ATTENTION=tiled)
+# and OCTET_LT_PRECISIONS with the FP8 GEMMs on cuBLASLt (OCTET_CUDA_LINEAR=lt), so one run compares them.
 if [[ "${SKIP_OCTET:-0}" != 1 ]]; then
-    # Each level with the row attention kernels, then the levels of OCTET_TILED_PRECISIONS again with
-    # the tiled ones (OCTET_CUDA_ATTENTION=tiled), so one run compares them.
-    runs=""
-    for p in $OCTET_PRECISIONS; do runs="$runs $p:rows"; done
-    for p in $OCTET_TILED_PRECISIONS; do runs="$runs $p:tiled"; done
-    for r in $runs; do
-        p=${r%%:*} att=${r##*:}
-        echo "== octet GPT-2 124M training step on the GPU, $p, attention $att, B=$BATCH T=$SEQ"
-        out=$(OCTET_CUDA_ATTENTION=$att timeout "$OCTET_TIMEOUT" "$GPU_BIN/octet" bench train --device cuda \
-            --model gpt2-124m --batch "$BATCH" --seq "$SEQ" --precision "$p" --steps "$OCTET_STEPS" \
-            --warmup "$OCTET_WARMUP" --json)
-        status=$?
-        line=$(tail -n 1 <<<"$out")
-        if [[ $status == 0 && "$line" == "{"* ]]; then
-            record "{\"attention\": \"$att\", ${line#\{}"
-        else
-            what=$([[ $status == 124 ]] && echo "timeout after ${OCTET_TIMEOUT}s" || echo "exit status $status")
-            echo "octet $p ($att attention): $what" >&2
-            failed=1
-            record "{\"octet\": \"failed\", \"precision\": \"$p\", \"attention\": \"$att\", \"why\": \"$what\"}"
-        fi
-    done
+    for p in $OCTET_PRECISIONS; do octet_run "$p" rows sgemm; done
 fi
 
 if [[ "${SKIP_PEER:-0}" != 1 ]]; then
     for compile in "" "--compile"; do
+        c=$([[ -n $compile ]] && echo true || echo false)
+        t=$(limit "$PEER_TIMEOUT") || { record "{\"peer\": \"failed\", \"compile\": $c, \"why\": \"out of time (DEADLINE)\"}"; continue; }
         echo "== PyTorch peer ${compile:-(eager)} B=$BATCH T=$SEQ"
-        out=$(timeout "$PEER_TIMEOUT" "$PYTHON" "$PEER" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" $compile)
+        out=$(timeout "$t" "$PYTHON" "$PEER" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" $compile)
         status=$?
         line=$(tail -n 1 <<<"$out")
         if [[ $status == 0 && "$line" == "{"* ]]; then
             record "$line"
         else
-            what=$([[ $status == 124 ]] && echo "timeout after ${PEER_TIMEOUT}s" || echo "exit status $status")
+            what=$([[ $status == 124 ]] && echo "timeout after ${t}s" || echo "exit status $status")
             failed=1
-            record "{\"peer\": \"failed\", \"compile\": $([[ -n $compile ]] && echo true || echo false), \"why\": \"$what\"}"
+            record "{\"peer\": \"failed\", \"compile\": $c, \"why\": \"$what\"}"
         fi
     done
+fi
+
+if [[ "${SKIP_OCTET:-0}" != 1 ]]; then
+    for p in $OCTET_TILED_PRECISIONS; do octet_run "$p" tiled sgemm; done
+    for p in $OCTET_LT_PRECISIONS; do octet_run "$p" rows lt; done
 fi
 
 mv "$tmp" "$RESULTS"
@@ -234,23 +262,24 @@ echo "== results ($RESULTS)"
 "$PYTHON" - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'system':<28} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+print(f"{'system':<34} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
 for r in rows:
     if r.get("peer") == "pytorch":
         name = "pytorch " + ("compile" if r["compile"] else "eager") + " " + r["precision"]
-        print(f"{name:<28} {r['tokens_per_s']:>10.0f} {r['mfu']:>6.3f} {r['peak_mem_gib']:>9.2f}")
+        print(f"{name:<34} {r['tokens_per_s']:>10.0f} {r['mfu']:>6.3f} {r['peak_mem_gib']:>9.2f}")
     elif r.get("peer") == "failed":
         name = "pytorch " + ("compile" if r["compile"] else "eager")
-        print(f"{name:<28} {'failed':>10} {r.get('why', '')}")
+        print(f"{name:<34} {'failed':>10} {r.get('why', '')}")
     elif r.get("device") == "cuda":
-        name = f"octet cuda {r['precision']} {r.get('attention', '')}"
-        print(f"{name:<28} {r['tokens_per_s']:>10.0f} {'':>6} {r['peak_rss_bytes'] / 2**30:>9.2f} (host RSS)")
+        name = f"octet cuda {r['precision']} {r.get('attention', '')} {r.get('linear', '')}"
+        print(f"{name:<34} {r['tokens_per_s']:>10.0f} {'':>6} {r['peak_rss_bytes'] / 2**30:>9.2f} (host RSS)")
     elif "octet" in r:
-        print(f"{'octet ' + r.get('precision', '') + ' ' + r.get('attention', ''):<28} {r['octet']:>10} {r.get('why', '')}")
+        name = f"octet {r.get('precision', '')} {r.get('attention', '')} {r.get('linear', '')}"
+        print(f"{name:<34} {r['octet']:>10} {r.get('why', '')}")
     elif "check" in r:
         extra = r.get("why") or f"{r.get('passed', 0)} passed, {r.get('failed', 0)} failed" + (
             f", {r['errors']} memcheck errors in {r['tests_run']} tests" if r["check"] == "memcheck" else "")
-        print(f"{'check ' + r['check']:<28} {r['status']:>10} {extra}")
+        print(f"{'check ' + r['check']:<34} {r['status']:>10} {extra}")
 PY
 if [[ $failed != 0 ]]; then echo "gpu.sh: something failed (see the table)" >&2; fi
 exit $failed

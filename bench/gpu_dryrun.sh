@@ -6,7 +6,7 @@
 # fails, one that times out; a peer run that succeeds and one that fails. Checks that every run
 # still happens after a failure, that the results land in $OUT/results-gpu.jsonl when $OUT is a
 # folder (the device's), that the log comes back as $OUT/gpu.log, that the exit status says a check
-# failed, and prints the results table.
+# failed, that a run past DEADLINE records the steps it skips, and prints the results table.
 #   bash bench/gpu_dryrun.sh        # ~15 s; exit status 0 iff the script behaved as described
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,7 @@ print(json.dumps({"peer": "pytorch", "compile": False, "precision": "bf16", "tok
 run() { # out dir, extra env...
     local out=$1; shift
     env PATH="$d/bin:$PATH" CUDA_HOME="$d/cuda" NV_WHEELS="$d/nv" GPU_BIN="$d/gpu" PEER="$d/peer.py" OUT="$out" CHECK_TIMEOUT=2 OCTET_TIMEOUT=2 \
-        SANITIZER_TIMEOUT=5 OCTET_PRECISIONS="bf16 fp8-o2 fp8-te" OCTET_TILED_PRECISIONS= "$@" bash bench/gpu.sh
+        SANITIZER_TIMEOUT=5 OCTET_PRECISIONS="bf16 fp8-o2 fp8-te" OCTET_TILED_PRECISIONS= OCTET_LT_PRECISIONS= "$@" bash bench/gpu.sh
 }
 
 fails=0
@@ -63,20 +63,26 @@ expect "skipped check recorded" grep -q '"check": "llama_kernels", "status": "sk
 expect "hung check timed out" grep -q '"check": "backend", "status": "timeout"' "$r"
 expect "memcheck ran" grep -q '"check": "memcheck", "status": "pass", "errors": 0' "$r"
 expect "octet bf16 timed after the failed checks" grep -q '"precision": "bf16", "tokens_per_s": 123456.7' "$r"
-expect "octet fp8-o2 failure recorded" grep -q '"octet": "failed", "precision": "fp8-o2", "attention": "rows", "why": "exit status 101"' "$r"
-expect "octet fp8-te timeout recorded" grep -q '"precision": "fp8-te", "attention": "rows", "why": "timeout after 2s"' "$r"
+expect "octet fp8-o2 failure recorded" grep -q '"octet": "failed", "precision": "fp8-o2", "attention": "rows", "linear": "sgemm", "why": "exit status 101"' "$r"
+expect "octet fp8-te timeout recorded" grep -q '"precision": "fp8-te", "attention": "rows", "linear": "sgemm", "why": "timeout after 2s"' "$r"
 expect "peer eager ran" grep -q '"peer": "pytorch"' "$r"
 expect "peer compile failure recorded" grep -q '"peer": "failed", "compile": true' "$r"
-expect "table has the octet row" grep -q "octet cuda bf16 rows .* 123457" "$d/out/gpu.log"
+expect "table has the octet row" grep -q "octet cuda bf16 rows sgemm .* 123457" "$d/out/gpu.log"
 expect "toolkit lib64 before the wheels" grep -q "^LD_LIBRARY_PATH=$d/cuda/lib64:$d/nv/cu13/lib" "$d/out/gpu.log"
 
 echo "=== run 2: gVisor (memcheck skipped), kernels skipped by flag"
 run "$d/out2" GPU_SH_KERNEL=4.4.0 SKIP_OCTET=1 SKIP_PEER=1 >/dev/null 2>&1
 expect "memcheck skipped on gVisor" grep -q '"check": "memcheck", "status": "skipped", "why": "gVisor' "$d/out2/results-gpu.jsonl"
-run "$d/out2" SKIP_KERNELS=1 SKIP_PEER=1 OCTET_PRECISIONS=bf16 OCTET_TILED_PRECISIONS=bf16 >/dev/null 2>&1
+run "$d/out2" SKIP_KERNELS=1 SKIP_PEER=1 OCTET_PRECISIONS=bf16 OCTET_TILED_PRECISIONS=bf16 OCTET_LT_PRECISIONS=bf16 >/dev/null 2>&1
 expect "all-good run exits 0" test $? = 0
-expect "bf16 timed with both attention kernels" test "$(grep -c '"precision": "bf16"' "$d/out2/results-gpu.jsonl")" = 2
-expect "the tiled run is labelled" grep -q '"attention": "tiled", "device": "cuda"' "$d/out2/results-gpu.jsonl"
+expect "bf16 timed three ways (rows, tiled, cuBLASLt)" test "$(grep -c '"precision": "bf16"' "$d/out2/results-gpu.jsonl")" = 3
+expect "the tiled run is labelled" grep -q '"attention": "tiled", "linear": "sgemm", "device": "cuda"' "$d/out2/results-gpu.jsonl"
+expect "the cuBLASLt run is labelled" grep -q '"attention": "rows", "linear": "lt", "device": "cuda"' "$d/out2/results-gpu.jsonl"
+
+run "$d/out2" DEADLINE=3 >/dev/null 2>&1
+rc=$?
+expect "past DEADLINE: exit status 1" test "$rc" = 1
+expect "past DEADLINE: skipped steps recorded, results still written" grep -q 'out of time (DEADLINE)' "$d/out2/results-gpu.jsonl"
 
 echo "=== results table of run 1"
 sed -n '/^== results/,$p' "$d/out/gpu.log"

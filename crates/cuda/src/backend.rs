@@ -35,6 +35,7 @@ use octet_kernels::backend::{AdamWConfig, Cast, Fp8Format, GemmRole};
 use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
 
 use crate::device::{CudaError, Gpu};
+use crate::gemm::{Blas, Dims, Input, Output};
 use crate::ops::TokenBuckets;
 use crate::optim::AdamCoeffs;
 
@@ -77,6 +78,8 @@ pub struct CudaBackend {
     gpu: Gpu,
     blas: CudaBlas,
     alloc: Arc<dyn Allocator>,
+    /// cuBLASLt for the FP8 levels' linear (`OCTET_CUDA_LINEAR=lt`), else None: f32 cuBLAS.
+    lt: Option<Blas>,
 }
 
 // SAFETY: the backend is used from one thread at a time by the model that owns it (Backend requires
@@ -114,7 +117,18 @@ impl CudaBackend {
         let blas =
             CudaBlas::new(gpu.stream().clone()).map_err(|e| CudaError::Unavailable(format!("cuBLAS handle: {e:?}")))?;
         let alloc: Arc<dyn Allocator> = Arc::new(ManagedAlloc { ctx });
-        Ok(CudaBackend { gpu, blas, alloc })
+        // UNVERIFIED (no GPU has run it): the FP8 levels' GEMMs on cuBLASLt, opt-in.
+        let lt = match std::env::var("OCTET_CUDA_LINEAR").as_deref() {
+            Ok("lt") => match Blas::new(&gpu) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("warning: OCTET_CUDA_LINEAR=lt, but cuBLASLt is unusable ({e}): f32 GEMMs instead");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Ok(CudaBackend { gpu, blas, alloc, lt })
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -152,6 +166,69 @@ impl CudaBackend {
     fn read_amax(&self, op: &str, a: &CudaSlice<u32>) -> f32 {
         let v = self.stream().clone_dtoh(a).unwrap_or_else(|e| panic!("cuda {op}: reading amax: {e}"));
         f32::from_bits(v[0])
+    }
+
+    /// The FP8 linear GEMM of `role` on cuBLASLt (issue 18 item 3, opt-in with `OCTET_CUDA_LINEAR=lt`;
+    /// UNVERIFIED: written without a GPU): A and B quantised to FP8 codes (their amaxes read back, as
+    /// the f32 path does), transposed where the TN layout needs it (data gradient: W^T (IC, OC);
+    /// weight gradient: dY^T (OC, N) and X^T (IC, N)), one FP8 GEMM with the scale_inv pointers, f32
+    /// D (accumulating for the weight gradient), bias added after. None when cuBLASLt's FP8 rules
+    /// (`gemm::plan`: k and cols multiples of 16, 16-byte aligned D) do not hold: the caller then runs
+    /// the f32 path.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gemm_lt(
+        &self,
+        lt: &Blas,
+        out: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        role: GemmRole,
+        (fa, sa): (Fp8Format, f32),
+        (fb, sb): (Fp8Format, f32),
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Option<[f32; 2]> {
+        // D (rows, cols) = A' (rows, k) @ B' (cols, k)^T (gemm.rs's one convention).
+        let (rows, cols, k) = match role {
+            GemmRole::Forward => (n, oc, ic),
+            GemmRole::DataGrad => (n, ic, oc),
+            GemmRole::WeightGrad => (oc, ic, n),
+        };
+        let (la, lb, lo) = role.sizes(n, ic, oc);
+        let fits = k.is_multiple_of(16) && cols.is_multiple_of(16) && (out.as_ptr() as usize).is_multiple_of(16);
+        if !fits || (fa == Fp8Format::E5M2 && fb == Fp8Format::E5M2) || la == 0 || lb == 0 {
+            return None;
+        }
+        let op = "linear_gemm_lt";
+        let s = self.stream();
+        let codes = |len: usize| s.alloc_zeros::<u8>(len).unwrap_or_else(|e| panic!("cuda {op}: codes: {e}"));
+        let (mut ca, mut cb) = (codes(la), codes(lb));
+        let (mut ma, mut mb) = (self.amax_cell(op), self.amax_cell(op));
+        ok(op, self.gpu.quantize_fp8(fa, &mut ca, &mut ma, &self.view(&a[..la]), sa));
+        ok(op, self.gpu.quantize_fp8(fb, &mut cb, &mut mb, &self.view(&b[..lb]), sb));
+        let transposed = |c: &CudaSlice<u8>, r: usize, cl: usize| {
+            let mut t = codes(r * cl);
+            ok(op, self.gpu.transpose_fp8(&mut t, c, r, cl));
+            t
+        };
+        let (a_op, b_op) = match role {
+            GemmRole::Forward => (ca, cb),
+            GemmRole::DataGrad => (ca, transposed(&cb, oc, ic)),
+            GemmRole::WeightGrad => (transposed(&ca, n, oc), transposed(&cb, n, ic)),
+        };
+        let inv = |scale: f32| s.clone_htod(&[scale.recip()]).unwrap_or_else(|e| panic!("cuda {op}: scale: {e}"));
+        let (ia, ib) = (inv(sa), inv(sb));
+        let mut o = self.view(&out[..lo]);
+        let dims = Dims { rows, cols, k, accumulate: role == GemmRole::WeightGrad };
+        let ain = Input::Fp8 { format: fa, codes: a_op.as_view(), scale_inv: ia.as_view() };
+        let bin = Input::Fp8 { format: fb, codes: b_op.as_view(), scale_inv: ib.as_view() };
+        ok(op, lt.matmul(Output::F32(o.as_view_mut()), ain, bin, dims, None));
+        if let Some(bias) = bias {
+            ok(op, self.gpu.bias_add(&mut o, &self.view(bias), n, oc));
+        }
+        Some([self.read_amax(op, &ma), self.read_amax(op, &mb)])
     }
 
     /// `src` itself or its device cast into `q`, and the FP8 cast's amax (else 0).
@@ -464,6 +541,12 @@ impl HostFallback for CudaBackend {
         oc: usize,
     ) -> [f32; 2] {
         assert!(bias.is_none() || role == GemmRole::Forward, "linear_gemm: bias only in the forward GEMM");
+        if let (Some(lt), Cast::Fp8 { format: fa, scale: sa }, Cast::Fp8 { format: fb, scale: sb }) =
+            (&self.lt, cast_a, cast_b)
+            && let Some(amaxes) = self.linear_gemm_lt(lt, out, a, b, bias, role, (fa, sa), (fb, sb), n, ic, oc)
+        {
+            return amaxes;
+        }
         let (la, lb, _) = role.sizes(n, ic, oc);
         let (a, amax_a) = self.cast_operand(qa, &a[..la], cast_a);
         let (b, amax_b) = self.cast_operand(qb, &b[..lb], cast_b);
