@@ -26,6 +26,7 @@
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::cublas::sys as cublas_sys;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
@@ -80,6 +81,26 @@ pub struct CudaBackend {
     alloc: Arc<dyn Allocator>,
     /// cuBLASLt for the FP8 levels' linear (`OCTET_CUDA_LINEAR=lt`), else None: f32 cuBLAS.
     lt: Option<Blas>,
+    /// GEMMs run on cuBLASLt so far (tests check the path was taken).
+    lt_gemms: AtomicUsize,
+}
+
+/// Which GEMMs run the FP8 levels' linear: `Sgemm` (device casts, then f32 cuBLAS: the CPU's
+/// composition) or `Lt` (FP8 codes and cuBLASLt FP8 GEMMs with scale pointers; UNVERIFIED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearGemms {
+    Sgemm,
+    Lt,
+}
+
+impl LinearGemms {
+    /// `OCTET_CUDA_LINEAR=lt` selects `Lt`; anything else `Sgemm`.
+    pub fn from_env() -> Self {
+        match std::env::var("OCTET_CUDA_LINEAR").as_deref() {
+            Ok("lt") => LinearGemms::Lt,
+            _ => LinearGemms::Sgemm,
+        }
+    }
 }
 
 // SAFETY: the backend is used from one thread at a time by the model that owns it (Backend requires
@@ -88,8 +109,14 @@ unsafe impl Send for CudaBackend {}
 unsafe impl Sync for CudaBackend {}
 
 impl CudaBackend {
-    /// Device `ordinal`, or why it cannot be used (no driver, no GPU, no managed memory).
+    /// Device `ordinal`, or why it cannot be used (no driver, no GPU, no managed memory); the FP8
+    /// linear's GEMMs per `LinearGemms::from_env`.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        Self::with_linear(ordinal, LinearGemms::from_env())
+    }
+
+    /// Device `ordinal` with the FP8 linear's GEMMs on `linear`.
+    pub fn with_linear(ordinal: usize, linear: LinearGemms) -> Result<Self, CudaError> {
         let gpu = Gpu::new(ordinal)?;
         let ctx = gpu.context().clone();
         // The models write managed memory from the host while kernels are queued (staging, the
@@ -118,21 +145,26 @@ impl CudaBackend {
             CudaBlas::new(gpu.stream().clone()).map_err(|e| CudaError::Unavailable(format!("cuBLAS handle: {e:?}")))?;
         let alloc: Arc<dyn Allocator> = Arc::new(ManagedAlloc { ctx });
         // UNVERIFIED (no GPU has run it): the FP8 levels' GEMMs on cuBLASLt, opt-in.
-        let lt = match std::env::var("OCTET_CUDA_LINEAR").as_deref() {
-            Ok("lt") => match Blas::new(&gpu) {
+        let lt = match linear {
+            LinearGemms::Lt => match Blas::new(&gpu) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     eprintln!("warning: OCTET_CUDA_LINEAR=lt, but cuBLASLt is unusable ({e}): f32 GEMMs instead");
                     None
                 }
             },
-            _ => None,
+            LinearGemms::Sgemm => None,
         };
-        Ok(CudaBackend { gpu, blas, alloc, lt })
+        Ok(CudaBackend { gpu, blas, alloc, lt, lt_gemms: AtomicUsize::new(0) })
     }
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// How many linear GEMMs ran on cuBLASLt (`LinearGemms::Lt`) so far.
+    pub fn lt_gemms(&self) -> usize {
+        self.lt_gemms.load(Ordering::Relaxed)
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -228,6 +260,7 @@ impl CudaBackend {
         if let Some(bias) = bias {
             ok(op, self.gpu.bias_add(&mut o, &self.view(bias), n, oc));
         }
+        self.lt_gemms.fetch_add(1, Ordering::Relaxed);
         Some([self.read_amax(op, &ma), self.read_amax(op, &mb)])
     }
 

@@ -62,7 +62,7 @@ pub mod optim;
 #[cfg(feature = "cuda")]
 pub mod scaling;
 #[cfg(feature = "cuda")]
-pub use backend::{CudaBackend, ManagedAlloc};
+pub use backend::{CudaBackend, LinearGemms, ManagedAlloc};
 #[cfg(feature = "cuda")]
 pub use device::{CudaError, DeviceFloat, Gpu, compile_cubin};
 #[cfg(feature = "cuda")]
