@@ -30,8 +30,8 @@
 #      OCTET_PRECISIONS, each under a time limit; a run that fails or times out is recorded, not dropped;
 #   5. the PyTorch peer at B=16, T=1024: eager, then torch.compile (bf16 autocast; tokens/s, MFU, peak
 #      memory), each under a time limit;
-#   6. the variants, so one run compares them: the tiled attention kernels (OCTET_TILED_PRECISIONS) and
-#      the FP8 GEMMs on cuBLASLt (OCTET_LT_PRECISIONS; UNVERIFIED code until this runs).
+#   6. the variants, so one run compares them: the bf16/FP8 GEMMs on cuBLASLt (OCTET_LT_PRECISIONS;
+#      UNVERIFIED code until this runs), then the tiled attention kernels (OCTET_TILED_PRECISIONS).
 # The whole run stays inside DEADLINE (540 s): each step's limit is cut to what is left.
 # Every result is a JSON line in $RESULTS (written to a temp file, moved into place at the end) and
 # a table is printed. On the device machine $OUT is a folder: results go to $OUT/results-gpu.jsonl and
@@ -45,7 +45,7 @@
 #   GPU_BIN           directory of the prebuilt binaries (default target/gpu)
 #   OCTET_PRECISIONS  octet precision levels for step 4 (default "bf16 fp8-o2"), row attention kernels
 #   OCTET_TILED_PRECISIONS  levels run again with the tiled attention kernels (default "bf16"; "" none)
-#   OCTET_LT_PRECISIONS     levels run again with the FP8 GEMMs on cuBLASLt (default "fp8-o2"; "" none)
+#   OCTET_LT_PRECISIONS     levels run again with their GEMMs on cuBLASLt (default "bf16 fp8-o2"; "" none)
 #   OCTET_STEPS, OCTET_WARMUP, OCTET_TIMEOUT   timed / untimed octet steps, seconds per level (5, 1, 120)
 #   CHECK_TIMEOUT     seconds per kernel-check binary (default 90); PEER_TIMEOUT per peer run (200)
 #   DEADLINE          seconds for the whole run (default 540, inside the device's 600 s per command):
@@ -68,7 +68,7 @@ PEER=${PEER:-bench/peer_torch_gpt2.py}
 GPU_BIN=${GPU_BIN:-target/gpu}
 OCTET_PRECISIONS=${OCTET_PRECISIONS:-bf16 fp8-o2}
 OCTET_TILED_PRECISIONS=${OCTET_TILED_PRECISIONS-bf16}
-OCTET_LT_PRECISIONS=${OCTET_LT_PRECISIONS-fp8-o2}
+OCTET_LT_PRECISIONS=${OCTET_LT_PRECISIONS-bf16 fp8-o2}
 OCTET_STEPS=${OCTET_STEPS:-5}
 OCTET_WARMUP=${OCTET_WARMUP:-1}
 OCTET_TIMEOUT=${OCTET_TIMEOUT:-120}
@@ -227,8 +227,9 @@ octet_run() {
 }
 
 # The levels of OCTET_PRECISIONS with the row attention kernels and f32 GEMMs, then the peer, then
-# the variants: OCTET_TILED_PRECISIONS with the tiled attention kernels (OCTET_CUDA_ATTENTION=tiled)
-# and OCTET_LT_PRECISIONS with the FP8 GEMMs on cuBLASLt (OCTET_CUDA_LINEAR=lt), so one run compares them.
+# the variants: OCTET_LT_PRECISIONS with the GEMMs on cuBLASLt (OCTET_CUDA_LINEAR=lt) and
+# OCTET_TILED_PRECISIONS with the tiled attention kernels (OCTET_CUDA_ATTENTION=tiled), so one run
+# compares them.
 if [[ "${SKIP_OCTET:-0}" != 1 ]]; then
     for p in $OCTET_PRECISIONS; do octet_run "$p" rows sgemm; done
 fi
@@ -252,8 +253,8 @@ if [[ "${SKIP_PEER:-0}" != 1 ]]; then
 fi
 
 if [[ "${SKIP_OCTET:-0}" != 1 ]]; then
-    for p in $OCTET_TILED_PRECISIONS; do octet_run "$p" tiled sgemm; done
     for p in $OCTET_LT_PRECISIONS; do octet_run "$p" rows lt; done
+    for p in $OCTET_TILED_PRECISIONS; do octet_run "$p" tiled sgemm; done
 fi
 
 mv "$tmp" "$RESULTS"

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cudarc::cublas::sys as cublas_sys;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, result, sys};
+use half::bf16;
 use octet_core::{Allocator, Error};
 use octet_kernels::backend::{AdamWConfig, Cast, Fp8Format, GemmRole};
 use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
@@ -85,8 +86,9 @@ pub struct CudaBackend {
     lt_gemms: AtomicUsize,
 }
 
-/// Which GEMMs run the FP8 levels' linear: `Sgemm` (device casts, then f32 cuBLAS: the CPU's
-/// composition) or `Lt` (FP8 codes and cuBLASLt FP8 GEMMs with scale pointers; UNVERIFIED).
+/// Which GEMMs run the bf16 and FP8 levels' linear: `Sgemm` (device casts, then f32 cuBLAS: the
+/// CPU's composition) or `Lt` (bf16 operands, or FP8 codes with scale pointers, on cuBLASLt;
+/// UNVERIFIED).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearGemms {
     Sgemm,
@@ -262,6 +264,59 @@ impl CudaBackend {
         }
         self.lt_gemms.fetch_add(1, Ordering::Relaxed);
         Some([self.read_amax(op, &ma), self.read_amax(op, &mb)])
+    }
+
+    /// The bf16 linear GEMM of `role` on cuBLASLt (`OCTET_CUDA_LINEAR=lt`; UNVERIFIED: written without
+    /// a GPU): A and B cast to bf16 storage, transposed where the TN layout needs it (as
+    /// `linear_gemm_lt`), one bf16 GEMM with f32 D (accumulating for the weight gradient), bias added
+    /// after. False (nothing done) for empty operands.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gemm_lt_bf16(
+        &self,
+        lt: &Blas,
+        out: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        role: GemmRole,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> bool {
+        let (rows, cols, k) = match role {
+            GemmRole::Forward => (n, oc, ic),
+            GemmRole::DataGrad => (n, ic, oc),
+            GemmRole::WeightGrad => (oc, ic, n),
+        };
+        let (la, lb, lo) = role.sizes(n, ic, oc);
+        if la == 0 || lb == 0 {
+            return false;
+        }
+        let op = "linear_gemm_lt bf16";
+        let s = self.stream();
+        let buf = |len: usize| s.alloc_zeros::<bf16>(len).unwrap_or_else(|e| panic!("cuda {op}: bf16 operand: {e}"));
+        let (mut ha, mut hb) = (buf(la), buf(lb));
+        ok(op, self.gpu.cast_f32_to_bf16(&mut ha, &self.view(&a[..la])));
+        ok(op, self.gpu.cast_f32_to_bf16(&mut hb, &self.view(&b[..lb])));
+        let transposed = |x: &CudaSlice<bf16>, r: usize, c: usize| {
+            let mut t = buf(r * c);
+            ok(op, self.gpu.transpose_bf16(&mut t, x, r, c));
+            t
+        };
+        let (a_op, b_op) = match role {
+            GemmRole::Forward => (ha, hb),
+            GemmRole::DataGrad => (ha, transposed(&hb, oc, ic)),
+            GemmRole::WeightGrad => (transposed(&ha, n, oc), transposed(&hb, n, ic)),
+        };
+        let mut o = self.view(&out[..lo]);
+        let dims = Dims { rows, cols, k, accumulate: role == GemmRole::WeightGrad };
+        let (ain, bin) = (Input::Bf16(a_op.as_view()), Input::Bf16(b_op.as_view()));
+        ok(op, lt.matmul(Output::F32(o.as_view_mut()), ain, bin, dims, None));
+        if let Some(bias) = bias {
+            ok(op, self.gpu.bias_add(&mut o, &self.view(bias), n, oc));
+        }
+        self.lt_gemms.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// `src` itself or its device cast into `q`, and the FP8 cast's amax (else 0).
@@ -579,6 +634,11 @@ impl HostFallback for CudaBackend {
             && let Some(amaxes) = self.linear_gemm_lt(lt, out, a, b, bias, role, (fa, sa), (fb, sb), n, ic, oc)
         {
             return amaxes;
+        }
+        if let (Some(lt), Cast::Bf16, Cast::Bf16) = (&self.lt, cast_a, cast_b)
+            && self.linear_gemm_lt_bf16(lt, out, a, b, bias, role, n, ic, oc)
+        {
+            return [0.0, 0.0];
         }
         let (la, lb, _) = role.sizes(n, ic, oc);
         let (a, amax_a) = self.cast_operand(qa, &a[..la], cast_a);

@@ -438,6 +438,29 @@ impl Gpu {
         Ok(())
     }
 
+    /// out (cols, rows) = inp (rows, cols)^T for bf16 values (kernel `transpose_u16`).
+    pub fn transpose_bf16(
+        &self,
+        out: &mut CudaSlice<half::bf16>,
+        inp: &CudaSlice<half::bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check_len("inp", inp.len(), rows * cols)?;
+        check_len("out", out.len(), rows * cols)?;
+        let (r32, c32) = (as_i32("rows", rows)?, as_i32("cols", cols)?);
+        let cfg = LaunchConfig {
+            grid_dim: ((cols as u32).div_ceil(32), (rows as u32).div_ceil(32), 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(self.function("transpose_u16"));
+        launch.arg(out).arg(inp).arg(&r32).arg(&c32);
+        // SAFETY: matches `transpose_u16` in kernels::TRANSPOSE (bf16 is two bytes); lengths checked.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
     /// out (cols, rows) = inp (rows, cols)^T for one-byte FP8 codes.
     pub fn transpose_fp8(&self, out: &mut CudaSlice<u8>, inp: &CudaSlice<u8>, rows: usize, cols: usize) -> Result<()> {
         check_len("inp", inp.len(), rows * cols)?;

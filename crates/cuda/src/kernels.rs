@@ -294,11 +294,26 @@ OCTET_FOR_EACH_TYPE(OCTET_QDQ)
 /// `transpose_fp8(out, inp, rows, cols)`: out (cols, rows) = inp (rows, cols)^T for one-byte FP8 codes
 /// of either format (cuBLASLt FP8 GEMMs need the TN layout, so weights and gradients are transposed
 /// once per step). Tiles of 32x32 through shared memory (one padding column against bank conflicts);
-/// launch with blockDim (32, 8) and grid (ceil(cols/32), ceil(rows/32)).
+/// launch with blockDim (32, 8) and grid (ceil(cols/32), ceil(rows/32)). `transpose_u16` is the same
+/// for two-byte elements (bf16 GEMM operands in the TN layout).
 pub const TRANSPOSE: &str = r#"
 extern "C" __global__ void transpose_fp8(__nv_fp8_storage_t* out, const __nv_fp8_storage_t* inp, int rows,
                                          int cols) {
     __shared__ __nv_fp8_storage_t tile[32][33];
+    int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        int r = r0 + j, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[j][threadIdx.x] = inp[(long long)r * cols + c];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        int c = c0 + j, r = r0 + threadIdx.x;
+        if (r < rows && c < cols) out[(long long)c * rows + r] = tile[threadIdx.x][j];
+    }
+}
+extern "C" __global__ void transpose_u16(unsigned short* out, const unsigned short* inp, int rows,
+                                         int cols) {
+    __shared__ unsigned short tile[32][33];
     int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
     for (int j = threadIdx.y; j < 32; j += blockDim.y) {
         int r = r0 + j, c = c0 + threadIdx.x;
@@ -1423,7 +1438,7 @@ pub const OPS: [(&str, &str); 20] = [
 ];
 
 /// Every `extern "C"` entry point the module defines.
-pub const KERNEL_NAMES: [&str; 83] = [
+pub const KERNEL_NAMES: [&str; 84] = [
     "residual_forward_f32",
     "residual_forward_bf16",
     "gelu_forward_f32",
@@ -1445,6 +1460,7 @@ pub const KERNEL_NAMES: [&str; 83] = [
     "qdq_e5m2_f32",
     "qdq_e5m2_bf16",
     "transpose_fp8",
+    "transpose_u16",
     "encoder_forward_f32",
     "encoder_forward_bf16",
     "encoder_backward_wpe_f32",

@@ -34,10 +34,11 @@
 //!   backend.
 //! - The precision levels' linear is one backend operation (`Backend::linear_gemm`, one call per GEMM
 //!   role: forward, data gradient, weight gradient, operands with their cast: bf16 or FP8 format +
-//!   scale); by default device casts + an f32 cuBLAS GEMM. `OCTET_CUDA_LINEAR=lt` maps the FP8
-//!   levels' GEMMs to cuBLASLt (FP8 codes, transposes for the TN layout, scale pointers, `gemm::plan`;
-//!   written without a GPU, UNVERIFIED until bench/gpu.sh runs it); bf16 GEMMs, bf16 activations,
-//!   the bias/GELU epilogues and D-amax (FP8 outputs) are next.
+//!   scale); by default device casts + an f32 cuBLAS GEMM. `OCTET_CUDA_LINEAR=lt` maps the bf16 and
+//!   FP8 levels' GEMMs to cuBLASLt (bf16 operands or FP8 codes, transposes for the TN layout, scale
+//!   pointers, `gemm::plan`; written without a GPU, UNVERIFIED until bench/gpu.sh runs it). Still to
+//!   do: operands cast per call into fresh buffers (cache the weights' casts per step), bf16
+//!   activations, the bias/GELU epilogues, D-amax and FP8 outputs, the LM head in bf16.
 //! - Saved statistics (mean, rstd, lse) are f32 on the device whatever the storage type, and
 //!   activations in bf16 would halve the traffic (a `Float` bf16 element type for the backend).
 //! - Host syncs per step: the loss, the optimizer's skip flag (`optim::O2AdamW::step`) and the

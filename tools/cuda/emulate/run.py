@@ -397,6 +397,10 @@ for rows, cols in [(70, 45), (32, 32), (1, 100)]:
     out = np.zeros((cols, rows), np.uint8)
     run("transpose_fp8", (((cols + 31) // 32, (rows + 31) // 32), (32, 8)), out, q, rows, cols, outs=[out])
     check(f"transpose_fp8 {rows}x{cols} (exact)", bool((out == q.T).all()))
+    q16 = rng.integers(0, 65536, (rows, cols)).astype(np.uint16)
+    out16 = np.zeros((cols, rows), np.uint16)
+    run("transpose_u16", (((cols + 31) // 32, (rows + 31) // 32), (32, 8)), out16, q16, rows, cols, outs=[out16])
+    check(f"transpose_u16 {rows}x{cols} (exact)", bool((out16 == q16.T).all()))
 
 # --- AdamW f32 vs a float32 transcription of adamw_fast (exact) ---
 n = 5000; p = randn(n, s=0.02); m = np.zeros(n, F); vv = np.zeros(n, F)
