@@ -17,6 +17,9 @@ everything compiles and the checks hold. `--ptx FILE` also writes the module's P
     # CUDA 12: nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12, then
     #   --nvrtc /tmp/cu12/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 -I /tmp/cu12/nvidia/cuda_runtime/include
 
+`--resources FILE` writes every kernel's registers, spills, stack frame and shared memory as ptxas
+reports them (NVRTC `--ptxas-options=-v`; the record is tools/cuda/resources-sm_90.txt).
+
 Last run (issue 7, Llama ops: RMSNorm, RoPE, SwiGLU, repeat_kv, embedding): NVRTC 13.5 and 12.9, sm_90
 (and sm_80 on 13.5): 73/73 entry points, AdamW entry points free of fma.
 """
@@ -70,12 +73,52 @@ class Nvrtc:
         return rc == 0, log.value.decode(errors="replace").strip(), ptx.decode(errors="replace")
 
 
+def resources(nvrtc, src, options, names, path):
+    """Compile the module to a cubin with `--ptxas-options=-v` and write one line per kernel: registers,
+    spill stores / loads, stack frame and static shared memory (bytes), as ptxas reports them. Fails if
+    a kernel is missing from the report."""
+    ok, log, _ = nvrtc.compile(src, "octet.cu", options + ["--ptxas-options=-v"])
+    if not ok:
+        print("  resources FAILED: " + log)
+        return 1
+    rows, cur = {}, None
+    for line in log.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            cur = m.group(1)
+            rows[cur] = {"regs": 0, "spill_st": 0, "spill_ld": 0, "stack": 0, "smem": 0}
+        elif cur and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
+            rows[cur].update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
+        elif cur and (m := re.search(r"Used (\d+) registers", line)):
+            rows[cur]["regs"] = int(m.group(1))
+            if sm := re.search(r"(\d+) bytes smem", line):
+                rows[cur]["smem"] = int(sm.group(1))
+    missing = [n for n in names if n not in rows]
+    arch = next(o.split("=")[1] for o in options if o.startswith("--gpu-architecture="))
+    lines = [f"# octet CUDA kernels: ptxas -v through NVRTC {nvrtc.version[0]}.{nvrtc.version[1]}, {arch} "
+             f"(tools/cuda/nvrtc_check.py --resources)",
+             f"{'kernel':<32} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'smem':>6}"]
+    for n in names:
+        if n in rows:
+            r = rows[n]
+            lines.append(f"{n:<32} {r['regs']:>5} {r['spill_st']:>9} {r['spill_ld']:>9} {r['stack']:>6} {r['smem']:>6}")
+    spills = [n for n in names if n in rows and rows[n]["spill_st"] + rows[n]["spill_ld"] > 0]
+    lines.append(f"# {len(rows)} kernels, {len(spills)} with spills{': ' + ', '.join(spills) if spills else ''}")
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    print(f"  {'resources':<10} {'ok' if not missing else 'FAILED'}: {len(names) - len(missing)}/{len(names)} kernels "
+          f"in the ptxas report, {len(spills)} with spills -> {path}")
+    if missing:
+        print(f"    missing from the report: {', '.join(missing)}")
+    return 1 if missing else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nvrtc", required=True, help="path to libnvrtc.so")
     ap.add_argument("-I", dest="include", action="append", default=[], help="include directory (cuda_fp8.h)")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--ptx", help="also write the whole module's PTX here")
+    ap.add_argument("--resources", help="also write every kernel's registers, spills, stack and shared memory "
+                    "(ptxas -v through NVRTC, for --arch) to this file")
     args = ap.parse_args()
 
     consts, names = extract(KERNELS_RS)
@@ -103,6 +146,9 @@ def main():
     failed += (not ok) + bool(missing)
     if ok and args.ptx:
         pathlib.Path(args.ptx).write_text(ptx)
+
+    if args.resources:
+        failed += resources(nvrtc, prelude + "".join(consts.values()), options, names, args.resources)
 
     # Entry bodies run from ".entry NAME(" to the closing brace at the start of a line.
     fused = []

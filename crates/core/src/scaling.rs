@@ -240,22 +240,48 @@ impl ScalingMeta {
     /// source's amax. Lets a backend cast in its own memory (a quantise-dequantise into f32 scratch,
     /// a device kernel) under exactly the same scale decisions.
     pub fn cast_with(&mut self, mode: ScalingMode, amax: impl FnOnce() -> f32, cast: impl FnOnce(f32) -> f32) -> f32 {
+        let pending = self.begin_cast(mode, amax);
+        let a = cast(pending.scale);
+        self.finish_cast(pending, a)
+    }
+    /// `cast_with` in two halves, for a cast made elsewhere in between (one backend operation that
+    /// casts several operands, each under its own meta): the scale the cast must use (`amax()` is
+    /// called only when it must come from the source: just-in-time, or delayed in warm-up). Pass the
+    /// result and the cast's amax of its source to `finish_cast`.
+    pub fn begin_cast(&mut self, mode: ScalingMode, amax: impl FnOnce() -> f32) -> PendingCast {
         if mode == ScalingMode::JustInTime || self.in_warm_up() {
             let a = amax();
             self.update_just_in_time(a);
-            cast(self.scale);
-            a
+            PendingCast { scale: self.scale, jit_amax: Some(a) }
         } else {
             self.refresh_scale();
-            let a = cast(self.scale);
-            self.amax_history.push(a);
-            a
+            PendingCast { scale: self.scale, jit_amax: None }
+        }
+    }
+    /// The second half of `cast_with`: a delayed cast records `cast_amax` (the amax of the source it
+    /// read); returns the source's amax as `cast_with` does.
+    pub fn finish_cast(&mut self, pending: PendingCast, cast_amax: f32) -> f32 {
+        match pending.jit_amax {
+            Some(a) => a,
+            None => {
+                self.amax_history.push(cast_amax);
+                cast_amax
+            }
         }
     }
     /// `dst = decode(src) * scale_inv`. Panics if the lengths differ.
     pub fn dequantize(&self, src: &[u8], dst: &mut [f32]) {
         fp8::dequantize(self.format, src, self.scale_inv, dst);
     }
+}
+
+/// A cast between `ScalingMeta::begin_cast` and `finish_cast`: the scale it must use, and the amax
+/// already measured and recorded when the scale came from the source itself (just-in-time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[must_use = "pass it to finish_cast after the cast"]
+pub struct PendingCast {
+    pub scale: f32,
+    jit_amax: Option<f32>,
 }
 
 /// FP8 values with the scaling metadata they were encoded with (MS-AMP `ScalingTensor`):

@@ -26,15 +26,18 @@
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::cublas::sys as cublas_sys;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, result, sys};
+use half::bf16;
 use octet_core::{Allocator, Error};
-use octet_kernels::backend::{AdamWConfig, Fp8Format};
+use octet_kernels::backend::{AdamWConfig, Cast, Fp8Format, GemmRole};
 use octet_kernels::{HostFallback, Memory, impl_backend_via_host_fallback};
 
 use crate::device::{CudaError, Gpu};
+use crate::gemm::{Blas, Dims, Input, Output};
 use crate::ops::TokenBuckets;
 use crate::optim::AdamCoeffs;
 
@@ -77,6 +80,29 @@ pub struct CudaBackend {
     gpu: Gpu,
     blas: CudaBlas,
     alloc: Arc<dyn Allocator>,
+    /// cuBLASLt for the FP8 levels' linear (`OCTET_CUDA_LINEAR=lt`), else None: f32 cuBLAS.
+    lt: Option<Blas>,
+    /// GEMMs run on cuBLASLt so far (tests check the path was taken).
+    lt_gemms: AtomicUsize,
+}
+
+/// Which GEMMs run the bf16 and FP8 levels' linear: `Sgemm` (device casts, then f32 cuBLAS: the
+/// CPU's composition) or `Lt` (bf16 operands, or FP8 codes with scale pointers, on cuBLASLt;
+/// UNVERIFIED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearGemms {
+    Sgemm,
+    Lt,
+}
+
+impl LinearGemms {
+    /// `OCTET_CUDA_LINEAR=lt` selects `Lt`; anything else `Sgemm`.
+    pub fn from_env() -> Self {
+        match std::env::var("OCTET_CUDA_LINEAR").as_deref() {
+            Ok("lt") => LinearGemms::Lt,
+            _ => LinearGemms::Sgemm,
+        }
+    }
 }
 
 // SAFETY: the backend is used from one thread at a time by the model that owns it (Backend requires
@@ -85,8 +111,14 @@ unsafe impl Send for CudaBackend {}
 unsafe impl Sync for CudaBackend {}
 
 impl CudaBackend {
-    /// Device `ordinal`, or why it cannot be used (no driver, no GPU, no managed memory).
+    /// Device `ordinal`, or why it cannot be used (no driver, no GPU, no managed memory); the FP8
+    /// linear's GEMMs per `LinearGemms::from_env`.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        Self::with_linear(ordinal, LinearGemms::from_env())
+    }
+
+    /// Device `ordinal` with the FP8 linear's GEMMs on `linear`.
+    pub fn with_linear(ordinal: usize, linear: LinearGemms) -> Result<Self, CudaError> {
         let gpu = Gpu::new(ordinal)?;
         let ctx = gpu.context().clone();
         // The models write managed memory from the host while kernels are queued (staging, the
@@ -114,11 +146,27 @@ impl CudaBackend {
         let blas =
             CudaBlas::new(gpu.stream().clone()).map_err(|e| CudaError::Unavailable(format!("cuBLAS handle: {e:?}")))?;
         let alloc: Arc<dyn Allocator> = Arc::new(ManagedAlloc { ctx });
-        Ok(CudaBackend { gpu, blas, alloc })
+        // UNVERIFIED (no GPU has run it): the FP8 levels' GEMMs on cuBLASLt, opt-in.
+        let lt = match linear {
+            LinearGemms::Lt => match Blas::new(&gpu) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("warning: OCTET_CUDA_LINEAR=lt, but cuBLASLt is unusable ({e}): f32 GEMMs instead");
+                    None
+                }
+            },
+            LinearGemms::Sgemm => None,
+        };
+        Ok(CudaBackend { gpu, blas, alloc, lt, lt_gemms: AtomicUsize::new(0) })
     }
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// How many linear GEMMs ran on cuBLASLt (`LinearGemms::Lt`) so far.
+    pub fn lt_gemms(&self) -> usize {
+        self.lt_gemms.load(Ordering::Relaxed)
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -152,6 +200,140 @@ impl CudaBackend {
     fn read_amax(&self, op: &str, a: &CudaSlice<u32>) -> f32 {
         let v = self.stream().clone_dtoh(a).unwrap_or_else(|e| panic!("cuda {op}: reading amax: {e}"));
         f32::from_bits(v[0])
+    }
+
+    /// The FP8 linear GEMM of `role` on cuBLASLt (issue 18 item 3, opt-in with `OCTET_CUDA_LINEAR=lt`;
+    /// UNVERIFIED: written without a GPU): A and B quantised to FP8 codes (their amaxes read back, as
+    /// the f32 path does), transposed where the TN layout needs it (data gradient: W^T (IC, OC);
+    /// weight gradient: dY^T (OC, N) and X^T (IC, N)), one FP8 GEMM with the scale_inv pointers, f32
+    /// D (accumulating for the weight gradient), bias added after. None when cuBLASLt's FP8 rules
+    /// (`gemm::plan`: k and cols multiples of 16, 16-byte aligned D) do not hold: the caller then runs
+    /// the f32 path.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gemm_lt(
+        &self,
+        lt: &Blas,
+        out: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        role: GemmRole,
+        (fa, sa): (Fp8Format, f32),
+        (fb, sb): (Fp8Format, f32),
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Option<[f32; 2]> {
+        // D (rows, cols) = A' (rows, k) @ B' (cols, k)^T (gemm.rs's one convention).
+        let (rows, cols, k) = match role {
+            GemmRole::Forward => (n, oc, ic),
+            GemmRole::DataGrad => (n, ic, oc),
+            GemmRole::WeightGrad => (oc, ic, n),
+        };
+        let (la, lb, lo) = role.sizes(n, ic, oc);
+        let fits = k.is_multiple_of(16) && cols.is_multiple_of(16) && (out.as_ptr() as usize).is_multiple_of(16);
+        if !fits || (fa == Fp8Format::E5M2 && fb == Fp8Format::E5M2) || la == 0 || lb == 0 {
+            return None;
+        }
+        let op = "linear_gemm_lt";
+        let s = self.stream();
+        let codes = |len: usize| s.alloc_zeros::<u8>(len).unwrap_or_else(|e| panic!("cuda {op}: codes: {e}"));
+        let (mut ca, mut cb) = (codes(la), codes(lb));
+        let (mut ma, mut mb) = (self.amax_cell(op), self.amax_cell(op));
+        ok(op, self.gpu.quantize_fp8(fa, &mut ca, &mut ma, &self.view(&a[..la]), sa));
+        ok(op, self.gpu.quantize_fp8(fb, &mut cb, &mut mb, &self.view(&b[..lb]), sb));
+        let transposed = |c: &CudaSlice<u8>, r: usize, cl: usize| {
+            let mut t = codes(r * cl);
+            ok(op, self.gpu.transpose_fp8(&mut t, c, r, cl));
+            t
+        };
+        let (a_op, b_op) = match role {
+            GemmRole::Forward => (ca, cb),
+            GemmRole::DataGrad => (ca, transposed(&cb, oc, ic)),
+            GemmRole::WeightGrad => (transposed(&ca, n, oc), transposed(&cb, n, ic)),
+        };
+        let inv = |scale: f32| s.clone_htod(&[scale.recip()]).unwrap_or_else(|e| panic!("cuda {op}: scale: {e}"));
+        let (ia, ib) = (inv(sa), inv(sb));
+        let mut o = self.view(&out[..lo]);
+        let dims = Dims { rows, cols, k, accumulate: role == GemmRole::WeightGrad };
+        let ain = Input::Fp8 { format: fa, codes: a_op.as_view(), scale_inv: ia.as_view() };
+        let bin = Input::Fp8 { format: fb, codes: b_op.as_view(), scale_inv: ib.as_view() };
+        ok(op, lt.matmul(Output::F32(o.as_view_mut()), ain, bin, dims, None));
+        if let Some(bias) = bias {
+            ok(op, self.gpu.bias_add(&mut o, &self.view(bias), n, oc));
+        }
+        self.lt_gemms.fetch_add(1, Ordering::Relaxed);
+        Some([self.read_amax(op, &ma), self.read_amax(op, &mb)])
+    }
+
+    /// The bf16 linear GEMM of `role` on cuBLASLt (`OCTET_CUDA_LINEAR=lt`; UNVERIFIED: written without
+    /// a GPU): A and B cast to bf16 storage, transposed where the TN layout needs it (as
+    /// `linear_gemm_lt`), one bf16 GEMM with f32 D (accumulating for the weight gradient), bias added
+    /// after. False (nothing done) for empty operands.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gemm_lt_bf16(
+        &self,
+        lt: &Blas,
+        out: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        role: GemmRole,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> bool {
+        let (rows, cols, k) = match role {
+            GemmRole::Forward => (n, oc, ic),
+            GemmRole::DataGrad => (n, ic, oc),
+            GemmRole::WeightGrad => (oc, ic, n),
+        };
+        let (la, lb, lo) = role.sizes(n, ic, oc);
+        if la == 0 || lb == 0 {
+            return false;
+        }
+        let op = "linear_gemm_lt bf16";
+        let s = self.stream();
+        let buf = |len: usize| s.alloc_zeros::<bf16>(len).unwrap_or_else(|e| panic!("cuda {op}: bf16 operand: {e}"));
+        let (mut ha, mut hb) = (buf(la), buf(lb));
+        ok(op, self.gpu.cast_f32_to_bf16(&mut ha, &self.view(&a[..la])));
+        ok(op, self.gpu.cast_f32_to_bf16(&mut hb, &self.view(&b[..lb])));
+        let transposed = |x: &CudaSlice<bf16>, r: usize, c: usize| {
+            let mut t = buf(r * c);
+            ok(op, self.gpu.transpose_bf16(&mut t, x, r, c));
+            t
+        };
+        let (a_op, b_op) = match role {
+            GemmRole::Forward => (ha, hb),
+            GemmRole::DataGrad => (ha, transposed(&hb, oc, ic)),
+            GemmRole::WeightGrad => (transposed(&ha, n, oc), transposed(&hb, n, ic)),
+        };
+        let mut o = self.view(&out[..lo]);
+        let dims = Dims { rows, cols, k, accumulate: role == GemmRole::WeightGrad };
+        let (ain, bin) = (Input::Bf16(a_op.as_view()), Input::Bf16(b_op.as_view()));
+        ok(op, lt.matmul(Output::F32(o.as_view_mut()), ain, bin, dims, None));
+        if let Some(bias) = bias {
+            ok(op, self.gpu.bias_add(&mut o, &self.view(bias), n, oc));
+        }
+        self.lt_gemms.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// `src` itself or its device cast into `q`, and the FP8 cast's amax (else 0).
+    fn cast_operand<'s>(&self, q: &'s mut [f32], src: &'s [f32], cast: Cast) -> (&'s [f32], f32) {
+        match cast {
+            Cast::None => (src, 0.0),
+            Cast::Bf16 => {
+                let q = &mut q[..src.len()];
+                <Self as HostFallback>::round_bf16(self, q, src);
+                (q, 0.0)
+            }
+            Cast::Fp8 { format, scale } => {
+                let q = &mut q[..src.len()];
+                let amax = <Self as HostFallback>::qdq_fp8(self, q, src, format, scale);
+                (q, amax)
+            }
+        }
     }
 
     /// out (N,OC) = inp (N,IC) @ w^T (w (OC,IC) row-major), f32 cuBLAS; beta = 0 overwrites.
@@ -427,6 +609,48 @@ impl HostFallback for CudaBackend {
         let (mut d, sv) = (self.view(dst), self.view(src));
         ok("qdq_fp8", self.gpu.qdq_fp8(format, &mut d, &mut a, &sv, scale));
         self.read_amax("qdq_fp8", &a)
+    }
+
+    // The precision levels' linear: device casts (one amax read-back each, as `qdq_fp8`), then the
+    // f32 cuBLAS GEMM of the role. Bit-for-bit the CPU's composition; cuBLASLt bf16/FP8 is next.
+    fn linear_gemm(
+        &self,
+        out: &mut [f32],
+        qa: &mut [f32],
+        qb: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        role: GemmRole,
+        cast_a: Cast,
+        cast_b: Cast,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> [f32; 2] {
+        assert!(bias.is_none() || role == GemmRole::Forward, "linear_gemm: bias only in the forward GEMM");
+        if let (Some(lt), Cast::Fp8 { format: fa, scale: sa }, Cast::Fp8 { format: fb, scale: sb }) =
+            (&self.lt, cast_a, cast_b)
+            && let Some(amaxes) = self.linear_gemm_lt(lt, out, a, b, bias, role, (fa, sa), (fb, sb), n, ic, oc)
+        {
+            return amaxes;
+        }
+        if let (Some(lt), Cast::Bf16, Cast::Bf16) = (&self.lt, cast_a, cast_b)
+            && self.linear_gemm_lt_bf16(lt, out, a, b, bias, role, n, ic, oc)
+        {
+            return [0.0, 0.0];
+        }
+        let (la, lb, _) = role.sizes(n, ic, oc);
+        let (a, amax_a) = self.cast_operand(qa, &a[..la], cast_a);
+        let (b, amax_b) = self.cast_operand(qb, &b[..lb], cast_b);
+        match role {
+            GemmRole::Forward => <Self as HostFallback>::matmul_forward(self, out, a, b, bias, n, ic, oc),
+            // dX^T (IC, N) = W^T-as-stored (IC, OC) . dY^T (OC, N): overwrite.
+            GemmRole::DataGrad => self.sgemm("linear_gemm dgrad", false, false, ic, n, oc, b, ic, a, oc, 0.0, out, ic),
+            // dW^T (IC, OC) += X^T (IC, N) . dY (N, OC): accumulate.
+            GemmRole::WeightGrad => self.sgemm("linear_gemm wgrad", false, true, ic, oc, n, b, ic, a, oc, 1.0, out, ic),
+        }
+        [amax_a, amax_b]
     }
 
     fn zero(&self, x: &mut [f32]) {

@@ -223,6 +223,16 @@ pub(crate) fn column_tiles(cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 32, 1), shared_mem_bytes: 0 }
 }
 
+/// The tiled attention kernels (kernels::ATTENTION_TILED): one block of 4 warps per 32 rows of one
+/// (batch, head): grid (ceil(T / 32), B * NH).
+pub(crate) fn attention_tiles(t: usize, bh: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (t.div_ceil(32).max(1) as u32, bh.max(1) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 pub(crate) fn check_len(name: &str, len: usize, want: usize) -> Result<()> {
     if len == want { Ok(()) } else { Err(CudaError::Shape(format!("{name} has {len} elements, expected {want}"))) }
 }
@@ -425,6 +435,29 @@ impl Gpu {
         // SAFETY: matches `quantize_*` in kernels::QUANTIZE (FP8 types are one byte, so u8 buffers);
         // lengths checked; the block size is a multiple of 32 for the warp reduction.
         unsafe { launch.launch(elementwise(n)) }?;
+        Ok(())
+    }
+
+    /// out (cols, rows) = inp (rows, cols)^T for bf16 values (kernel `transpose_u16`).
+    pub fn transpose_bf16(
+        &self,
+        out: &mut CudaSlice<half::bf16>,
+        inp: &CudaSlice<half::bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check_len("inp", inp.len(), rows * cols)?;
+        check_len("out", out.len(), rows * cols)?;
+        let (r32, c32) = (as_i32("rows", rows)?, as_i32("cols", cols)?);
+        let cfg = LaunchConfig {
+            grid_dim: ((cols as u32).div_ceil(32), (rows as u32).div_ceil(32), 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(self.function("transpose_u16"));
+        launch.arg(out).arg(inp).arg(&r32).arg(&c32);
+        // SAFETY: matches `transpose_u16` in kernels::TRANSPOSE (bf16 is two bytes); lengths checked.
+        unsafe { launch.launch(cfg) }?;
         Ok(())
     }
 

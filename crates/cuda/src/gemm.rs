@@ -20,14 +20,16 @@
 //!
 //! Type combinations (cuBLASLt's FP8 table, compute type 32F, scale type 32F): bf16 x bf16 -> f32 or
 //! bf16 (C = D's type); E4M3 x E4M3, E4M3 x E5M2, E5M2 x E4M3 -> f32 (C f32), bf16 (C bf16) or FP8
-//! (C bf16, not read: no accumulation into an FP8 D). E5M2 x E5M2 is not supported by cuBLASLt.
-//! FP8 also needs 16-byte alignment: k and cols multiples of 16 here (GPT-2's dimensions all are).
+//! (C bf16, never read: no accumulation into an FP8 D; a distinct buffer, since CUDA 13 rejects C == D
+//! when their types differ). E5M2 x E5M2 is not supported by cuBLASLt. FP8 also needs 16-byte
+//! aligned pointers and k and cols multiples of 16 (GPT-2's dimensions all are). Every such choice is
+//! made by [`plan`], a pure function unit-tested without a GPU.
 //! Accumulation (`accumulate`, beta = 1, C = D in place) is how parameter gradients add up (`+=`).
 //! FP8 accumulation is exact f32 (no `CUBLASLT_MATMUL_DESC_FAST_ACCUM`), like the CPU emulation in
 //! `octet_kernels::fp8_gemm`.
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublaslt::result as lt;
@@ -81,10 +83,122 @@ fn data_type(format: Fp8Format) -> sys::cudaDataType {
     }
 }
 
+/// Element type of a GEMM matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    Bf16,
+    Fp8(Fp8Format),
+}
+
+impl Elem {
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::Bf16 => 2,
+            Elem::Fp8(_) => 1,
+        }
+    }
+
+    fn data_type(self) -> sys::cudaDataType {
+        match self {
+            Elem::F32 => sys::cudaDataType::CUDA_R_32F,
+            Elem::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+            Elem::Fp8(f) => data_type(f),
+        }
+    }
+}
+
+/// A column-major cuBLASLt matrix: element type, rows, cols, leading dimension (elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LtMatrix {
+    pub elem: Elem,
+    pub rows: u64,
+    pub cols: u64,
+    pub ld: u64,
+}
+
+/// Device addresses of our A, B and D (for the alignment rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addrs {
+    pub a: u64,
+    pub b: u64,
+    pub d: u64,
+}
+
+/// Alignment of every FP8 GEMM pointer (cuBLASLt's FP8 requirement).
+pub const FP8_ALIGN: u64 = 16;
+
+/// Every descriptor and pointer choice of one `Blas::matmul`, made from the types, sizes and
+/// addresses alone, so it is unit-tested without a GPU. The TN layout (module doc): cuBLASLt's A is
+/// our B (k, cols) with op T, its B is our A (k, rows) with op N, C and D are (cols, rows).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plan {
+    pub a: LtMatrix,
+    pub b: LtMatrix,
+    pub c: LtMatrix,
+    pub d: LtMatrix,
+    /// cuBLASLt's ops on its A and B: T and N.
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// 1 when D accumulates (C = D read back), else 0.
+    pub beta: f32,
+    /// C is D's own buffer (accumulation, or C's type equals D's). Otherwise C is a distinct buffer of
+    /// C's type and size, never read (beta 0): since CUDA 13 cuBLASLt rejects C == D when their
+    /// types differ (an FP8 D has a bf16 C).
+    pub c_is_d: bool,
+    /// FP8 inputs: cuBLASLt's A / B scale pointers carry our B's / A's scale_inv.
+    pub fp8: bool,
+}
+
+/// The plan of `D (rows, cols) (+)= A (rows, k) @ B (cols, k)^T` for these element types, or why
+/// cuBLASLt cannot run it: inputs both bf16 or both FP8 (not E5M2 x E5M2); D f32 or bf16 (C the
+/// same type, C = D), or FP8 from FP8 inputs without accumulation (C bf16, a distinct buffer); FP8
+/// needs k and cols multiples of 16 and 16-byte aligned A, B and D.
+pub fn plan(a: Elem, b: Elem, d: Elem, dims: Dims, addrs: Addrs) -> std::result::Result<Plan, String> {
+    let Dims { rows, cols, k, accumulate } = dims;
+    let fp8 = match (a, b) {
+        (Elem::Bf16, Elem::Bf16) => false,
+        (Elem::Fp8(Fp8Format::E5M2), Elem::Fp8(Fp8Format::E5M2)) => return Err("E5M2 x E5M2 is not supported".into()),
+        (Elem::Fp8(_), Elem::Fp8(_)) => true,
+        _ => return Err(format!("inputs must be both bf16 or both FP8, not {a:?} x {b:?}")),
+    };
+    let c = match d {
+        Elem::F32 | Elem::Bf16 => d,
+        Elem::Fp8(_) if fp8 && !accumulate => Elem::Bf16,
+        Elem::Fp8(_) => return Err("an FP8 D needs FP8 inputs and no accumulation".into()),
+    };
+    if fp8 {
+        if k % 16 != 0 || cols % 16 != 0 {
+            return Err(format!("FP8 needs k and cols multiples of 16 (k {k}, cols {cols})"));
+        }
+        for (name, addr) in [("A", addrs.a), ("B", addrs.b), ("D", addrs.d)] {
+            if addr % FP8_ALIGN != 0 {
+                return Err(format!("FP8 needs 16-byte aligned pointers: {name} is at {addr:#x}"));
+            }
+        }
+    }
+    let (m, n, k) = (cols as u64, rows as u64, k as u64);
+    let mat = |elem, rows, cols, ld| LtMatrix { elem, rows, cols, ld };
+    Ok(Plan {
+        a: mat(b, k, m, k),
+        b: mat(a, k, n, k),
+        c: mat(c, m, n, m),
+        d: mat(d, m, n, m),
+        trans_a: true,
+        trans_b: false,
+        beta: if accumulate { 1.0 } else { 0.0 },
+        c_is_d: c == d,
+        fp8,
+    })
+}
+
 /// A cuBLASLt handle with its workspace, on one stream.
 pub struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
+    /// The distinct C of an FP8 D (`Plan::c_is_d` false; never read), grown on demand.
+    c_scratch: Mutex<Option<CudaSlice<u8>>>,
     stream: Arc<CudaStream>,
 }
 
@@ -144,7 +258,7 @@ impl Blas {
         gpu.context().bind_to_thread()?;
         let handle = lt::create_handle()?;
         let workspace = gpu.stream().alloc_zeros::<u8>(WORKSPACE_BYTES)?;
-        Ok(Blas { handle, workspace, stream: gpu.stream().clone() })
+        Ok(Blas { handle, workspace, c_scratch: Mutex::new(None), stream: gpu.stream().clone() })
     }
 
     /// `D (rows, cols) (+)= A (rows, k) @ B (cols, k)^T` (see the module doc for layouts, scales and
@@ -157,70 +271,31 @@ impl Blas {
         dims: Dims,
         d_amax: Option<CudaViewMut<'_, f32>>,
     ) -> Result<()> {
-        let Dims { rows, cols, k, accumulate } = dims;
+        let Dims { rows, cols, k, .. } = dims;
         let shape = |what: String| Err(CudaError::Shape(format!("gemm {rows}x{cols}x{k}: {what}")));
         let len_ok = |name: &str, len: usize, want: usize| {
             if len == want { Ok(()) } else { shape(format!("{name} has {len} elements, expected {want}")) }
         };
-
-        // Operand types and lengths.
-        let input = |x: &Input<'_>, n: usize, name: &str| -> Result<(sys::cudaDataType, Option<Fp8Format>)> {
+        let input = |x: &Input<'_>, n: usize, name: &str| -> Result<Elem> {
             match x {
-                Input::Bf16(v) => len_ok(name, v.len(), n).map(|_| (sys::cudaDataType::CUDA_R_16BF, None)),
+                Input::Bf16(v) => len_ok(name, v.len(), n).map(|_| Elem::Bf16),
                 Input::Fp8 { format, codes, scale_inv } => {
                     len_ok(name, codes.len(), n)?;
                     len_ok("scale_inv", scale_inv.len(), 1)?;
-                    Ok((data_type(*format), Some(*format)))
+                    Ok(Elem::Fp8(*format))
                 }
             }
         };
-        let (a_type, a_fp8) = input(&a, rows * k, "A")?;
-        let (b_type, b_fp8) = input(&b, cols * k, "B")?;
-        let fp8 = match (a_fp8, b_fp8) {
-            (None, None) => false,
-            (Some(Fp8Format::E5M2), Some(Fp8Format::E5M2)) => return shape("E5M2 x E5M2 is not supported".into()),
-            (Some(_), Some(_)) => true,
-            _ => return shape("both inputs must be bf16 or both FP8".into()),
-        };
-        if fp8 && (k % 16 != 0 || cols % 16 != 0) {
-            return shape("FP8 needs k and cols multiples of 16".into());
-        }
-        let (d_type, c_type) = match &d {
-            Output::F32(v) => {
-                len_ok("D", v.len(), rows * cols)?;
-                (sys::cudaDataType::CUDA_R_32F, sys::cudaDataType::CUDA_R_32F)
-            }
-            Output::Bf16(v) => {
-                len_ok("D", v.len(), rows * cols)?;
-                (sys::cudaDataType::CUDA_R_16BF, sys::cudaDataType::CUDA_R_16BF)
-            }
+        let (a_elem, b_elem) = (input(&a, rows * k, "A")?, input(&b, cols * k, "B")?);
+        let d_elem = match &d {
+            Output::F32(v) => len_ok("D", v.len(), rows * cols).map(|_| Elem::F32)?,
+            Output::Bf16(v) => len_ok("D", v.len(), rows * cols).map(|_| Elem::Bf16)?,
             Output::Fp8 { format, codes, scale } => {
                 len_ok("D", codes.len(), rows * cols)?;
                 len_ok("D scale", scale.len(), 1)?;
-                if !fp8 || accumulate {
-                    return shape("an FP8 D needs FP8 inputs and no accumulation".into());
-                }
-                (data_type(*format), sys::cudaDataType::CUDA_R_16BF)
+                Elem::Fp8(*format)
             }
         };
-        if d_amax.as_ref().is_some_and(|m| m.len() != 1) || (d_amax.is_some() && !fp8) {
-            return shape("d_amax is one f32, for FP8 inputs".into());
-        }
-
-        // Descriptors: cuBLASLt's A = our B (k, cols) op T; its B = our A (k, rows) op N; D (cols, rows).
-        let (m64, n64, k64) = (cols as u64, rows as u64, k as u64);
-        let lay = |t, r, c, ld: u64| lt::create_matrix_layout(t, r, c, ld as i64).map(Layout);
-        let a_lay = lay(b_type, k64, m64, k64)?;
-        let b_lay = lay(a_type, k64, n64, k64)?;
-        let c_lay = lay(c_type, m64, n64, m64)?;
-        let d_lay = lay(d_type, m64, n64, m64)?;
-        let desc =
-            Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)?);
-        use sys::cublasLtMatmulDescAttributes_t as Attr;
-        // cublasOperation_t values (an int32 attribute): our B is transposed, our A is not.
-        let (op_t, op_n) = (CUBLAS_OP_T as i32, CUBLAS_OP_N as i32);
-        desc.set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, &op_t)?;
-        desc.set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, &op_n)?;
 
         // Device pointers; each guard records the use on our stream when dropped (after the call).
         let s: &CudaStream = &self.stream;
@@ -228,20 +303,42 @@ impl Blas {
         let (b_ptr, b_scale, _b_guards) = input_ptrs(&b, s);
         let mut d = d;
         let (d_ptr, d_scale, _d_guards) = output_ptrs(&mut d, s);
+        let p = plan(a_elem, b_elem, d_elem, dims, Addrs { a: a_ptr, b: b_ptr, d: d_ptr })
+            .map_err(|e| CudaError::Shape(format!("gemm {rows}x{cols}x{k}: {e}")))?;
+        if d_amax.as_ref().is_some_and(|m| m.len() != 1) || (d_amax.is_some() && !p.fp8) {
+            return shape("d_amax is one f32, for FP8 inputs".into());
+        }
+
+        let lay = |m: LtMatrix| lt::create_matrix_layout(m.elem.data_type(), m.rows, m.cols, m.ld as i64).map(Layout);
+        let (a_lay, b_lay, c_lay, d_lay) = (lay(p.a)?, lay(p.b)?, lay(p.c)?, lay(p.d)?);
+        let desc =
+            Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)?);
+        use sys::cublasLtMatmulDescAttributes_t as Attr;
+        let op = |t: bool| (if t { CUBLAS_OP_T } else { CUBLAS_OP_N }) as i32; // an int32 attribute
+        desc.set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, &op(p.trans_a))?;
+        desc.set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, &op(p.trans_b))?;
         let mut d_amax = d_amax;
         let amax_ptr = d_amax.as_mut().map(|m| m.device_ptr_mut(s));
-        if let Some(p) = b_scale {
-            desc.set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p)?;
+        if let Some(ptr) = b_scale {
+            desc.set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ptr)?;
         }
-        if let Some(p) = a_scale {
-            desc.set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p)?;
+        if let Some(ptr) = a_scale {
+            desc.set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ptr)?;
         }
-        if let Some(p) = d_scale {
-            desc.set(Attr::CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &p)?;
+        if let Some(ptr) = d_scale {
+            desc.set(Attr::CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &ptr)?;
         }
-        if let Some((p, _)) = &amax_ptr {
-            desc.set(Attr::CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, p)?;
+        if let Some((ptr, _)) = &amax_ptr {
+            desc.set(Attr::CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, ptr)?;
         }
+        // C: D itself, or the distinct scratch of C's type (beta 0: never read).
+        let mut scratch = self.c_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let c_bytes = (p.c.cols * p.c.ld) as usize * p.c.elem.bytes();
+        if !p.c_is_d && scratch.as_ref().is_none_or(|c| c.len() < c_bytes) {
+            *scratch = Some(self.stream.alloc_zeros::<u8>(c_bytes)?);
+        }
+        let c_guard = (!p.c_is_d).then(|| scratch.as_mut().expect("allocated above").device_ptr_mut(s));
+        let c_ptr = c_guard.as_ref().map_or(d_ptr, |(ptr, _)| *ptr);
 
         let pref = Pref(lt::create_matmul_pref()?);
         let ws_bytes = self.workspace.len();
@@ -258,8 +355,7 @@ impl Blas {
         let heuristic =
             unsafe { lt::get_matmul_algo_heuristic(self.handle, desc.0, a_lay.0, b_lay.0, c_lay.0, d_lay.0, pref.0) }?;
         let (ws_ptr, _ws_guard) = self.workspace.device_ptr(s);
-        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-        // C: D itself (read only when accumulating; for an FP8 D, beta is 0 and C is never read).
+        let (alpha, beta) = (1.0f32, p.beta);
         // SAFETY: lengths and types were checked against the layouts above; pointers stay valid
         // (their guards live to the end of this function); the call is enqueued on our stream.
         unsafe {
@@ -272,7 +368,7 @@ impl Blas {
                 a_lay.0,
                 a_ptr as *const c_void,
                 b_lay.0,
-                d_ptr as *const c_void,
+                c_ptr as *const c_void,
                 c_lay.0,
                 d_ptr as *mut c_void,
                 d_lay.0,
@@ -318,5 +414,82 @@ fn output_ptrs<'s>(
             let ((p, g), (q, h)) = (codes.device_ptr_mut(s), scale.device_ptr(s));
             (p, Some(q), vec![g, h])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E4: Elem = Elem::Fp8(Fp8Format::E4M3);
+    const E5: Elem = Elem::Fp8(Fp8Format::E5M2);
+    const ALIGNED: Addrs = Addrs { a: 0x1000, b: 0x2000, d: 0x3000 };
+
+    fn dims(rows: usize, cols: usize, k: usize, accumulate: bool) -> Dims {
+        Dims { rows, cols, k, accumulate }
+    }
+
+    #[test]
+    fn fp8_output_gets_a_distinct_bf16_c() {
+        // CUDA 13: C == D is rejected when their types differ; beta 0, so C is never read.
+        for d in [E4, E5] {
+            let p = plan(E4, E4, d, dims(64, 32, 48, false), ALIGNED).unwrap();
+            assert_eq!((p.c.elem, p.d.elem, p.c_is_d, p.beta), (Elem::Bf16, d, false, 0.0));
+            assert_eq!((p.c.rows, p.c.cols, p.c.ld), (p.d.rows, p.d.cols, p.d.ld), "C shaped as D");
+        }
+        assert!(plan(E4, E4, E4, dims(64, 32, 48, true), ALIGNED).is_err(), "no accumulation into FP8");
+        assert!(plan(Elem::Bf16, Elem::Bf16, E4, dims(64, 32, 48, false), ALIGNED).is_err());
+    }
+
+    #[test]
+    fn same_type_c_is_d_and_accumulation_reads_it() {
+        for (a, b, d) in [
+            (E4, E4, Elem::F32),
+            (E5, E4, Elem::Bf16),
+            (E4, E5, Elem::F32),
+            (Elem::Bf16, Elem::Bf16, Elem::F32),
+            (Elem::Bf16, Elem::Bf16, Elem::Bf16),
+        ] {
+            for acc in [false, true] {
+                let p = plan(a, b, d, dims(64, 32, 48, acc), ALIGNED).unwrap();
+                assert!(p.c_is_d && p.c == p.d, "{a:?} {b:?} {d:?}");
+                assert_eq!(p.beta, if acc { 1.0 } else { 0.0 });
+                assert_eq!(p.fp8, a != Elem::Bf16);
+            }
+        }
+    }
+
+    #[test]
+    fn tn_layout_swaps_the_operands() {
+        // Row-major D (rows, cols) = A (rows, k) B (cols, k)^T is column-major D^T = B A^T: cuBLASLt's
+        // A is our B stored (k, cols), op T; its B is our A stored (k, rows), op N; D (cols, rows).
+        let (rows, cols, k) = (80, 48, 32);
+        let p = plan(E5, E4, Elem::F32, dims(rows, cols, k, false), ALIGNED).unwrap();
+        assert_eq!((p.trans_a, p.trans_b), (true, false));
+        assert_eq!(p.a, LtMatrix { elem: E4, rows: 32, cols: 48, ld: 32 });
+        assert_eq!(p.b, LtMatrix { elem: E5, rows: 32, cols: 80, ld: 32 });
+        assert_eq!(p.d, LtMatrix { elem: Elem::F32, rows: 48, cols: 80, ld: 48 });
+    }
+
+    #[test]
+    fn fp8_needs_multiples_of_16_and_aligned_pointers() {
+        assert!(plan(E4, E4, Elem::F32, dims(7, 32, 48, false), ALIGNED).is_ok(), "rows are free");
+        for (cols, k) in [(40, 48), (32, 40)] {
+            let e = plan(E4, E4, Elem::F32, dims(64, cols, k, false), ALIGNED).unwrap_err();
+            assert!(e.contains("multiples of 16"), "{e}");
+            assert!(plan(Elem::Bf16, Elem::Bf16, Elem::F32, dims(64, cols, k, false), ALIGNED).is_ok());
+        }
+        for bad in [Addrs { a: 0x1008, ..ALIGNED }, Addrs { b: 0x2004, ..ALIGNED }, Addrs { d: 0x3001, ..ALIGNED }] {
+            let e = plan(E4, E4, Elem::F32, dims(64, 32, 48, false), bad).unwrap_err();
+            assert!(e.contains("16-byte aligned"), "{e}");
+            assert!(plan(Elem::Bf16, Elem::Bf16, Elem::F32, dims(64, 32, 48, false), bad).is_ok());
+        }
+    }
+
+    #[test]
+    fn unsupported_type_pairs_are_refused() {
+        assert!(plan(E5, E5, Elem::F32, dims(64, 32, 48, false), ALIGNED).unwrap_err().contains("E5M2 x E5M2"));
+        assert!(plan(E4, Elem::Bf16, Elem::F32, dims(64, 32, 48, false), ALIGNED).is_err());
+        assert!(plan(Elem::F32, Elem::F32, Elem::F32, dims(64, 32, 48, false), ALIGNED).is_err());
     }
 }

@@ -8,6 +8,10 @@
 //! instead of the reference's f64 sums. Every templated kernel is instantiated for `f32` and `bf16`
 //! storage (suffixes `_f32`, `_bf16`); arithmetic is always f32. Sizes are `long long` (Rust `i64`) for
 //! element counts and `int` (Rust `i32`) for row and column counts.
+//!
+//! Without a GPU, `tools/cuda/emulate/run.py` runs every entry point of [`KERNEL_NAMES`] on the CPU
+//! (NVIDIA's host-callable bf16/FP8 conversions, blocks in shuffled order, per-block write sets
+//! checked disjoint) against numpy references, and fails if one is not exercised.
 
 /// Headers and helpers shared by every kernel: f32 <-> storage conversions, warp reductions, the
 /// type list the kernels are instantiated for.
@@ -91,6 +95,32 @@ __device__ __forceinline__ unsigned int abs_bits(float x) { return __float_as_ui
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * blockDim.x)
 #define OCTET_FOR_EACH_TYPE(M) M(f32, float) M(bf16, __nv_bfloat16)
+
+// floor(log2(num / den)) for positive finite num, den (octet_core::scaling::floor_log2_ratio):
+// compare significands normalised to [2^23, 2^24) and subtract exponents.
+__device__ __forceinline__ void significand_exponent(float x, unsigned int& sig, int& e) {
+    unsigned int bits = __float_as_uint(x), field = (bits >> 23) & 0xff, mant = bits & 0x7fffff;
+    if (field == 0) {
+        int lz = __clz(mant) - 8;
+        sig = mant << lz;
+        e = -126 - lz;
+    } else {
+        sig = mant | 0x800000;
+        e = (int)field - 127;
+    }
+}
+// octet_core::scaling::compute_scale: 2^k, k = floor(log2(fp_max / amax)) - margin clamped to
+// +-126, or `previous` for a zero or non-finite amax.
+__device__ float compute_scale(float amax, float fp_max, int margin, float previous) {
+    if (!(isfinite(amax) && amax > 0.0f)) return previous;
+    unsigned int sn, sd;
+    int en, ed;
+    significand_exponent(fp_max, sn, en);
+    significand_exponent(amax, sd, ed);
+    int k = en - ed - (sn < sd ? 1 : 0) - margin;
+    k = min(max(k, -126), 126);
+    return __uint_as_float((unsigned int)(k + 127) << 23);
+}
 
 // GELU tanh-approximation constants: sqrt(2/pi) and GPT-2's cubic coefficient.
 #define OCTET_GELU_SCALE 0.7978845608028654f
@@ -264,11 +294,26 @@ OCTET_FOR_EACH_TYPE(OCTET_QDQ)
 /// `transpose_fp8(out, inp, rows, cols)`: out (cols, rows) = inp (rows, cols)^T for one-byte FP8 codes
 /// of either format (cuBLASLt FP8 GEMMs need the TN layout, so weights and gradients are transposed
 /// once per step). Tiles of 32x32 through shared memory (one padding column against bank conflicts);
-/// launch with blockDim (32, 8) and grid (ceil(cols/32), ceil(rows/32)).
+/// launch with blockDim (32, 8) and grid (ceil(cols/32), ceil(rows/32)). `transpose_u16` is the same
+/// for two-byte elements (bf16 GEMM operands in the TN layout).
 pub const TRANSPOSE: &str = r#"
 extern "C" __global__ void transpose_fp8(__nv_fp8_storage_t* out, const __nv_fp8_storage_t* inp, int rows,
                                          int cols) {
     __shared__ __nv_fp8_storage_t tile[32][33];
+    int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        int r = r0 + j, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[j][threadIdx.x] = inp[(long long)r * cols + c];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        int c = c0 + j, r = r0 + threadIdx.x;
+        if (r < rows && c < cols) out[(long long)c * rows + r] = tile[threadIdx.x][j];
+    }
+}
+extern "C" __global__ void transpose_u16(unsigned short* out, const unsigned short* inp, int rows,
+                                         int cols) {
+    __shared__ unsigned short tile[32][33];
     int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
     for (int j = threadIdx.y; j < 32; j += blockDim.y) {
         int r = r0 + j, c = c0 + threadIdx.x;
@@ -423,7 +468,8 @@ OCTET_FOR_EACH_TYPE(OCTET_LAYERNORM_BACKWARD)
 /// forward and 0.2 G backward, i.e. an estimated several ms per layer on an H100-class GPU, one to
 /// two orders slower than a flash-attention kernel (not measured: no GPU in this session). A tiled
 /// kernel (blocks of queries sharing K/V tiles in shared memory, tensor-core MMAs) replaces these
-/// once the step runs on the device.
+/// once the step runs on the device: `ATTENTION_TILED` is its first step (shared-memory tiles, no MMAs
+/// yet); these stay selectable (`ops::AttentionKernel`) so one GPU run can compare them.
 pub const ATTENTION: &str = r#"
 #define OCTET_ATTN_REGS 8
 
@@ -604,6 +650,252 @@ __device__ void attention_backward_dkv(T* dqkv, const T* dout, const T* qkv, con
 OCTET_FOR_EACH_TYPE(OCTET_ATTENTION)
 "#;
 
+/// Tiled causal attention (issue 18 item 5, first version: no tensor-core intrinsics, so the CPU
+/// emulator runs it): a block takes `OCTET_TILE` = 32 rows of one (batch, head) — grid
+/// (ceil(T / 32), B * NH), 128 threads = 4 warps, warp w the rows w, w + 4, ... of the tile — and walks
+/// the other side's rows in tiles of 32 staged in shared memory (f32), so each K/V (or Q/dO) element
+/// is read from global memory once per 32 rows instead of once per row. Per row the arithmetic is
+/// `ATTENTION`'s, term for term in the same order, so the results are bit-identical to those
+/// kernels (the emulator checks it) and the saved lse is the same. Head size at most
+/// `OCTET_TILE_HS` = 128 (`ops::TILED_MAX_HEAD_SIZE`; larger heads use `ATTENTION`).
+/// - `attention_tiled_forward_*(out, lse, qkv, b, t, c, nh)`: K and V tiles up to the block's last
+///   query; online softmax per row.
+/// - `attention_tiled_backward_dq_*(dqkv, dout, qkv, lse, delta, b, t, c, nh)`: the q part of dqkv,
+///   K and V tiles staged (delta from `attention_backward_delta_*`).
+/// - `attention_tiled_backward_dkv_*(...)`: the k and v parts; a block takes 32 key rows and stages
+///   the Q and dO tiles from its first key on, with their lse and delta.
+pub const ATTENTION_TILED: &str = r#"
+#define OCTET_TILE 32
+#define OCTET_TILE_WARPS 4
+#define OCTET_TILE_ROWS (OCTET_TILE / OCTET_TILE_WARPS)
+#define OCTET_TILE_HS 128
+#define OCTET_TILE_REGS (OCTET_TILE_HS / 32)
+
+// tile (32, OCTET_TILE_HS) = rows r0.. r0+31 (zero past t) of a head's hs columns; row r of the source
+// at base + r * ld. Every thread of the block calls it.
+template <typename T>
+__device__ void stage_tile(float (*tile)[OCTET_TILE_HS], const T* base, long long ld, int r0, int t, int hs) {
+    for (int e = threadIdx.x; e < OCTET_TILE * hs; e += blockDim.x) {
+        int r = e / hs, d = e % hs;
+        tile[r][d] = r0 + r < t ? to_f32(base[(long long)(r0 + r) * ld + d]) : 0.0f;
+    }
+}
+
+template <typename T>
+__device__ void attention_tiled_forward(T* out, float* lse, const T* qkv, int b, int t, int c, int nh) {
+    __shared__ float ks[OCTET_TILE][OCTET_TILE_HS], vs[OCTET_TILE][OCTET_TILE_HS];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int hs = c / nh, h = blockIdx.y % nh;
+    long long bi = blockIdx.y / nh;
+    int q0 = blockIdx.x * OCTET_TILE;
+    float scale = rsqrtf((float)hs);
+    const T* base = qkv + bi * t * 3 * c + h * hs;  // q of row r at base + r 3C; k at + C; v at + 2C
+    float qr[OCTET_TILE_ROWS][OCTET_TILE_REGS], acc[OCTET_TILE_ROWS][OCTET_TILE_REGS];
+    float mx[OCTET_TILE_ROWS], z[OCTET_TILE_ROWS];
+    for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+        int i = q0 + warp + OCTET_TILE_WARPS * r;
+        for (int k = 0; k < OCTET_TILE_REGS; k++) {
+            int d = lane + 32 * k;
+            qr[r][k] = i < t && d < hs ? to_f32(base[(long long)i * 3 * c + d]) : 0.0f;
+            acc[r][k] = 0.0f;
+        }
+        mx[r] = -OCTET_INF;
+        z[r] = 0.0f;
+    }
+    int last = min(q0 + OCTET_TILE, t) - 1;
+    for (int k0 = 0; k0 <= last; k0 += OCTET_TILE) {
+        __syncthreads();  // the previous tile is consumed
+        stage_tile(ks, base + c, 3LL * c, k0, t, hs);
+        stage_tile(vs, base + 2 * c, 3LL * c, k0, t, hs);
+        __syncthreads();
+        for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+            int i = q0 + warp + OCTET_TILE_WARPS * r;  // the same for the whole warp
+            int jend = min(k0 + OCTET_TILE - 1, i);
+            for (int j = k0; j <= jend; j++) {
+                float s = 0.0f;
+                for (int k = 0; k < OCTET_TILE_REGS; k++) {
+                    int d = lane + 32 * k;
+                    if (d < hs) s += qr[r][k] * ks[j - k0][d];
+                }
+                s = warp_sum(s) * scale;
+                float mnew = fmaxf(mx[r], s);
+                float corr = expf(mx[r] - mnew);
+                float p = expf(s - mnew);
+                z[r] = z[r] * corr + p;
+                for (int k = 0; k < OCTET_TILE_REGS; k++) {
+                    int d = lane + 32 * k;
+                    if (d < hs) acc[r][k] = acc[r][k] * corr + p * vs[j - k0][d];
+                }
+                mx[r] = mnew;
+            }
+        }
+    }
+    for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+        int i = q0 + warp + OCTET_TILE_WARPS * r;
+        if (i >= t) continue;
+        T* o = out + (bi * t + i) * c + h * hs;
+        for (int k = 0; k < OCTET_TILE_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) o[d] = from_f32<T>(acc[r][k] / z[r]);
+        }
+        if (lane == 0) lse[(bi * nh + h) * t + i] = mx[r] + logf(z[r]);
+    }
+}
+
+template <typename T>
+__device__ void attention_tiled_backward_dq(T* dqkv, const T* dout, const T* qkv, const float* lse,
+                                            const float* delta, int b, int t, int c, int nh) {
+    __shared__ float ks[OCTET_TILE][OCTET_TILE_HS], vs[OCTET_TILE][OCTET_TILE_HS];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int hs = c / nh, h = blockIdx.y % nh;
+    long long bi = blockIdx.y / nh, lrow0 = (bi * nh + h) * t;
+    int q0 = blockIdx.x * OCTET_TILE;
+    float scale = rsqrtf((float)hs);
+    const T* base = qkv + bi * t * 3 * c + h * hs;
+    const T* dbase = dout + bi * t * c + h * hs;
+    float qr[OCTET_TILE_ROWS][OCTET_TILE_REGS], dor[OCTET_TILE_ROWS][OCTET_TILE_REGS], dq[OCTET_TILE_ROWS][OCTET_TILE_REGS];
+    float l[OCTET_TILE_ROWS], dd[OCTET_TILE_ROWS];
+    for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+        int i = q0 + warp + OCTET_TILE_WARPS * r;
+        for (int k = 0; k < OCTET_TILE_REGS; k++) {
+            int d = lane + 32 * k;
+            qr[r][k] = i < t && d < hs ? to_f32(base[(long long)i * 3 * c + d]) : 0.0f;
+            dor[r][k] = i < t && d < hs ? to_f32(dbase[(long long)i * c + d]) : 0.0f;
+            dq[r][k] = 0.0f;
+        }
+        l[r] = i < t ? lse[lrow0 + i] : 0.0f;
+        dd[r] = i < t ? delta[lrow0 + i] : 0.0f;
+    }
+    int last = min(q0 + OCTET_TILE, t) - 1;
+    for (int k0 = 0; k0 <= last; k0 += OCTET_TILE) {
+        __syncthreads();
+        stage_tile(ks, base + c, 3LL * c, k0, t, hs);
+        stage_tile(vs, base + 2 * c, 3LL * c, k0, t, hs);
+        __syncthreads();
+        for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+            int i = q0 + warp + OCTET_TILE_WARPS * r;
+            int jend = min(k0 + OCTET_TILE - 1, i);
+            for (int j = k0; j <= jend; j++) {
+                float s = 0.0f, dp = 0.0f;
+                for (int k = 0; k < OCTET_TILE_REGS; k++) {
+                    int d = lane + 32 * k;
+                    if (d < hs) {
+                        s += qr[r][k] * ks[j - k0][d];
+                        dp += dor[r][k] * vs[j - k0][d];
+                    }
+                }
+                s = warp_sum(s) * scale;
+                dp = warp_sum(dp);
+                float ds = expf(s - l[r]) * (dp - dd[r]) * scale;
+                for (int k = 0; k < OCTET_TILE_REGS; k++) {
+                    int d = lane + 32 * k;
+                    if (d < hs) dq[r][k] += ds * ks[j - k0][d];
+                }
+            }
+        }
+    }
+    for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+        int i = q0 + warp + OCTET_TILE_WARPS * r;
+        if (i >= t) continue;
+        T* o = dqkv + (bi * t + i) * 3 * c + h * hs;
+        for (int k = 0; k < OCTET_TILE_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) o[d] = from_f32<T>(dq[r][k]);
+        }
+    }
+}
+
+template <typename T>
+__device__ void attention_tiled_backward_dkv(T* dqkv, const T* dout, const T* qkv, const float* lse,
+                                             const float* delta, int b, int t, int c, int nh) {
+    __shared__ float qs[OCTET_TILE][OCTET_TILE_HS], dos[OCTET_TILE][OCTET_TILE_HS];
+    __shared__ float ls[OCTET_TILE], dls[OCTET_TILE];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int hs = c / nh, h = blockIdx.y % nh;
+    long long bi = blockIdx.y / nh, lrow0 = (bi * nh + h) * t;
+    int j0 = blockIdx.x * OCTET_TILE;
+    float scale = rsqrtf((float)hs);
+    const T* base = qkv + bi * t * 3 * c + h * hs;
+    const T* dbase = dout + bi * t * c + h * hs;
+    float kr[OCTET_TILE_ROWS][OCTET_TILE_REGS], vr[OCTET_TILE_ROWS][OCTET_TILE_REGS];
+    float dk[OCTET_TILE_ROWS][OCTET_TILE_REGS], dv[OCTET_TILE_ROWS][OCTET_TILE_REGS];
+    for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+        int j = j0 + warp + OCTET_TILE_WARPS * r;
+        for (int k = 0; k < OCTET_TILE_REGS; k++) {
+            int d = lane + 32 * k;
+            kr[r][k] = j < t && d < hs ? to_f32(base[(long long)j * 3 * c + c + d]) : 0.0f;
+            vr[r][k] = j < t && d < hs ? to_f32(base[(long long)j * 3 * c + 2 * c + d]) : 0.0f;
+            dk[r][k] = 0.0f;
+            dv[r][k] = 0.0f;
+        }
+    }
+    for (int i0 = j0; i0 < t; i0 += OCTET_TILE) {
+        __syncthreads();
+        stage_tile(qs, base, 3LL * c, i0, t, hs);
+        stage_tile(dos, dbase, (long long)c, i0, t, hs);
+        for (int e = threadIdx.x; e < OCTET_TILE; e += blockDim.x) {
+            ls[e] = i0 + e < t ? lse[lrow0 + i0 + e] : 0.0f;
+            dls[e] = i0 + e < t ? delta[lrow0 + i0 + e] : 0.0f;
+        }
+        __syncthreads();
+        for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+            int j = j0 + warp + OCTET_TILE_WARPS * r;
+            if (j >= t) continue;
+            int iend = min(i0 + OCTET_TILE, t);
+            for (int i = max(i0, j); i < iend; i++) {
+                float s = 0.0f, dp = 0.0f;
+                for (int k = 0; k < OCTET_TILE_REGS; k++) {
+                    int d = lane + 32 * k;
+                    if (d < hs) {
+                        s += qs[i - i0][d] * kr[r][k];
+                        dp += dos[i - i0][d] * vr[r][k];
+                    }
+                }
+                s = warp_sum(s) * scale;
+                dp = warp_sum(dp);
+                float p = expf(s - ls[i - i0]);
+                float ds = p * (dp - dls[i - i0]) * scale;
+                for (int k = 0; k < OCTET_TILE_REGS; k++) {
+                    int d = lane + 32 * k;
+                    if (d < hs) {
+                        dv[r][k] += p * dos[i - i0][d];
+                        dk[r][k] += ds * qs[i - i0][d];
+                    }
+                }
+            }
+        }
+    }
+    for (int r = 0; r < OCTET_TILE_ROWS; r++) {
+        int j = j0 + warp + OCTET_TILE_WARPS * r;
+        if (j >= t) continue;
+        T* o = dqkv + (bi * t + j) * 3 * c + c + h * hs;
+        for (int k = 0; k < OCTET_TILE_REGS; k++) {
+            int d = lane + 32 * k;
+            if (d < hs) {
+                o[d] = from_f32<T>(dk[r][k]);
+                o[c + d] = from_f32<T>(dv[r][k]);
+            }
+        }
+    }
+}
+#define OCTET_ATTENTION_TILED(S, T) \
+    extern "C" __global__ void attention_tiled_forward_##S(T* out, float* lse, const T* qkv, int b, int t, int c, \
+                                                           int nh) { \
+        attention_tiled_forward<T>(out, lse, qkv, b, t, c, nh); \
+    } \
+    extern "C" __global__ void attention_tiled_backward_dq_##S(T* dqkv, const T* dout, const T* qkv, \
+                                                               const float* lse, const float* delta, int b, int t, \
+                                                               int c, int nh) { \
+        attention_tiled_backward_dq<T>(dqkv, dout, qkv, lse, delta, b, t, c, nh); \
+    } \
+    extern "C" __global__ void attention_tiled_backward_dkv_##S(T* dqkv, const T* dout, const T* qkv, \
+                                                                const float* lse, const float* delta, int b, int t, \
+                                                                int c, int nh) { \
+        attention_tiled_backward_dkv<T>(dqkv, dout, qkv, lse, delta, b, t, c, nh); \
+    }
+OCTET_FOR_EACH_TYPE(OCTET_ATTENTION_TILED)
+"#;
+
 /// Fused softmax + cross-entropy over the first V of Vp columns (losses (N) are f32):
 /// - `softmax_xent_forward_*(losses, logits, targets, n, v, vp)`: one block per row (blockDim.x a
 ///   multiple of 32, up to 1024): max, then sum of exp(x - max), both block reductions; loss =
@@ -611,6 +903,11 @@ OCTET_FOR_EACH_TYPE(OCTET_ATTENTION)
 /// - `softmax_xent_backward_*(probs, targets, dloss, n, v, vp)`: probs become dlogits =
 ///   (probs - onehot(target)) dloss in place over the first V columns (grid-stride; padded columns
 ///   are left as they are, zero after the forward).
+/// - `classifier_*(losses, logits, targets, dloss, n, v, vp)`: the fused classifier (issue 18 item 5):
+///   the forward's loss and, in the same pass, logits become dlogits = (softmax - onehot) dloss
+///   (padded columns zero), from the f32 probabilities (no bf16 rounding in between, so with bf16
+///   logits it is closer to the reference than the two kernels; with f32 it is bit-identical to
+///   them). A target >= V marks a masked row (SFT's prompt tokens): loss 0, dlogits 0.
 pub const SOFTMAX_XENT: &str = r#"
 template <typename T>
 __device__ void softmax_xent_forward(float* losses, T* logits, const unsigned int* targets, int n, int v, int vp) {
@@ -642,6 +939,32 @@ __device__ void softmax_xent_backward(T* probs, const unsigned int* targets, flo
         }
     }
 }
+template <typename T>
+__device__ void classifier(float* losses, T* logits, const unsigned int* targets, float dloss, int n, int v, int vp) {
+    __shared__ float scratch[32];
+    for (long long r = blockIdx.x; r < n; r += gridDim.x) {
+        T* x = logits + r * vp;
+        unsigned int tg = targets[r];
+        if (tg >= (unsigned int)v) {  // masked row: no loss, no gradient
+            if (threadIdx.x == 0) losses[r] = 0.0f;
+            for (int j = threadIdx.x; j < vp; j += blockDim.x) x[j] = from_f32<T>(0.0f);
+            continue;
+        }
+        float mx = -OCTET_INF;
+        for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, to_f32(x[j]));
+        mx = block_max(mx, scratch);
+        float z = 0.0f;
+        for (int j = threadIdx.x; j < v; j += blockDim.x) z += expf(to_f32(x[j]) - mx);
+        z = block_sum(z, scratch);
+        if (threadIdx.x == 0) losses[r] = mx + logf(z) - to_f32(x[tg]);
+        __syncthreads();  // x[target] is read before any thread overwrites it
+        float inv = 1.0f / z;
+        for (int j = threadIdx.x; j < vp; j += blockDim.x) {
+            float ind = (unsigned int)j == tg ? 1.0f : 0.0f;
+            x[j] = from_f32<T>(j < v ? (expf(to_f32(x[j]) - mx) * inv - ind) * dloss : 0.0f);
+        }
+    }
+}
 #define OCTET_SOFTMAX_XENT(S, T) \
     extern "C" __global__ void softmax_xent_forward_##S(float* losses, T* logits, const unsigned int* targets, \
                                                         int n, int v, int vp) { \
@@ -650,6 +973,10 @@ __device__ void softmax_xent_backward(T* probs, const unsigned int* targets, flo
     extern "C" __global__ void softmax_xent_backward_##S(T* probs, const unsigned int* targets, float dloss, int n, \
                                                          int v, int vp) { \
         softmax_xent_backward<T>(probs, targets, dloss, n, v, vp); \
+    } \
+    extern "C" __global__ void classifier_##S(float* losses, T* logits, const unsigned int* targets, float dloss, \
+                                              int n, int v, int vp) { \
+        classifier<T>(losses, logits, targets, dloss, n, v, vp); \
     }
 OCTET_FOR_EACH_TYPE(OCTET_SOFTMAX_XENT)
 "#;
@@ -771,32 +1098,6 @@ extern "C" __global__ void adam_o2_stage1_e4m3g(unsigned int* amax, const __half
                                                 const __half* v, const __nv_fp8_e4m3* g, const float* gscale,
                                                 const float* scales, float grad_mult, AdamCoeffs k, long long n) {
     adam_o2_stage1_t<__nv_fp8_e4m3>(amax, p, m, v, g, gscale, scales, grad_mult, k, n);
-}
-
-// floor(log2(num / den)) for positive finite num, den (octet_core::scaling::floor_log2_ratio):
-// compare significands normalised to [2^23, 2^24) and subtract exponents.
-__device__ __forceinline__ void significand_exponent(float x, unsigned int& sig, int& e) {
-    unsigned int bits = __float_as_uint(x), field = (bits >> 23) & 0xff, mant = bits & 0x7fffff;
-    if (field == 0) {
-        int lz = __clz(mant) - 8;
-        sig = mant << lz;
-        e = -126 - lz;
-    } else {
-        sig = mant | 0x800000;
-        e = (int)field - 127;
-    }
-}
-// octet_core::scaling::compute_scale: 2^k, k = floor(log2(fp_max / amax)) - margin clamped to
-// +-126, or `previous` for a zero or non-finite amax.
-__device__ float compute_scale(float amax, float fp_max, int margin, float previous) {
-    if (!(isfinite(amax) && amax > 0.0f)) return previous;
-    unsigned int sn, sd;
-    int en, ed;
-    significand_exponent(fp_max, sn, en);
-    significand_exponent(amax, sd, ed);
-    int k = en - ed - (sn < sd ? 1 : 0) - margin;
-    k = min(max(k, -126), 126);
-    return __uint_as_float((unsigned int)(k + 127) << 23);
 }
 
 extern "C" __global__ void adam_o2_scales(float* next, unsigned int* skip, const float* scales,
@@ -1064,8 +1365,56 @@ __device__ void embed_forward(T* out, const unsigned int* tokens, const T* wte, 
 OCTET_FOR_EACH_TYPE(OCTET_EMBED)
 "#;
 
+/// FP8 per-tensor scaling state on the device (issue 18 item 4: amax -> scale with no read-back):
+/// `octet_core::scaling::ScalingMeta`'s `begin_cast` / `finish_cast` for a set of tensors, one thread
+/// per tensor. State of tensor k: `scale[k]`, its amax history `hist[k * window ..][..window]` (a ring:
+/// `len[k]` values, the oldest at `next[k]` once full) and `pending[k]` (1 between a delayed
+/// `begin` and its `finish`). `amax` holds f32 bits, as the cast kernels and cuBLASLt's D amax leave
+/// them. Exact: the same compute_scale (ADAM) and the same history rules as the CPU.
+/// - `fp8_scale_begin(scale, hist, len, next, pending, amax, ntensors, window, fp_max, margin, jit)`:
+///   just-in-time (`jit`, or warm-up: fewer than `window` amaxes, or window 1): record amax[k] (the
+///   source's, measured first) and scale from it; else scale from the max over the history
+///   (0 when empty, NaN if any is NaN: both keep the scale) and mark the cast pending.
+/// - `fp8_scale_finish(hist, len, next, pending, amax, ntensors, window)`: a pending (delayed) cast
+///   records amax[k], the amax its cast measured.
+pub const SCALING: &str = r#"
+__device__ __forceinline__ void history_push(float* h, int* len, int* next, int window, float a) {
+    if (*len == window) {
+        h[*next] = a;
+        *next = (*next + 1) % window;
+    } else {
+        h[(*len)++] = a;
+    }
+}
+extern "C" __global__ void fp8_scale_begin(float* scale, float* hist, int* len, int* next, int* pending,
+                                           const unsigned int* amax, int ntensors, int window, float fp_max,
+                                           int margin, int jit) {
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < ntensors; k += gridDim.x * blockDim.x) {
+        float* h = hist + (long long)k * window;
+        if (jit || window == 1 || len[k] < window) {
+            float a = __uint_as_float(amax[k]);
+            history_push(h, len + k, next + k, window, a);
+            scale[k] = compute_scale(a, fp_max, margin, scale[k]);
+            pending[k] = 0;
+        } else {
+            float m = 0.0f;
+            for (int i = 0; i < len[k]; i++) m = isnan(h[i]) || isnan(m) ? __int_as_float(0x7fc00000) : fmaxf(m, h[i]);
+            scale[k] = compute_scale(m, fp_max, margin, scale[k]);
+            pending[k] = 1;
+        }
+    }
+}
+extern "C" __global__ void fp8_scale_finish(float* hist, int* len, int* next, int* pending, const unsigned int* amax,
+                                            int ntensors, int window) {
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < ntensors; k += gridDim.x * blockDim.x) {
+        if (pending[k]) history_push(hist + (long long)k * window, len + k, next + k, window, __uint_as_float(amax[k]));
+        pending[k] = 0;
+    }
+}
+"#;
+
 /// Every operation's source, in module order (after [`PRELUDE`]), with its name.
-pub const OPS: [(&str, &str); 18] = [
+pub const OPS: [(&str, &str); 20] = [
     ("residual", RESIDUAL),
     ("gelu", GELU),
     ("bias", BIAS),
@@ -1076,6 +1425,7 @@ pub const OPS: [(&str, &str); 18] = [
     ("encoder", ENCODER),
     ("layernorm_backward", LAYERNORM_BACKWARD),
     ("attention", ATTENTION),
+    ("attention_tiled", ATTENTION_TILED),
     ("softmax_xent", SOFTMAX_XENT),
     ("cast", CAST),
     ("adam", ADAM),
@@ -1084,10 +1434,11 @@ pub const OPS: [(&str, &str); 18] = [
     ("swiglu", SWIGLU),
     ("repeat_kv", REPEAT_KV),
     ("embed", EMBED),
+    ("scaling", SCALING),
 ];
 
 /// Every `extern "C"` entry point the module defines.
-pub const KERNEL_NAMES: [&str; 73] = [
+pub const KERNEL_NAMES: [&str; 84] = [
     "residual_forward_f32",
     "residual_forward_bf16",
     "gelu_forward_f32",
@@ -1109,6 +1460,7 @@ pub const KERNEL_NAMES: [&str; 73] = [
     "qdq_e5m2_f32",
     "qdq_e5m2_bf16",
     "transpose_fp8",
+    "transpose_u16",
     "encoder_forward_f32",
     "encoder_forward_bf16",
     "encoder_backward_wpe_f32",
@@ -1127,10 +1479,18 @@ pub const KERNEL_NAMES: [&str; 73] = [
     "attention_backward_dq_bf16",
     "attention_backward_dkv_f32",
     "attention_backward_dkv_bf16",
+    "attention_tiled_forward_f32",
+    "attention_tiled_forward_bf16",
+    "attention_tiled_backward_dq_f32",
+    "attention_tiled_backward_dq_bf16",
+    "attention_tiled_backward_dkv_f32",
+    "attention_tiled_backward_dkv_bf16",
     "softmax_xent_forward_f32",
     "softmax_xent_forward_bf16",
     "softmax_xent_backward_f32",
     "softmax_xent_backward_bf16",
+    "classifier_f32",
+    "classifier_bf16",
     "amax_f32",
     "amax_bf16",
     "cast_f32_to_bf16",
@@ -1161,6 +1521,8 @@ pub const KERNEL_NAMES: [&str; 73] = [
     "repeat_kv_backward_bf16",
     "embed_forward_f32",
     "embed_forward_bf16",
+    "fp8_scale_begin",
+    "fp8_scale_finish",
 ];
 
 /// The whole module: [`PRELUDE`] followed by every operation in [`OPS`].

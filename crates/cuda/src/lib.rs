@@ -22,10 +22,23 @@
 //!   `optim::O2AdamW::step_e4m3_grads` as the update) is the next step for FP8 on the GPU.
 //! - Scaling without host syncs: `amax` and `qdq_fp8` return a host f32 today. On the device the amax
 //!   should stay a device scalar (`Gpu::amax`, the GEMM's D amax), a kernel turns it into the next
-//!   scale (as `adam_o2_scales` does) and cuBLASLt and the quantise kernels read scales by pointer;
-//!   delayed scaling's amax history then lives on the device.
-//! - FP8 GEMMs need the TN layout, so the FP8 linear layer (quantise, transpose, three GEMMs) becomes
-//!   one backend operation rather than model-side code over `qdq_fp8`; likewise bf16 GEMMs on cuBLASLt.
+//!   scale and cuBLASLt and the quantise kernels read scales by pointer. That kernel exists:
+//!   `scaling::DeviceScaling` (kernels::SCALING, `ScalingMeta::begin_cast` / `finish_cast` with the
+//!   amax history on the device, checked exact in the emulator); wiring it in needs the casts to take
+//!   the scale by pointer.
+//! - Memory: managed memory (the device docs warn it can hang a GPU when oversubscribed) is to become
+//!   plain device allocations, which needs every op on the step's path on the device first.
+//! - Attention: `ops::AttentionKernel` selects the row kernels or the shared-memory-tiled ones
+//!   (`OCTET_CUDA_ATTENTION=tiled`, bit-identical); an MMA (tensor-core) variant is next. The fused
+//!   classifier (`Gpu::classifier`: loss and dlogits in one pass, masked rows) is not yet used by the
+//!   backend.
+//! - The precision levels' linear is one backend operation (`Backend::linear_gemm`, one call per GEMM
+//!   role: forward, data gradient, weight gradient, operands with their cast: bf16 or FP8 format +
+//!   scale); by default device casts + an f32 cuBLAS GEMM. `OCTET_CUDA_LINEAR=lt` maps the bf16 and
+//!   FP8 levels' GEMMs to cuBLASLt (bf16 operands or FP8 codes, transposes for the TN layout, scale
+//!   pointers, `gemm::plan`; written without a GPU, UNVERIFIED until bench/gpu.sh runs it). Still to
+//!   do: operands cast per call into fresh buffers (cache the weights' casts per step), bf16
+//!   activations, the bias/GELU epilogues, D-amax and FP8 outputs, the LM head in bf16.
 //! - Saved statistics (mean, rstd, lse) are f32 on the device whatever the storage type, and
 //!   activations in bf16 would halve the traffic (a `Float` bf16 element type for the backend).
 //! - Host syncs per step: the loss, the optimizer's skip flag (`optim::O2AdamW::step`) and the
@@ -50,11 +63,13 @@ mod ops;
 #[cfg(feature = "cuda")]
 pub mod optim;
 #[cfg(feature = "cuda")]
-pub use backend::{CudaBackend, ManagedAlloc};
+pub mod scaling;
+#[cfg(feature = "cuda")]
+pub use backend::{CudaBackend, LinearGemms, ManagedAlloc};
 #[cfg(feature = "cuda")]
 pub use device::{CudaError, DeviceFloat, Gpu, compile_cubin};
 #[cfg(feature = "cuda")]
-pub use ops::{MAX_HEAD_SIZE, TokenBuckets};
+pub use ops::{AttentionKernel, MAX_HEAD_SIZE, TILED_MAX_HEAD_SIZE, TokenBuckets};
 
 /// Whether this build contains the CUDA backend (the `cuda` feature).
 pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");

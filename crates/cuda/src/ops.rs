@@ -7,7 +7,8 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::{
-    BLOCK, CudaError, DeviceFloat, Gpu, Result, as_i32, check_len, column_tiles, elementwise, warp_rows,
+    BLOCK, CudaError, DeviceFloat, Gpu, Result, as_i32, attention_tiles, check_len, column_tiles, elementwise,
+    warp_rows,
 };
 
 /// Largest head size the attention kernels hold in registers (32 lanes x `OCTET_ATTN_REGS`).
@@ -63,6 +64,39 @@ impl TokenBuckets {
 
     pub fn is_empty(&self) -> bool {
         self.nbuckets == 0
+    }
+}
+
+/// Threads per block of the row-wise softmax kernels (one block per row).
+const ROW_BLOCK: u32 = 512;
+
+/// Largest head size of the tiled attention kernels (`OCTET_TILE_HS` in kernels::ATTENTION_TILED).
+pub const TILED_MAX_HEAD_SIZE: usize = 128;
+
+/// Which attention kernels run: `Rows` (kernels::ATTENTION, one warp per row, K/V read from global
+/// memory per row) or `Tiled` (kernels::ATTENTION_TILED, 32-row tiles through shared memory, results
+/// bit-identical). Both stay selectable so one GPU run can compare them; `Tiled` falls back to `Rows`
+/// for heads over [`TILED_MAX_HEAD_SIZE`] or more than 65535 (batch, head) pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    Rows,
+    Tiled,
+}
+
+impl AttentionKernel {
+    /// From `OCTET_CUDA_ATTENTION` (`rows` or `tiled`; read once per process). Default `Rows`, the
+    /// kernels the device tests have always checked, until a GPU run has timed both.
+    pub fn from_env() -> Self {
+        static KIND: std::sync::OnceLock<AttentionKernel> = std::sync::OnceLock::new();
+        *KIND.get_or_init(|| match std::env::var("OCTET_CUDA_ATTENTION").as_deref() {
+            Ok("tiled") => AttentionKernel::Tiled,
+            _ => AttentionKernel::Rows,
+        })
+    }
+
+    /// Whether the tiled kernels run for these sizes.
+    pub fn runs_tiled(self, b: usize, _t: usize, c: usize, nh: usize) -> bool {
+        self == AttentionKernel::Tiled && c / nh <= TILED_MAX_HEAD_SIZE && b * nh <= 65_535
     }
 }
 
@@ -188,10 +222,27 @@ impl Gpu {
         Ok(())
     }
 
-    /// Causal attention: out (B, T, C) and f32 lse (B, NH, T) from qkv (B, T, 3C).
+    /// Causal attention: out (B, T, C) and f32 lse (B, NH, T) from qkv (B, T, 3C), with the kernels
+    /// `AttentionKernel::from_env` selects.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward<T: DeviceFloat>(
         &self,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<T>,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> Result<()> {
+        self.attention_forward_with(AttentionKernel::from_env(), out, lse, qkv, b, t, c, nh)
+    }
+
+    /// `attention_forward` with the given kernels (`Tiled` falls back to `Rows` where it cannot run).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_with<T: DeviceFloat>(
+        &self,
+        kernel: AttentionKernel,
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
         qkv: &CudaSlice<T>,
@@ -206,11 +257,15 @@ impl Gpu {
         check_len("qkv", qkv.len(), b * t * 3 * c)?;
         let dims = [as_i32("B", b)?, as_i32("T", t)?, as_i32("C", c)?, as_i32("NH", nh)?];
         as_i32("B*T*3C", b * t * 3 * c)?;
-        let mut launch = self.stream().launch_builder(self.typed::<T>("attention_forward"));
+        let tiled = kernel.runs_tiled(b, t, c, nh);
+        let stem = if tiled { "attention_tiled_forward" } else { "attention_forward" };
+        let mut launch = self.stream().launch_builder(self.typed::<T>(stem));
         launch.arg(out).arg(lse).arg(qkv).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
-        // SAFETY: matches `attention_forward_*` in kernels::ATTENTION; one warp per (b, h, t) row;
-        // hs <= MAX_HEAD_SIZE (checked), lengths checked.
-        unsafe { launch.launch(warp_rows(b * nh * t)) }?;
+        let cfg = if tiled { attention_tiles(t, b * nh) } else { warp_rows(b * nh * t) };
+        // SAFETY: matches `attention_forward_*` in kernels::ATTENTION (one warp per (b, h, t) row;
+        // hs <= MAX_HEAD_SIZE, checked) or `attention_tiled_forward_*` in kernels::ATTENTION_TILED
+        // (grid (T/32, B NH), 128 threads; hs <= TILED_MAX_HEAD_SIZE, checked by runs_tiled).
+        unsafe { launch.launch(cfg) }?;
         Ok(())
     }
 
@@ -219,6 +274,24 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward<T: DeviceFloat>(
         &self,
+        dqkv: &mut CudaSlice<T>,
+        dout: &CudaSlice<T>,
+        qkv: &CudaSlice<T>,
+        out: &CudaSlice<T>,
+        lse: &CudaSlice<f32>,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> Result<()> {
+        self.attention_backward_with(AttentionKernel::from_env(), dqkv, dout, qkv, out, lse, b, t, c, nh)
+    }
+
+    /// `attention_backward` with the given kernels (`Tiled` falls back to `Rows` where it cannot run).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_with<T: DeviceFloat>(
+        &self,
+        kernel: AttentionKernel,
         dqkv: &mut CudaSlice<T>,
         dout: &CudaSlice<T>,
         qkv: &CudaSlice<T>,
@@ -243,13 +316,20 @@ impl Gpu {
         launch.arg(&mut delta).arg(dout).arg(out).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
         // SAFETY: matches `attention_backward_delta_*`; delta holds B*NH*T; lengths checked.
         unsafe { launch.launch(warp_rows(rows)) }?;
-        for stem in ["attention_backward_dq", "attention_backward_dkv"] {
+        let tiled = kernel.runs_tiled(b, t, c, nh);
+        let (stems, cfg) = if tiled {
+            (["attention_tiled_backward_dq", "attention_tiled_backward_dkv"], attention_tiles(t, b * nh))
+        } else {
+            (["attention_backward_dq", "attention_backward_dkv"], warp_rows(rows))
+        };
+        for stem in stems {
             let mut launch = self.stream().launch_builder(self.typed::<T>(stem));
             launch.arg(&mut *dqkv).arg(dout).arg(qkv).arg(lse).arg(&delta);
             launch.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
-            // SAFETY: matches `attention_backward_{dq,dkv}_*`: the first writes only the q part, the
-            // second only the k and v parts of dqkv; both read only the inputs. Lengths checked.
-            unsafe { launch.launch(warp_rows(rows)) }?;
+            // SAFETY: matches `attention_backward_{dq,dkv}_*` (kernels::ATTENTION) or their tiled
+            // twins (kernels::ATTENTION_TILED, hs checked by runs_tiled): the first writes only the q
+            // part, the second only the k and v parts of dqkv; both read only the inputs. Lengths checked.
+            unsafe { launch.launch(cfg) }?;
         }
         Ok(())
     }
@@ -272,7 +352,6 @@ impl Gpu {
             return Err(CudaError::Shape(format!("V = {v} must be in 1..={vp} (Vp)")));
         }
         let (n32, v32, vp32) = (as_i32("n", n)?, as_i32("v", v)?, as_i32("vp", vp)?);
-        const ROW_BLOCK: u32 = 512;
         let cfg = LaunchConfig {
             grid_dim: (n.clamp(1, i32::MAX as usize) as u32, 1, 1),
             block_dim: (ROW_BLOCK, 1, 1),
@@ -282,6 +361,40 @@ impl Gpu {
         launch.arg(losses).arg(logits).arg(targets).arg(&n32).arg(&v32).arg(&vp32);
         // SAFETY: matches `softmax_xent_forward_*` in kernels::SOFTMAX_XENT (block per row, block size
         // a multiple of 32 up to 1024); lengths checked; targets < V is the caller's contract.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// The fused classifier: losses (N, f32) and, in place, logits (N, Vp) become dlogits =
+    /// (softmax - onehot) * dloss (padded columns zero) in one pass; a target >= V masks its row
+    /// (loss 0, dlogits 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn classifier<T: DeviceFloat>(
+        &self,
+        losses: &mut CudaSlice<f32>,
+        logits: &mut CudaSlice<T>,
+        targets: &CudaSlice<u32>,
+        dloss: f32,
+        n: usize,
+        v: usize,
+        vp: usize,
+    ) -> Result<()> {
+        check_len("losses", losses.len(), n)?;
+        check_len("logits", logits.len(), n * vp)?;
+        check_len("targets", targets.len(), n)?;
+        if v == 0 || v > vp {
+            return Err(CudaError::Shape(format!("V = {v} must be in 1..={vp} (Vp)")));
+        }
+        let (n32, v32, vp32) = (as_i32("n", n)?, as_i32("v", v)?, as_i32("vp", vp)?);
+        let cfg = LaunchConfig {
+            grid_dim: (n.clamp(1, i32::MAX as usize) as u32, 1, 1),
+            block_dim: (ROW_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream().launch_builder(self.typed::<T>("classifier"));
+        launch.arg(losses).arg(logits).arg(targets).arg(&dloss).arg(&n32).arg(&v32).arg(&vp32);
+        // SAFETY: matches `classifier_*` in kernels::SOFTMAX_XENT (block per row, block size a
+        // multiple of 32 up to 1024); lengths checked; any target value is safe (>= V masks).
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

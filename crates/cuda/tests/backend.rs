@@ -7,8 +7,8 @@
 mod device {
     use octet_core::Rng;
     use octet_core::scaling::Recipe;
-    use octet_cuda::CudaBackend;
-    use octet_kernels::{Backend, CpuBackend};
+    use octet_cuda::{CudaBackend, LinearGemms};
+    use octet_kernels::{Backend, CpuBackend, Memory};
     use octet_lm::blocks::{BlockKind, BlocksConfig};
     use octet_lm::gpt2::Gpt2Config;
     use octet_lm::llama::{Llama, LlamaConfig, init_params, param_layout};
@@ -69,6 +69,46 @@ mod device {
             let what = format!("{} {p}", block.map_or("gpt2".into(), |b| b.to_string()));
             close(&what, &losses(dev.as_mut(), cfg.vocab_size), &losses(cpu.as_mut(), cfg.vocab_size), rtol);
         }
+    }
+
+    #[test]
+    fn linear_on_cublaslt_trains_like_the_cpu() {
+        // LinearGemms::Lt (issue 18 item 3): the bf16 levels' GEMMs on cuBLASLt bf16, the FP8 levels'
+        // on cuBLASLt FP8 with scale pointers.
+        // The tiny GPT-2's sizes (d 32, 3d, 4d, N = 64) meet cuBLASLt's FP8 rules, so every block
+        // linear takes that path (counted). Bound 1e-2 relative: the products are the same exact FP8
+        // products, but Hopper's FP8 MMA accumulates groups with ~14 significant bits before the f32
+        // accumulator (DeepSeek-V3 report, section 3.3.2), far coarser than the CPU's f32 sums.
+        let Some(_) = open("linear_on_cublaslt_trains_like_the_cpu") else { return };
+        let cfg = Gpt2Config::tiny();
+        let r = Recipe::default();
+        // bf16: bf16 x bf16 products are exact in f32 and the tensor cores accumulate in f32: 1e-3.
+        for (p, rtol) in [(Precision::Bf16, 1e-3), (Precision::Fp8Te, 1e-2), (Precision::Fp8O2, 1e-2)] {
+            let be = CudaBackend::with_linear(0, LinearGemms::Lt).unwrap();
+            let spec = ModelSpec::Gpt2(cfg);
+            let mut dev = spec.init_on(be, p, &r, 7).unwrap();
+            let mut cpu = spec.init_on(CpuBackend, p, &r, 7).unwrap();
+            let (d, c) = (losses(dev.as_mut(), cfg.vocab_size), losses(cpu.as_mut(), cfg.vocab_size));
+            close(&format!("gpt2 {p} on cuBLASLt"), &d, &c, rtol);
+        }
+        // One forward GEMM on buffers of the backend's (managed) memory, checked exactly.
+        let be = CudaBackend::with_linear(0, LinearGemms::Lt).unwrap();
+        let alloc = be.allocator();
+        let buf = |len: usize, v: f32| {
+            let mut s = octet_core::Storage::<f32>::zeros_in(len, alloc.as_ref()).unwrap();
+            s.fill(v);
+            s
+        };
+        let n = 64;
+        let (x, w, mut out) = (buf(n * 32, 0.5), buf(32 * 32, 0.25), buf(n * 32, 0.0));
+        let fp8 = octet_kernels::backend::Cast::Fp8 { format: octet_core::fp8::Fp8Format::E4M3, scale: 1.0 };
+        let (mut qa, mut qb) = (buf(n * 32, 0.0), buf(32 * 32, 0.0));
+        let role = octet_kernels::backend::GemmRole::Forward;
+        let am = be.linear_gemm(&mut out, &mut qa, &mut qb, &x, &w, None, role, fp8, fp8, n, 32, 32);
+        be.synchronize();
+        assert_eq!(be.lt_gemms(), 1, "the forward GEMM ran on cuBLASLt");
+        assert_eq!(am, [0.5, 0.25]);
+        assert!(out.iter().all(|&v| v == 32.0 * 0.125), "exact: 32 products of 0.5 * 0.25");
     }
 
     #[test]

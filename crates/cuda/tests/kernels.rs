@@ -21,8 +21,10 @@ mod device {
     use std::sync::Arc;
 
     use octet_core::Layout;
-    use octet_cuda::Gpu;
+    use octet_core::scaling::{ScalingMeta, ScalingMode};
     use octet_cuda::optim::{AdamCoeffs, O2AdamW, O2HostState};
+    use octet_cuda::scaling::DeviceScaling;
+    use octet_cuda::{AttentionKernel, Gpu};
     use octet_kernels::reference;
     use octet_optim::adamw::adamw_fast;
     use octet_optim::{AdamWConfig, Fp8AdamW, ScaledBuf, StateFormat};
@@ -440,6 +442,105 @@ mod device {
         let mut lse = g.stream().alloc_zeros::<f32>(4).unwrap();
         let qkv = g.stream().alloc_zeros::<f32>(4 * 900).unwrap();
         assert!(g.attention_forward(&mut out, &mut lse, &qkv, 1, 4, 300, 1).is_err(), "hs = 300 > MAX_HEAD_SIZE");
+    }
+
+    #[test]
+    fn tiled_attention_is_bit_identical_to_the_row_kernels() {
+        // kernels::ATTENTION_TILED does each row's arithmetic term for term as kernels::ATTENTION,
+        // only staging K/V (Q/dO) tiles in shared memory: out, lse and dqkv must match bit for bit
+        // (the CPU emulator checks the same). T = 100 spans four tiles, the last partial; hs = 128 is
+        // the tiled kernels' largest.
+        let Some(g) = gpu("tiled_attention_is_bit_identical_to_the_row_kernels") else { return };
+        let s = g.stream();
+        for (i, (b, t, nh, hs)) in [(2, 37, 3, 40), (1, 100, 2, 64), (1, 70, 1, 128)].into_iter().enumerate() {
+            let c = nh * hs;
+            let mut rng = Rng::new(300 + i as u64);
+            let (qkv, dout) = (normal(&mut rng, b * t * 3 * c, 1.0), normal(&mut rng, b * t * c, 1.0));
+            let (qkv, dout) = (s.clone_htod(&qkv).unwrap(), s.clone_htod(&dout).unwrap());
+            let mut runs = Vec::new();
+            for kind in [AttentionKernel::Rows, AttentionKernel::Tiled] {
+                assert!(kind.runs_tiled(b, t, c, nh) == (kind == AttentionKernel::Tiled));
+                let mut out = s.alloc_zeros::<f32>(b * t * c).unwrap();
+                let mut lse = s.alloc_zeros::<f32>(b * nh * t).unwrap();
+                g.attention_forward_with(kind, &mut out, &mut lse, &qkv, b, t, c, nh).unwrap();
+                let mut d = s.alloc_zeros::<f32>(b * t * 3 * c).unwrap();
+                g.attention_backward_with(kind, &mut d, &dout, &qkv, &out, &lse, b, t, c, nh).unwrap();
+                let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                runs.push(
+                    [s.clone_dtoh(&out).unwrap(), s.clone_dtoh(&lse).unwrap(), s.clone_dtoh(&d).unwrap()].map(bits),
+                );
+            }
+            for (k, what) in ["out", "lse", "dqkv"].iter().enumerate() {
+                assert!(
+                    runs[0][k] == runs[1][k],
+                    "B={b} T={t} NH={nh} hs={hs}: tiled {what} differs from the row kernels"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn classifier_is_softmax_xent_forward_and_backward_in_one_pass() {
+        // f32: bit-identical to the two kernels; a target >= V masks its row (loss 0, dlogits 0).
+        let Some(g) = gpu("classifier_is_softmax_xent_forward_and_backward_in_one_pass") else { return };
+        let s = g.stream();
+        let (n, v, vp) = (37, 1000, 1024);
+        let mut rng = Rng::new(400);
+        let logits = normal(&mut rng, n * vp, 3.0);
+        let mut targets: Vec<u32> = (0..n).map(|i| (i * 37 % v) as u32).collect();
+        let dloss = 1.0 / n as f32;
+        let tg = s.clone_htod(&targets).unwrap();
+        let (mut l1, mut p) = (s.alloc_zeros::<f32>(n).unwrap(), s.clone_htod(&logits).unwrap());
+        g.softmax_xent_forward(&mut l1, &mut p, &tg, n, v, vp).unwrap();
+        g.softmax_xent_backward(&mut p, &tg, dloss, n, v, vp).unwrap();
+        let (mut l2, mut q) = (s.alloc_zeros::<f32>(n).unwrap(), s.clone_htod(&logits).unwrap());
+        g.classifier(&mut l2, &mut q, &tg, dloss, n, v, vp).unwrap();
+        let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let (two, fused) = (bits(s.clone_dtoh(&p).unwrap()), bits(s.clone_dtoh(&q).unwrap()));
+        assert!(two == fused, "dlogits differ");
+        assert!(bits(s.clone_dtoh(&l1).unwrap()) == bits(s.clone_dtoh(&l2).unwrap()), "losses differ");
+        targets[3] = u32::MAX;
+        let tg = s.clone_htod(&targets).unwrap();
+        let (mut l3, mut r) = (s.alloc_zeros::<f32>(n).unwrap(), s.clone_htod(&logits).unwrap());
+        g.classifier(&mut l3, &mut r, &tg, dloss, n, v, vp).unwrap();
+        let (l3, r) = (s.clone_dtoh(&l3).unwrap(), bits(s.clone_dtoh(&r).unwrap()));
+        assert_eq!(l3[3], 0.0);
+        assert!(r[3 * vp..4 * vp].iter().all(|&x| x == 0), "a masked row has no gradient");
+        assert!(r[..3 * vp] == fused[..3 * vp] && r[4 * vp..] == fused[4 * vp..], "other rows unchanged");
+    }
+
+    #[test]
+    fn device_scaling_follows_scaling_meta() {
+        // kernels::SCALING against ScalingMeta's begin_cast / finish_cast over 40 casts of 5 tensors:
+        // warm-up, the window, a just-in-time cast every 7th, zero / inf / NaN amaxes at cast 20.
+        let Some(g) = gpu("device_scaling_follows_scaling_meta") else { return };
+        let s = g.stream();
+        for (format, window, margin) in [(Fp8Format::E4M3, 4, 0), (Fp8Format::E5M2, 1, 1), (Fp8Format::E4M3, 16, 0)] {
+            let nt = 5;
+            let mut dev = DeviceScaling::new(&g, nt, format, window, margin).unwrap();
+            let mut metas = vec![ScalingMeta::new(format, window, margin); nt];
+            let mut rng = Rng::new(500 + window as u64);
+            for step in 0..40 {
+                let mode = if step % 7 == 3 { ScalingMode::JustInTime } else { ScalingMode::Delayed };
+                let mut a: Vec<f32> =
+                    (0..nt).map(|_| (rng.normal().abs() * 10f64.powi((step % 12) - 6)) as f32).collect();
+                if step == 20 {
+                    (a[1], a[2], a[3]) = (0.0, f32::INFINITY, f32::NAN);
+                }
+                let up = |v: &[f32]| s.clone_htod(&v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()).unwrap();
+                dev.begin(&g, &up(&a), mode == ScalingMode::JustInTime).unwrap();
+                let pending: Vec<_> = metas.iter_mut().zip(&a).map(|(m, &x)| m.begin_cast(mode, || x)).collect();
+                let got = dev.scales(&g).unwrap();
+                for (k, m) in metas.iter().enumerate() {
+                    assert_eq!(got[k].to_bits(), m.scale.to_bits(), "window {window} cast {step} tensor {k}");
+                }
+                let measured: Vec<f32> = a.iter().map(|x| x * 1.5).collect();
+                dev.finish(&g, &up(&measured)).unwrap();
+                for ((m, p), &x) in metas.iter_mut().zip(pending).zip(&measured) {
+                    m.finish_cast(p, x);
+                }
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,47 @@ pub use octet_optim::AdamWConfig;
 
 use crate::{cpu, reference};
 
+/// How a linear GEMM operand is cast before the multiply (the precision levels' GEMM formats).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cast {
+    /// Multiplied as it is.
+    None,
+    /// Rounded to bf16 (nearest even).
+    Bf16,
+    /// Quantised to FP8 at a power-of-two `scale`, saturating: the GEMM multiplies
+    /// `decode(encode(x * scale)) / scale` (a tensor-core FP8 GEMM: codes + scale_inv pointer).
+    Fp8 { format: Fp8Format, scale: f32 },
+}
+
+/// The three GEMMs of a linear layer `Y (N,OC) = X (N,IC) @ W^T + bias`, W (OC,IC), all row-major;
+/// each is one `linear_gemm` call (one cuBLASLt matmul on a device):
+///
+/// | role         | out            | A         | B         |
+/// | ------------ | -------------- | --------- | --------- |
+/// | `Forward`    | Y (N,OC) =     | X (N,IC)  | W (OC,IC), as A @ B^T + bias |
+/// | `DataGrad`   | dX (N,IC) =    | dY (N,OC) | W (OC,IC), as A @ B |
+/// | `WeightGrad` | dW (OC,IC) +=  | dY (N,OC) | X (N,IC), as A^T @ B |
+///
+/// Activation gradients overwrite, parameter gradients accumulate (the crate's convention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmRole {
+    Forward,
+    DataGrad,
+    WeightGrad,
+}
+
+impl GemmRole {
+    pub const ALL: [GemmRole; 3] = [GemmRole::Forward, GemmRole::DataGrad, GemmRole::WeightGrad];
+    /// Elements of (A, B, out) for N rows.
+    pub fn sizes(self, n: usize, ic: usize, oc: usize) -> (usize, usize, usize) {
+        match self {
+            GemmRole::Forward => (n * ic, oc * ic, n * oc),
+            GemmRole::DataGrad => (n * oc, oc * ic, n * ic),
+            GemmRole::WeightGrad => (n * oc, n * ic, oc * ic),
+        }
+    }
+}
+
 /// Where a backend's buffers live and how the host waits for its work.
 pub trait Memory {
     /// The allocator for the models' slabs; None: the host heap.
@@ -76,6 +117,13 @@ macro_rules! with_backend_ops {
     /// dst = decode(encode_saturating(src * scale)) / scale: the exact values an FP8 GEMM multiplies
     /// (scale is a power of two, so the division is exact). Returns max |src|.
     fn qdq_fp8(dst: &mut [Self::F], src: &[Self::F], format: $crate::backend::Fp8Format, scale: f32) -> f32;
+    /// One GEMM of the precision levels' linear layer (FP8-LM's three roles, [`GemmRole`]), its
+    /// operands A and B first cast as `cast_a` / `cast_b` say (none, bf16, FP8 format + scale) into
+    /// the scratch `qa` / `qb` (what a CPU GEMM multiplies: the cast values, exactly; a device backend
+    /// may keep casts in its own buffers). bias only with `Forward`. Returns max |A| and max |B| of the
+    /// sources an FP8 cast read (the amaxes delayed scaling records), 0 for the other casts.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gemm(out: &mut [Self::F], qa: &mut [Self::F], qb: &mut [Self::F], a: &[Self::F], b: &[Self::F], bias: Option<&[Self::F]>, role: $crate::backend::GemmRole, cast_a: $crate::backend::Cast, cast_b: $crate::backend::Cast, n: usize, ic: usize, oc: usize) -> [f32; 2];
     /// out (N,C) = wte[tokens] (no positions: RoPE models).
     fn embed_forward(out: &mut [Self::F], tokens: &[u32], wte: &[Self::F], n: usize, c: usize);
     /// dwte[tokens] += dout (N,C).

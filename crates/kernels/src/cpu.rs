@@ -5,6 +5,7 @@
 use octet_core::fp8::{self, Fp8Format};
 use rayon::prelude::*;
 
+use crate::backend::{Cast, GemmRole};
 use crate::gemm::{Mat, Parallelism, par_for, sgemm};
 use crate::{GELU_CUBIC, GELU_SCALE};
 
@@ -519,6 +520,58 @@ pub fn qdq_fp8(dst: &mut [f32], src: &[f32], format: Fp8Format, scale: f32) -> f
     let (m, emin, max) = (format.mantissa_bits(), 1 - format.bias(), format.max());
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| qdq_chunk(d, s, m, emin, max, scale, inv));
     fp8::amax(src)
+}
+
+/// `src` itself (`Cast::None`) or its cast into `q` (same length), and the FP8 cast's amax (else 0).
+fn cast_operand<'s>(q: &'s mut [f32], src: &'s [f32], cast: Cast) -> (&'s [f32], f32) {
+    match cast {
+        Cast::None => (src, 0.0),
+        Cast::Bf16 => {
+            let q = &mut q[..src.len()];
+            round_bf16(q, src);
+            (q, 0.0)
+        }
+        Cast::Fp8 { format, scale } => {
+            let q = &mut q[..src.len()];
+            let amax = qdq_fp8(q, src, format, scale);
+            (q, amax)
+        }
+    }
+}
+
+/// The GEMMs are exactly those of `matmul_forward` / `matmul_backward` (same sgemm calls), over the
+/// cast operands: the precision levels' linear is bit-identical to casting, then those matmuls.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_gemm(
+    out: &mut [f32],
+    qa: &mut [f32],
+    qb: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    role: GemmRole,
+    cast_a: Cast,
+    cast_b: Cast,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> [f32; 2] {
+    assert!(bias.is_none() || role == GemmRole::Forward, "linear_gemm: bias only in the forward GEMM");
+    let (la, lb, _) = role.sizes(n, ic, oc);
+    let (a, amax_a) = cast_operand(qa, &a[..la], cast_a);
+    let (b, amax_b) = cast_operand(qb, &b[..lb], cast_b);
+    match role {
+        GemmRole::Forward => matmul_forward(out, a, b, bias, n, ic, oc),
+        // dX (N,IC) = dY (N,OC) @ W (OC,IC)
+        GemmRole::DataGrad => {
+            sgemm(&mut out[..n * ic], ic, false, Mat::rm(a, n, oc), Mat::rm(b, oc, ic), 1.0, par_for(n, ic, oc))
+        }
+        // dW (OC,IC) += dY^T (OC,N) @ X (N,IC)
+        GemmRole::WeightGrad => {
+            sgemm(&mut out[..oc * ic], ic, true, Mat::rm(a, n, oc).t(), Mat::rm(b, n, ic), 1.0, par_for(oc, ic, n))
+        }
+    }
+    [amax_a, amax_b]
 }
 
 pub fn embed_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], n: usize, c: usize) {

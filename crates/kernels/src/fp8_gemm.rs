@@ -24,14 +24,15 @@
 //! | data gradient   | dX (N,IC)  | dY: `rm(dy, N, OC)`       | W: `rm(w, OC, IC)`       |
 //! | weight gradient | dW (OC,IC) | dY^T: `rm(dy, N, OC).t()` | X: `rm(x, N, IC)`        |
 //!
-//! `Fp8Linear` runs those three GEMMs with the FP8-LM recipe's roles (PAPERS.md section 1): input and
-//! weight E4M3 (window 16), output gradient E5M2 (window 16), weight gradient E4M3 (window 1), each
-//! with its own `ScalingMeta`. Bias and its gradient stay f32. Gradient convention (as in `cpu`): the
-//! activation gradient dX is overwritten (`=`); the parameter gradients dW and dbias accumulate (`+=`).
+//! The FP8 linear layer itself is one backend operation, `Backend::linear_gemm` (one call per row of
+//! this table, `crate::backend::GemmRole`), driven by the precision levels in `octet_lm::precision`
+//! with the FP8-LM recipe's roles (PAPERS.md section 1). Its CPU version casts each operand by a
+//! quantise-dequantise into f32 and runs the same `sgemm` as here, so it equals `gemm` over the FP8
+//! bytes bit for bit (`tests/fp8_gemm.rs`): this module is the byte-level spec it is checked against.
 
 use octet_core::dtype::round_bf16;
 use octet_core::fp8::{self, Fp8Format};
-use octet_core::scaling::{Fp8Tensor, Recipe, Role, ScalingMeta, ScalingMode};
+use octet_core::scaling::Fp8Tensor;
 use octet_core::{Error, Result};
 use rayon::prelude::*;
 
@@ -196,135 +197,4 @@ pub fn gemm(out: &mut [f32], a: Fp8Mat, b: Fp8Mat, ep: Epilogue, scratch: &mut F
     let accumulate = ep.accumulate || ep.bias.is_some();
     sgemm(out, n, accumulate, mat_a, mat_b, 1.0, par_for(m, n, k));
     finish(out, &ep)
-}
-
-/// A linear layer `Y (N,OC) = X (N,IC) @ W^T + bias` whose three GEMMs run in FP8 (FP8-LM "te"
-/// level: the caller keeps f32 weights, bias and gradients; the layer casts X and W in forward and dY
-/// in backward, each role with its own scaling state). The FP8 copies of X and W made by `forward`
-/// (with the scale_inv they were cast with) are what `backward` multiplies, as on a GPU.
-#[derive(Clone, Debug)]
-pub struct Fp8Linear {
-    pub ic: usize,
-    pub oc: usize,
-    pub mode: ScalingMode,
-    /// X (N,IC), cast in forward.
-    pub input: ScalingMeta,
-    /// W (OC,IC), cast in forward.
-    pub weight: ScalingMeta,
-    /// dY (N,OC), cast in backward.
-    pub grad_output: ScalingMeta,
-    /// dW (OC,IC), cast after the weight-gradient GEMM (FP8 gradient communication, O1+).
-    pub weight_grad: ScalingMeta,
-    /// Rows of the last forward, `None` before the first.
-    n: Option<usize>,
-    /// FP8 X (N,IC) and W (OC,IC) from the last forward, and the scale_inv each was cast with (the
-    /// metas' own scale_inv may move on if forward runs again before backward).
-    x_q: Vec<u8>,
-    x_scale_inv: f32,
-    w_q: Vec<u8>,
-    w_scale_inv: f32,
-    /// FP8 dY (N,OC) of the last backward and its N, `None` before the first.
-    dy_q: Vec<u8>,
-    dy_rows: Option<usize>,
-    scratch: Fp8Scratch,
-}
-
-impl Fp8Linear {
-    /// A layer with fresh scaling state for each role of `recipe` (scales 1, empty histories).
-    pub fn new(recipe: &Recipe, ic: usize, oc: usize) -> Result<Self> {
-        recipe.validate()?;
-        Ok(Fp8Linear {
-            ic,
-            oc,
-            mode: recipe.mode,
-            input: recipe.meta(Role::Input),
-            weight: recipe.meta(Role::Weight),
-            grad_output: recipe.meta(Role::GradOutput),
-            weight_grad: recipe.meta(Role::WeightGrad),
-            n: None,
-            x_q: Vec::new(),
-            x_scale_inv: 1.0,
-            w_q: Vec::new(),
-            w_scale_inv: 1.0,
-            dy_q: Vec::new(),
-            dy_rows: None,
-            scratch: Fp8Scratch::default(),
-        })
-    }
-
-    /// out (N,OC) = fp8(inp) (N,IC) @ fp8(w)^T (IC,OC) + bias (OC); casts update the input and
-    /// weight scaling states. Returns max |out| (the amax the next layer's input cast will see).
-    pub fn forward(&mut self, out: &mut [f32], inp: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize) -> f32 {
-        let (ic, oc) = (self.ic, self.oc);
-        assert!(inp.len() >= n * ic, "Fp8Linear::forward: inp has {} elements, needs {n} x {ic}", inp.len());
-        assert!(w.len() >= oc * ic, "Fp8Linear::forward: w has {} elements, needs {oc} x {ic}", w.len());
-        self.x_q.resize(n * ic, 0);
-        self.w_q.resize(oc * ic, 0);
-        self.input.quantize(self.mode, &inp[..n * ic], &mut self.x_q);
-        self.weight.quantize(self.mode, &w[..oc * ic], &mut self.w_q);
-        self.x_scale_inv = self.input.scale_inv;
-        self.w_scale_inv = self.weight.scale_inv;
-        self.n = Some(n);
-        let x = Fp8Mat::rm(&self.x_q, n, ic, self.input.format, self.x_scale_inv);
-        let wt = Fp8Mat::rm(&self.w_q, oc, ic, self.weight.format, self.w_scale_inv).t();
-        let ep = Epilogue { bias, amax: true, ..Epilogue::default() };
-        gemm(out, x, wt, ep, &mut self.scratch).unwrap_or(0.0)
-    }
-
-    /// Backward of the last `forward` (N rows): casts dout (N,OC) with the output-gradient state, then
-    /// - dinp (N,IC) = fp8(dout) @ fp8(w) (overwrite),
-    /// - dw (OC,IC) += fp8(dout)^T @ fp8(inp),
-    /// - dbias (OC) += column sums of dout, in f32 from the unquantised dout;
-    ///
-    /// and returns the accumulated dw cast to the weight-gradient format with its own scale (window
-    /// 1 in the recipe: scaled from this dw's amax). Panics before any forward or on short buffers.
-    pub fn backward(&mut self, dinp: &mut [f32], dw: &mut [f32], dbias: Option<&mut [f32]>, dout: &[f32]) -> Fp8Tensor {
-        let n = self.n.expect("Fp8Linear::backward called before forward");
-        let (ic, oc) = (self.ic, self.oc);
-        assert!(dout.len() >= n * oc, "Fp8Linear::backward: dout has {} elements, needs {n} x {oc}", dout.len());
-        assert!(dw.len() >= oc * ic, "Fp8Linear::backward: dw has {} elements, needs {oc} x {ic}", dw.len());
-        let dout = &dout[..n * oc];
-        self.dy_q.resize(n * oc, 0);
-        self.grad_output.quantize(self.mode, dout, &mut self.dy_q);
-        self.dy_rows = Some(n);
-        let dy = Fp8Mat::rm(&self.dy_q, n, oc, self.grad_output.format, self.grad_output.scale_inv);
-        let x = Fp8Mat::rm(&self.x_q, n, ic, self.input.format, self.x_scale_inv);
-        let w = Fp8Mat::rm(&self.w_q, oc, ic, self.weight.format, self.w_scale_inv);
-        // dX (N,IC) = dY (N,OC) @ W (OC,IC)
-        gemm(dinp, dy, w, Epilogue::default(), &mut self.scratch);
-        // dW (OC,IC) += dY^T (OC,N) @ X (N,IC)
-        let acc = Epilogue { accumulate: true, ..Epilogue::default() };
-        gemm(dw, dy.t(), x, acc, &mut self.scratch);
-        if let Some(db) = dbias {
-            // Each column summed over rows in f32, then added to dbias (OC).
-            let mut sums = vec![0.0f32; oc];
-            for row in dout.chunks(oc) {
-                for (s, &v) in sums.iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-            for (d, s) in db[..oc].iter_mut().zip(sums) {
-                *d += s;
-            }
-        }
-        let dw = &dw[..oc * ic];
-        let mut bytes = vec![0u8; oc * ic];
-        self.weight_grad.quantize(self.mode, dw, &mut bytes);
-        Fp8Tensor { bytes, shape: vec![oc, ic], meta: self.weight_grad.clone() }
-    }
-
-    /// The FP8 input (N,IC) the last forward cast, with its scale_inv.
-    pub fn saved_input(&self) -> Option<Fp8Mat<'_>> {
-        self.n.map(|n| Fp8Mat::rm(&self.x_q, n, self.ic, self.input.format, self.x_scale_inv))
-    }
-
-    /// The FP8 weight (OC,IC) the last forward cast, with its scale_inv.
-    pub fn saved_weight(&self) -> Option<Fp8Mat<'_>> {
-        self.n.map(|_| Fp8Mat::rm(&self.w_q, self.oc, self.ic, self.weight.format, self.w_scale_inv))
-    }
-
-    /// The FP8 output gradient (N,OC) the last backward cast, with its scale_inv.
-    pub fn saved_grad_output(&self) -> Option<Fp8Mat<'_>> {
-        self.dy_rows.map(|n| Fp8Mat::rm(&self.dy_q, n, self.oc, self.grad_output.format, self.grad_output.scale_inv))
-    }
 }

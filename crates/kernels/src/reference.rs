@@ -8,6 +8,7 @@ use octet_core::Float;
 use octet_core::dtype::round_bf16 as bf16_round;
 use octet_core::fp8::{self, Fp8Format, Overflow};
 
+use crate::backend::{Cast, GemmRole};
 use crate::{GELU_CUBIC, GELU_SCALE};
 
 #[inline]
@@ -434,6 +435,73 @@ pub fn qdq_fp8<F: Float>(dst: &mut [F], src: &[F], format: Fp8Format, scale: f32
         *d = t(fp8::decode(format, code) as f64 * inv);
     }
     amax(src)
+}
+
+/// `src` itself or its cast into `q`, and the FP8 cast's amax (else 0).
+fn cast_operand<'s, F: Float>(q: &'s mut [F], src: &'s [F], cast: Cast) -> (&'s [F], f32) {
+    match cast {
+        Cast::None => (src, 0.0),
+        Cast::Bf16 => {
+            let q = &mut q[..src.len()];
+            round_bf16(q, src);
+            (q, 0.0)
+        }
+        Cast::Fp8 { format, scale } => {
+            let q = &mut q[..src.len()];
+            let amax = qdq_fp8(q, src, format, scale);
+            (q, amax)
+        }
+    }
+}
+
+/// One GEMM of a linear layer over its cast operands (`crate::backend::GemmRole`): forward
+/// out (N,OC) = A (N,IC) @ B^T + bias; data gradient out (N,IC) = A (N,OC) @ B (OC,IC); weight
+/// gradient out (OC,IC) += A^T @ B (N,IC). Returns the FP8 casts' source amaxes (else 0).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_gemm<F: Float>(
+    out: &mut [F],
+    qa: &mut [F],
+    qb: &mut [F],
+    a: &[F],
+    b: &[F],
+    bias: Option<&[F]>,
+    role: GemmRole,
+    cast_a: Cast,
+    cast_b: Cast,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> [f32; 2] {
+    assert!(bias.is_none() || role == GemmRole::Forward, "linear_gemm: bias only in the forward GEMM");
+    let (la, lb, _) = role.sizes(n, ic, oc);
+    let (a, amax_a) = cast_operand(qa, &a[..la], cast_a);
+    let (b, amax_b) = cast_operand(qb, &b[..lb], cast_b);
+    match role {
+        GemmRole::Forward => matmul_forward(out, a, b, bias, n, ic, oc),
+        GemmRole::DataGrad => {
+            for r in 0..n {
+                for i in 0..ic {
+                    let mut acc = 0.0;
+                    for o in 0..oc {
+                        acc += f(a[r * oc + o]) * f(b[o * ic + i]);
+                    }
+                    out[r * ic + i] = t(acc);
+                }
+            }
+        }
+        GemmRole::WeightGrad => {
+            for o in 0..oc {
+                for i in 0..ic {
+                    let mut acc = f(out[o * ic + i]);
+                    for r in 0..n {
+                        acc += f(a[r * oc + o]) * f(b[r * ic + i]);
+                    }
+                    out[o * ic + i] = t(acc);
+                }
+            }
+        }
+    }
+    [amax_a, amax_b]
 }
 
 /// out (N,C) = wte[tokens]: a token embedding without positions (RoPE models).

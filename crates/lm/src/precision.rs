@@ -1,8 +1,10 @@
 //! Precision levels (FP8-LM, PAPERS.md section 1) and the linear layer that applies them: each GEMM's
 //! operands are cast to the level's format — bf16, or FP8 with per-tensor delayed scaling by role
-//! (input and weight E4M3, output gradient E5M2) — and multiplied with f32 accumulation. On the CPU a
-//! cast is a quantise-dequantise into f32 scratch: the products and sums are exactly those of an FP8
-//! tensor-core GEMM over the same bytes and scales.
+//! (input and weight E4M3, output gradient E5M2) — and multiplied with f32 accumulation. Each GEMM
+//! is one backend operation, `Backend::linear_gemm` (role, operands, their casts), so a device maps
+//! it to one tensor-core GEMM; the scaling decisions (`ScalingMeta::begin_cast` / `finish_cast`)
+//! stay here. On the CPU a cast is a quantise-dequantise into f32 scratch: the products and sums are
+//! exactly those of an FP8 tensor-core GEMM over the same bytes and scales.
 //!
 //! Levels: `fp32`; `bf16` (bf16 GEMM operands; f32 master weights and Adam); `fp8-te` (FP8 GEMMs;
 //! everything else f32); `fp8-o1` (also f16 weights with tensor scaling and E4M3 weight gradients,
@@ -14,10 +16,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use octet_core::fp8::Fp8Format;
-use octet_core::scaling::{Recipe, Role, ScalingMeta, ScalingMode};
+use octet_core::scaling::{PendingCast, Recipe, Role, ScalingMeta, ScalingMode};
 use octet_core::{Allocator, Error, Result, Storage, ZeroBits};
 use octet_kernels::Backend;
+use octet_kernels::backend::{Cast, GemmRole};
 use octet_optim::{StateFormat, StateFormats};
 
 /// A precision level (`--precision`).
@@ -133,13 +135,19 @@ impl<F: ZeroBits> Workspace<F> {
     }
 }
 
-/// Cast `src` into `dst` under `meta`'s scaling policy (FP8) — returns nothing; the meta records.
-fn cast_fp8<Bk: Backend>(be: &Bk, meta: &mut ScalingMeta, mode: ScalingMode, dst: &mut [Bk::F], src: &[Bk::F]) {
-    let fmt: Fp8Format = meta.format;
-    meta.cast_with(mode, || be.amax(src), |scale| be.qdq_fp8(dst, src, fmt, scale));
+/// The cast of a GEMM operand under `meta`'s scaling policy (the first half of
+/// `ScalingMeta::cast_with`; `amax` measures `src` when the scale must come from it).
+fn begin_fp8<Bk: Backend>(be: &Bk, meta: &mut ScalingMeta, mode: ScalingMode, src: &[Bk::F]) -> (Cast, PendingCast) {
+    let pending = meta.begin_cast(mode, || be.amax(src));
+    (Cast::Fp8 { format: meta.format, scale: pending.scale }, pending)
 }
 
-/// out (N,OC) = cast(inp) @ cast(w)^T + bias at precision `p`.
+/// The cast a meta's last cast used (backward multiplies the operands forward cast).
+fn same_fp8(meta: &ScalingMeta) -> Cast {
+    Cast::Fp8 { format: meta.format, scale: meta.scale }
+}
+
+/// out (N,OC) = cast(inp) @ cast(w)^T + bias at precision `p`: one `linear_gemm` (forward role).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_forward<Bk: Backend>(
     be: &Bk,
@@ -158,24 +166,26 @@ pub fn linear_forward<Bk: Backend>(
     if p == Precision::Fp32 {
         return be.matmul_forward(out, inp, w, bias, n, ic, oc);
     }
+    let (inp, w) = (&inp[..n * ic], &w[..oc * ic]);
     let (x, wq) = (&mut ws.x[..n * ic], &mut ws.w[..oc * ic]);
+    let role = GemmRole::Forward;
     match p {
-        Precision::Bf16 => {
-            be.round_bf16(x, inp);
-            be.round_bf16(wq, w);
-        }
+        Precision::Bf16 => _ = be.linear_gemm(out, x, wq, inp, w, bias, role, Cast::Bf16, Cast::Bf16, n, ic, oc),
         _ => {
             let sc = sc.expect("FP8 precision keeps scaling state per linear");
-            cast_fp8(be, &mut sc.input, mode, x, inp);
-            cast_fp8(be, &mut sc.weight, mode, wq, w);
+            let (cx, px) = begin_fp8(be, &mut sc.input, mode, inp);
+            let (cw, pw) = begin_fp8(be, &mut sc.weight, mode, w);
+            let [ax, aw] = be.linear_gemm(out, x, wq, inp, w, bias, role, cx, cw, n, ic, oc);
+            sc.input.finish_cast(px, ax);
+            sc.weight.finish_cast(pw, aw);
         }
     }
-    be.matmul_forward(out, x, wq, bias, n, ic, oc);
 }
 
-/// Backward of `linear_forward`: dinp = cast(dout) @ cast(w) (overwrite); dw += cast(dout)^T cast(inp);
-/// dbias += colsum(dout) from the uncast f32 gradient (as Transformer Engine). FP8 reuses the input
-/// and weight scales of the forward cast, so the operands are the ones forward multiplied.
+/// Backward of `linear_forward`, two `linear_gemm`s: dinp = cast(dout) @ cast(w) (overwrite);
+/// dw += cast(dout)^T cast(inp); then dbias += colsum(dout) from the uncast gradient (as Transformer
+/// Engine). FP8 reuses the input and weight scales of the forward cast, so the operands are the ones
+/// forward multiplied; dout is cast (and its amax recorded) once, for the data gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<Bk: Backend>(
     be: &Bk,
@@ -196,21 +206,22 @@ pub fn linear_backward<Bk: Backend>(
     if p == Precision::Fp32 {
         return be.matmul_backward(dinp, dw, dbias, dout, inp, w, n, ic, oc);
     }
+    let (dout, inp, w) = (&dout[..n * oc], &inp[..n * ic], &w[..oc * ic]);
     let (x, wq, d) = (&mut ws.x[..n * ic], &mut ws.w[..oc * ic], &mut ws.d[..n * oc]);
+    let (dg, wg) = (GemmRole::DataGrad, GemmRole::WeightGrad);
     match p {
         Precision::Bf16 => {
-            be.round_bf16(d, dout);
-            be.round_bf16(x, inp);
-            be.round_bf16(wq, w);
+            be.linear_gemm(dinp, d, wq, dout, w, None, dg, Cast::Bf16, Cast::Bf16, n, ic, oc);
+            be.linear_gemm(dw, d, x, dout, inp, None, wg, Cast::Bf16, Cast::Bf16, n, ic, oc);
         }
         _ => {
             let sc = sc.expect("FP8 precision keeps scaling state per linear");
-            cast_fp8(be, &mut sc.grad_output, mode, d, dout);
-            be.qdq_fp8(x, inp, sc.input.format, sc.input.scale);
-            be.qdq_fp8(wq, w, sc.weight.format, sc.weight.scale);
+            let (cd, pd) = begin_fp8(be, &mut sc.grad_output, mode, dout);
+            let [ad, _] = be.linear_gemm(dinp, d, wq, dout, w, None, dg, cd, same_fp8(&sc.weight), n, ic, oc);
+            sc.grad_output.finish_cast(pd, ad);
+            be.linear_gemm(dw, d, x, dout, inp, None, wg, cd, same_fp8(&sc.input), n, ic, oc);
         }
     }
-    be.matmul_backward(dinp, dw, None, d, x, wq, n, ic, oc);
     if let Some(db) = dbias {
         be.bias_backward(db, dout, n, oc);
     }

@@ -1,7 +1,17 @@
-// Host emulation of the CUDA features octet's f32 kernels use, for tools/cuda/emulate/run.py (no GPU needed):
-// one OS thread per CUDA thread, blocks run one after another, shuffles through per-warp barriers,
-// __syncthreads through a block barrier, __shared__ as statics (one block at a time). Covers exactly what
-// the f32 kernels need; bf16, f16 and FP8 conversions are not emulated (the GPU run checks those).
+// Host emulation of the CUDA features octet's kernels use, for tools/cuda/emulate/run.py (no GPU needed):
+// one OS thread per CUDA thread, blocks run one after another (in a shuffled order, or one block alone:
+// see `launch`), shuffles through per-warp barriers, __syncthreads through a block barrier, __shared__ as
+// statics (one block at a time). The bf16, f16 and FP8 types and conversions are NVIDIA's own
+// (cuda_bf16.h, cuda_fp16.h, cuda_fp8.h are host-callable; their include folder is passed with -I), so
+// the bf16 and FP8 instantiations run with the same rounding as on the device.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#undef __global__
+#undef __device__
+#undef __forceinline__
+#undef __shared__
+#undef __launch_bounds__
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -9,10 +19,11 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <random>
 #include <thread>
 #include <vector>
 #include <algorithm>
-struct dim3 { unsigned x = 1, y = 1, z = 1; };
+// dim3 comes from vector_types.h (through the CUDA headers).
 thread_local dim3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 #define __global__
@@ -57,7 +68,7 @@ inline unsigned __float_as_uint(float x) { unsigned u; memcpy(&u, &x, 4); return
 inline float __uint_as_float(unsigned u) { float x; memcpy(&x, &u, 4); return x; }
 inline float __int_as_float(int u) { float x; memcpy(&x, &u, 4); return x; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-using std::max; using std::min; using std::isfinite;
+using std::max; using std::min; using std::isfinite; using std::isnan;
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline unsigned atomicMax(unsigned* p, unsigned v) {
     auto* a = reinterpret_cast<std::atomic<unsigned>*>(p);
@@ -73,23 +84,32 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __frcp_rn(float a) { return 1.0f / a; }
 
-inline void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, std::function<void()> k) {
+// Run the grid: every block (in an order shuffled by `seed`; seed 0 keeps the natural order), or, with
+// `only_block` >= 0, that block alone (run.py compares what each block writes: write sets must be
+// disjoint). gridDim is the whole grid either way.
+inline void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, int only_block, unsigned seed,
+                   std::function<void()> k) {
     gridDim = {gx, gy, 1};
     blockDim = {bx, by, 1};
     unsigned nt = bx * by;
-    for (unsigned yy = 0; yy < gy; yy++)
-        for (unsigned xx = 0; xx < gx; xx++) {
-            std::barrier<> bb(nt);
-            g_block_bar = &bb;
-            g_warp_bars.clear();
-            for (unsigned w = 0; w < (nt + 31) / 32; w++) g_warp_bars.emplace_back(new std::barrier<>(32));
-            std::vector<std::thread> th;
-            for (unsigned t = 0; t < nt; t++)
-                th.emplace_back([=] {
-                    threadIdx = {t % bx, t / bx, 0};
-                    blockIdx = {xx, yy, 0};
-                    k();
-                });
-            for (auto& x : th) x.join();
-        }
+    std::vector<unsigned> order;
+    if (only_block >= 0) order.push_back((unsigned)only_block);
+    else
+        for (unsigned b = 0; b < gx * gy; b++) order.push_back(b);
+    if (seed) std::shuffle(order.begin(), order.end(), std::mt19937(seed));
+    for (unsigned b : order) {
+        unsigned xx = b % gx, yy = b / gx;
+        std::barrier<> bb(nt);
+        g_block_bar = &bb;
+        g_warp_bars.clear();
+        for (unsigned w = 0; w < (nt + 31) / 32; w++) g_warp_bars.emplace_back(new std::barrier<>(32));
+        std::vector<std::thread> th;
+        for (unsigned t = 0; t < nt; t++)
+            th.emplace_back([=] {
+                threadIdx = {t % bx, t / bx, 0};
+                blockIdx = {xx, yy, 0};
+                k();
+            });
+        for (auto& x : th) x.join();
+    }
 }
