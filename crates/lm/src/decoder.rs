@@ -13,7 +13,8 @@
 //! ```text
 //! forward:  stage_top; embed; for l in 0..L { stage_forward(l); layer(l) }; head -> logits (N, Vp);
 //!           with targets: losses (N) = softmax_xent(logits) and the mean
-//! backward: dlogits = (softmax - onehot) * grad_scale / N (in place of the probabilities); head_backward;
+//! backward: dlogits = (softmax - onehot) * grad_scale / K (in place of the probabilities; K = N, or
+//!           the unmasked targets' count when some are IGNORE_TARGET, whose rows get 0); head_backward;
 //!           for l in L-1..=0 { stage_backward(l); layer_backward(l); store_backward(l) }; embed_backward;
 //!           store_top
 //! ```
@@ -170,6 +171,8 @@ pub struct Decoder<Bk: Backend, A: Arch> {
     acts: Option<Acts<Bk::F>>,
     tokens: Vec<u32>,
     targets: Vec<u32>,
+    /// Targets of the last forward that count (not `IGNORE_TARGET`): the mean's denominator.
+    kept: usize,
     /// Mean loss of the last forward with targets.
     pub loss: Option<f64>,
     /// GEMM precision of the block linears (the output head stays f32).
@@ -199,6 +202,7 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             acts: None,
             tokens: vec![],
             targets: vec![],
+            kept: 0,
             loss: None,
             precision: Precision::Fp32,
             scaling_mode: ScalingMode::Delayed,
@@ -296,14 +300,19 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
                 found: vec![tokens.len()],
             });
         }
-        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
+        // Targets may be IGNORE_TARGET (masked cross-entropy); inputs may not.
+        let ignored = |&&x: &&u32| x == octet_kernels::IGNORE_TARGET;
+        let real_targets = targets.unwrap_or(&[]).iter().filter(|x| !ignored(x));
+        if let Some(&bad) = tokens.iter().chain(real_targets).find(|&&x| x as usize >= c.vocab_size) {
             return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
         }
         Ok(())
     }
 
     /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
-    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
+    /// softmax probabilities for backward; without, leaves raw logits (see `logits`). Targets equal to
+    /// `octet_kernels::IGNORE_TARGET` are masked: the mean is over the other K positions (0 when K = 0)
+    /// and backward's loss gradient is grad_scale / K per kept row (masked cross-entropy, SFT).
     pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
         self.check_tokens(tokens, targets, b, t)?;
         self.run_forward(tokens, b, t, Head::All)?;
@@ -317,7 +326,8 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             let [losses, logits] = a.disjoint_mut([named(&a.layout, "losses"), named(&a.layout, "logits")]);
             self.backend.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, c.padded_vocab);
             self.backend.synchronize();
-            self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64);
+            self.kept = kept_targets(tg);
+            self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / self.kept.max(1) as f64);
         }
         Ok(self.loss)
     }
@@ -332,6 +342,13 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         self.backend.synchronize();
         let a = &self.acts.as_ref().expect("allocated by run_forward").a;
         Ok(&a.data[named(&a.layout, "logits")][..b * vp])
+    }
+
+    /// Per-position losses (B*T) of the last forward with targets (0 at masked positions).
+    pub fn row_losses(&self) -> &[Bk::F] {
+        self.backend.synchronize();
+        let a = &self.acts.as_ref().expect("forward first").a;
+        &a.data[named(&a.layout, "losses")]
     }
 
     /// Raw logits (B*T, Vp) of the last forward without targets.
@@ -377,7 +394,7 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         be.softmax_xent_backward(
             &mut acts.a.data[logits],
             &self.targets,
-            self.grad_scale / n as f64,
+            self.grad_scale / self.kept.max(1) as f64,
             n,
             c.vocab_size,
             c.padded_vocab,
@@ -416,6 +433,11 @@ fn pass<'a, Bk: Backend>(
         t,
         head,
     }
+}
+
+/// Targets that take part in the loss (not `IGNORE_TARGET`).
+fn kept_targets(targets: &[u32]) -> usize {
+    targets.iter().filter(|&&x| x != octet_kernels::IGNORE_TARGET).count()
 }
 
 /// Range of the tensor `name` of an activation layout.
