@@ -5,6 +5,7 @@
 
 pub mod augment;
 pub mod corpus;
+pub mod dapt;
 pub mod dedup;
 pub mod eval;
 pub mod extend;

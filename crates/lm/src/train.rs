@@ -132,13 +132,54 @@ fn prepare_data(cfg: &TrainConfig, source: &Source, given: Option<&TextTokenizer
     Ok((dir, prep.tokenizer))
 }
 
-fn evaluate(model: &mut dyn LanguageModel, val: &Batches, n: usize) -> Result<f64> {
+fn evaluate(model: &mut dyn LanguageModel, val: &dyn BatchSource, n: usize) -> Result<f64> {
     let mut total = 0.0;
+    let (b, t) = val.shape();
     for i in 0..n {
         let (x, y) = val.eval_batch(i);
-        total += model.forward(&x, Some(&y), val.b, val.t)?.expect("targets given");
+        total += model.forward(&x, Some(&y), b, t)?.expect("targets given");
     }
     Ok(total / n as f64)
+}
+
+/// Where a run's batches come from: by default the shard's random windows (`data::Batches`); an
+/// application (DAPT's packed documents, SFT's masked conversations) supplies its own through
+/// [`Hooks`]. Inputs and targets are (B, T) each; targets may be `octet_kernels::IGNORE_TARGET`
+/// (masked cross-entropy). Batch `step` must depend only on `step`, so a resumed run sees the same data.
+pub trait BatchSource {
+    /// (B, T) of every batch.
+    fn shape(&self) -> (usize, usize);
+    fn train_batch(&self, step: usize) -> (Vec<u32>, Vec<u32>);
+    /// Validation batch `i` (the same every time it is asked for).
+    fn eval_batch(&self, i: usize) -> (Vec<u32>, Vec<u32>);
+}
+
+impl BatchSource for Batches {
+    fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+    fn train_batch(&self, step: usize) -> (Vec<u32>, Vec<u32>) {
+        Batches::train_batch(self, step)
+    }
+    fn eval_batch(&self, i: usize) -> (Vec<u32>, Vec<u32>) {
+        Batches::eval_batch(self, i)
+    }
+}
+
+/// An extra evaluation at every validation point (step 0 of a run from a pretrained model, every
+/// `eval_every` steps, the end): `(step, model)`, e.g. held-out bits per byte of domain adaptation.
+pub type EvalHook<'a> = &'a mut dyn FnMut(usize, &mut dyn LanguageModel) -> Result<()>;
+
+/// What an application adds to the training loop without a loop of its own: batch sources in place
+/// of the shards' windows (the shards are still prepared, and resume checks their token count) and an
+/// evaluation hook. `Hooks::default()` is the plain trainer.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Training batches (their shape must be the configuration's (batch, seq)).
+    pub train: Option<&'a dyn BatchSource>,
+    /// Validation batches (any shape).
+    pub val: Option<&'a dyn BatchSource>,
+    pub eval: Option<EvalHook<'a>>,
 }
 
 /// How a run begins: fresh from a configuration, or from a checkpoint (whose configuration wins,
@@ -151,6 +192,11 @@ pub enum Start<'a> {
 
 /// Train, stopping after step `until` if given (checkpointing as an interruption would).
 pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    run_with(start, until, on, Hooks::default())
+}
+
+/// `run` with an application's batch sources and evaluation hook (see [`Hooks`]).
+pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), mut hooks: Hooks) -> Result<Summary> {
     let (cfg, source, loaded) = match start {
         Start::Fresh(cfg, source) => (cfg, source, None),
         Start::Resume { dir, steps } => {
@@ -232,9 +278,22 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
             ),
         ));
     }
-    let train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
+    let shard_train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
     let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
-    let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
+    let shard_val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
+    let train: &dyn BatchSource = hooks.train.unwrap_or(&shard_train);
+    let val: &dyn BatchSource = hooks.val.unwrap_or(&shard_val);
+    if train.shape() != (cfg.batch, cfg.seq) {
+        return Err(Error::config(
+            "batch",
+            format!(
+                "the batch source gives {:?} batches, the run trains on ({}, {})",
+                train.shape(),
+                cfg.batch,
+                cfg.seq
+            ),
+        ));
+    }
 
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let recipe = Recipe::default();
@@ -343,8 +402,11 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
     };
     // A run from a pretrained model measures where it starts: the held-out loss before step 1.
     if start == 0 && cfg.init.is_some() {
-        let v0 = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
+        let v0 = evaluate(model.as_mut(), val, cfg.eval_batches)?;
         on(&Event::Eval { step: 0, val_loss: v0 });
+        if let Some(h) = hooks.eval.as_mut() {
+            h(0, model.as_mut())?;
+        }
     }
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
@@ -376,8 +438,11 @@ pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Re
         }));
         let done = step + 1;
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-            val_loss = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
+            val_loss = evaluate(model.as_mut(), val, cfg.eval_batches)?;
             on(&Event::Eval { step: done, val_loss });
+            if let Some(h) = hooks.eval.as_mut() {
+                h(done, model.as_mut())?;
+            }
         }
         if done == stop || (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) {
             state.step = done;
