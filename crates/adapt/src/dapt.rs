@@ -216,25 +216,88 @@ pub enum Report<'a> {
     Note(String),
 }
 
-/// The tokenizer of `init` (GGUF metadata, or `tokenizer.json` of a directory), the token a scored
-/// document is conditioned on (as `EvalModel`: BOS, else EOS, else `<|endoftext|>`) and the document
-/// separator (`<|endoftext|>`, else the GGUF's EOS).
+/// The tokenizer and special tokens of a model to train from.
+pub struct ModelTokens {
+    pub tokenizer: Tokenizer,
+    /// The GGUF file the model (or the run it was trained by) came from, whose chat template and
+    /// BOS / EOS apply.
+    pub gguf: Option<PathBuf>,
+    pub bos: Option<u32>,
+    pub add_bos: bool,
+    pub eos: Option<u32>,
+    /// The chat template (`None`: the source has none).
+    pub chat: Option<octet_lm::chat::ChatMl>,
+}
+
+impl ModelTokens {
+    /// `init`: a GGUF llama file (its tokenizer, template and specials), an octet run or checkpoint
+    /// directory (its `tokenizer.json`; template and specials from the GGUF its run was initialised
+    /// from, followed back through `state.train.init`), or a HuggingFace directory (`tokenizer.json`;
+    /// no template). `template_from` (a GGUF file) overrides where the template and specials come from.
+    pub fn of(init: &Path, template_from: Option<&Path>) -> Result<ModelTokens> {
+        let mut gguf = template_from.map(Path::to_path_buf);
+        let tokenizer = if init.is_dir() {
+            let mut dir = init.to_path_buf();
+            if init.join("latest").is_file() || init.join("state.json").is_file() {
+                let l = octet_lm::checkpoint::load(init, false)?;
+                dir = l.dir.clone();
+                // Follow the run's own --init back to a GGUF file (DAPT from a GGUF, SFT from DAPT, ...).
+                let mut from = l.state.train.init.clone();
+                for _ in 0..8 {
+                    match from {
+                        Some(p) if p.is_file() => {
+                            gguf = gguf.or(Some(p));
+                            break;
+                        }
+                        Some(p) if p.join("latest").is_file() || p.join("state.json").is_file() => {
+                            from = octet_lm::checkpoint::load(&p, false)?.state.train.init.clone();
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            let p = dir.join("tokenizer.json");
+            Tokenizer::from_file(&p).map_err(|e| Error::format(&p, "tokenizer", e.to_string()))?
+        } else {
+            gguf = gguf.or(Some(init.to_path_buf()));
+            octet_lm::gguf::GgufFile::open(init)?.tokenizer()?.into_inner()
+        };
+        let (mut bos, mut add_bos, mut eos, mut chat) = (None, false, None, None);
+        if let Some(g) = &gguf {
+            let t = octet_lm::gguf::GgufFile::open(g)?.tokenizer()?;
+            (bos, add_bos, eos) = (t.bos_id, t.add_bos, t.eos_id);
+            if let Some(tpl) = &t.chat_template {
+                chat = Some(
+                    octet_lm::chat::ChatMl::from_template(tpl)
+                        .map_err(|e| Error::format(g, "tokenizer.chat_template", e.to_string()))?,
+                );
+            }
+        }
+        Ok(ModelTokens { tokenizer, gguf, bos, add_bos, eos, chat })
+    }
+
+    /// The document separator: `<|endoftext|>`, else EOS.
+    pub fn separator(&self, what: &Path) -> Result<u32> {
+        self.tokenizer
+            .token_to_id(octet_lm::data::END_OF_TEXT)
+            .or(self.eos)
+            .ok_or_else(|| Error::format(what, "tokenizer", "no <|endoftext|> or EOS token to separate documents with"))
+    }
+
+    /// The token a scored document is conditioned on (as `EvalModel`: BOS, else EOS, else the separator).
+    pub fn doc_start(&self, what: &Path) -> Result<u32> {
+        match self.bos.or(self.eos) {
+            Some(t) => Ok(t),
+            None => self.separator(what),
+        }
+    }
+}
+
+/// The tokenizer of `init` (see [`ModelTokens::of`]), the document-start token and the separator.
 pub fn tokenizer_of(init: &Path) -> Result<(Tokenizer, u32, u32)> {
-    let (tok, bos, eos) = if init.is_dir() {
-        let p = init.join("tokenizer.json");
-        (Tokenizer::from_file(&p).map_err(|e| Error::format(&p, "tokenizer", e.to_string()))?, None, None)
-    } else {
-        let g = octet_lm::gguf::GgufFile::open(init)?;
-        let t = g.tokenizer()?;
-        let (bos, eos) = (t.bos_id, t.eos_id);
-        (t.into_inner(), bos, eos)
-    };
-    let eot = tok.token_to_id(octet_lm::data::END_OF_TEXT);
-    let sep = eot
-        .or(eos)
-        .ok_or_else(|| Error::format(init, "tokenizer", "no <|endoftext|> or EOS token to separate documents with"))?;
-    let start = bos.or(eos).or(eot).unwrap_or(sep);
-    Ok((tok, start, sep))
+    let m = ModelTokens::of(init, None)?;
+    let (start, sep) = (m.doc_start(init)?, m.separator(init)?);
+    Ok((m.tokenizer, start, sep))
 }
 
 fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {

@@ -11,4 +11,6 @@ pub mod eval;
 pub mod extend;
 pub mod resize;
 pub mod retrieval;
+pub mod sft;
+pub mod sft_data;
 pub mod sources;

@@ -85,9 +85,17 @@ struct Pretrained {
     tokenizer: TextTokenizer,
 }
 
-/// Read `--init`: a GGUF `llama` file (weights dequantised, its embedded tokenizer), or a HuggingFace
-/// Llama directory as `octet adapt tokenizer` and `llama_hf::export_hf` write it.
+/// Read `--init`: a GGUF `llama` file (weights dequantised, its embedded tokenizer), a HuggingFace
+/// Llama directory as `octet adapt tokenizer` and `llama_hf::export_hf` write it, or an octet run or
+/// checkpoint directory (its weights, decoded at the narrow levels, and its tokenizer; the new run
+/// starts from step 0 with a fresh optimizer: e.g. SFT from a DAPT run).
 fn load_pretrained(path: &Path) -> Result<Pretrained> {
+    let is_checkpoint = path.is_dir() && (path.join("latest").is_file() || path.join("state.json").is_file());
+    if is_checkpoint {
+        let l = checkpoint::load(path, false)?;
+        let tokenizer = TextTokenizer::load(&l.dir.join("tokenizer.json"))?;
+        return Ok(Pretrained { spec: l.state.model, params: l.params, tokenizer });
+    }
     let (cfg, params, tokenizer) = if path.is_dir() {
         let (cfg, params) = crate::llama_hf::import_hf(path)?;
         (cfg, params, TextTokenizer::load(&path.join("tokenizer.json"))?)
