@@ -283,6 +283,15 @@ pub struct SftOptions {
     pub eval_every: usize,
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// LoRA adapters of this rank (0: full fine-tuning); `octet_lm::lora`.
+    #[serde(default)]
+    pub lora_rank: usize,
+    #[serde(default = "default_alpha")]
+    pub lora_alpha: f64,
+}
+
+fn default_alpha() -> f64 {
+    16.0
 }
 
 impl SftOptions {
@@ -305,6 +314,8 @@ impl SftOptions {
             eval_every: 16,
             checkpoint_every: 32,
             seed: 0,
+            lora_rank: 0,
+            lora_alpha: 16.0,
         }
     }
 
@@ -328,6 +339,8 @@ impl SftOptions {
             out: self.out.clone(),
             sample_tokens: 0,
             seed: self.seed,
+            lora_rank: self.lora_rank,
+            lora_alpha: self.lora_alpha,
             ..TrainConfig::default()
         }
     }

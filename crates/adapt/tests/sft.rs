@@ -198,3 +198,29 @@ fn masked_sft_trains_a_tiny_llama_and_resumes() {
     let s2 = sft::run(None, &out, Some(8), &mut |_| {}).unwrap();
     assert_eq!(s2.steps, 8);
 }
+
+#[test]
+fn lora_sft_keeps_adapter_only_optimizer_state_and_checkpoints_merged_weights() {
+    let (tmp, m) = model();
+    let convs: Vec<Conversation> = (0..8)
+        .map(|i| Conversation::qa(format!("Write module m{i}."), format!("module m{i} (input logic clk);\nendmodule")))
+        .collect();
+    let data = tmp.path().join("c.jsonl");
+    sft::write_conversations(&data, &convs).unwrap();
+    let out = tmp.path().join("lora");
+    let mut o = SftOptions::new(m.clone(), vec![data], out.clone());
+    (o.steps, o.batch, o.seq, o.lr, o.warmup, o.eval_every, o.val_every, o.checkpoint_every) =
+        (3, 2, 96, 1e-2, 1, 0, 4, 0);
+    (o.lora_rank, o.precision) = (2, octet_lm::precision::Precision::Bf16);
+    let s = sft::run(Some(o), &out, None, &mut |_| {}).unwrap();
+    assert!(s.trainable_params * 10 < s.params, "{} of {}", s.trainable_params, s.params);
+    assert_eq!(s.memory["bytes"]["adam_m"], 4 * s.trainable_params);
+    // The checkpoint holds merged weights: loadable as a plain model, and changed by training.
+    let (_, base) = octet_lm::llama_hf::import_hf(&m).unwrap();
+    let ck = octet_lm::checkpoint::load(&out, false).unwrap();
+    assert_eq!(ck.params.len(), base.len());
+    assert!(ck.params.iter().zip(&base).any(|(a, b)| a != b));
+    // Resuming a LoRA run is refused clearly.
+    let e = sft::run(None, &out, Some(4), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("LoRA run does not resume"), "{e}");
+}

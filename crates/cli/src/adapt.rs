@@ -106,6 +106,13 @@ pub struct SftArgs {
     /// Learn every token, prompts included (the ablation of the loss mask).
     #[arg(long)]
     no_mask: bool,
+    /// LoRA: train rank-r adapters on every attention and MLP linear instead of all weights
+    /// (plain levels: fp32, bf16, fp8-te); checkpoints hold the merged weights.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA scale numerator (update = alpha / rank * B A).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long)]
@@ -920,7 +927,7 @@ fn run_sft(a: SftArgs) -> Result<()> {
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = a.$f { o.$f = v; })* };
         }
-        set!(steps, lr, warmup, batch, seq, val_every, eval_every, checkpoint_every, seed);
+        set!(steps, lr, warmup, batch, seq, val_every, eval_every, checkpoint_every, seed, lora_rank, lora_alpha);
         if let Some(p) = &a.precision {
             o.precision = p.parse()?;
         }
@@ -938,8 +945,9 @@ fn run_sft(a: SftArgs) -> Result<()> {
         }
         match r {
             Report::Prepared(s) => eprintln!(
-                "SFT ({}): {} training conversations in {} rows of {} ({} learned of {} positions; {} longer ones dropped), {} validation; {} steps of {}",
+                "SFT ({}{}): {} training conversations in {} rows of {} ({} learned of {} positions; {} longer ones dropped), {} validation; {} steps of {}",
                 if s.options.mask { "loss on assistant tokens" } else { "loss on every token" },
+                if s.options.lora_rank > 0 { format!(", LoRA rank {}", s.options.lora_rank) } else { String::new() },
                 s.train.examples,
                 s.train.rows,
                 s.options.seq,
@@ -968,13 +976,18 @@ fn run_sft(a: SftArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "done: {} steps, train loss {:.4}, validation loss {:.4}, {:.0} tokens/s, {:.0} s training, peak RSS {:.0} MiB\ncheckpoint: {}",
+            "done: {} steps, train loss {:.4}, validation loss {:.4}, {:.0} tokens/s, {:.0} s training, peak RSS {:.0} MiB; {} trainable of {} parameters; Adam m+v {:.1} MiB\ncheckpoint: {}",
             summary.steps,
             summary.final_loss,
             summary.val_loss,
             summary.tokens_per_s,
             summary.train_seconds,
             summary.peak_rss_bytes as f64 / (1 << 20) as f64,
+            summary.trainable_params,
+            summary.params,
+            (summary.memory["bytes"]["adam_m"].as_f64().unwrap_or(0.0)
+                + summary.memory["bytes"]["adam_v"].as_f64().unwrap_or(0.0))
+                / (1 << 20) as f64,
             summary.checkpoint.display()
         );
     }

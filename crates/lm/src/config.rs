@@ -63,6 +63,11 @@ pub struct TrainConfig {
     pub val_frac: f64,
     /// Tokens of text sampled at the end (0 = none).
     pub sample_tokens: usize,
+    /// LoRA adapters of this rank on every block linear, only they trained (0 = full fine-tuning;
+    /// `crate::lora`). Checkpoints hold the merged weights.
+    pub lora_rank: usize,
+    /// LoRA scale numerator: the update is (alpha / rank) B A.
+    pub lora_alpha: f64,
 }
 
 impl Default for TrainConfig {
@@ -99,6 +104,8 @@ impl Default for TrainConfig {
             out: PathBuf::from("runs/default"),
             val_frac: 0.1,
             sample_tokens: 120,
+            lora_rank: 0,
+            lora_alpha: 16.0,
         }
     }
 }

@@ -30,6 +30,7 @@ use octet_core::{Error, Float, Layout, Result, Slab};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
+use crate::lora::Lora;
 use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
 use crate::precision::{LinearScaling, Linears, Precision};
 
@@ -102,6 +103,15 @@ pub trait Arch: Copy + PartialEq + std::fmt::Debug + Send + Sync + 'static {
         self.dims().n_layer * self.linears_per_layer()
     }
     fn ids(&self, params: &Layout) -> Self::Ids;
+    /// (IC, OC) of each block linear of a layer, in the order of its linear index k: the LoRA targets
+    /// (`crate::lora`); empty: no LoRA for this architecture.
+    fn linear_shapes(&self) -> Vec<(usize, usize)> {
+        vec![]
+    }
+    /// Where the (OC, IC) weight of linear k of layer l is in the full parameter layout.
+    fn linear_weight(&self, _layout: &Layout, _l: usize, _k: usize) -> Range<usize> {
+        unreachable!("an architecture with linear_shapes says where their weights are")
+    }
 
     /// Token (and position) embedding of `tokens` (B*T) into the first layer's input.
     fn embed_forward<Bk: Backend>(&self, ids: &Self::Ids, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]);
@@ -180,6 +190,8 @@ pub struct Decoder<Bk: Backend, A: Arch> {
     pub scaling_mode: ScalingMode,
     /// FP8 scaling state per linear (empty unless the precision is FP8).
     pub scaling: Vec<LinearScaling>,
+    /// LoRA adapters on the block linears (`enable_lora`); then only they are trained.
+    pub lora: Option<Lora<Bk::F>>,
 }
 
 impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
@@ -207,6 +219,7 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             precision: Precision::Fp32,
             scaling_mode: ScalingMode::Delayed,
             scaling: vec![],
+            lora: None,
         })
     }
 
@@ -262,6 +275,34 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
 
     pub fn zero_grad(&mut self) {
         self.backend.zero(&mut self.grads.data);
+        if let Some(lo) = &mut self.lora {
+            self.backend.zero(&mut lo.grads.data);
+        }
+    }
+
+    /// Add rank-`rank` LoRA adapters (scale alpha / rank; A random with `seed`, B zero) to every block
+    /// linear; from now on the optimizer trains only them (`step::Optimizer::for_model`). Plain levels
+    /// only (fp32, bf16, fp8-te).
+    pub fn enable_lora(&mut self, rank: usize, alpha: f64, seed: u64) -> Result<()> {
+        if self.narrow.is_some() {
+            return Err(Error::config(
+                "lora_rank",
+                format!("LoRA runs at the plain levels (fp32, bf16, fp8-te), not {}", self.precision),
+            ));
+        }
+        let alloc = self.backend.allocator();
+        let n = self.cfg.dims().n_layer;
+        self.lora = Some(Lora::new(self.cfg.linear_shapes(), n, rank, alpha, seed, alloc.as_ref())?);
+        Ok(())
+    }
+
+    /// The f32 parameters with the adapters merged (W += s B A); None without LoRA.
+    pub fn merged_params(&self) -> Option<Vec<f32>> {
+        let lo = self.lora.as_ref()?;
+        let mut p = self.params_f32();
+        let layout = self.cfg.param_layout();
+        lo.merge(&mut p, |l, k| self.cfg.linear_weight(&layout, l, k));
+        Some(p)
     }
 
     /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
@@ -366,7 +407,10 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         let (cfg, be, ids) = (self.cfg, &self.backend, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let lin = (self.precision, self.scaling_mode, cfg.linears_per_layer());
-        let mut x = pass(be, lin, &mut self.scaling, acts, head);
+        if let Some(lo) = &mut self.lora {
+            lo.ensure_rows(b * t)?;
+        }
+        let mut x = pass(be, lin, &mut self.scaling, acts, head, self.lora.as_mut());
         cfg.embed_forward(ids, &mut x, &self.params, tokens);
         for l in 0..cfg.dims().n_layer {
             let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
@@ -400,7 +444,7 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             c.padded_vocab,
         );
         let lin = (self.precision, self.scaling_mode, cfg.linears_per_layer());
-        let mut x = pass(be, lin, &mut self.scaling, acts, Head::All);
+        let mut x = pass(be, lin, &mut self.scaling, acts, Head::All, self.lora.as_mut());
         cfg.head_backward(ids, &mut x, p, g);
         for l in (0..c.n_layer).rev() {
             let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
@@ -422,11 +466,12 @@ fn pass<'a, Bk: Backend>(
     scaling: &'a mut [LinearScaling],
     acts: &'a mut Acts<Bk::F>,
     head: Head,
+    lora: Option<&'a mut Lora<Bk::F>>,
 ) -> Pass<'a, Bk> {
     let (b, t) = (acts.b, acts.t);
     Pass {
         be,
-        lin: Linears { be, prec, mode, scaling, ws: &mut acts.ws, per_layer },
+        lin: Linears { be, prec, mode, scaling, ws: &mut acts.ws, per_layer, lora },
         a: &mut acts.a,
         da: &mut acts.d,
         b,

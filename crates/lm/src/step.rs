@@ -59,11 +59,21 @@ pub enum Optimizer {
     Plain(AdamW),
     /// FP8-LM AdamW over the model's narrow weights (fp8-o1: m, v f32; fp8-o2: m E4M3, v f16).
     Narrow(Fp8AdamW),
+    /// f32 AdamW over the LoRA adapters only (the model's weights stay frozen; `crate::lora`).
+    Lora(AdamW),
 }
 
 impl Optimizer {
     /// The optimizer `model`'s precision calls for, fresh (step 0).
     pub fn for_model(model: &dyn LanguageModel, cfg: AdamWConfig) -> Optimizer {
+        if let Some(lp) = model.lora_params() {
+            // Adapters take no weight decay (as PEFT's default); their moments only.
+            let alloc = model.allocator();
+            let flags = vec![false; lp.layout.specs().len()];
+            let o = AdamW::new_in(lp.layout.clone(), flags, cfg, alloc.as_ref())
+                .unwrap_or_else(|e| panic!("allocating the adapters' AdamW moments: {e}"));
+            return Optimizer::Lora(o);
+        }
         let decay = model.decay_flags();
         match (model.narrow(), model.plain()) {
             (Some(nw), _) => Optimizer::Narrow(Fp8AdamW::new(
@@ -85,7 +95,7 @@ impl Optimizer {
     /// Completed steps.
     pub fn step(&self) -> u64 {
         match self {
-            Optimizer::Plain(o) => o.step,
+            Optimizer::Plain(o) | Optimizer::Lora(o) => o.step,
             Optimizer::Narrow(o) => o.step,
         }
     }
@@ -93,7 +103,7 @@ impl Optimizer {
     /// Bytes of Adam's m and v (with their scales).
     pub fn state_bytes(&self) -> (usize, usize) {
         match self {
-            Optimizer::Plain(o) => (o.m.data.len() * 4, o.v.data.len() * 4),
+            Optimizer::Plain(o) | Optimizer::Lora(o) => (o.m.data.len() * 4, o.v.data.len() * 4),
             Optimizer::Narrow(o) => (o.m.bytes(), o.v.bytes()),
         }
     }
@@ -165,6 +175,13 @@ pub fn train_step_accum(
     }
     model.set_accumulate(false);
     match opt {
+        Optimizer::Lora(o) => {
+            let grad_norm = model.lora_update(o, clip, lr);
+            if !grad_norm.is_finite() {
+                return Err(Error::NonFinite { what: "adapter gradient norm".into(), step, value: grad_norm });
+            }
+            Ok(StepOutcome { loss, grad_norm, skipped: false })
+        }
         Optimizer::Plain(o) => {
             let grad_norm = model.plain_update(o, clip, lr);
             if !grad_norm.is_finite() {

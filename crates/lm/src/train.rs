@@ -54,6 +54,8 @@ pub struct Summary {
     /// workspace) and `bytes_per_param`; see `memory::Ledger`.
     pub memory: serde_json::Value,
     pub params: usize,
+    /// Parameters the optimizer updates (the adapters' with LoRA, else all).
+    pub trainable_params: usize,
     pub precision: Precision,
     /// Steps whose update was skipped because a gradient overflowed (narrow levels).
     pub skipped_steps: u64,
@@ -209,6 +211,7 @@ pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), 
         Start::Fresh(cfg, source) => (cfg, source, None),
         Start::Resume { dir, steps } => {
             let l = checkpoint::load(&dir, true)?;
+
             if let Some(n) = steps
                 && n < l.state.step
             {
@@ -286,11 +289,25 @@ pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), 
             ),
         ));
     }
-    let shard_train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
+    // The shards' windows, unless the application brings its own batches (whose rows may be exactly
+    // T tokens, too few for a window of T + 1).
+    let shard_train = match hooks.train {
+        Some(_) => None,
+        None => Some(Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?),
+    };
     let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
-    let shard_val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
-    let train: &dyn BatchSource = hooks.train.unwrap_or(&shard_train);
-    let val: &dyn BatchSource = hooks.val.unwrap_or(&shard_val);
+    let shard_val = match hooks.val {
+        Some(_) => None,
+        None => Some(Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?),
+    };
+    let train: &dyn BatchSource = match (hooks.train, &shard_train) {
+        (Some(h), _) => h,
+        (None, s) => s.as_ref().expect("built above"),
+    };
+    let val: &dyn BatchSource = match (hooks.val, &shard_val) {
+        (Some(h), _) => h,
+        (None, s) => s.as_ref().expect("built above"),
+    };
     if train.shape() != (cfg.batch, cfg.seq) {
         return Err(Error::config(
             "batch",
@@ -376,10 +393,13 @@ pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), 
             (model, opt, l.state.step)
         }
         None => {
-            let model = match init {
+            let mut model = match init {
                 Some(pt) => spec.from_params(pt.params, cfg.precision, &recipe)?,
                 None => spec.init(cfg.precision, &recipe, cfg.seed)?,
             };
+            if cfg.lora_rank > 0 {
+                model.enable_lora(cfg.lora_rank, cfg.lora_alpha, cfg.seed)?;
+            }
             let opt = Optimizer::for_model(model.as_ref(), adam);
             (model, opt, 0)
         }
@@ -458,7 +478,17 @@ pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), 
             state.scaling = model.scaling().to_vec();
             state.scaler = scaler;
             state.optimizer_step = Some(opt.step());
+            let merged = match model.merged_params() {
+                Some(p) => Some(octet_core::Slab::from_vec(std::sync::Arc::new(model.full_layout()), p)?),
+                None => None,
+            };
             let tensors = match (&opt, model.narrow(), model.plain()) {
+                (Optimizer::Lora(o), None, _) => Tensors::Lora {
+                    merged: merged.as_ref().expect("a LoRA model merges"),
+                    adapters: model.lora_params().expect("a LoRA optimizer has adapters"),
+                    m: &o.m,
+                    v: &o.v,
+                },
                 (Optimizer::Plain(o), None, Some((params, _))) => Tensors::Plain { params, m: &o.m, v: &o.v },
                 (Optimizer::Narrow(o), Some(nw), _) => Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v },
                 _ => unreachable!("optimizer matches the model's storage (Optimizer::for_model)"),
@@ -484,6 +514,7 @@ pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), 
         peak_rss_bytes: peak_rss_bytes(),
         memory: crate::memory::Ledger::of(model.as_ref(), opt.state_bytes()).to_json(),
         params: model.num_params(),
+        trainable_params: model.lora_params().map_or(model.num_params(), |p| p.data.len()),
         precision: cfg.precision,
         skipped_steps: scaler.skipped,
         train_seconds: train_secs,
