@@ -539,7 +539,7 @@ pub fn run(start: DaptStart, on: &mut dyn FnMut(Report)) -> Result<Summary> {
     };
     let steps = o.steps();
     // Step 0 (fresh runs), every multiple of eval_every after the start, and the end.
-    let every = |s: usize| if o.eval_every > 0 { s / o.eval_every } else { 0 };
+    let every = |s: usize| s.checked_div(o.eval_every).unwrap_or(0);
     let at_end = o.eval_every == 0 || !steps.is_multiple_of(o.eval_every);
     let evaluations = usize::from(start_step == 0) + every(steps) - every(start_step.min(steps)) + usize::from(at_end);
     let eval_bytes: usize = dom.iter().chain(&general_docs).map(|d| d.text.len().min(o.eval_doc_bytes)).sum();

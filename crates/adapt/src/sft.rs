@@ -184,7 +184,7 @@ pub fn pack_rows(examples: &[(Vec<u32>, Vec<bool>)], t: usize, pad: u32) -> (Row
     let mut st = PackStats::default();
     let mut used = 0usize;
     let pad_row = |r: &mut Rows, used: &mut usize| {
-        while *used % t != 0 {
+        while !used.is_multiple_of(t) {
             r.x.push(pad);
             r.y.push(pad);
             r.learn.push(false);
@@ -399,13 +399,18 @@ pub fn prepare(o: &SftOptions) -> Result<SftState> {
     if o.batch == 0 || o.seq == 0 || o.steps == 0 {
         return Err(Error::config("sft", "batch, seq and steps must be positive"));
     }
+    // The data first: a bad line is reported before the model is loaded.
+    let mut convs = Vec::new();
+    for path in &o.data {
+        convs.extend(read_conversations(path)?);
+    }
     let m = ModelTokens::of(&o.init, o.template_from.as_deref())?;
     let f = chat_format(&m, &o.init)?;
     let pad = m.separator(&o.init)?;
     let (mut train_ex, mut val_ex) = (Vec::new(), Vec::new());
     let mut k = 0usize;
-    for path in &o.data {
-        for c in read_conversations(path)? {
+    {
+        for c in convs {
             let r = render(&c, &m.tokenizer, &f, o.mask)?;
             if o.val_every > 0 && k % o.val_every == o.val_every - 1 {
                 // Validation always scores assistant tokens only, whatever the training mask.

@@ -10,6 +10,7 @@
 //!   own words, not a problem); the answer is the module renamed `TopModule` in a ```verilog block.
 //! - documentation questions: a Markdown section (`#`.. heading, then its first paragraph of 80..800
 //!   bytes) gives "What does the <project> documentation (<path>) say about <heading>?" -> the paragraph.
+//!
 //! General set (`general_examples`): the Python FAQ (`faq/*.rst` of the replay set's training split):
 //! each section title that ends with `?` is the question, its text up to the next title (cut at a
 //! paragraph end near `max_answer_bytes`) the answer.

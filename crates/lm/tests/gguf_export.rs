@@ -53,6 +53,7 @@ fn vocab(n: usize) -> GgufVocab {
         merges: vec![],
         bos_id: None,
         eos_id: None,
+        chat_template: None,
     }
 }
 
