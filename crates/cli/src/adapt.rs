@@ -46,6 +46,31 @@ pub enum AdaptCmd {
     /// harness's self-check; no model). `--corpus DIR`: bits per byte on the held-out domain and
     /// general documents and the domain cloze set (format and construction in octet_adapt::eval).
     Eval(EvalArgs),
+    /// DAPT: continue pretraining a pretrained Llama on the domain corpus blended with general replay.
+    ///
+    /// Packs the training documents of domain.jsonl and general.jsonl (`--replay` of the tokens
+    /// general; held-out documents never) to the context with EOS separators, trains `--tokens` tokens
+    /// at a constant learning rate after warm-up through the lm trainer (any `--precision`,
+    /// checkpoints, `--resume`), and evaluates held-out domain and general bits per byte at the start,
+    /// every `--eval-every` steps and at the end (`<out>/bpb.jsonl`). Prints its time estimate first.
+    /// Format and rules in octet_adapt::dapt.
+    Dapt(DaptArgs),
+    /// SFT: fine-tune on chat conversations (JSON lines of messages), loss on assistant tokens only.
+    ///
+    /// Renders each conversation with the model's chat template (ChatML), packs them into rows of
+    /// `--seq` with the prompt tokens' targets ignored (masked cross-entropy; `--no-mask` learns every
+    /// token: the ablation) and trains through the lm trainer (any `--precision`, checkpoints,
+    /// `--resume`); every `--val-every`-th conversation is validation. Format in octet_adapt::sft.
+    Sft(SftArgs),
+    /// Build SFT sets from the corpus: domain module tasks and documentation questions, Python FAQ.
+    ///
+    /// Writes `<out>/sft_domain.jsonl` and `<out>/sft_general.jsonl` from the corpus's training split
+    /// only (rules in octet_adapt::sft_data); with `--verilog-eval DIR`, conversations sharing a word
+    /// n-gram with a VerilogEval prompt or reference are dropped.
+    SftData(SftDataArgs),
+    /// N-gram overlap of training sets (the DAPT corpus, SFT files) with VerilogEval's prompts and
+    /// reference solutions.
+    Overlap(OverlapArgs),
     /// Split the corpus into passages, embed them with a BERT sentence encoder, write the dense index.
     ///
     /// Passages of at most 512 bytes on line/paragraph boundaries (document id and offsets kept);
@@ -60,6 +85,153 @@ pub enum AdaptCmd {
     /// negatives) on (query, passage) pairs from the training documents; checkpoints to `--out` and
     /// resumes from it when `--out/state.json` exists. `--out` is then a model for `index --model`.
     Retriever(RetrieverArgs),
+}
+
+#[derive(Args)]
+pub struct SftArgs {
+    /// The model: a GGUF file, an octet run or checkpoint (e.g. a DAPT run) or a HuggingFace directory.
+    #[arg(long, required_unless_present = "resume")]
+    init: Option<PathBuf>,
+    /// Conversations (JSON lines); repeat for several files.
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    /// GGUF whose chat template and BOS apply [default: the model's own, or its run's --init GGUF].
+    #[arg(long)]
+    chat_template_from: Option<PathBuf>,
+    #[arg(long, default_value = "runs/adapt-sft")]
+    out: PathBuf,
+    /// Continue the run in --out (only --steps may change).
+    #[arg(long)]
+    resume: bool,
+    /// Learn every token, prompts included (the ablation of the loss mask).
+    #[arg(long)]
+    no_mask: bool,
+    /// LoRA: train rank-r adapters on every attention and MLP linear instead of all weights
+    /// (plain levels: fp32, bf16, fp8-te); checkpoints hold the merged weights.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA scale numerator (update = alpha / rank * B A).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1, fp8-o2.
+    #[arg(long)]
+    precision: Option<String>,
+    /// Every N-th conversation is validation (0: none).
+    #[arg(long)]
+    val_every: Option<usize>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SftDataArgs {
+    /// Corpus directory from `octet adapt corpus` [default: <default cache>/corpus].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[arg(long, default_value = "runs/adapt-sft-data")]
+    out: PathBuf,
+    /// Drop conversations sharing a word n-gram with these VerilogEval problems.
+    #[arg(long)]
+    verilog_eval: Option<PathBuf>,
+    /// The n of the n-gram check.
+    #[arg(long, default_value_t = 13)]
+    n: usize,
+    /// Do not compile-check the module tasks with iverilog.
+    #[arg(long)]
+    no_compile_check: bool,
+    #[arg(long, default_value_t = 800)]
+    max_modules: usize,
+    #[arg(long, default_value_t = 400)]
+    max_faq: usize,
+    #[arg(long, default_value_t = 300)]
+    max_doc_questions: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct OverlapArgs {
+    /// VerilogEval problem directory.
+    #[arg(long)]
+    verilog_eval: PathBuf,
+    /// A corpus directory: its training documents (what DAPT trains on) are checked.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// SFT conversation files to check.
+    #[arg(long)]
+    sft: Vec<PathBuf>,
+    #[arg(long, default_value_t = 13)]
+    n: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DaptArgs {
+    /// The pretrained model: a GGUF llama file, or the HuggingFace directory of `octet adapt tokenizer`
+    /// (the extended tokenizer and resized model).
+    #[arg(long, required_unless_present = "resume")]
+    init: Option<PathBuf>,
+    /// Corpus directory from `octet adapt corpus` [default: <default cache>/corpus].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long, default_value = "runs/adapt-dapt")]
+    out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (only --tokens may change).
+    #[arg(long)]
+    resume: bool,
+    /// Training tokens (the budget); steps = tokens / (batch x seq), rounded up. The default takes
+    /// ~35 minutes on 2 idle cores at bf16.
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Fraction of the training tokens from the general replay set.
+    #[arg(long)]
+    replay: Option<f64>,
+    /// Learning rate (constant after warm-up).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Precision level: fp32, bf16, fp8-te, fp8-o1, fp8-o2.
+    #[arg(long)]
+    precision: Option<String>,
+    /// Held-out bits per byte every N steps (0: start and end only).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Held-out documents per set for bits per byte.
+    #[arg(long)]
+    eval_docs: Option<usize>,
+    /// Each evaluation document cut to its first N bytes.
+    #[arg(long)]
+    eval_doc_bytes: Option<usize>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// One JSON object per line (plan, steps, evaluations, summary).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -260,6 +432,10 @@ pub fn run(cmd: AdaptCmd) -> Result<()> {
         AdaptCmd::RetrievalEval(a) => run_retrieval_eval(a),
         AdaptCmd::Retriever(a) => run_retriever(a),
         AdaptCmd::Eval(a) => run_eval(a),
+        AdaptCmd::Dapt(a) => run_dapt(a),
+        AdaptCmd::Sft(a) => run_sft(a),
+        AdaptCmd::SftData(a) => run_sft_data(a),
+        AdaptCmd::Overlap(a) => run_overlap(a),
     }
 }
 
@@ -614,6 +790,295 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     }
     if a.json {
         println!("{}", serde_json::Value::Object(summary));
+    }
+    Ok(())
+}
+
+fn run_dapt(a: DaptArgs) -> Result<()> {
+    use octet_adapt::dapt::{self, DaptOptions, DaptStart, Report};
+    use octet_core::Error;
+    use octet_lm::train::Event;
+
+    let start = if a.resume {
+        if a.init.is_some() || a.corpus.is_some() || a.precision.is_some() || a.lr.is_some() || a.replay.is_some() {
+            return Err(Error::config("resume", "a resumed DAPT run keeps its dapt.json; only --tokens may change"));
+        }
+        DaptStart::Resume { out: a.out.clone(), tokens: a.tokens }
+    } else {
+        let corpus = match a.corpus {
+            Some(c) => c,
+            None => sources::default_cache_dir()?.join("corpus"),
+        };
+        let init = a.init.expect("clap requires --init without --resume");
+        let mut o = DaptOptions::new(init, corpus, a.out.clone());
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = a.$f { o.$f = v; })* };
+        }
+        set!(tokens, replay, lr, warmup, batch, seq, eval_every, eval_docs, eval_doc_bytes, checkpoint_every, seed);
+        if let Some(p) = &a.precision {
+            o.precision = p.parse()?;
+        }
+        DaptStart::Fresh(o)
+    };
+    let json = a.json;
+    let pb = if json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
+            .expect("valid template"),
+    );
+    let line = |m: String| {
+        if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) }
+    };
+    let summary = dapt::run(start, &mut |r| {
+        if json {
+            let v = match &r {
+                Report::Plan(p) => serde_json::json!({"event": "plan", "plan": p}),
+                Report::Train(e) => serde_json::to_value(e).expect("events serialise"),
+                Report::Bpb(p) => serde_json::json!({"event": "bpb", "point": p}),
+                Report::Note(n) => serde_json::json!({"event": "note", "note": n}),
+            };
+            println!("{v}");
+            return;
+        }
+        match r {
+            Report::Plan(p) => {
+                let b = &p.blend;
+                line(format!(
+                    "DAPT: {} steps ({} tokens; from step {}); blend {} domain documents ({} tokens) + {} general ({} tokens), replay {:.1}%, {} cut to the document limit",
+                    p.steps,
+                    p.tokens,
+                    p.start_step,
+                    b.domain_documents,
+                    b.domain_tokens,
+                    b.general_documents,
+                    b.general_tokens,
+                    100.0 * b.replay_fraction,
+                    b.cut_documents
+                ));
+                line(format!(
+                    "estimate: ~{:.0} min ({} evaluations of ~{} tokens; assuming {:.0} training tokens/s; the bar shows the measured rate)",
+                    p.estimate_seconds / 60.0,
+                    p.evaluations,
+                    p.eval_tokens_estimate,
+                    p.assumed_tokens_per_s
+                ));
+                pb.set_length(p.steps as u64);
+                pb.set_position(p.start_step as u64);
+            }
+            Report::Train(Event::Step(s)) => {
+                let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, s.tokens_per_s);
+                if pb.is_hidden() {
+                    eprintln!("step {:>6}: {msg}", s.step);
+                }
+                pb.set_position(s.step as u64);
+                pb.set_message(msg);
+            }
+            Report::Train(Event::Eval { step, val_loss }) => {
+                line(format!("step {step:>6}: held-out domain loss {val_loss:.4} (packed rows)"))
+            }
+            Report::Train(Event::Checkpoint { step, path }) => {
+                line(format!("step {step:>6}: checkpoint {}", path.display()))
+            }
+            Report::Train(Event::Start { .. }) => {}
+            Report::Train(Event::Note { message }) => line(message.clone()),
+            Report::Bpb(p) => line(format!(
+                "step {:>6}: held-out bits/byte domain {:.4}, general {:.4} ({} + {} tokens, {:.0} s)",
+                p.step, p.domain_bpb, p.general_bpb, p.domain_tokens, p.general_tokens, p.seconds
+            )),
+            Report::Note(n) => line(format!("note: {n}")),
+        }
+    })?;
+    pb.finish_and_clear();
+    if json {
+        let mut v = serde_json::to_value(&summary).expect("summary serialises");
+        v["event"] = "summary".into();
+        println!("{v}");
+    } else {
+        println!(
+            "done: {} steps, train loss {:.4}, held-out domain loss {:.4}, {:.0} tokens/s, {:.0} s training, peak RSS {:.0} MiB\ncheckpoint: {}",
+            summary.steps,
+            summary.final_loss,
+            summary.val_loss,
+            summary.tokens_per_s,
+            summary.train_seconds,
+            summary.peak_rss_bytes as f64 / (1 << 20) as f64,
+            summary.checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_sft(a: SftArgs) -> Result<()> {
+    use octet_adapt::sft::{self, Report, SftOptions};
+    use octet_core::Error;
+    use octet_lm::train::Event;
+
+    let fresh = if a.resume {
+        if a.init.is_some() || !a.data.is_empty() || a.precision.is_some() || a.lr.is_some() || a.no_mask {
+            return Err(Error::config("resume", "a resumed SFT run keeps its sft.json; only --steps may change"));
+        }
+        None
+    } else {
+        if a.data.is_empty() {
+            return Err(Error::config("data", "give at least one --data FILE.jsonl of conversations"));
+        }
+        let mut o = SftOptions::new(a.init.clone().expect("clap requires --init"), a.data.clone(), a.out.clone());
+        o.template_from = a.chat_template_from.clone();
+        o.mask = !a.no_mask;
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = a.$f { o.$f = v; })* };
+        }
+        set!(steps, lr, warmup, batch, seq, val_every, eval_every, checkpoint_every, seed, lora_rank, lora_alpha);
+        if let Some(p) = &a.precision {
+            o.precision = p.parse()?;
+        }
+        Some(o)
+    };
+    let json = a.json;
+    let summary = sft::run(fresh, &a.out, if a.resume { a.steps } else { None }, &mut |r| {
+        if json {
+            let v = match &r {
+                Report::Prepared(s) => serde_json::json!({"event": "prepared", "state": s}),
+                Report::Train(e) => serde_json::to_value(e).expect("events serialise"),
+            };
+            println!("{v}");
+            return;
+        }
+        match r {
+            Report::Prepared(s) => eprintln!(
+                "SFT ({}{}): {} training conversations in {} rows of {} ({} learned of {} positions; {} longer ones dropped), {} validation; {} steps of {}",
+                if s.options.mask { "loss on assistant tokens" } else { "loss on every token" },
+                if s.options.lora_rank > 0 { format!(", LoRA rank {}", s.options.lora_rank) } else { String::new() },
+                s.train.examples,
+                s.train.rows,
+                s.options.seq,
+                s.train.learned,
+                s.train.filled,
+                s.train.dropped,
+                s.val.examples,
+                s.options.steps,
+                s.options.batch
+            ),
+            Report::Train(Event::Step(s)) => {
+                eprintln!("step {:>6}: loss {:.4}  lr {:.2e}  {:.0} tok/s", s.step, s.loss, s.lr, s.tokens_per_s)
+            }
+            Report::Train(Event::Eval { step, val_loss }) => {
+                eprintln!("step {step:>6}: validation loss (assistant tokens) {val_loss:.4}")
+            }
+            Report::Train(Event::Checkpoint { step, path }) => {
+                eprintln!("step {step:>6}: checkpoint {}", path.display())
+            }
+            Report::Train(Event::Start { .. }) => {}
+            Report::Train(Event::Note { message }) => eprintln!("{message}"),
+        }
+    })?;
+    if json {
+        let mut v = serde_json::to_value(&summary).expect("summary serialises");
+        v["event"] = "summary".into();
+        println!("{v}");
+    } else {
+        println!(
+            "done: {} steps, train loss {:.4}, validation loss {:.4}, {:.0} tokens/s, {:.0} s training, peak RSS {:.0} MiB; {} trainable of {} parameters; Adam m+v {:.1} MiB\ncheckpoint: {}",
+            summary.steps,
+            summary.final_loss,
+            summary.val_loss,
+            summary.tokens_per_s,
+            summary.train_seconds,
+            summary.peak_rss_bytes as f64 / (1 << 20) as f64,
+            summary.trainable_params,
+            summary.params,
+            (summary.memory["bytes"]["adam_m"].as_f64().unwrap_or(0.0)
+                + summary.memory["bytes"]["adam_v"].as_f64().unwrap_or(0.0))
+                / (1 << 20) as f64,
+            summary.checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_sft_data(a: SftDataArgs) -> Result<()> {
+    use octet_adapt::sft::write_conversations;
+    use octet_adapt::sft_data::{self, BuildConfig, Overlap};
+    use octet_core::Error;
+
+    let corpus = match a.corpus {
+        Some(c) => c,
+        None => sources::default_cache_dir()?.join("corpus"),
+    };
+    let cfg = BuildConfig {
+        compile_check: !a.no_compile_check,
+        max_modules: a.max_modules,
+        max_faq: a.max_faq,
+        max_doc_questions: a.max_doc_questions,
+        ..BuildConfig::default()
+    };
+    let domain = octet_adapt::corpus::read_jsonl(&corpus.join("domain.jsonl"))?;
+    let general = octet_adapt::corpus::read_jsonl(&corpus.join("general.jsonl"))?;
+    let mut d = sft_data::domain_examples(&domain, &cfg, &mut say);
+    let mut g = sft_data::general_examples(&general, &cfg);
+    let mut dropped = (0, 0);
+    if let Some(dir) = &a.verilog_eval {
+        let o = Overlap::of_problems(&octet_adapt::eval::verilog::load_problems(dir)?, a.n);
+        dropped = (sft_data::decontaminate(&mut d, &o), sft_data::decontaminate(&mut g, &o));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    write_conversations(&a.out.join("sft_domain.jsonl"), &d)?;
+    write_conversations(&a.out.join("sft_general.jsonl"), &g)?;
+    let report = serde_json::json!({
+        "domain": d.len(), "general": g.len(),
+        "dropped_for_overlap": {"domain": dropped.0, "general": dropped.1, "n": a.n},
+        "out": a.out,
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} domain conversations, {} general (Python FAQ); dropped for a {}-gram overlap with VerilogEval: {} domain, {} general; in {}",
+            d.len(),
+            g.len(),
+            a.n,
+            dropped.0,
+            dropped.1,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_overlap(a: OverlapArgs) -> Result<()> {
+    use octet_adapt::sft_data::{self, Overlap};
+
+    let problems = octet_adapt::eval::verilog::load_problems(&a.verilog_eval)?;
+    let o = Overlap::of_problems(&problems, a.n);
+    let mut reports = Vec::new();
+    if let Some(c) = &a.corpus {
+        for set in ["domain", "general"] {
+            let docs = octet_adapt::corpus::read_jsonl(&c.join(format!("{set}.jsonl")))?;
+            reports.push(o.report(&format!("corpus {set} (train split)"), sft_data::training_items(&docs)));
+        }
+    }
+    for f in &a.sft {
+        let items = sft_data::conversation_items(f)?;
+        reports.push(o.report(&f.display().to_string(), items.iter().map(|(n, t)| (n.clone(), t.as_str()))));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&reports).expect("reports serialise"));
+        return Ok(());
+    }
+    println!("{}-gram overlap with {} VerilogEval problems (prompts and references):", a.n, problems.len());
+    for r in &reports {
+        println!(
+            "{}: {} items, {} with a shared {}-gram; {} distinct shared n-grams from {} problems",
+            r.set,
+            r.items,
+            r.overlapping_items,
+            r.n,
+            r.shared_ngrams,
+            r.problems.len()
+        );
+        for (item, gram) in &r.examples {
+            println!("    {item}: \"{gram}\"");
+        }
     }
     Ok(())
 }

@@ -421,7 +421,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             Event::Note { message } => say(message.clone()),
         }
     };
-    let summary = match train::run_dist(start, a.until, coll.as_ref(), &mut on) {
+    let summary = match train::run_dist(start, a.until, coll.as_ref(), &mut on, train::Hooks::default()) {
         Ok(s) => s,
         // The other ranks would wait for this one in their next collective: end the job.
         Err(e) if ranks > 1 => {

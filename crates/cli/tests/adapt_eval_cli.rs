@@ -107,3 +107,45 @@ fn eval_needs_a_task_and_a_model() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("nonexistent.gguf"), "{}", stderr(&o));
 }
+
+/// `adapt sft` names the file and line of a malformed conversation, and a conversation without an
+/// assistant turn, before loading any model.
+#[test]
+fn sft_data_errors_name_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}"#;
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{ok}\n{ok}\n{{\"messages\": [oops\n")).unwrap();
+    let o = octet(&["adapt", "sft", "--init", "no-such-model.gguf", "--data", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("bad.jsonl") && e.contains("line 3"), "{e}");
+    let none = tmp.path().join("none.jsonl");
+    std::fs::write(&none, format!("{ok}\n{}\n", r#"{"messages":[{"role":"user","content":"q"}]}"#)).unwrap();
+    let o = octet(&["adapt", "sft", "--init", "no-such-model.gguf", "--data", none.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("line 2") && e.contains("no assistant turn"), "{e}");
+}
+
+/// `adapt dapt` without a corpus names the missing file.
+#[test]
+fn dapt_without_a_corpus_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("tokenizer.json"), "{}").unwrap();
+    let out = tmp.path().join("run");
+    let o = octet(&[
+        "adapt",
+        "dapt",
+        "--init",
+        model.to_str().unwrap(),
+        "--corpus",
+        tmp.path().join("nope").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("tokenizer.json") || e.contains("domain.jsonl"), "{e}");
+}

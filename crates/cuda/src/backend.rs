@@ -576,12 +576,21 @@ impl HostFallback for CudaBackend {
         v: usize,
         vp: usize,
     ) {
+        if targets.contains(&octet_kernels::IGNORE_TARGET) {
+            // Masked cross-entropy has no device kernel yet: the CPU kernel on the same memory.
+            self.synchronize();
+            return octet_kernels::cpu::softmax_xent_forward(losses, logits, targets, n, v, vp);
+        }
         let tg = self.upload(targets, "targets");
         let (mut l, mut lg) = (self.view(losses), self.view(logits));
         ok("softmax_xent_forward", self.gpu.softmax_xent_forward(&mut l, &mut lg, &tg, n, v, vp));
     }
 
     fn softmax_xent_backward(&self, probs: &mut [f32], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize) {
+        if targets.contains(&octet_kernels::IGNORE_TARGET) {
+            self.synchronize();
+            return octet_kernels::cpu::softmax_xent_backward(probs, targets, dloss, n, v, vp);
+        }
         let tg = self.upload(targets, "targets");
         let mut p = self.view(probs);
         ok("softmax_xent_backward", self.gpu.softmax_xent_backward(&mut p, &tg, dloss as f32, n, v, vp));

@@ -104,9 +104,10 @@ macro_rules! with_backend_ops {
     fn swiglu_forward(out: &mut [Self::F], inp: &[Self::F], n: usize, h: usize);
     fn swiglu_backward(dinp: &mut [Self::F], inp: &[Self::F], dout: &[Self::F], n: usize, h: usize);
     fn residual_forward(out: &mut [Self::F], a: &[Self::F], b: &[Self::F]);
-    /// Softmax + cross-entropy over V of Vp columns; logits become probabilities in place.
+    /// Softmax + cross-entropy over V of Vp columns; logits become probabilities in place. A row whose
+    /// target is `IGNORE_TARGET` gets loss 0 (masked cross-entropy).
     fn softmax_xent_forward(losses: &mut [Self::F], logits: &mut [Self::F], targets: &[u32], n: usize, v: usize, vp: usize);
-    /// probs become dlogits = (probs - onehot) * dloss in place.
+    /// probs become dlogits = (probs - onehot) * dloss in place; rows with target `IGNORE_TARGET` become 0.
     fn softmax_xent_backward(probs: &mut [Self::F], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize);
     /// dbias (OC) += column sums of dout (N,OC).
     fn bias_backward(dbias: &mut [Self::F], dout: &[Self::F], n: usize, oc: usize);

@@ -428,12 +428,13 @@ pub fn softmax_xent_forward(losses: &mut [f32], logits: &mut [f32], targets: &[u
         |((row, loss), &tgt)| {
             let mx = row[..v].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
             let mut z = 0.0f32;
-            let lt = row[tgt as usize];
+            // Masked rows (IGNORE_TARGET) still become probabilities; their loss is 0.
+            let lt = if tgt == crate::IGNORE_TARGET { f32::NAN } else { row[tgt as usize] };
             exp_shift_sum(&mut row[..v], mx);
             for &x in row[..v].iter() {
                 z += x;
             }
-            *loss = mx + z.ln() - lt;
+            *loss = if tgt == crate::IGNORE_TARGET { 0.0 } else { mx + z.ln() - lt };
             let inv = 1.0 / z;
             row[..v].iter_mut().for_each(|x| *x *= inv);
             row[v..].fill(0.0);
@@ -444,6 +445,10 @@ pub fn softmax_xent_forward(losses: &mut [f32], logits: &mut [f32], targets: &[u
 pub fn softmax_xent_backward(probs: &mut [f32], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize) {
     let dl = dloss as f32;
     probs[..n * vp].par_chunks_mut(vp).zip(targets.par_iter()).for_each(|(row, &tgt)| {
+        if tgt == crate::IGNORE_TARGET {
+            row[..v].fill(0.0);
+            return;
+        }
         row[..v].iter_mut().for_each(|x| *x *= dl);
         row[tgt as usize] -= dl;
     });

@@ -14,6 +14,11 @@ pub mod reference;
 
 pub use backend::{Backend, CpuBackend, HostFallback, Memory, RefBackend};
 
+/// A target that takes no part in the loss (the masked cross-entropy of supervised fine-tuning: only
+/// assistant tokens are learned). `softmax_xent_forward` gives its row loss 0, `softmax_xent_backward`
+/// a zero gradient row; as PyTorch's `ignore_index`, but u32 (no valid token id is u32::MAX).
+pub const IGNORE_TARGET: u32 = u32::MAX;
+
 /// sqrt(2/pi), the GELU tanh-approximation constant.
 pub const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
 /// Cubic coefficient of the GELU tanh approximation (GPT-2).

@@ -362,7 +362,10 @@ pub fn attention_backward<F: Float>(
 }
 
 /// Fused softmax + cross-entropy over the first V of Vp columns. Turns logits (N,Vp) into
-/// probabilities in place (padded columns set to 0) and writes per-row losses (N).
+/// probabilities in place (padded columns set to 0) and writes per-row losses (N). Masked
+/// cross-entropy: a row whose target is `IGNORE_TARGET` gets loss 0 (its probabilities are still
+/// written; backward zeroes its gradient), so sum(losses) / #(kept rows) is the loss over the kept
+/// tokens only.
 pub fn softmax_xent_forward<F: Float>(
     losses: &mut [F],
     logits: &mut [F],
@@ -375,8 +378,10 @@ pub fn softmax_xent_forward<F: Float>(
         let row = &mut logits[r * vp..][..vp];
         let mx = row[..v].iter().map(|&x| f(x)).fold(f64::NEG_INFINITY, f64::max);
         let z: f64 = row[..v].iter().map(|&x| (f(x) - mx).exp()).sum();
-        let tgt = targets[r] as usize;
-        losses[r] = t(mx + z.ln() - f(row[tgt]));
+        losses[r] = match targets[r] {
+            crate::IGNORE_TARGET => F::zero(),
+            tgt => t(mx + z.ln() - f(row[tgt as usize])),
+        };
         for x in row[..v].iter_mut() {
             *x = t((f(*x) - mx).exp() / z);
         }
@@ -387,10 +392,15 @@ pub fn softmax_xent_forward<F: Float>(
 }
 
 /// Backward of the fused loss, in place: probs (N,Vp) become dlogits = (probs - onehot) * dloss
-/// (overwrite). `dloss` is d(total loss)/d(row loss), e.g. 1/N for a mean.
+/// (overwrite). `dloss` is d(total loss)/d(row loss), e.g. 1/N for a mean. A row whose target is
+/// `IGNORE_TARGET` has no loss term: its dlogits are 0.
 pub fn softmax_xent_backward<F: Float>(probs: &mut [F], targets: &[u32], dloss: f64, n: usize, v: usize, vp: usize) {
     for r in 0..n {
         let row = &mut probs[r * vp..][..vp];
+        if targets[r] == crate::IGNORE_TARGET {
+            row[..v].fill(F::zero());
+            continue;
+        }
         let tgt = targets[r] as usize;
         for (j, x) in row[..v].iter_mut().enumerate() {
             let ind = if j == tgt { 1.0 } else { 0.0 };

@@ -260,3 +260,23 @@ fn precision_casts_match_reference_exactly() {
     reference::bias_backward(&mut g2, &d, rows, oc);
     TOL.assert_close("dbias", &g1, &g2);
 }
+
+#[test]
+fn masked_softmax_xent_matches_reference_and_zeroes_ignored_rows() {
+    use octet_kernels::IGNORE_TARGET;
+    let (n, v, vp) = (29, 50, 64);
+    let mut r = Rng::new(9);
+    let logits = randn(&mut r, n * vp, 4.0);
+    // Every third target ignored (the prompt tokens of a chat example).
+    let targets: Vec<u32> = (0..n).map(|i| if i % 3 == 0 { IGNORE_TARGET } else { r.below(v) as u32 }).collect();
+    let (mut p1, mut p2) = (logits.clone(), logits.clone());
+    let (mut l1, mut l2) = (vec![0.0; n], vec![0.0; n]);
+    cpu::softmax_xent_forward(&mut l1, &mut p1, &targets, n, v, vp);
+    reference::softmax_xent_forward(&mut l2, &mut p2, &targets, n, v, vp);
+    TOL.assert_close("losses", &l1, &l2);
+    assert!((0..n).step_by(3).all(|i| l1[i] == 0.0));
+    cpu::softmax_xent_backward(&mut p1, &targets, 0.1, n, v, vp);
+    reference::softmax_xent_backward(&mut p2, &targets, 0.1, n, v, vp);
+    TOL.assert_close("dlogits", &p1, &p2);
+    assert!(p1.chunks(vp).step_by(3).all(|row| row.iter().all(|&x| x == 0.0)));
+}

@@ -146,3 +146,27 @@ fn matmul_and_softmax_xent_backward_match_finite_differences() {
     r::softmax_xent_backward(&mut p, &targets, 1.0 / n as f64, n, v, vp);
     FD.assert_close("dlogits", &p, &fd_grad(&logits, &loss));
 }
+
+/// Masked cross-entropy: rows with target IGNORE_TARGET take no part. The loss over the kept rows,
+/// sum(losses) / K, has central-difference gradients equal to backward's with dloss = 1/K, and the
+/// ignored rows' dlogits are exactly 0.
+#[test]
+fn masked_softmax_xent_backward_matches_finite_differences() {
+    use octet_kernels::IGNORE_TARGET;
+    let (n, v, vp) = (5, 6, 8);
+    let mut rng = Rng::new(11);
+    let logits = randn(&mut rng, n * vp);
+    let targets = [3u32, IGNORE_TARGET, 0, IGNORE_TARGET, 5];
+    let kept = targets.iter().filter(|&&x| x != IGNORE_TARGET).count() as f64;
+    let loss = |lg: &[f64]| {
+        let (mut l, mut p) = (vec![0.0; n], lg.to_vec());
+        r::softmax_xent_forward(&mut l, &mut p, &targets, n, v, vp);
+        l.iter().sum::<f64>() / kept
+    };
+    let (mut l, mut p) = (vec![0.0; n], logits.clone());
+    r::softmax_xent_forward(&mut l, &mut p, &targets, n, v, vp);
+    assert_eq!((l[1], l[3]), (0.0, 0.0), "ignored rows have loss 0");
+    r::softmax_xent_backward(&mut p, &targets, 1.0 / kept, n, v, vp);
+    FD.assert_close("dlogits", &p, &fd_grad(&logits, &loss));
+    assert!(p[vp..2 * vp].iter().chain(&p[3 * vp..4 * vp]).all(|&g| g == 0.0));
+}

@@ -89,8 +89,24 @@ fn parse_state(sp: &Path, text: &str) -> Result<State> {
 
 /// Parameters and optimizer state as a run holds them.
 pub enum Tensors<'a> {
-    Plain { params: &'a Slab<f32>, m: &'a Slab<f32>, v: &'a Slab<f32> },
-    Narrow { weights: &'a ScaledBuf, m: &'a ScaledBuf, v: &'a ScaledBuf },
+    Plain {
+        params: &'a Slab<f32>,
+        m: &'a Slab<f32>,
+        v: &'a Slab<f32>,
+    },
+    Narrow {
+        weights: &'a ScaledBuf,
+        m: &'a ScaledBuf,
+        v: &'a ScaledBuf,
+    },
+    /// A LoRA run: the merged weights as the model; the adapters and their moments as the optimizer
+    /// file (`lora.`, `m.`, `v.` tensors over the adapter layout).
+    Lora {
+        merged: &'a Slab<f32>,
+        adapters: &'a Slab<f32>,
+        m: &'a Slab<f32>,
+        v: &'a Slab<f32>,
+    },
 }
 
 /// Narrow buffers as loaded (the optimizer's only when asked for).
@@ -216,6 +232,11 @@ pub fn save(
         Tensors::Narrow { weights, m, v } => {
             (raw_safetensors(&[("weights", weights)])?, raw_safetensors(&[("m", m), ("v", v)])?)
         }
+        Tensors::Lora { merged, adapters, m, v } => {
+            let meta = HashMap::from([("format".to_string(), "octet".to_string())]);
+            let opt = to_safetensors(&[("lora.", adapters), ("m.", m), ("v.", v)], meta.clone())?;
+            (to_safetensors(&[("", merged)], meta)?, opt)
+        }
     };
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     let tok = std::fs::read(tokenizer_json).map_err(|e| io(tokenizer_json, e))?;
@@ -308,6 +329,13 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Loaded> {
             &sp,
             "step",
             format!("{} is past the run's {} steps", state.step, state.train.steps),
+        ));
+    }
+    if with_optimizer && state.train.lora_rank > 0 {
+        return Err(Error::format(
+            &sp,
+            "train.lora_rank",
+            "a LoRA run does not resume yet (its checkpoints hold the merged weights): start a new run from it with --init",
         ));
     }
     // The model's parameter layout, and the one-block layout its narrow units come from.

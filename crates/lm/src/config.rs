@@ -73,6 +73,11 @@ pub struct TrainConfig {
     /// In a data-parallel job, check every N steps that all ranks hold the same weights (a hash;
     /// 0 = never). A debugging aid: it costs one small all-gather.
     pub check_weights_every: usize,
+    /// LoRA adapters of this rank on every block linear, only they trained (0 = full fine-tuning;
+    /// `crate::lora`). Checkpoints hold the merged weights.
+    pub lora_rank: usize,
+    /// LoRA scale numerator: the update is (alpha / rank) B A.
+    pub lora_alpha: f64,
 }
 
 impl Default for TrainConfig {
@@ -112,6 +117,8 @@ impl Default for TrainConfig {
             sample_tokens: 120,
             zero: false,
             check_weights_every: 0,
+            lora_rank: 0,
+            lora_alpha: 16.0,
         }
     }
 }

@@ -13,7 +13,8 @@
 //! ```text
 //! forward:  stage_top; embed; for l in 0..L { stage_forward(l); layer(l) }; head -> logits (N, Vp);
 //!           with targets: losses (N) = softmax_xent(logits) and the mean
-//! backward: dlogits = (softmax - onehot) * grad_scale / N (in place of the probabilities); head_backward;
+//! backward: dlogits = (softmax - onehot) * grad_scale / K (in place of the probabilities; K = N, or
+//!           the unmasked targets' count when some are IGNORE_TARGET, whose rows get 0); head_backward;
 //!           for l in L-1..=0 { stage_backward(l); layer_backward(l); store_backward(l) }; embed_backward;
 //!           store_top
 //! ```
@@ -29,6 +30,7 @@ use octet_core::{Error, Float, Layout, Result, Slab};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
+use crate::lora::Lora;
 use crate::narrow::{Narrow, stage_backward, stage_forward, stage_top, store_backward, store_top, switch_storage};
 use crate::precision::{LinearScaling, Linears, Precision};
 
@@ -101,6 +103,15 @@ pub trait Arch: Copy + PartialEq + std::fmt::Debug + Send + Sync + 'static {
         self.dims().n_layer * self.linears_per_layer()
     }
     fn ids(&self, params: &Layout) -> Self::Ids;
+    /// (IC, OC) of each block linear of a layer, in the order of its linear index k: the LoRA targets
+    /// (`crate::lora`); empty: no LoRA for this architecture.
+    fn linear_shapes(&self) -> Vec<(usize, usize)> {
+        vec![]
+    }
+    /// Where the (OC, IC) weight of linear k of layer l is in the full parameter layout.
+    fn linear_weight(&self, _layout: &Layout, _l: usize, _k: usize) -> Range<usize> {
+        unreachable!("an architecture with linear_shapes says where their weights are")
+    }
 
     /// Token (and position) embedding of `tokens` (B*T) into the first layer's input.
     fn embed_forward<Bk: Backend>(&self, ids: &Self::Ids, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]);
@@ -170,6 +181,8 @@ pub struct Decoder<Bk: Backend, A: Arch> {
     acts: Option<Acts<Bk::F>>,
     tokens: Vec<u32>,
     targets: Vec<u32>,
+    /// Targets of the last forward that count (not `IGNORE_TARGET`): the mean's denominator.
+    kept: usize,
     /// Mean loss of the last forward with targets.
     pub loss: Option<f64>,
     /// GEMM precision of the block linears (the output head stays f32).
@@ -177,6 +190,8 @@ pub struct Decoder<Bk: Backend, A: Arch> {
     pub scaling_mode: ScalingMode,
     /// FP8 scaling state per linear (empty unless the precision is FP8).
     pub scaling: Vec<LinearScaling>,
+    /// LoRA adapters on the block linears (`enable_lora`); then only they are trained.
+    pub lora: Option<Lora<Bk::F>>,
 }
 
 impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
@@ -199,10 +214,12 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             acts: None,
             tokens: vec![],
             targets: vec![],
+            kept: 0,
             loss: None,
             precision: Precision::Fp32,
             scaling_mode: ScalingMode::Delayed,
             scaling: vec![],
+            lora: None,
         })
     }
 
@@ -258,6 +275,34 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
 
     pub fn zero_grad(&mut self) {
         self.backend.zero(&mut self.grads.data);
+        if let Some(lo) = &mut self.lora {
+            self.backend.zero(&mut lo.grads.data);
+        }
+    }
+
+    /// Add rank-`rank` LoRA adapters (scale alpha / rank; A random with `seed`, B zero) to every block
+    /// linear; from now on the optimizer trains only them (`step::Optimizer::for_model`). Plain levels
+    /// only (fp32, bf16, fp8-te).
+    pub fn enable_lora(&mut self, rank: usize, alpha: f64, seed: u64) -> Result<()> {
+        if self.narrow.is_some() {
+            return Err(Error::config(
+                "lora_rank",
+                format!("LoRA runs at the plain levels (fp32, bf16, fp8-te), not {}", self.precision),
+            ));
+        }
+        let alloc = self.backend.allocator();
+        let n = self.cfg.dims().n_layer;
+        self.lora = Some(Lora::new(self.cfg.linear_shapes(), n, rank, alpha, seed, alloc.as_ref())?);
+        Ok(())
+    }
+
+    /// The f32 parameters with the adapters merged (W += s B A); None without LoRA.
+    pub fn merged_params(&self) -> Option<Vec<f32>> {
+        let lo = self.lora.as_ref()?;
+        let mut p = self.params_f32();
+        let layout = self.cfg.param_layout();
+        lo.merge(&mut p, |l, k| self.cfg.linear_weight(&layout, l, k));
+        Some(p)
     }
 
     /// Elements of activations, activation-gradient scratch and cast-operand workspace for the
@@ -296,14 +341,19 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
                 found: vec![tokens.len()],
             });
         }
-        if let Some(&bad) = tokens.iter().chain(targets.unwrap_or(&[])).find(|&&x| x as usize >= c.vocab_size) {
+        // Targets may be IGNORE_TARGET (masked cross-entropy); inputs may not.
+        let ignored = |&&x: &&u32| x == octet_kernels::IGNORE_TARGET;
+        let real_targets = targets.unwrap_or(&[]).iter().filter(|x| !ignored(x));
+        if let Some(&bad) = tokens.iter().chain(real_targets).find(|&&x| x as usize >= c.vocab_size) {
             return Err(Error::config("tokens", format!("token id {bad} >= vocab_size {}", c.vocab_size)));
         }
         Ok(())
     }
 
     /// Forward over `tokens` (B*T). With `targets`, returns the mean cross-entropy and leaves the
-    /// softmax probabilities for backward; without, leaves raw logits (see `logits`).
+    /// softmax probabilities for backward; without, leaves raw logits (see `logits`). Targets equal to
+    /// `octet_kernels::IGNORE_TARGET` are masked: the mean is over the other K positions (0 when K = 0)
+    /// and backward's loss gradient is grad_scale / K per kept row (masked cross-entropy, SFT).
     pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f64>> {
         self.check_tokens(tokens, targets, b, t)?;
         self.run_forward(tokens, b, t, Head::All)?;
@@ -317,7 +367,8 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
             let [losses, logits] = a.disjoint_mut([named(&a.layout, "losses"), named(&a.layout, "logits")]);
             self.backend.softmax_xent_forward(losses, logits, tg, n, c.vocab_size, c.padded_vocab);
             self.backend.synchronize();
-            self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / n as f64);
+            self.kept = kept_targets(tg);
+            self.loss = Some(losses.iter().map(|&x| x.into()).sum::<f64>() / self.kept.max(1) as f64);
         }
         Ok(self.loss)
     }
@@ -332,6 +383,13 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         self.backend.synchronize();
         let a = &self.acts.as_ref().expect("allocated by run_forward").a;
         Ok(&a.data[named(&a.layout, "logits")][..b * vp])
+    }
+
+    /// Per-position losses (B*T) of the last forward with targets (0 at masked positions).
+    pub fn row_losses(&self) -> &[Bk::F] {
+        self.backend.synchronize();
+        let a = &self.acts.as_ref().expect("forward first").a;
+        &a.data[named(&a.layout, "losses")]
     }
 
     /// Raw logits (B*T, Vp) of the last forward without targets.
@@ -349,7 +407,10 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         let (cfg, be, ids) = (self.cfg, &self.backend, &self.ids);
         let acts = self.acts.as_mut().expect("allocated above");
         let lin = (self.precision, self.scaling_mode, cfg.linears_per_layer());
-        let mut x = pass(be, lin, &mut self.scaling, acts, head);
+        if let Some(lo) = &mut self.lora {
+            lo.ensure_rows(b * t)?;
+        }
+        let mut x = pass(be, lin, &mut self.scaling, acts, head, self.lora.as_mut());
         cfg.embed_forward(ids, &mut x, &self.params, tokens);
         for l in 0..cfg.dims().n_layer {
             let lw = stage_forward(be, self.narrow.as_ref(), l, &mut self.params.data);
@@ -377,13 +438,13 @@ impl<Bk: Backend, A: Arch> Decoder<Bk, A> {
         be.softmax_xent_backward(
             &mut acts.a.data[logits],
             &self.targets,
-            self.grad_scale / n as f64,
+            self.grad_scale / self.kept.max(1) as f64,
             n,
             c.vocab_size,
             c.padded_vocab,
         );
         let lin = (self.precision, self.scaling_mode, cfg.linears_per_layer());
-        let mut x = pass(be, lin, &mut self.scaling, acts, Head::All);
+        let mut x = pass(be, lin, &mut self.scaling, acts, Head::All, self.lora.as_mut());
         cfg.head_backward(ids, &mut x, p, g);
         for l in (0..c.n_layer).rev() {
             let lw = stage_backward(be, self.narrow.as_ref(), l, &mut p.data, &mut g.data);
@@ -405,17 +466,23 @@ fn pass<'a, Bk: Backend>(
     scaling: &'a mut [LinearScaling],
     acts: &'a mut Acts<Bk::F>,
     head: Head,
+    lora: Option<&'a mut Lora<Bk::F>>,
 ) -> Pass<'a, Bk> {
     let (b, t) = (acts.b, acts.t);
     Pass {
         be,
-        lin: Linears { be, prec, mode, scaling, ws: &mut acts.ws, per_layer },
+        lin: Linears { be, prec, mode, scaling, ws: &mut acts.ws, per_layer, lora },
         a: &mut acts.a,
         da: &mut acts.d,
         b,
         t,
         head,
     }
+}
+
+/// Targets that take part in the loss (not `IGNORE_TARGET`).
+fn kept_targets(targets: &[u32]) -> usize {
+    targets.iter().filter(|&&x| x != octet_kernels::IGNORE_TARGET).count()
 }
 
 /// Range of the tensor `name` of an activation layout.

@@ -116,7 +116,8 @@ pub fn export(checkpoint: &Path, format: Format, out: &Path) -> Result<Exported>
         }
         Format::Gguf(ty) => {
             let text = std::fs::read_to_string(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
-            let vocab = GgufVocab::from_hf_json(&text, &tok_path)?;
+            let mut vocab = GgufVocab::from_hf_json(&text, &tok_path)?;
+            vocab.chat_template = init_chat_template(&ck.state)?;
             let name = format!("octet llama (step {})", ck.state.step);
             let w = llama_gguf(&cfg, &ck.params, &vocab, ty, &name)?;
             let bytes = w.to_bytes();
@@ -211,4 +212,23 @@ pub fn llama_gguf(
         put("output.weight".into(), v, d, start("output"))?;
     }
     Ok(w)
+}
+
+/// The chat template of the GGUF file a run was initialised from, followed back through runs
+/// initialised from runs (SFT from DAPT from the GGUF); None when the chain ends elsewhere.
+fn init_chat_template(state: &checkpoint::State) -> Result<Option<String>> {
+    let mut from = state.train.init.clone();
+    for _ in 0..8 {
+        match from {
+            Some(p) if p.is_file() => {
+                let g = crate::gguf::GgufFile::open(&p)?;
+                return Ok(g.tokenizer()?.chat_template);
+            }
+            Some(p) if p.join("latest").is_file() || p.join("state.json").is_file() => {
+                from = checkpoint::load(&p, false)?.state.train.init;
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
 }

@@ -17,6 +17,7 @@ pub mod gpt2;
 pub mod infer;
 pub mod llama;
 pub mod llama_hf;
+pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod narrow;

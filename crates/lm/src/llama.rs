@@ -438,6 +438,15 @@ impl Arch for LlamaConfig {
     fn ids(&self, params: &Layout) -> ParamIds {
         ParamIds::new(params)
     }
+    fn linear_shapes(&self) -> Vec<(usize, usize)> {
+        // Indexed by QKV_LIN, ATTN_OUT_LIN, GATE_UP_LIN, DOWN_LIN.
+        let (d, h) = (self.n_embd, self.ffn_hidden);
+        vec![(d, self.qkv_dim()), (d, d), (d, 2 * h), (h, d)]
+    }
+    fn linear_weight(&self, layout: &Layout, l: usize, k: usize) -> std::ops::Range<usize> {
+        let name = ["attn_qkv", "attn_output", "ffn_gate_up", "ffn_down"][k];
+        layout.range_at(layout.expect_id(name), l)
+    }
 
     fn embed_forward<Bk: Backend>(&self, pid: &ParamIds, x: &mut Pass<'_, Bk>, p: &Slab<Bk::F>, tokens: &[u32]) {
         let n = x.n();

@@ -60,6 +60,14 @@ pub trait LanguageModel {
     /// Clip and AdamW-update the plain parameters on the model's backend (`plain_update`);
     /// returns the gradient norm before clipping. Plain levels only.
     fn plain_update(&mut self, opt: &mut AdamW, clip: f64, lr: f64) -> f64;
+    /// Add LoRA adapters (`crate::lora`); the optimizer then trains only them.
+    fn enable_lora(&mut self, rank: usize, alpha: f64, seed: u64) -> Result<()>;
+    /// The adapters' parameter layout and values, when LoRA is on.
+    fn lora_params(&self) -> Option<&Slab<f32>>;
+    /// Clip the adapters' gradient norm and AdamW-update them; returns the norm before clipping.
+    fn lora_update(&mut self, opt: &mut AdamW, clip: f64, lr: f64) -> f64;
+    /// Every weight with the adapters merged in (f32, full layout); None without LoRA.
+    fn merged_params(&self) -> Option<Vec<f32>>;
 }
 
 impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
@@ -135,6 +143,19 @@ impl<Bk: Backend<F = f32>, A: Arch> LanguageModel for Decoder<Bk, A> {
     fn plain_update(&mut self, opt: &mut AdamW, clip: f64, lr: f64) -> f64 {
         assert!(self.narrow.is_none(), "plain_update at a narrow level");
         plain_update(&self.backend, &mut self.params.data, &mut self.grads.data, opt, clip, lr)
+    }
+    fn enable_lora(&mut self, rank: usize, alpha: f64, seed: u64) -> Result<()> {
+        Decoder::enable_lora(self, rank, alpha, seed)
+    }
+    fn lora_params(&self) -> Option<&Slab<f32>> {
+        self.lora.as_ref().map(|l| &l.params)
+    }
+    fn lora_update(&mut self, opt: &mut AdamW, clip: f64, lr: f64) -> f64 {
+        let lo = self.lora.as_mut().expect("lora_update without adapters");
+        plain_update(&self.backend, &mut lo.params.data, &mut lo.grads.data, opt, clip, lr)
+    }
+    fn merged_params(&self) -> Option<Vec<f32>> {
+        Decoder::merged_params(self)
     }
 }
 

@@ -236,6 +236,8 @@ pub struct Linears<'a, Bk: Backend> {
     pub scaling: &'a mut [LinearScaling],
     pub ws: &'a mut Workspace<Bk::F>,
     pub per_layer: usize,
+    /// LoRA adapters added to every block linear (`crate::lora`), when enabled.
+    pub lora: Option<&'a mut crate::lora::Lora<Bk::F>>,
 }
 
 impl<Bk: Backend> Linears<'_, Bk> {
@@ -255,6 +257,9 @@ impl<Bk: Backend> Linears<'_, Bk> {
     ) {
         let sc = self.scaling.get_mut(l * self.per_layer + k);
         linear_forward(self.be, self.prec, sc, self.mode, self.ws, out, inp, w, bias, n, ic, oc);
+        if let Some(lo) = self.lora.as_deref_mut() {
+            lo.forward(self.be, l, k, out, inp, n);
+        }
     }
 
     /// Backward of `forward`: dinp overwritten, dw (and dbias) accumulated.
@@ -275,5 +280,8 @@ impl<Bk: Backend> Linears<'_, Bk> {
     ) {
         let sc = self.scaling.get_mut(l * self.per_layer + k);
         linear_backward(self.be, self.prec, sc, self.mode, self.ws, dinp, dw, dbias, dout, inp, w, n, ic, oc);
+        if let Some(lo) = self.lora.as_deref_mut() {
+            lo.backward(self.be, l, k, dinp, dout, inp, n);
+        }
     }
 }

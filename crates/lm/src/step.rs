@@ -63,11 +63,21 @@ pub enum Optimizer {
     /// The same with its state sharded over the ranks of a data-parallel job (FP8-LM's ZeRO,
     /// `crate::dist::Zero`): this rank's units only.
     Zero(Box<Zero>),
+    /// f32 AdamW over the LoRA adapters only (the model's weights stay frozen; `crate::lora`).
+    Lora(AdamW),
 }
 
 impl Optimizer {
     /// The optimizer `model`'s precision calls for, fresh (step 0).
     pub fn for_model(model: &dyn LanguageModel, cfg: AdamWConfig) -> Optimizer {
+        if let Some(lp) = model.lora_params() {
+            // Adapters take no weight decay (as PEFT's default); their moments only.
+            let alloc = model.allocator();
+            let flags = vec![false; lp.layout.specs().len()];
+            let o = AdamW::new_in(lp.layout.clone(), flags, cfg, alloc.as_ref())
+                .unwrap_or_else(|e| panic!("allocating the adapters' AdamW moments: {e}"));
+            return Optimizer::Lora(o);
+        }
         let decay = model.decay_flags();
         match (model.narrow(), model.plain()) {
             (Some(nw), _) => Optimizer::Narrow(Fp8AdamW::new(
@@ -105,7 +115,7 @@ impl Optimizer {
     /// Completed steps.
     pub fn step(&self) -> u64 {
         match self {
-            Optimizer::Plain(o) => o.step,
+            Optimizer::Plain(o) | Optimizer::Lora(o) => o.step,
             Optimizer::Narrow(o) => o.step,
             Optimizer::Zero(z) => z.opt.step,
         }
@@ -114,7 +124,7 @@ impl Optimizer {
     /// Bytes of Adam's m and v (with their scales) held by this process.
     pub fn state_bytes(&self) -> (usize, usize) {
         match self {
-            Optimizer::Plain(o) => (o.m.data.len() * 4, o.v.data.len() * 4),
+            Optimizer::Plain(o) | Optimizer::Lora(o) => (o.m.data.len() * 4, o.v.data.len() * 4),
             Optimizer::Narrow(o) => (o.m.bytes(), o.v.bytes()),
             Optimizer::Zero(z) => z.state_bytes(),
         }
@@ -233,6 +243,13 @@ fn update(
     loss: f64,
 ) -> Result<StepOutcome> {
     match opt {
+        Optimizer::Lora(o) => {
+            let grad_norm = model.lora_update(o, clip, lr);
+            if !grad_norm.is_finite() {
+                return Err(Error::NonFinite { what: "adapter gradient norm".into(), step, value: grad_norm });
+            }
+            Ok(StepOutcome { loss, grad_norm, skipped: false })
+        }
         Optimizer::Plain(o) => {
             let grad_norm = model.plain_update(o, clip, lr);
             if !grad_norm.is_finite() {

@@ -113,6 +113,8 @@ pub struct Summary {
     /// workspace) and `bytes_per_param`; see `memory::Ledger`.
     pub memory: serde_json::Value,
     pub params: usize,
+    /// Parameters the optimizer updates (the adapters' with LoRA, else all).
+    pub trainable_params: usize,
     pub precision: Precision,
     /// Steps whose update was skipped because a gradient overflowed (narrow levels).
     pub skipped_steps: u64,
@@ -147,9 +149,17 @@ struct Pretrained {
     tokenizer: TextTokenizer,
 }
 
-/// Read `--init`: a GGUF `llama` file (weights dequantised, its embedded tokenizer), or a HuggingFace
-/// Llama directory as `octet adapt tokenizer` and `llama_hf::export_hf` write it.
+/// Read `--init`: a GGUF `llama` file (weights dequantised, its embedded tokenizer), a HuggingFace
+/// Llama directory as `octet adapt tokenizer` and `llama_hf::export_hf` write it, or an octet run or
+/// checkpoint directory (its weights, decoded at the narrow levels, and its tokenizer; the new run
+/// starts from step 0 with a fresh optimizer: e.g. SFT from a DAPT run).
 fn load_pretrained(path: &Path) -> Result<Pretrained> {
+    let is_checkpoint = path.is_dir() && (path.join("latest").is_file() || path.join("state.json").is_file());
+    if is_checkpoint {
+        let l = checkpoint::load(path, false)?;
+        let tokenizer = TextTokenizer::load(&l.dir.join("tokenizer.json"))?;
+        return Ok(Pretrained { spec: l.state.model, params: l.params, tokenizer });
+    }
     let (cfg, params, tokenizer) = if path.is_dir() {
         let (cfg, params) = crate::llama_hf::import_hf(path)?;
         (cfg, params, TextTokenizer::load(&path.join("tokenizer.json"))?)
@@ -226,9 +236,17 @@ impl Staged {
     }
 }
 
-/// The train and validation batches of prepared data in `dir`, checked against a tokenizer of
-/// `vocab` tokens.
-fn open_batches(cfg: &TrainConfig, dir: &Path, vocab: usize) -> Result<(Batches, Batches)> {
+/// Prepared data opened for a run: the shards' windows (where asked for) and their token counts.
+struct Opened {
+    train: Option<Batches>,
+    val: Option<Batches>,
+    train_tokens: usize,
+    val_tokens: usize,
+}
+
+/// The shards of prepared data in `dir`, checked against a tokenizer of `vocab` tokens, with their
+/// train and validation windows where `windows` asks for them.
+fn open_batches(cfg: &TrainConfig, dir: &Path, vocab: usize, windows: (bool, bool)) -> Result<Opened> {
     let train_shard = Shard::open(&dir.join("train.bin"))?;
     let val_shard = Shard::open(&dir.join("val.bin"))?;
     if train_shard.vocab_size > vocab {
@@ -238,11 +256,11 @@ fn open_batches(cfg: &TrainConfig, dir: &Path, vocab: usize) -> Result<(Batches,
             format!("shard vocabulary {} exceeds tokenizer's {vocab}", train_shard.vocab_size),
         ));
     }
-    let val_tokens = val_shard.len();
-    let train = Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)?;
+    let (train_tokens, val_tokens) = (train_shard.len(), val_shard.len());
+    let train = windows.0.then(|| Batches::new(train_shard, cfg.batch, cfg.seq, cfg.seed)).transpose()?;
     let val_b = cfg.batch.min(val_tokens.saturating_sub(1) / cfg.seq).max(1);
-    let val = Batches::new(val_shard, val_b, cfg.seq, cfg.seed)?;
-    Ok((train, val))
+    let val = windows.1.then(|| Batches::new(val_shard, val_b, cfg.seq, cfg.seed)).transpose()?;
+    Ok(Opened { train, val, train_tokens, val_tokens })
 }
 
 /// This rank's rows of global batch rows `rows` (each of `t` tokens).
@@ -250,13 +268,54 @@ fn local_rows((x, y): &(Vec<u32>, Vec<u32>), rows: &std::ops::Range<usize>, t: u
     (x[rows.start * t..rows.end * t].to_vec(), y[rows.start * t..rows.end * t].to_vec())
 }
 
-fn evaluate(model: &mut dyn LanguageModel, val: &Batches, n: usize) -> Result<f64> {
+fn evaluate(model: &mut dyn LanguageModel, val: &dyn BatchSource, n: usize) -> Result<f64> {
     let mut total = 0.0;
+    let (b, t) = val.shape();
     for i in 0..n {
         let (x, y) = val.eval_batch(i);
-        total += model.forward(&x, Some(&y), val.b, val.t)?.expect("targets given");
+        total += model.forward(&x, Some(&y), b, t)?.expect("targets given");
     }
     Ok(total / n as f64)
+}
+
+/// Where a run's batches come from: by default the shard's random windows (`data::Batches`); an
+/// application (DAPT's packed documents, SFT's masked conversations) supplies its own through
+/// [`Hooks`]. Inputs and targets are (B, T) each; targets may be `octet_kernels::IGNORE_TARGET`
+/// (masked cross-entropy). Batch `step` must depend only on `step`, so a resumed run sees the same data.
+pub trait BatchSource {
+    /// (B, T) of every batch.
+    fn shape(&self) -> (usize, usize);
+    fn train_batch(&self, step: usize) -> (Vec<u32>, Vec<u32>);
+    /// Validation batch `i` (the same every time it is asked for).
+    fn eval_batch(&self, i: usize) -> (Vec<u32>, Vec<u32>);
+}
+
+impl BatchSource for Batches {
+    fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+    fn train_batch(&self, step: usize) -> (Vec<u32>, Vec<u32>) {
+        Batches::train_batch(self, step)
+    }
+    fn eval_batch(&self, i: usize) -> (Vec<u32>, Vec<u32>) {
+        Batches::eval_batch(self, i)
+    }
+}
+
+/// An extra evaluation at every validation point (step 0 of a run from a pretrained model, every
+/// `eval_every` steps, the end): `(step, model)`, e.g. held-out bits per byte of domain adaptation.
+pub type EvalHook<'a> = &'a mut dyn FnMut(usize, &mut dyn LanguageModel) -> Result<()>;
+
+/// What an application adds to the training loop without a loop of its own: batch sources in place
+/// of the shards' windows (the shards are still prepared, and resume checks their token count) and an
+/// evaluation hook. `Hooks::default()` is the plain trainer.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Training batches (their shape must be the configuration's (batch, seq)).
+    pub train: Option<&'a dyn BatchSource>,
+    /// Validation batches (any shape).
+    pub val: Option<&'a dyn BatchSource>,
+    pub eval: Option<EvalHook<'a>>,
 }
 
 /// How a run begins: fresh from a configuration, or from a checkpoint (whose configuration wins,
@@ -269,18 +328,25 @@ pub enum Start<'a> {
 
 /// Train, stopping after step `until` if given (checkpointing as an interruption would).
 pub fn run(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event)) -> Result<Summary> {
-    run_dist(start, until, &Single::new(), on)
+    run_with(start, until, on, Hooks::default())
 }
 
-/// `run` as one rank of the data-parallel job `coll` (`crate::dist`). Every rank trains on its rows
-/// of each global batch (`batch` must split evenly); rank 0 alone prepares the data, writes the run
-/// directory (checkpoints) and reports events, the other ranks read what it wrote after a barrier
-/// (a shared file system). With one rank (and no ZeRO) this is exactly the single-process trainer.
+/// `run` with an application's batch sources and evaluation hook (see [`Hooks`]).
+pub fn run_with(start: Start, until: Option<usize>, on: &mut dyn FnMut(&Event), hooks: Hooks) -> Result<Summary> {
+    run_dist(start, until, &Single::new(), on, hooks)
+}
+
+/// `run_with` as one rank of the data-parallel job `coll` (`crate::dist`). Every rank trains on its
+/// rows of each global batch (`batch` must split evenly); rank 0 alone prepares the data, writes the
+/// run directory (checkpoints) and reports events, the other ranks read what it wrote after a
+/// barrier (a shared file system). With one rank (and no ZeRO) this is exactly the single-process
+/// trainer.
 pub fn run_dist(
     start: Start,
     until: Option<usize>,
     coll: &dyn Collective,
     on: &mut dyn FnMut(&Event),
+    mut hooks: Hooks,
 ) -> Result<Summary> {
     let (rank, ranks) = (coll.rank(), coll.size());
     let mut on = |e: &Event| {
@@ -292,6 +358,7 @@ pub fn run_dist(
         Start::Fresh(cfg, source) => (cfg, source, None),
         Start::Resume { dir, steps } => {
             let l = checkpoint::load(&dir, true)?;
+
             if let Some(n) = steps
                 && n < l.state.step
             {
@@ -363,7 +430,10 @@ pub fn run_dist(
     let rows = dp.rows(cfg.batch)?;
     // The model for a tokenizer, and the batches of the data in `dir`, checked against each other
     // and against a checkpoint's data.
-    let open = |dir: &Path, tokenizer: &TextTokenizer| -> Result<(ModelSpec, Batches, Batches)> {
+    // The shards' windows are built unless the application brings its own batches (whose rows may
+    // be exactly T tokens, too few for a window of T + 1).
+    let windows = (hooks.train.is_none(), hooks.val.is_none());
+    let open = |dir: &Path, tokenizer: &TextTokenizer| -> Result<(ModelSpec, Opened)> {
         let vocab = tokenizer.vocab_size();
         let spec = spec_for(vocab)?;
         if vocab > spec.dims().vocab_size {
@@ -372,25 +442,24 @@ pub fn run_dist(
                 format!("the tokenizer has {vocab} tokens, the model {} embedding rows", spec.dims().vocab_size),
             ));
         }
-        let (train, val) = open_batches(&cfg, dir, vocab)?;
+        let opened = open_batches(&cfg, dir, vocab, windows)?;
         if let Some(l) = &loaded
-            && l.state.train_tokens != train.shard.len()
+            && l.state.train_tokens != opened.train_tokens
         {
             return Err(Error::format(
                 dir.join("train.bin"),
                 "count",
                 format!(
                     "checkpoint trained on {} tokens, this shard has {}: not the same data",
-                    l.state.train_tokens,
-                    train.shard.len()
+                    l.state.train_tokens, opened.train_tokens
                 ),
             ));
         }
-        Ok((spec, train, val))
+        Ok((spec, opened))
     };
     // Rank 0 prepares the data (in a temporary directory, renamed to `data/` once it proves usable);
     // the others wait for it and read what it wrote.
-    let (data_dir, tokenizer, (spec, train, val)) = if rank == 0 {
+    let (data_dir, tokenizer, (spec, opened)) = if rank == 0 {
         let prepared = prepare_data(&cfg, &source, init.as_ref().map(|pt| &pt.tokenizer)).and_then(|(staged, tok)| {
             match open(&staged.dir, &tok) {
                 Ok(opened) => Ok((staged.commit()?, tok, opened)),
@@ -410,7 +479,27 @@ pub fn run_dist(
         (dir, tok, opened)
     };
     let vocab = tokenizer.vocab_size();
-    let (train_tokens, val_tokens) = (train.shard.len(), val.shard.len());
+    let Opened { train: shard_train, val: shard_val, train_tokens, val_tokens } = opened;
+    // The application's batches, or the shards' windows.
+    let train: &dyn BatchSource = match (hooks.train, &shard_train) {
+        (Some(h), _) => h,
+        (None, s) => s.as_ref().expect("opened without a training hook"),
+    };
+    let val: &dyn BatchSource = match (hooks.val, &shard_val) {
+        (Some(h), _) => h,
+        (None, s) => s.as_ref().expect("opened without a validation hook"),
+    };
+    if train.shape() != (cfg.batch, cfg.seq) {
+        return Err(Error::config(
+            "batch",
+            format!(
+                "the batch source gives {:?} batches, the run trains on ({}, {})",
+                train.shape(),
+                cfg.batch,
+                cfg.seq
+            ),
+        ));
+    }
 
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay };
     let recipe = Recipe::default();
@@ -487,10 +576,13 @@ pub fn run_dist(
             (model, opt, l.state.step)
         }
         None => {
-            let model = match init {
+            let mut model = match init {
                 Some(pt) => spec.from_params(pt.params, cfg.precision, &recipe)?,
                 None => spec.init(cfg.precision, &recipe, cfg.seed)?,
             };
+            if cfg.lora_rank > 0 {
+                model.enable_lora(cfg.lora_rank, cfg.lora_alpha, cfg.seed)?;
+            }
             let opt = Optimizer::for_model(model.as_ref(), adam);
             (model, opt, 0)
         }
@@ -538,8 +630,11 @@ pub fn run_dist(
     };
     // A run from a pretrained model measures where it starts: the held-out loss before step 1.
     if start == 0 && cfg.init.is_some() {
-        let v0 = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
+        let v0 = evaluate(model.as_mut(), val, cfg.eval_batches)?;
         on(&Event::Eval { step: 0, val_loss: v0 });
+        if let Some(h) = hooks.eval.as_mut() {
+            h(0, model.as_mut())?;
+        }
     }
     let (mut train_secs, mut trained_tokens) = (0.0f64, 0usize);
     let mut last_ckpt = PathBuf::new();
@@ -590,8 +685,11 @@ pub fn run_dist(
             dp.check_same_weights(model.as_ref(), done)?;
         }
         if done == stop || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-            val_loss = evaluate(model.as_mut(), &val, cfg.eval_batches)?;
+            val_loss = evaluate(model.as_mut(), val, cfg.eval_batches)?;
             on(&Event::Eval { step: done, val_loss });
+            if let Some(h) = hooks.eval.as_mut() {
+                h(done, model.as_mut())?;
+            }
         }
         if done == stop || (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) {
             state.step = done;
@@ -606,8 +704,18 @@ pub fn run_dist(
                 Optimizer::Zero(z) => Some(z.gather_full(coll)),
                 _ => None,
             };
+            let merged = match model.merged_params() {
+                Some(p) => Some(octet_core::Slab::from_vec(std::sync::Arc::new(model.full_layout()), p)?),
+                None => None,
+            };
             if rank == 0 {
                 let tensors = match (&opt, &gathered, model.narrow(), model.plain()) {
+                    (Optimizer::Lora(o), _, None, _) => Tensors::Lora {
+                        merged: merged.as_ref().expect("a LoRA model merges"),
+                        adapters: model.lora_params().expect("a LoRA optimizer has adapters"),
+                        m: &o.m,
+                        v: &o.v,
+                    },
                     (Optimizer::Plain(o), _, None, Some((params, _))) => Tensors::Plain { params, m: &o.m, v: &o.v },
                     (Optimizer::Narrow(o), _, Some(nw), _) => {
                         Tensors::Narrow { weights: &nw.weights, m: &o.m, v: &o.v }
@@ -652,6 +760,7 @@ pub fn run_dist(
         peak_rss_bytes: peak_rss_bytes(),
         memory: crate::memory::Ledger::of(model.as_ref(), opt.state_bytes()).to_json(),
         params: model.num_params(),
+        trainable_params: model.lora_params().map_or(model.num_params(), |p| p.data.len()),
         precision: cfg.precision,
         skipped_steps: scaler.skipped,
         train_seconds: train_secs,

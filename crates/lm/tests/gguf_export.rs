@@ -53,6 +53,7 @@ fn vocab(n: usize) -> GgufVocab {
         merges: vec![],
         bos_id: None,
         eos_id: None,
+        chat_template: None,
     }
 }
 
@@ -495,4 +496,21 @@ fn smollm2_tokenizer_and_weights_convert_back_to_the_original_gguf() {
     let g2 = GgufFile::open(&out).unwrap();
     assert_eq!(LlamaConfig::from_gguf(&g2).unwrap(), cfg);
     assert_bits(&params_from_gguf::<f32>(&g2, &cfg).unwrap(), &p, "smollm2 parameters");
+}
+
+/// A vocabulary's chat template (what `export` copies from the run's base GGUF) is written as
+/// `tokenizer.chat_template`, so `generate --gguf --chat` can render prompts for an exported model.
+#[test]
+fn the_chat_template_is_written_to_the_gguf() {
+    let cfg = LlamaConfig::tiny();
+    let p = params(&cfg, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n";
+    let mut v = vocab(61);
+    v.chat_template = Some(tpl.into());
+    let path = write(dir.path(), "c.gguf", &llama_gguf(&cfg, &p, &v, GgmlType::F32, "c").unwrap());
+    let g = octet_lm::gguf::GgufFile::open(&path).unwrap();
+    assert_eq!(g.tokenizer().unwrap().chat_template.as_deref(), Some(tpl));
+    let none = write(dir.path(), "n.gguf", &llama_gguf(&cfg, &p, &vocab(61), GgmlType::F32, "n").unwrap());
+    assert_eq!(octet_lm::gguf::GgufFile::open(&none).unwrap().tokenizer().unwrap().chat_template, None);
 }

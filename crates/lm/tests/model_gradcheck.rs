@@ -22,6 +22,12 @@ fn is_gain(name: &str, shape: &[usize]) -> bool {
 }
 
 fn check<A: Arch>(cfg: A, seed: u64) {
+    check_masked(cfg, seed, false)
+}
+
+/// `mask`: every third target is IGNORE_TARGET (masked cross-entropy: the loss is the mean over the
+/// other positions, and its gradient is what is checked).
+fn check_masked<A: Arch>(cfg: A, seed: u64, mask: bool) {
     let (b, t) = (2, 5);
     let layout = cfg.param_layout();
     let mut rng = Rng::new(seed);
@@ -35,7 +41,10 @@ fn check<A: Arch>(cfg: A, seed: u64) {
         .collect();
     let v = cfg.dims().vocab_size;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
-    let targets: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    let mut targets: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    if mask {
+        targets.iter_mut().step_by(3).for_each(|x| *x = octet_kernels::IGNORE_TARGET);
+    }
     let mut m = Decoder::new(cfg, RefBackend::<f64>::new(), params.clone()).unwrap();
     m.forward(&tokens, Some(&targets), b, t).unwrap();
     m.backward().unwrap();
@@ -120,4 +129,35 @@ fn every_block_llama_style_matches_central_differences() {
     for kind in BlockKind::ALL {
         check(BlocksConfig::from_llama(&llama_shape(), kind), 5);
     }
+}
+
+#[test]
+fn llama_masked_loss_gradients_match_central_differences() {
+    check_masked(LlamaConfig { n_layer: 2, ..llama_shape() }, 6, true);
+}
+
+/// The masked mean equals the plain mean over the kept positions only: a batch whose ignored targets
+/// are replaced by anything else, scored position by position, gives the same kept-row losses.
+#[test]
+fn masked_loss_is_the_mean_over_unmasked_positions() {
+    use octet_kernels::IGNORE_TARGET;
+    let cfg = LlamaConfig { n_layer: 2, ..llama_shape() };
+    let mut rng = Rng::new(8);
+    let params: Vec<f64> = (0..cfg.param_layout().total()).map(|_| 0.3 * rng.normal()).collect();
+    let (b, t) = (1, 5);
+    let tokens: Vec<u32> = (0..t).map(|_| rng.below(13) as u32).collect();
+    let full: Vec<u32> = (0..t).map(|_| rng.below(13) as u32).collect();
+    let mut m = Decoder::new(cfg, RefBackend::<f64>::new(), params).unwrap();
+    m.forward(&tokens, Some(&full), b, t).unwrap();
+    let per_row = m.row_losses().to_vec();
+    let masked: Vec<u32> = full.iter().enumerate().map(|(i, &x)| if i < 2 { IGNORE_TARGET } else { x }).collect();
+    let loss = m.forward(&tokens, Some(&masked), b, t).unwrap().unwrap();
+    let want = per_row[2..].iter().sum::<f64>() / 3.0;
+    assert!((loss - want).abs() < 1e-12, "masked loss {loss} vs mean of kept rows {want}");
+    // Nothing kept: loss 0 and a zero gradient (not NaN).
+    let none = vec![IGNORE_TARGET; t];
+    assert_eq!(m.forward(&tokens, Some(&none), b, t).unwrap(), Some(0.0));
+    m.zero_grad();
+    m.backward().unwrap();
+    assert!(m.grads.data.iter().all(|&g| g == 0.0));
 }

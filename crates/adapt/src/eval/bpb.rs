@@ -13,7 +13,9 @@
 use std::path::Path;
 
 use octet_core::{Error, Result};
+use octet_lm::model::LanguageModel;
 use serde::Serialize;
+use tokenizers::Tokenizer;
 
 use super::EvalModel;
 use crate::corpus::{self, Document, Split};
@@ -69,19 +71,35 @@ pub fn bits_per_byte(
     context: usize,
     max_doc_bytes: usize,
 ) -> Result<Bpb> {
-    let context = context.min(model.model.cfg.max_seq_len).max(1);
+    let EvalModel { model, tokenizer, doc_start, .. } = model;
+    bits_per_byte_of(model, tokenizer, *doc_start, set, texts, context, max_doc_bytes)
+}
+
+/// [`bits_per_byte`] of any language model (e.g. one being trained, at its precision level) with its
+/// tokenizer and document-start token.
+pub fn bits_per_byte_of(
+    model: &mut dyn LanguageModel,
+    tokenizer: &Tokenizer,
+    doc_start: u32,
+    set: &str,
+    texts: &[&str],
+    context: usize,
+    max_doc_bytes: usize,
+) -> Result<Bpb> {
+    let context = context.min(model.max_seq_len()).max(1);
     let (mut nll, mut tokens, mut bytes, mut documents) = (0.0f64, 0usize, 0usize, 0usize);
     for text in texts {
         let text = prefix(text, max_doc_bytes);
         if text.is_empty() {
             continue;
         }
-        let mut ids = vec![model.doc_start];
-        ids.extend(model.encode(text)?);
+        let mut ids = vec![doc_start];
+        let enc = tokenizer.encode(text, false).map_err(|e| Error::Other(format!("tokenize: {e}")))?;
+        ids.extend(enc.get_ids());
         for start in (0..ids.len() - 1).step_by(context) {
             let end = (start + context).min(ids.len() - 1);
             let (inp, tgt) = (&ids[start..end], &ids[start + 1..end + 1]);
-            let mean = model.model.forward(inp, Some(tgt), 1, inp.len())?.expect("targets give a loss");
+            let mean = model.forward(inp, Some(tgt), 1, inp.len())?.expect("targets give a loss");
             nll += mean * inp.len() as f64;
         }
         tokens += ids.len() - 1;

@@ -221,6 +221,18 @@ pub fn check(p: &Problem, candidate: Option<&str>, limits: &Limits) -> Result<Ch
     Ok(done(outcome, verdict.map(|v| v.0), &s.output))
 }
 
+/// Whether `code` compiles on its own (`iverilog -g2012`, no testbench), within `limit`: the filter of
+/// the SFT builder's modules (a timeout counts as no).
+pub fn compiles_alone(code: &str, limit: Duration) -> Result<bool> {
+    let dir = tempfile::Builder::new().prefix("octet-verilog-").tempdir().map_err(|e| Error::io("tempdir", e))?;
+    let path = dir.path().join("m.sv");
+    std::fs::write(&path, code).map_err(|e| Error::io(&path, e))?;
+    let mut cc = Command::new("iverilog");
+    cc.args(["-g2012", "-o", "out", "m.sv"]);
+    let c = run_limited(cc, dir.path(), limit, "iverilog")?;
+    Ok(c.success && !c.timed_out && dir.path().join("out").is_file())
+}
+
 /// (N, M) of the testbench's last `Mismatches: N in M samples` line.
 pub fn parse_mismatches(output: &str) -> Option<(u64, u64)> {
     let line = output.lines().rev().find_map(|l| l.trim().strip_prefix("Mismatches:"))?;

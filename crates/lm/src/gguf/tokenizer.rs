@@ -273,6 +273,9 @@ pub struct GgufVocab {
     pub merges: Vec<String>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// `tokenizer.chat_template` to write (a `tokenizer.json` has none; `export` takes the one of the
+    /// GGUF the run was initialised from).
+    pub chat_template: Option<String>,
 }
 
 /// BOS / EOS by name, first match in each list (a `tokenizer.json` does not say which tokens they
@@ -379,7 +382,7 @@ impl GgufVocab {
         }
         let find = |names: &[&str]| names.iter().find_map(|n| tokens.iter().position(|t| t == n)).map(|i| i as u32);
         let (bos_id, eos_id) = (find(&BOS_NAMES), find(&EOS_NAMES));
-        Ok(GgufVocab { pre: pre.to_string(), tokens, token_types, merges, bos_id, eos_id })
+        Ok(GgufVocab { pre: pre.to_string(), tokens, token_types, merges, bos_id, eos_id, chat_template: None })
     }
 
     /// Add the `tokenizer.*` keys to a writer (see the type's doc).
@@ -394,6 +397,9 @@ impl GgufVocab {
         }
         if let Some(id) = self.eos_id {
             w.add_u32("tokenizer.ggml.eos_token_id", id as usize)?;
+        }
+        if let Some(t) = &self.chat_template {
+            w.add_str("tokenizer.chat_template", t)?;
         }
         w.add_bool("tokenizer.ggml.add_bos_token", false)?;
         w.add_bool("tokenizer.ggml.add_eos_token", false)
