@@ -95,13 +95,14 @@ fn two_ranks_train_like_one_on_the_same_global_batch_and_only_rank_0_writes() {
     let s = summary(&two);
     assert_eq!(s["comm"]["ranks"], 2);
     assert_eq!(s["comm"]["wire_format"], "f32");
-    // The run directory holds what one process writes: data, checkpoints, `latest`; nothing else.
+    // The run directory holds what one process writes: its lock, data, checkpoints, `latest`;
+    // nothing else.
     let mut names: Vec<String> = std::fs::read_dir(dir.path().join("two"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["ckpt-000020", "data", "latest"]);
+    assert_eq!(names, [".lock", "ckpt-000020", "data", "latest"]);
 }
 
 #[test]

@@ -398,11 +398,11 @@ pub fn run_dist(
             on(&Event::Note { message: format!("removed {}, left by an interrupted run", p.display()) });
         }
         if loaded.is_none() {
-            held.claim_fresh(
-                &["latest", "ckpt-*", DATA_DIR],
-                cfg.overwrite,
-                &format!("continue it with --resume {}", cfg.out.display()),
-            )?;
+            // Data this run prepares goes to `data/`; a prepared directory given as --data (an
+            // application's, e.g. DAPT's `<out>/data`) is input, never an earlier run's.
+            let prepares = !matches!(&source, Source::Path(p) if p.is_dir());
+            let owned: &[&str] = if prepares { &["latest", "ckpt-*", DATA_DIR] } else { &["latest", "ckpt-*"] };
+            held.claim_fresh(owned, cfg.overwrite, &format!("continue it with --resume {}", cfg.out.display()))?;
         }
         Some(held)
     } else {
