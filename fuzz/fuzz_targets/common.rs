@@ -12,6 +12,7 @@ pub fn scratch() -> PathBuf {
 }
 
 /// Write `data` to `name` in the scratch directory and return its path.
+#[allow(dead_code)] // not every target reads a file
 pub fn as_file(name: &str, data: &[u8]) -> PathBuf {
     let p = scratch().join(name);
     std::fs::write(&p, data).unwrap();
