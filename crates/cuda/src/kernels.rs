@@ -1009,7 +1009,7 @@ extern "C" __global__ void round_bf16_f32(float* out, const float* inp, long lon
 /// AdamW. Coefficients travel in one struct, `AdamCoeffs` (the f32 values `octet_optim`'s `Coeffs`
 /// holds: b1, b2, eps, lr, c1 = 1 - b1^t, c2 = 1 - b2^t, wd; `#[repr(C)]` twin in the device code).
 /// Every operation is an explicit round-to-nearest intrinsic (`__fmul_rn`, ...), which the compiler
-/// never contracts into an FMA, in the order `octet_optim::adamw::adamw_fast` evaluates it, so the
+/// never contracts into an FMA, in the order `octet_kernels::cpu::adamw_update` evaluates it, so the
 /// device update is bit-identical to the CPU one:
 /// `m = b1 m + (1-b1) g; v = b2 v + ((1-b2) g) g; p = p - lr ((m/c1) / (sqrt(v/c2) + eps) + wd p)`.
 /// - `adamw_f32(p, m, v, g, k, n)`: f32 parameters and moments, in place.

@@ -41,7 +41,7 @@ pub struct AdamCoeffs {
 unsafe impl DeviceRepr for AdamCoeffs {}
 
 impl AdamCoeffs {
-    /// Step `t` >= 1, learning rate `lr`, decay on or off: the conversions `adamw_fast` makes.
+    /// Step `t` >= 1, learning rate `lr`, decay on or off: the conversions `octet_kernels::cpu::adamw_update` makes.
     pub fn new(cfg: &AdamWConfig, t: u64, lr: f64, decay: bool) -> Self {
         AdamCoeffs {
             b1: cfg.beta1 as f32,
@@ -57,7 +57,7 @@ impl AdamCoeffs {
 
 impl Gpu {
     /// One AdamW update of f32 `p`, `m`, `v` in place from `g` (all the same length), bit-identical
-    /// to `octet_optim::adamw::adamw_fast` with the same coefficients.
+    /// to `octet_kernels::cpu::adamw_update` with the same coefficients.
     pub fn adamw_f32(
         &self,
         p: &mut CudaSlice<f32>,
@@ -80,7 +80,7 @@ impl Gpu {
     }
 }
 
-/// O2 state on the host, as `octet_optim::ScaledBuf::to_raw` stores it: f16 bit patterns for the
+/// O2 state on the host, as `octet_core::ScaledBuf::to_raw` stores it: f16 bit patterns for the
 /// master weights and v, E4M3 codes for m, and per tensor the scales `[p, m, v]`
 /// (stored = round(x * scale)).
 #[derive(Clone, Debug, PartialEq)]

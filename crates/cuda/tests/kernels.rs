@@ -22,12 +22,13 @@ mod device {
 
     use octet_core::Layout;
     use octet_core::scaling::{ScalingMeta, ScalingMode};
+    use octet_core::{ScaledBuf, StateFormat};
     use octet_cuda::optim::{AdamCoeffs, O2AdamW, O2HostState};
     use octet_cuda::scaling::DeviceScaling;
     use octet_cuda::{AttentionKernel, Gpu};
+    use octet_kernels::cpu::adamw_update as adamw_fast;
     use octet_kernels::reference;
-    use octet_optim::adamw::adamw_fast;
-    use octet_optim::{AdamWConfig, Fp8AdamW, ScaledBuf, StateFormat};
+    use octet_optim::{AdamWConfig, Fp8AdamW};
 
     /// Device 0, or `None` after saying why the test is skipped.
     fn gpu(test: &str) -> Option<Gpu> {

@@ -14,7 +14,7 @@
 //! bf16 sum: `a (+) b = bf16(f32(a) + f32(b))`, the f32 addition exact or rounded once (a and b have 8
 //! significant bits, an f32 holds 24), then one rounding to bf16 (nearest even).
 
-use half::bf16;
+use octet_core::codec::{bf16_bits, bf16_value};
 use octet_core::fp8::{self, Fp8Format, Overflow};
 
 /// `acc[i] = acc[i] (+) x[i]` in E4M3 (module doc). Never panics (it runs inside MPI): extra
@@ -29,7 +29,7 @@ pub fn e4m3_add_into(acc: &mut [u8], x: &[u8]) {
 /// `acc[i] = acc[i] (+) x[i]` in bf16 (module doc). Never panics.
 pub fn bf16_add_into(acc: &mut [u16], x: &[u16]) {
     for (a, &b) in acc.iter_mut().zip(x) {
-        *a = bf16::from_f32(bf16::from_bits(*a).to_f32() + bf16::from_bits(b).to_f32()).to_bits();
+        *a = bf16_bits(bf16_value(*a) + bf16_value(b));
     }
 }
 
@@ -43,19 +43,21 @@ pub fn saturated(codes: &[u8]) -> usize {
 /// f32 values to bf16 bit patterns (nearest even).
 pub fn to_bf16(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = bf16::from_f32(s).to_bits();
+        *d = bf16_bits(s);
     }
 }
 
 /// bf16 bit patterns to f32 (exact).
 pub fn from_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = bf16::from_bits(s).to_f32();
+        *d = bf16_value(s);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use half::bf16;
+
     use super::*;
 
     #[test]

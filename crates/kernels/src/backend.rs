@@ -15,9 +15,26 @@ use std::sync::Arc;
 
 pub use octet_core::fp8::Fp8Format;
 use octet_core::{Allocator, Float};
-pub use octet_optim::AdamWConfig;
 
 use crate::{cpu, reference};
+
+/// AdamW hyper-parameters (the learning rate comes from the schedule at each step). The update
+/// itself is `cpu::adamw_update` (f32) and `reference::adamw_update` (f64); `octet_optim` builds the
+/// optimizers on them.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// GPT-2/nanoGPT defaults: betas (0.9, 0.95), eps 1e-8, decay 0.1.
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
 
 /// How a linear GEMM operand is cast before the multiply (the precision levels' GEMM formats).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -169,7 +186,7 @@ macro_rules! with_backend_ops {
     /// x *= s.
     fn scale_in_place(x: &mut [Self::F], s: f32);
     /// One AdamW update at step t >= 1 of one tensor's p, m, v from its gradient g (in place), as
-    /// `octet_optim::adamw::adamw_fast` (decay: apply the configured weight decay).
+    /// `cpu::adamw_update` (decay: apply the configured weight decay).
     #[allow(clippy::too_many_arguments)]
     fn adamw_update(p: &mut [Self::F], g: &[Self::F], m: &mut [Self::F], v: &mut [Self::F], t: u64, lr: f64, cfg: &$crate::backend::AdamWConfig, decay: bool);
         }

@@ -970,9 +970,10 @@ pub fn accumulate(acc: &mut [f32], x: &[f32]) {
     });
 }
 
-/// ||x||_2 as `octet_optim::global_norm` (f64 over fixed chunks in order: thread-count independent).
+/// ||x||_2, summed in f64 over fixed chunks in order (deterministic for any thread count).
 pub fn global_norm(x: &[f32]) -> f64 {
-    octet_optim::global_norm(x)
+    let partials: Vec<f64> = x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
+    partials.iter().sum::<f64>().sqrt()
 }
 
 /// x *= s (the scaling step of `octet_optim::clip_global_norm`).
@@ -980,7 +981,9 @@ pub fn scale_in_place(x: &mut [f32], s: f32) {
     x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
 }
 
-/// `octet_optim::adamw::adamw_fast`.
+/// One AdamW step of one tensor in f32, in place, parallel over chunks (`reference::adamw_update`'s
+/// formula; FP8-LM's AdamW, `octet_optim::fp8_adamw`, evaluates the same f32 expression in the same
+/// order, so with f32 state it is bit-identical to this).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
     p: &mut [f32],
@@ -989,10 +992,23 @@ pub fn adamw_update(
     v: &mut [f32],
     t: u64,
     lr: f64,
-    cfg: &octet_optim::AdamWConfig,
+    cfg: &crate::backend::AdamWConfig,
     decay: bool,
 ) {
-    octet_optim::adamw::adamw_fast(p, g, m, v, t, lr, cfg, decay);
+    let wd = if decay { cfg.weight_decay as f32 } else { 0.0 };
+    let (b1, b2, eps, lr) = (cfg.beta1 as f32, cfg.beta2 as f32, cfg.eps as f32, lr as f32);
+    let (c1, c2) = ((1.0 - cfg.beta1.powi(t as i32)) as f32, (1.0 - cfg.beta2.powi(t as i32)) as f32);
+    const CHUNK: usize = 1 << 14;
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|((p, (m, v)), g)| {
+            for i in 0..p.len() {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                p[i] -= lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + eps) + wd * p[i]);
+            }
+        });
 }
 
 /// x = 0.

@@ -12,7 +12,7 @@ pub mod fp8_gemm;
 pub mod gemm;
 pub mod reference;
 
-pub use backend::{Backend, CpuBackend, HostFallback, Memory, RefBackend};
+pub use backend::{AdamWConfig, Backend, CpuBackend, HostFallback, Memory, RefBackend};
 
 /// A target that takes no part in the loss (the masked cross-entropy of supervised fine-tuning: only
 /// assistant tokens are learned). `softmax_xent_forward` gives its row loss 0, `softmax_xent_backward`

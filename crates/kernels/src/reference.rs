@@ -919,7 +919,7 @@ pub fn adamw_update<F: Float>(
     v: &mut [F],
     step: u64,
     lr: f64,
-    cfg: &octet_optim::AdamWConfig,
+    cfg: &crate::backend::AdamWConfig,
     decay: bool,
 ) {
     let wd = if decay { cfg.weight_decay } else { 0.0 };

@@ -33,7 +33,7 @@ use std::str::FromStr;
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::decoder::{Arch, Decoder, Dims, Pass, head_logits};
+use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits};
 use crate::gpt2::Gpt2Config;
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
@@ -612,36 +612,7 @@ impl BlocksConfig {
 impl Arch for BlocksConfig {
     type Ids = BlockIds;
 
-    fn dims(&self) -> Dims {
-        Dims {
-            vocab_size: self.vocab_size,
-            padded_vocab: self.padded_vocab,
-            max_seq_len: self.max_seq_len,
-            n_layer: self.n_layer,
-            n_embd: self.n_embd,
-        }
-    }
-    fn validate(&self) -> Result<()> {
-        BlocksConfig::validate(self)
-    }
-    fn with_layers(&self, n: usize) -> Self {
-        BlocksConfig { n_layer: n, ..*self }
-    }
-    fn param_layout(&self) -> Layout {
-        param_layout(self)
-    }
-    fn decay_flags(&self, layout: &Layout) -> Vec<bool> {
-        decay_flags(layout)
-    }
-    fn init_tensors(&self, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
-        init_tensors(self, layout, seed, f)
-    }
-    fn act_layout(&self, b: usize, t: usize) -> Layout {
-        act_layout(self, b, t)
-    }
-    fn grad_act_layout(&self, b: usize, t: usize) -> Layout {
-        grad_act_layout(self, b, t)
-    }
+    arch_tables!(BlocksConfig);
     fn workspace(&self, n: usize) -> (usize, usize, usize) {
         // Largest block linear: inputs (N, max(C, hidden)), weights and outputs of fc (fc, C),
         // fcproj (C, hidden) and the attention projection (qk rows, C).

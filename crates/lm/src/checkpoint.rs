@@ -13,8 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use octet_core::{Error, Layout, Result, Slab};
-use octet_optim::{ScaledBuf, StateFormat};
+use octet_core::{Error, Layout, Result, ScaledBuf, Slab, StateFormat};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::blocks::{BlockKind, BlocksConfig};

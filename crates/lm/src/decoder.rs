@@ -73,6 +73,42 @@ impl<Bk: Backend> Pass<'_, Bk> {
     }
 }
 
+/// The `Arch` methods every architecture answers the same way, generated inside its `impl Arch`
+/// (`arch_tables!(Gpt2Config);`): `dims` and `with_layers` from the config's fields of those names,
+/// `validate` from its inherent method, and the parameter / activation tables from its module's free
+/// functions `param_layout`, `decay_flags`, `init_tensors`, `act_layout` and `grad_act_layout` (resolved
+/// where the macro is invoked). A model file then holds only what differs: its tables and its bodies.
+macro_rules! arch_tables {
+    ($cfg:ident) => {
+        fn dims(&self) -> $crate::decoder::Dims {
+            let $cfg { vocab_size, padded_vocab, max_seq_len, n_layer, n_embd, .. } = *self;
+            $crate::decoder::Dims { vocab_size, padded_vocab, max_seq_len, n_layer, n_embd }
+        }
+        fn validate(&self) -> octet_core::Result<()> {
+            $cfg::validate(self)
+        }
+        fn with_layers(&self, n: usize) -> Self {
+            $cfg { n_layer: n, ..*self }
+        }
+        fn param_layout(&self) -> octet_core::Layout {
+            param_layout(self)
+        }
+        fn decay_flags(&self, layout: &octet_core::Layout) -> Vec<bool> {
+            decay_flags(layout)
+        }
+        fn init_tensors(&self, layout: &octet_core::Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
+            init_tensors(self, layout, seed, f)
+        }
+        fn act_layout(&self, b: usize, t: usize) -> octet_core::Layout {
+            act_layout(self, b, t)
+        }
+        fn grad_act_layout(&self, b: usize, t: usize) -> octet_core::Layout {
+            grad_act_layout(self, b, t)
+        }
+    };
+}
+pub(crate) use arch_tables;
+
 /// An architecture: its configuration value, its tables and its step bodies. The shell calls the
 /// bodies in the order of the module doc; `lw` is where layer l's weights are in `p` / `g` (l itself,
 /// or 0 when the narrow levels stage one block).

@@ -43,9 +43,9 @@ use std::sync::Arc;
 
 use octet_core::fp8::{self, Fp8Format};
 use octet_core::scaling::{pow2, scale_exponent};
-use octet_core::{Error, Layout, Result};
+use octet_core::{Error, Layout, Result, ScaledBuf};
 use octet_dist::{Collective, ReduceOp, wire, zero};
-use octet_optim::{AdamWConfig, Fp8AdamW, ScaledBuf, StateFormats};
+use octet_optim::{AdamWConfig, Fp8AdamW, StateFormats};
 
 use crate::model::{Buffers, LanguageModel};
 use crate::narrow::Narrow;
@@ -352,7 +352,7 @@ impl Zero {
         (self.gather_buf(coll, &self.opt.m, f.m), self.gather_buf(coll, &self.opt.v, f.v))
     }
 
-    fn gather_buf(&self, coll: &dyn Collective, part: &ScaledBuf, format: octet_optim::StateFormat) -> ScaledBuf {
+    fn gather_buf(&self, coll: &dyn Collective, part: &ScaledBuf, format: octet_core::StateFormat) -> ScaledBuf {
         let mut full = ScaledBuf::zeros(format, self.units.clone()).with_margin(part.margin());
         let blocks = self.all_gather_units(coll, |j| part.tensor_raw(j), &full);
         for (u, (b, s)) in blocks {

@@ -9,7 +9,7 @@
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::decoder::{Arch, Decoder, Dims, Pass, head_logits};
+use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
 /// the loss ignores the padded columns.
@@ -288,36 +288,7 @@ const DQKV: usize = 5;
 impl Arch for Gpt2Config {
     type Ids = ParamIds;
 
-    fn dims(&self) -> Dims {
-        Dims {
-            vocab_size: self.vocab_size,
-            padded_vocab: self.padded_vocab,
-            max_seq_len: self.max_seq_len,
-            n_layer: self.n_layer,
-            n_embd: self.n_embd,
-        }
-    }
-    fn validate(&self) -> Result<()> {
-        Gpt2Config::validate(self)
-    }
-    fn with_layers(&self, n: usize) -> Self {
-        Gpt2Config { n_layer: n, ..*self }
-    }
-    fn param_layout(&self) -> Layout {
-        param_layout(self)
-    }
-    fn decay_flags(&self, layout: &Layout) -> Vec<bool> {
-        decay_flags(layout)
-    }
-    fn init_tensors(&self, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
-        init_tensors(self, layout, seed, f)
-    }
-    fn act_layout(&self, b: usize, t: usize) -> Layout {
-        act_layout(self, b, t)
-    }
-    fn grad_act_layout(&self, b: usize, t: usize) -> Layout {
-        grad_act_layout(self, b, t)
-    }
+    arch_tables!(Gpt2Config);
     fn workspace(&self, n: usize) -> (usize, usize, usize) {
         // Largest block linear: the MLP's (N, 4C) activations and (4C, C) weights.
         let d = self.n_embd;

@@ -36,7 +36,7 @@
 use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::decoder::{Arch, Decoder, Dims, Pass, head_logits};
+use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits};
 use crate::gguf::GgufFile;
 
 /// Model shape and the two constants of its layers.
@@ -395,36 +395,7 @@ pub type Llama<Bk> = Decoder<Bk, LlamaConfig>;
 impl Arch for LlamaConfig {
     type Ids = ParamIds;
 
-    fn dims(&self) -> Dims {
-        Dims {
-            vocab_size: self.vocab_size,
-            padded_vocab: self.padded_vocab,
-            max_seq_len: self.max_seq_len,
-            n_layer: self.n_layer,
-            n_embd: self.n_embd,
-        }
-    }
-    fn validate(&self) -> Result<()> {
-        LlamaConfig::validate(self)
-    }
-    fn with_layers(&self, n: usize) -> Self {
-        LlamaConfig { n_layer: n, ..*self }
-    }
-    fn param_layout(&self) -> Layout {
-        param_layout(self)
-    }
-    fn decay_flags(&self, layout: &Layout) -> Vec<bool> {
-        decay_flags(layout)
-    }
-    fn init_tensors(&self, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
-        init_tensors(self, layout, seed, f)
-    }
-    fn act_layout(&self, b: usize, t: usize) -> Layout {
-        act_layout(self, b, t)
-    }
-    fn grad_act_layout(&self, b: usize, t: usize) -> Layout {
-        grad_act_layout(self, b, t)
-    }
+    arch_tables!(LlamaConfig);
     fn workspace(&self, n: usize) -> (usize, usize, usize) {
         // Largest operands over the four linears: inputs (N, max(C, H)), weights and outputs of
         // qkv (C+2KVD, C), gate_up (2H, C), down (C, H).

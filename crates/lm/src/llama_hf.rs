@@ -39,13 +39,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use octet_core::codec::{bf16_value, f16_value};
+use octet_core::fs::write_atomic;
 use octet_core::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value, json};
 
-use crate::gguf::{bf16_to_f32, f16_to_f32};
 use crate::llama::{LlamaConfig, param_layout};
-use octet_core::fs::write_atomic;
 
 /// The weights file of an exported or imported directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -360,10 +360,10 @@ pub fn import_hf(dir: &Path) -> Result<(LlamaConfig, Vec<f32>)> {
                 *o = f32::from_le_bytes(b.try_into().unwrap());
             }),
             Dtype::BF16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(o, b)| {
-                *o = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                *o = bf16_value(u16::from_le_bytes([b[0], b[1]]));
             }),
             Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(o, b)| {
-                *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                *o = f16_value(u16::from_le_bytes([b[0], b[1]]));
             }),
             other => {
                 return Err(Error::format(

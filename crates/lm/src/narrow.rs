@@ -24,11 +24,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use octet_core::{Allocator, Error, Float, Layout, Result, Slab};
+use octet_core::{Allocator, Error, Float, Layout, Result, ScaledBuf, Slab, StateFormat};
 use octet_kernels::Memory;
 
 use crate::precision::Precision;
-use octet_optim::{ScaledBuf, StateFormat};
 
 /// Storage formats of the narrow levels: f16 weights with tensor scaling, E4M3 weight gradients.
 pub const WEIGHT_FORMAT: StateFormat = StateFormat::F16;

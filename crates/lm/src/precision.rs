@@ -17,10 +17,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use octet_core::scaling::{PendingCast, Recipe, Role, ScalingMeta, ScalingMode};
-use octet_core::{Allocator, Error, Result, Storage, ZeroBits};
+use octet_core::{Allocator, Error, Result, StateFormat, Storage, ZeroBits};
 use octet_kernels::Backend;
 use octet_kernels::backend::{Cast, GemmRole};
-use octet_optim::{StateFormat, StateFormats};
+use octet_optim::StateFormats;
 
 /// A precision level (`--precision`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use octet_core::Error;
+use octet_core::codec::{bf16_value, f16_value};
 use octet_core::dtype::round_f16;
-use octet_lm::gguf::{GgmlType, GgufFile, PreSplit, Value, ValueType, bf16_to_f32, dequantize, f16_to_f32};
+use octet_lm::gguf::{GgmlType, GgufFile, PreSplit, Value, ValueType, dequantize};
 
 // ---------------------------------------------------------------------------------------------
 // A small GGUF writer, written from the format description (independent of the reader's code).
@@ -217,7 +218,7 @@ fn q8_0_data(blocks: &[(u16, [i8; 32])]) -> (Vec<u8>, Vec<f32>) {
     for (d, q) in blocks {
         bytes.extend_from_slice(&d.to_le_bytes());
         bytes.extend(q.iter().map(|&x| x as u8));
-        let df = f64::from(f16_to_f32(*d));
+        let df = f64::from(f16_value(*d));
         want.extend(q.iter().map(|&x| (f64::from(x) * df) as f32));
     }
     (bytes, want)
@@ -237,7 +238,7 @@ fn q4_1_data() -> (Vec<u8>, Vec<f32>) {
         for j in 0..16 {
             bytes.push(q[j] | (q[j + 16] << 4));
         }
-        let (df, mf) = (f16_to_f32(d), f16_to_f32(m));
+        let (df, mf) = (f16_value(d), f16_value(m));
         want.extend(q.iter().map(|&x| f32::from(x) * df + mf));
     }
     (bytes, want)
@@ -431,17 +432,17 @@ fn f16_decoder_is_exact_on_all_patterns() {
     // independent f16 rounding) and the decoder is strictly increasing over the positive patterns.
     let mut prev = -1.0f32;
     for h in 0u16..0x7c00 {
-        let x = f16_to_f32(h);
+        let x = f16_value(h);
         assert_eq!(round_f16(x).to_bits(), x.to_bits(), "{h:#06x}");
         assert!(x > prev || h == 0, "{h:#06x}: {x} after {prev}");
         prev = x;
-        let neg = f16_to_f32(h | 0x8000);
+        let neg = f16_value(h | 0x8000);
         assert_eq!(neg.to_bits(), (-x).to_bits(), "{h:#06x} negated");
     }
     for h in 0x7c01u16..=0x7fff {
-        assert!(f16_to_f32(h).is_nan() && f16_to_f32(h | 0x8000).is_nan());
+        assert!(f16_value(h).is_nan() && f16_value(h | 0x8000).is_nan());
     }
-    assert_eq!(bf16_to_f32(0x4049), f32::from_bits(0x4049_0000));
+    assert_eq!(bf16_value(0x4049), f32::from_bits(0x4049_0000));
 }
 
 #[test]

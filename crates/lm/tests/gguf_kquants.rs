@@ -3,8 +3,9 @@
 //! synthetic blocks, Q8_0 quantisation and f32 -> f16 rounding, all bit for bit; plus f32 -> f16
 //! against `half` on every f16 value and the midpoints around it.
 
+use octet_core::codec::{f16_bits, f16_value};
 use octet_core::dtype::round_f16;
-use octet_lm::gguf::{GGML_TYPES, GgmlType, dequantize, f16_to_f32, f32_to_f16, quantize, quantize_q8_0};
+use octet_lm::gguf::{GGML_TYPES, GgmlType, dequantize, quantize, quantize_q8_0};
 
 fn golden() -> serde_json::Value {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/gguf/kquants.json");
@@ -80,7 +81,7 @@ fn q8_0_round_trip_error_is_within_half_a_step() {
     dequantize(GgmlType::Q8_0, &q, &mut y).unwrap();
     for (b, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = f16_to_f32(u16::from_le_bytes([q[b * 34], q[b * 34 + 1]]));
+        let d = f16_value(u16::from_le_bytes([q[b * 34], q[b * 34 + 1]]));
         assert_eq!(d, round_f16(amax / 127.0), "block {b}: stored scale");
         for (xi, yi) in xb.iter().zip(yb) {
             let dt = amax / 127.0;
@@ -99,7 +100,7 @@ fn f16_encoding_matches_numpy_on_ties_overflow_and_subnormals() {
     let want: Vec<u16> =
         unhex(&g["f16_encode"]["output"]).chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
     for (v, w) in x.iter().zip(&want) {
-        assert_eq!(f32_to_f16(*v), *w, "{v:e}");
+        assert_eq!(f16_bits(*v), *w, "{v:e}");
     }
     assert_eq!(quantize(GgmlType::F16, &x).unwrap(), unhex(&g["f16_encode"]["output"]));
 }
@@ -109,21 +110,21 @@ fn f16_encoding_matches_numpy_on_ties_overflow_and_subnormals() {
 #[test]
 fn f16_encoding_agrees_with_half_everywhere() {
     for h in 0u16..=0xffff {
-        let x = f16_to_f32(h);
+        let x = f16_value(h);
         if x.is_nan() {
-            assert!(f16_to_f32(f32_to_f16(x)).is_nan());
+            assert!(f16_value(f16_bits(x)).is_nan());
             continue;
         }
-        assert_eq!(f32_to_f16(x), h, "{x:e}");
+        assert_eq!(f16_bits(x), h, "{x:e}");
         if h & 0x7fff < 0x7bff {
-            let next = f16_to_f32(h + 1);
+            let next = f16_value(h + 1);
             let mid = ((f64::from(x) + f64::from(next)) / 2.0) as f32;
             for v in [mid, f32::from_bits(mid.to_bits() - 1), f32::from_bits(mid.to_bits() + 1)] {
-                assert_eq!(f16_to_f32(f32_to_f16(v)).to_bits(), round_f16(v).to_bits(), "{v:e} (after {h:#x})");
+                assert_eq!(f16_value(f16_bits(v)).to_bits(), round_f16(v).to_bits(), "{v:e} (after {h:#x})");
             }
         }
     }
     for v in [1e-30f32, -1e-30, f32::MIN_POSITIVE / 2.0, 1e30, f32::INFINITY, f32::NEG_INFINITY] {
-        assert_eq!(f16_to_f32(f32_to_f16(v)).to_bits(), round_f16(v).to_bits(), "{v:e}");
+        assert_eq!(f16_value(f16_bits(v)).to_bits(), round_f16(v).to_bits(), "{v:e}");
     }
 }

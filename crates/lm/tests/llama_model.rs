@@ -5,7 +5,7 @@
 //! errors, and the ChatML chat template.
 
 use octet_core::scaling::Recipe;
-use octet_core::{Rng, Tolerance};
+use octet_core::{Rng, ScaledBuf, StateFormat, Tolerance};
 use octet_kernels::Backend;
 use octet_kernels::{CpuBackend, RefBackend};
 use octet_lm::chat::ChatMl;
@@ -14,7 +14,7 @@ use octet_lm::infer::{KvCache, generate};
 use octet_lm::llama::{Llama, LlamaConfig, init_params, param_layout};
 use octet_lm::precision::Precision;
 use octet_lm::step::{GradScaler, Optimizer, train_step};
-use octet_optim::{AdamWConfig, ScaledBuf, StateFormat};
+use octet_optim::AdamWConfig;
 
 /// f32 against f64 through the whole model: the preset for exactly this (errors compound through layers;
 /// RMSNorm, attention softmax and the loss softmax amplify).

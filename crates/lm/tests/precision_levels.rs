@@ -3,13 +3,14 @@
 //! per-element gradients differ by percents while their direction (cosine) and the loss stay close.
 
 use octet_core::scaling::Recipe;
+use octet_core::{ScaledBuf, StateFormat};
 use octet_kernels::CpuBackend;
 use octet_lm::gpt2::{Gpt2, Gpt2Config, decay_flags, param_layout};
 use octet_lm::memory::plan;
 use octet_lm::narrow::unit_layout;
 use octet_lm::precision::Precision;
 use octet_lm::step::{GradScaler, Optimizer, train_step};
-use octet_optim::{AdamW, AdamWConfig, ScaledBuf, StateFormat};
+use octet_optim::{AdamW, AdamWConfig};
 use safetensors::SafeTensors;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/gpt2_tiny.safetensors");

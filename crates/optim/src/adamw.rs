@@ -1,27 +1,14 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter), bias-corrected moments:
 //! m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p).
 //! Weight decay applies per tensor: the model says which (matrices yes; norms, biases, gains no).
+//! The spec is `adamw_reference` (f64) here; the fast f32 step is the kernel `octet_kernels::cpu::adamw_update`.
 
 use std::sync::Arc;
 
 use octet_core::{Allocator, Layout, Result, Slab};
-use rayon::prelude::*;
+use octet_kernels::cpu::adamw_update;
 
-/// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    /// GPT-2/nanoGPT defaults: betas (0.9, 0.95), eps 1e-8, decay 0.1.
-    fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
-    }
-}
+pub use octet_kernels::AdamWConfig;
 
 /// The spec: one AdamW update of `p` in f64, step `t` >= 1.
 #[allow(clippy::too_many_arguments)]
@@ -42,34 +29,6 @@ pub fn adamw_reference(
         v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * g[i] * g[i];
         p[i] -= lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + cfg.eps) + wd * p[i]);
     }
-}
-
-/// The fast f32 update, same formula, parallel over chunks.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_fast(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    t: u64,
-    lr: f64,
-    cfg: &AdamWConfig,
-    decay: bool,
-) {
-    let wd = if decay { cfg.weight_decay as f32 } else { 0.0 };
-    let (b1, b2, eps, lr) = (cfg.beta1 as f32, cfg.beta2 as f32, cfg.eps as f32, lr as f32);
-    let (c1, c2) = ((1.0 - cfg.beta1.powi(t as i32)) as f32, (1.0 - cfg.beta2.powi(t as i32)) as f32);
-    const CHUNK: usize = 1 << 14;
-    p.par_chunks_mut(CHUNK)
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .zip(g.par_chunks(CHUNK))
-        .for_each(|((p, (m, v)), g)| {
-            for i in 0..p.len() {
-                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                p[i] -= lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + eps) + wd * p[i]);
-            }
-        });
 }
 
 /// AdamW state over a parameter layout: m and v share the parameters' layout table.
@@ -104,10 +63,10 @@ impl AdamW {
 
     /// One update of every tensor in `params` (laid out as `self.m.layout`) with learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
-        self.update_with(params, grads, lr, adamw_fast);
+        self.update_with(params, grads, lr, adamw_update);
     }
 
-    /// `update` with each tensor's step done by `step_fn` (`adamw_fast`'s signature: p, g, m, v, t,
+    /// `update` with each tensor's step done by `step_fn` (`cpu::adamw_update`'s signature: p, g, m, v, t,
     /// lr, cfg, decay), e.g. a backend's kernel over its own memory.
     pub fn update_with(
         &mut self,

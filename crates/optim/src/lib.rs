@@ -9,5 +9,5 @@ pub mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_global_norm, global_norm};
-pub use fp8_adamw::{Fp8AdamW, ScaledBuf, StateFormat, StateFormats, UpdateReport};
+pub use fp8_adamw::{Fp8AdamW, StateFormats, UpdateReport};
 pub use schedule::{Decay, Schedule};

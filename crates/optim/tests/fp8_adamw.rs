@@ -35,11 +35,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use octet_core::scaled::{BLOCK, ScaledBuf, StateFormat};
 use octet_core::scaling::compute_scale;
 use octet_core::{Layout, Rng, Tolerance};
-use octet_optim::adamw::{adamw_fast, adamw_reference};
-use octet_optim::fp8_adamw::BLOCK;
-use octet_optim::{AdamW, AdamWConfig, Fp8AdamW, ScaledBuf, StateFormat, StateFormats};
+use octet_kernels::cpu::adamw_update as adamw_fast;
+use octet_optim::adamw::adamw_reference;
+use octet_optim::{AdamW, AdamWConfig, Fp8AdamW, StateFormats};
 
 const STEPS: usize = 20;
 const LR: f64 = 1e-3;
@@ -429,7 +430,7 @@ fn storage_sizes_are_the_real_formats_plus_scales() {
     let blocks: usize = pb.layout.specs().iter().map(|s| s.numel().div_ceil(BLOCK)).sum();
     assert_eq!(ScaledBuf::zeros(StateFormat::E4M3Block128, pb.layout.clone()).bytes(), n + 4 * blocks);
     // The data really is in those widths.
-    use octet_optim::fp8_adamw::StateData;
+    use octet_core::scaled::StateData;
     assert!(matches!(o2.m.data(), StateData::U8(d) if d.len() == n));
     assert!(matches!(o2.v.data(), StateData::U16(d) if d.len() == n));
 }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use octet_core::{Layout, Rng, Tolerance};
-use octet_optim::adamw::{adamw_fast, adamw_reference};
+use octet_kernels::cpu::adamw_update as adamw_fast;
+use octet_optim::adamw::adamw_reference;
 use octet_optim::{AdamW, AdamWConfig, Decay, Schedule, clip_global_norm, global_norm};
 
 #[test]

@@ -31,67 +31,13 @@
 //! `crates/lm/tests/gguf_kquants.rs` checks them bit for bit against the `gguf` package's
 //! `gguf.quants` on synthetic blocks (tests/golden/gguf/kquants.json, tools/ref/gguf_kquants.py).
 //!
-//! Encoding: F16 rounds to nearest, ties to even ([`f32_to_f16`]); Q8_0 ([`quantize_q8_0`]) is
-//! ggml's `quantize_row_q8_0_ref`: per block of 32, `amax = max |x|`, `d = amax / 127`,
-//! `id = 1 / d` (0 when d = 0), `q = round(x * id)` (half away from zero), `d` stored as f16.
+//! Encoding: F16 rounds to nearest, ties to even (`octet_core::codec::f16_bits`, octet's one f16
+//! codec); Q8_0 ([`quantize_q8_0`]) is `quantize_row_q8_0_ref`: per block of 32, `amax = max |x|`, `d = amax / 127`, `id = 1 / d`
+//! (0 when d = 0), `q = round(x * id)` (half away from zero), `d` stored as f16.
+
+use octet_core::codec::{bf16_value, f16_bits, f16_value};
 
 use super::reader::GgmlType;
-
-/// IEEE binary16 bits to f32, exactly (subnormals, infinities and NaN payloads included).
-#[inline]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h & 0x8000) << 16;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    match exp {
-        0 => {
-            // zero or subnormal: man * 2^-24, exact in f32.
-            let mag = man as f32 * f32::from_bits(0x3380_0000);
-            f32::from_bits(sign | mag.to_bits())
-        }
-        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
-        _ => f32::from_bits(sign | ((exp + 127 - 15) << 23) | (man << 13)),
-    }
-}
-
-/// bfloat16 bits to f32 (exact: bf16 is the top half of an f32).
-#[inline]
-pub fn bf16_to_f32(h: u16) -> f32 {
-    f32::from_bits(u32::from(h) << 16)
-}
-
-/// f32 to IEEE binary16 bits, rounding to nearest with ties to even (as numpy's `astype(float16)`
-/// and ggml's `GGML_FP32_TO_FP16`): overflow gives infinity, NaN stays a (quiet) NaN.
-pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
-    }
-    // Round the integer m / 2^shift to nearest, ties to even.
-    let round = |m: u32, shift: u32| {
-        let (q, rem, half) = (m >> shift, m & ((1 << shift) - 1), 1 << (shift - 1));
-        if rem > half || (rem == half && q & 1 == 1) { q + 1 } else { q }
-    };
-    // The f16 biased exponent of x.
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        // f16 subnormal (or zero): x = m 2^(exp - 150) with m the 24-bit significand, and the result
-        // counts units of 2^-24, so it is m 2^(exp - 126) = m >> (14 - e). Below 2^-25 everything
-        // rounds to zero (f32 subnormals included). A carry to 0x400 is the smallest normal.
-        if e < -10 {
-            return sign;
-        }
-        return sign | round(man | 0x80_0000, (14 - e) as u32) as u16;
-    }
-    // Normal: keep 10 of the 23 mantissa bits; a carry rolls into the exponent (up to infinity).
-    sign | round(((e as u32) << 23) | man, 13) as u16
-}
 
 #[inline]
 fn le16(b: &[u8]) -> u16 {
@@ -135,19 +81,19 @@ fn dequantize_f32(src: &[u8], out: &mut [f32]) {
 
 fn dequantize_f16(src: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-        *o = f16_to_f32(le16(b));
+        *o = f16_value(le16(b));
     }
 }
 
 fn dequantize_bf16(src: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-        *o = bf16_to_f32(le16(b));
+        *o = bf16_value(le16(b));
     }
 }
 
 fn dequantize_q8_0(src: &[u8], out: &mut [f32]) {
     for (blk, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-        let d = f16_to_f32(le16(blk));
+        let d = f16_value(le16(blk));
         for (x, &q) in o.iter_mut().zip(&blk[2..]) {
             *x = f32::from(q as i8) * d;
         }
@@ -156,7 +102,7 @@ fn dequantize_q8_0(src: &[u8], out: &mut [f32]) {
 
 fn dequantize_q4_0(src: &[u8], out: &mut [f32]) {
     for (blk, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
-        let d = f16_to_f32(le16(blk));
+        let d = f16_value(le16(blk));
         let (lo, hi) = o.split_at_mut(16);
         for (j, &q) in blk[2..].iter().enumerate() {
             lo[j] = f32::from((q & 0x0f) as i8 - 8) * d;
@@ -167,8 +113,8 @@ fn dequantize_q4_0(src: &[u8], out: &mut [f32]) {
 
 fn dequantize_q4_1(src: &[u8], out: &mut [f32]) {
     for (blk, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
-        let d = f16_to_f32(le16(blk));
-        let m = f16_to_f32(le16(&blk[2..]));
+        let d = f16_value(le16(blk));
+        let m = f16_value(le16(&blk[2..]));
         let (lo, hi) = o.split_at_mut(16);
         for (j, &q) in blk[4..].iter().enumerate() {
             lo[j] = f32::from(q & 0x0f) * d + m;
@@ -183,7 +129,7 @@ pub const QK_K: usize = 256;
 fn dequantize_q2_k(src: &[u8], out: &mut [f32]) {
     for (blk, y) in src.chunks_exact(84).zip(out.chunks_exact_mut(QK_K)) {
         let (scales, qs) = (&blk[..16], &blk[16..80]);
-        let (d, dmin) = (f16_to_f32(le16(&blk[80..])), f16_to_f32(le16(&blk[82..])));
+        let (d, dmin) = (f16_value(le16(&blk[80..])), f16_value(le16(&blk[82..])));
         for (e, x) in y.iter_mut().enumerate() {
             let (h, t, l) = (e / 128, e % 128 / 32, e % 32);
             let q = (qs[32 * h + l] >> (2 * t)) & 3;
@@ -196,7 +142,7 @@ fn dequantize_q2_k(src: &[u8], out: &mut [f32]) {
 fn dequantize_q3_k(src: &[u8], out: &mut [f32]) {
     for (blk, y) in src.chunks_exact(110).zip(out.chunks_exact_mut(QK_K)) {
         let (hmask, qs, sc) = (&blk[..32], &blk[32..96], &blk[96..108]);
-        let d = f16_to_f32(le16(&blk[108..]));
+        let d = f16_value(le16(&blk[108..]));
         let scale: [f32; 16] = std::array::from_fn(|j| {
             let lo = (sc[j % 8] >> (4 * (j / 8))) & 15;
             let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -224,7 +170,7 @@ fn scale_min_k4(s: &[u8]) -> [(u8, u8); 8] {
 
 fn dequantize_q4_k(src: &[u8], out: &mut [f32]) {
     for (blk, y) in src.chunks_exact(144).zip(out.chunks_exact_mut(QK_K)) {
-        let (d, dmin) = (f16_to_f32(le16(blk)), f16_to_f32(le16(&blk[2..])));
+        let (d, dmin) = (f16_value(le16(blk)), f16_value(le16(&blk[2..])));
         let sm = scale_min_k4(&blk[4..16]);
         let qs = &blk[16..];
         for (j, ys) in y.chunks_exact_mut(32).enumerate() {
@@ -239,7 +185,7 @@ fn dequantize_q4_k(src: &[u8], out: &mut [f32]) {
 
 fn dequantize_q5_k(src: &[u8], out: &mut [f32]) {
     for (blk, y) in src.chunks_exact(176).zip(out.chunks_exact_mut(QK_K)) {
-        let (d, dmin) = (f16_to_f32(le16(blk)), f16_to_f32(le16(&blk[2..])));
+        let (d, dmin) = (f16_value(le16(blk)), f16_value(le16(&blk[2..])));
         let sm = scale_min_k4(&blk[4..16]);
         let (qh, qs) = (&blk[16..48], &blk[48..]);
         for (j, ys) in y.chunks_exact_mut(32).enumerate() {
@@ -255,7 +201,7 @@ fn dequantize_q5_k(src: &[u8], out: &mut [f32]) {
 fn dequantize_q6_k(src: &[u8], out: &mut [f32]) {
     for (blk, y) in src.chunks_exact(210).zip(out.chunks_exact_mut(QK_K)) {
         let (ql, qh, scales) = (&blk[..128], &blk[128..192], &blk[192..208]);
-        let d = f16_to_f32(le16(&blk[208..]));
+        let d = f16_value(le16(&blk[208..]));
         for (e, x) in y.iter_mut().enumerate() {
             let (h, r) = (e / 128, e % 128);
             let lo = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 15;
@@ -275,7 +221,7 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> std::result::Result<Vec<u8>, String>
     }
     Ok(match ty {
         GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlType::F16 => x.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes()).collect(),
+        GgmlType::F16 => x.iter().flat_map(|&v| f16_bits(v).to_le_bytes()).collect(),
         GgmlType::Q8_0 => quantize_q8_0(x),
         _ => return Err(format!("writing ggml type {ty} is not supported (F32, F16, Q8_0)")),
     })
@@ -289,7 +235,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
         let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+        out.extend_from_slice(&f16_bits(d).to_le_bytes());
         // |x id| <= 127 up to rounding, so the cast never saturates on finite input.
         out.extend(blk.iter().map(|v| (v * id).round() as i8 as u8));
     }

@@ -8,7 +8,7 @@ pub mod reader;
 pub mod tokenizer;
 pub mod writer;
 
-pub use dequant::{QK_K, bf16_to_f32, dequantize, f16_to_f32, f32_to_f16, quantize, quantize_q8_0};
+pub use dequant::{QK_K, dequantize, quantize, quantize_q8_0};
 pub use reader::{
     DEFAULT_ALIGNMENT, GGML_TYPES, GGUF_MAGIC, GGUF_VERSION, GgmlType, GgmlTypeInfo, GgufFile, MAX_ARRAY_DEPTH,
     MAX_DIMS, TensorInfo, Value, ValueType,

@@ -1,6 +1,6 @@
-//! The optimizer's backend ops (global norm, scale, AdamW): the fast CPU kernels against the f64
-//! reference, and against what the trainer did before they were ops (`octet_optim::clip_global_norm`
-//! and `AdamW::update`), which they must equal bit for bit.
+//! The optimizer's kernels (global norm, scale, AdamW; `octet_kernels::cpu`, the backend's ops): against
+//! the f64 references, and against the optimizers built on them (`octet_optim::clip_global_norm` and
+//! `AdamW::update`), which they must equal bit for bit.
 
 use octet_core::{Rng, Tolerance};
 use octet_kernels::{cpu, reference};
