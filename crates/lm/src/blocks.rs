@@ -30,10 +30,11 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
+use octet_core::{Error, Layout, Result, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits};
+pub use crate::decoder::init_params;
+use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits, init_each};
 use crate::gpt2::Gpt2Config;
 
 /// RMSNorm epsilon (the paper's 1e-8, inside the square root: 1/sqrt(mean(x^2) + eps)).
@@ -225,16 +226,8 @@ impl BlocksConfig {
         Ok(Self::from_gpt2(&Gpt2Config::named(name, vocab_size)?, block))
     }
     pub fn validate(&self) -> Result<()> {
+        self.dims().validate(self.n_head)?;
         let bad = |f: &str, m: String| Err(Error::config(f, m));
-        if self.vocab_size == 0 || self.padded_vocab < self.vocab_size {
-            return bad("padded_vocab", format!("{} must be >= vocab_size {} > 0", self.padded_vocab, self.vocab_size));
-        }
-        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return bad("n_head", format!("n_embd {} must be divisible by n_head {}", self.n_embd, self.n_head));
-        }
-        if self.n_layer == 0 || self.max_seq_len == 0 {
-            return bad("n_layer", "n_layer and max_seq_len must be positive".into());
-        }
         if let Some(s) = self.llama {
             if s.n_kv_head == 0 || !self.n_head.is_multiple_of(s.n_kv_head) {
                 return bad("n_kv_head", format!("{} must divide n_head {}", s.n_kv_head, self.n_head));
@@ -297,24 +290,17 @@ pub fn decay_flags(layout: &Layout) -> Vec<bool> {
     layout.specs().iter().map(|s| MATRICES.contains(&s.name.as_str())).collect()
 }
 
-/// Initialisation (reference code): every matrix N(0, 0.02) except W_Q (the first C rows of each
-/// layer's `qkw`) and layer 0's value increment dW, which start at zero; norm gains, alpha, beta,
-/// gamma, g_attn, g_skip, alpha_V, beta_V start at 1 and g_ff at 0.1. Values are drawn tensor by
-/// tensor in layout order from one `Rng`.
-pub fn init_params(c: &BlocksConfig, layout: &Layout, seed: u64) -> Vec<f32> {
-    let mut p = vec![0.0f32; layout.total()];
-    init_tensors(c, layout, seed, |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
-    p
-}
-
-/// `init_params` one tensor at a time: `f(tensor index, values)` in layout order. Same values.
-pub fn init_tensors(c: &BlocksConfig, layout: &Layout, seed: u64, mut f: impl FnMut(usize, &[f32])) {
-    let mut rng = Rng::new(seed);
+/// Initialisation (reference code), one tensor at a time (`decoder::init_each`; all at once:
+/// `decoder::init_params`): every matrix N(0, 0.02) except W_Q (the first C rows of each layer's
+/// `qkw`) and layer 0's value increment dW, which start at zero; norm gains, alpha, beta, gamma,
+/// g_attn, g_skip, alpha_V, beta_V start at 1 and g_ff at 0.1. Values are drawn tensor by tensor in
+/// layout order from one `Rng`.
+pub fn init_tensors(c: &BlocksConfig, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
     let d = c.n_embd;
-    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
-    for (t, s) in layout.specs().iter().enumerate() {
-        let out = &mut scratch[..s.numel()];
-        match s.name.as_str() {
+    init_each(
+        layout,
+        seed,
+        |name, out, rng| match name {
             "qkw" => {
                 for layer in out.chunks_mut(c.qk_rows() * d) {
                     layer[..d * d].fill(0.0); // W_Q = 0: scores are 0, softmax is uniform causal
@@ -327,9 +313,9 @@ pub fn init_tensors(c: &BlocksConfig, layout: &Layout, seed: u64, mut f: impl Fn
                 out.iter_mut().for_each(|x| *x = (rng.normal() * INIT_STD) as f32)
             }
             _ => out.fill(1.0), // norm gains, attention gains, branch gains
-        }
-        f(t, out);
-    }
+        },
+        f,
+    );
 }
 
 /// A block's tensors (layer l); absent ones are empty slices.

@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use octet_core::scaling::{Recipe, ScalingMode};
-use octet_core::{Error, Float, Layout, Result, Slab};
+use octet_core::{Error, Float, Layout, Result, Rng, Slab};
 use octet_kernels::Backend;
 
 use crate::acts::Acts;
@@ -43,6 +43,24 @@ pub struct Dims {
     pub max_seq_len: usize,
     pub n_layer: usize,
     pub n_embd: usize,
+}
+
+impl Dims {
+    /// The checks every architecture makes of its dimensions (`n_head` heads of `n_embd`): an error
+    /// names the config field.
+    pub fn validate(&self, n_head: usize) -> Result<()> {
+        let bad = |f: &str, m: String| Err(Error::config(f, m));
+        if self.vocab_size == 0 || self.padded_vocab < self.vocab_size {
+            return bad("padded_vocab", format!("{} must be >= vocab_size {} > 0", self.padded_vocab, self.vocab_size));
+        }
+        if n_head == 0 || !self.n_embd.is_multiple_of(n_head) {
+            return bad("n_head", format!("n_embd {} must be divisible by n_head {n_head}", self.n_embd));
+        }
+        if self.n_layer == 0 || self.max_seq_len == 0 {
+            return bad("n_layer", "n_layer and max_seq_len must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// Which rows of the output head a forward computes.
@@ -70,6 +88,33 @@ impl<Bk: Backend> Pass<'_, Bk> {
     /// Rows N = B*T.
     pub fn n(&self) -> usize {
         self.b * self.t
+    }
+}
+
+/// Initial parameters for training from scratch, as one f32 vector in `layout` order
+/// (`Arch::init_tensors` one tensor after another).
+pub fn init_params<A: Arch>(c: &A, layout: &Layout, seed: u64) -> Vec<f32> {
+    let mut p = vec![0.0f32; layout.total()];
+    c.init_tensors(layout, seed, &mut |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
+    p
+}
+
+/// The loop of every architecture's `init_tensors`: each tensor of `layout` in order is filled by
+/// `fill(name, values, rng)` (one `Rng` from `seed`, drawn tensor by tensor) in one scratch buffer the
+/// size of the largest tensor, then handed to `f(tensor index, values)`. Narrow storage encodes each
+/// as it comes, so no f32 copy of the whole model is ever held.
+pub fn init_each(
+    layout: &Layout,
+    seed: u64,
+    mut fill: impl FnMut(&str, &mut [f32], &mut Rng),
+    f: &mut dyn FnMut(usize, &[f32]),
+) {
+    let mut rng = Rng::new(seed);
+    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
+    for (t, s) in layout.specs().iter().enumerate() {
+        let out = &mut scratch[..s.numel()];
+        fill(&s.name, out, &mut rng);
+        f(t, out);
     }
 }
 

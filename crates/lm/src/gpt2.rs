@@ -9,7 +9,8 @@
 use octet_core::{Error, Layout, Result, Rng, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits};
+pub use crate::decoder::init_params;
+use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits, init_each};
 
 /// Model shape. `padded_vocab` >= `vocab_size` rounds the embedding rows up for efficient GEMMs;
 /// the loss ignores the padded columns.
@@ -62,17 +63,7 @@ impl Gpt2Config {
         }
     }
     pub fn validate(&self) -> Result<()> {
-        let bad = |f: &str, m: String| Err(Error::config(f, m));
-        if self.vocab_size == 0 || self.padded_vocab < self.vocab_size {
-            return bad("padded_vocab", format!("{} must be >= vocab_size {} > 0", self.padded_vocab, self.vocab_size));
-        }
-        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return bad("n_head", format!("n_embd {} must be divisible by n_head {}", self.n_embd, self.n_head));
-        }
-        if self.n_layer == 0 || self.max_seq_len == 0 {
-            return bad("n_layer", "n_layer and max_seq_len must be positive".into());
-        }
-        Ok(())
+        self.dims().validate(self.n_head)
     }
     pub fn num_params(&self) -> usize {
         param_layout(self).total()
@@ -108,33 +99,24 @@ pub fn decay_flags(layout: &Layout) -> Vec<bool> {
     layout.specs().iter().map(|s| MATRICES.contains(&s.name.as_str())).collect()
 }
 
-/// GPT-2 initialisation: N(0, 0.02) matrices, residual projections N(0, 0.02/sqrt(2L)), zero biases,
-/// unit norm gains.
-pub fn init_params(c: &Gpt2Config, layout: &Layout, seed: u64) -> Vec<f32> {
-    let mut p = vec![0.0f32; layout.total()];
-    init_tensors(c, layout, seed, |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
-    p
-}
-
-/// `init_params` one tensor at a time: `f(tensor index, values)` in layout order, through one scratch
-/// buffer the size of the largest tensor (narrow storage encodes each as it comes, never holding an
-/// f32 copy of the whole model). Same values as `init_params`.
-pub fn init_tensors(c: &Gpt2Config, layout: &Layout, seed: u64, mut f: impl FnMut(usize, &[f32])) {
-    let mut rng = Rng::new(seed);
+/// GPT-2 initialisation, one tensor at a time (`decoder::init_each`; all at once:
+/// `decoder::init_params`): N(0, 0.02) matrices, residual projections N(0, 0.02/sqrt(2L)), zero
+/// biases, unit norm gains.
+pub fn init_tensors(c: &Gpt2Config, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
     let proj_std = 0.02 / (2.0 * c.n_layer as f64).sqrt();
-    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
-    for (t, s) in layout.specs().iter().enumerate() {
-        let out = &mut scratch[..s.numel()];
-        match s.name.as_str() {
+    let normal =
+        |out: &mut [f32], rng: &mut Rng, std: f64| out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+    init_each(
+        layout,
+        seed,
+        |name, out, rng| match name {
             "ln1w" | "ln2w" | "lnfw" => out.fill(1.0),
-            "attprojw" | "fcprojw" => out.iter_mut().for_each(|x| *x = (rng.normal() * proj_std) as f32),
-            n if n.ends_with('w') || n == "wte" || n == "wpe" => {
-                out.iter_mut().for_each(|x| *x = (rng.normal() * 0.02) as f32)
-            }
+            "attprojw" | "fcprojw" => normal(out, rng, proj_std),
+            n if n.ends_with('w') || n == "wte" || n == "wpe" => normal(out, rng, 0.02),
             _ => out.fill(0.0), // biases
-        }
-        f(t, out);
-    }
+        },
+        f,
+    );
 }
 
 /// A block's twelve tensors, in `param_layout` order; `T` is a slice of parameters or gradients.

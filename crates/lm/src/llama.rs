@@ -33,10 +33,11 @@
 //! text far better than the half-split one (mean next-token NLL over three prompts: 3.69, 2.29, 4.46
 //! nats interleaved against 4.21, 2.84, 5.86 half-split).
 
-use octet_core::{Error, Float, Layout, Result, Rng, Slab, TensorId};
+use octet_core::{Error, Float, Layout, Result, Slab, TensorId};
 use octet_kernels::Backend;
 
-use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits};
+pub use crate::decoder::init_params;
+use crate::decoder::{Arch, Decoder, Pass, arch_tables, head_logits, init_each};
 use crate::gguf::GgufFile;
 
 /// Model shape and the two constants of its layers.
@@ -235,33 +236,24 @@ pub fn decay_flags(layout: &Layout) -> Vec<bool> {
     layout.specs().iter().map(|s| !s.name.ends_with("norm")).collect()
 }
 
-/// Initialisation for training from scratch: N(0, 0.02) matrices, residual projections (attn_output,
-/// ffn_down) N(0, 0.02/sqrt(2L)), unit norm gains.
-pub fn init_params(c: &LlamaConfig, layout: &Layout, seed: u64) -> Vec<f32> {
-    let mut p = vec![0.0f32; layout.total()];
-    init_tensors(c, layout, seed, |t, v| p[layout.specs()[t].range()].copy_from_slice(v));
-    p
-}
-
-/// `init_params` one tensor at a time: `f(tensor index, values)` in layout order. Same values.
-pub fn init_tensors(c: &LlamaConfig, layout: &Layout, seed: u64, mut f: impl FnMut(usize, &[f32])) {
-    let mut rng = Rng::new(seed);
+/// Initialisation for training from scratch, one tensor at a time (`decoder::init_each`; all at
+/// once: `decoder::init_params`): N(0, 0.02) matrices, residual projections (attn_output, ffn_down)
+/// N(0, 0.02/sqrt(2L)), unit norm gains.
+pub fn init_tensors(c: &LlamaConfig, layout: &Layout, seed: u64, f: &mut dyn FnMut(usize, &[f32])) {
     let proj_std = 0.02 / (2.0 * c.n_layer as f64).sqrt();
-    let mut scratch = vec![0.0f32; layout.specs().iter().map(|s| s.numel()).max().unwrap_or(0)];
-    for (t, s) in layout.specs().iter().enumerate() {
-        let out = &mut scratch[..s.numel()];
-        let std = match s.name.as_str() {
-            n if n.ends_with("norm") => 0.0,
-            "attn_output" | "ffn_down" => proj_std,
-            _ => 0.02,
-        };
-        if std == 0.0 {
-            out.fill(1.0);
-        } else {
+    init_each(
+        layout,
+        seed,
+        |name, out, rng| {
+            let std = match name {
+                n if n.ends_with("norm") => return out.fill(1.0),
+                "attn_output" | "ffn_down" => proj_std,
+                _ => 0.02,
+            };
             out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
-        }
-        f(t, out);
-    }
+        },
+        f,
+    );
 }
 
 /// A block's six tensors, in `param_layout` order; `T` is a slice of parameters or gradients.
