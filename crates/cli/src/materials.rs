@@ -23,9 +23,10 @@ use octet_materials::Composition;
 use octet_materials::bench;
 use octet_materials::composition_data::{self, BadKind, CRABNET_SETS, CsvSource};
 use octet_materials::dataset::{self, BadRow, DatasetHeader};
+use octet_materials::ensemble::{self, Baseline, Ensemble, ModelKind};
 use octet_materials::fetch::{self, CRABNET, MATMINER, Origin, Package};
 use octet_materials::io::write_atomic;
-use octet_materials::train::{self, Event, ModelKind, Sample, TrainConfig};
+use octet_materials::train::{self, Event, Sample, TrainConfig};
 use serde_json::{Value, json};
 
 /// The flla CSV inside the matminer sdist.
@@ -200,7 +201,7 @@ pub struct TrainArgs {
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// With --baseline: the baseline of a single-element composition is 0 (its reference phase;
-    /// see `train::baseline_predict`), recorded in `<out>/baseline/` for `predict`.
+    /// see `ensemble::baseline_predict`), recorded in `<out>/baseline/` for `predict`.
     #[arg(long)]
     elemental_zero: bool,
     /// One JSON object per line (events, then a summary) instead of a progress bar.
@@ -539,12 +540,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let mut samples = samples;
     let baseline = match &a.baseline {
         Some(dir) => {
-            let members = load_ensemble(dir)?;
-            if members[0].kind != ModelKind::Compositional {
-                return Err(Error::format(dir, "kind", "the baseline must be a compositional ensemble"));
-            }
+            let b = Baseline::load(dir, a.elemental_zero)?;
             let comps = samples.iter().map(|s| Composition::parse(&s.formula)).collect::<Result<Vec<_>>>()?;
-            let preds = train::baseline_predict(&members, &comps, a.elemental_zero, 512)?;
+            let preds = b.predict(&comps, 512)?;
             let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p).abs()).sum::<f64>()
                 / samples.len().max(1) as f64;
             say(format!(
@@ -555,7 +553,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             for (s, p) in samples.iter_mut().zip(&preds) {
                 s.target -= p;
             }
-            Some(members)
+            Some(b)
         }
         None => None,
     };
@@ -585,22 +583,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     if let Some(b) = &baseline {
-        for (k, m) in b.iter().enumerate() {
-            let p = out.join("baseline").join(format!("member-{k}.safetensors"));
-            train::save_member(&p, m.kind, m.cutoff, m.seed, m.valid_mae, &m.model)?;
-        }
-        let marker = out.join("baseline").join(train::ELEMENTAL_ZERO_MARKER);
-        if a.elemental_zero {
-            write_atomic(&marker, b"")?;
-        } else if marker.exists() {
-            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
-        }
+        b.save(&out)?;
     } else if a.elemental_zero {
         return Err(Error::config("elemental_zero", "only with --baseline"));
     }
 
     let init = match &a.init_from {
-        Some(dir) => Some(load_ensemble(dir)?),
+        Some(dir) => Some(ensemble::load_members(dir)?),
         None => None,
     };
     let only: Option<Vec<&str>> = a.init_tensors.as_deref().map(|t| t.split(',').map(str::trim).collect());
@@ -684,7 +673,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             "epochs_run": trained.history.len(), "valid_mae": trained.best_valid_mae, "test_mae": test_mae,
             "seconds": tm.elapsed().as_secs_f64(),
         }));
-        members.push(train::Member {
+        members.push(ensemble::Member {
             kind,
             cutoff: mcfg.cutoff,
             seed: mcfg.seed,
@@ -693,7 +682,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         });
     }
     let graphs: Vec<&octet_materials::graph::Graph> = test.iter().map(|s| &s.graph).collect();
-    let preds = train::ensemble_predict(&members, &graphs, 256)?;
+    let preds = ensemble::ensemble_predict(&members, &graphs, 256)?;
     let n = test.len() as f64;
     let ens_mae = preds.iter().zip(&test).map(|(p, s)| (p.energy_per_atom - s.target).abs()).sum::<f64>() / n;
     let mean_iqr = preds.iter().map(|p| p.iqr).sum::<f64>() / n;
@@ -734,32 +723,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The ensemble in a directory (member-*.safetensors, sorted) or one checkpoint file.
-fn load_ensemble(path: &Path) -> Result<Vec<train::Member>> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![path.to_path_buf()]
-    };
-    if files.is_empty() {
-        return Err(Error::format(path, "model", "no *.safetensors ensemble members in this directory"));
-    }
-    let members = files.iter().map(|f| train::load_member(f)).collect::<Result<Vec<_>>>()?;
-    if let Some(m) = members.iter().find(|m| m.kind != members[0].kind) {
-        return Err(Error::format(
-            path,
-            "kind",
-            format!("mixes {} and {} members", members[0].kind.name(), m.kind.name()),
-        ));
-    }
-    Ok(members)
-}
+/// `predict --augment`: GNoME's test-time volume augmentation, 80-120% of the cell volume.
+const AUGMENT_FACTORS: [f64; 5] = [0.8, 0.9, 1.0, 1.1, 1.2];
 
 /// One input to predict: id, formula, its structure (if any), its target (data sets).
 struct Input {
@@ -827,56 +792,24 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     if a.format != "csv" && a.format != "json" {
         return Err(Error::config("format", format!("`{}`: expected csv or json", a.format)));
     }
-    let members = load_ensemble(&a.model)?;
-    let kind = members[0].kind;
+    let model = Ensemble::load(&a.model)?;
+    let kind = model.kind();
     let inputs = read_inputs(&a)?;
-    let preds = match kind {
-        ModelKind::Structural => {
-            if let Some(i) = inputs.iter().find(|i| i.structure.is_none()) {
-                return Err(Error::config(
-                    "data",
-                    format!("`{}` is a composition; a structural model needs structures", i.id),
-                ));
-            }
-            let structures: Vec<octet_materials::Structure> =
-                inputs.iter().map(|i| i.structure.clone().expect("checked")).collect();
-            let factors: &[f64] = if a.augment { &[0.8, 0.9, 1.0, 1.1, 1.2] } else { &[1.0] };
-            train::predict_structures(&members, &structures, factors, 256)?
-        }
-        ModelKind::Compositional => {
-            let graphs = inputs
-                .iter()
-                .map(|i| {
-                    let c = match (&i.composition, &i.structure) {
-                        (Some(c), _) => c.clone(),
-                        (None, Some(s)) => s.composition(),
-                        (None, None) => unreachable!("every input has one"),
-                    };
-                    octet_materials::graph::composition_graph(&c)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            train::ensemble_predict(&members, &graphs.iter().collect::<Vec<_>>(), 256)?
-        }
-    };
-    let mut preds = preds;
-    let base_dir = a.model.join("baseline");
-    if a.model.is_dir() && base_dir.is_dir() {
-        let base = load_ensemble(&base_dir)?;
-        let comps: Vec<Composition> = inputs
-            .iter()
-            .map(|i| {
-                let c = i.composition.clone().or_else(|| i.structure.as_ref().map(|s| s.composition()));
-                c.expect("every input has one")
-            })
-            .collect();
-        let elemental_zero = base_dir.join(train::ELEMENTAL_ZERO_MARKER).exists();
-        let bp = train::baseline_predict(&base, &comps, elemental_zero, 512)?;
-        for (p, b) in preds.iter_mut().zip(&bp) {
-            p.energy_per_atom += b;
-            p.energy = p.energy_per_atom * p.atoms;
-            p.members.iter_mut().for_each(|m| *m += b);
-        }
+    if kind == ModelKind::Structural
+        && let Some(i) = inputs.iter().find(|i| i.structure.is_none())
+    {
+        return Err(Error::config("data", format!("`{}` is a composition; a structural model needs structures", i.id)));
     }
+    let refs: Vec<ensemble::Input> = inputs
+        .iter()
+        .map(|i| match (&i.structure, &i.composition) {
+            (Some(s), _) => ensemble::Input::Structure(s),
+            (None, Some(c)) => ensemble::Input::Composition(c),
+            (None, None) => unreachable!("every input has one"),
+        })
+        .collect();
+    let factors: &[f64] = if a.augment && kind == ModelKind::Structural { &AUGMENT_FACTORS } else { &[1.0] };
+    let preds = model.predict(&refs, factors, 256)?;
     let mut text = String::new();
     if a.format == "csv" {
         text.push_str("id,formula,atoms,energy_per_atom,energy,iqr,volume_factor,target\n");
