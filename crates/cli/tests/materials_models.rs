@@ -169,3 +169,53 @@ fn bench_materials_reports_throughput_as_json() {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
     }
 }
+
+/// Regression (issue 16, items 9 and 10): a hand-written rock-salt CIF that gives only its space-group
+/// symbol (or only its number) is expanded to the 8-atom conventional cell, and `predict` without
+/// `--model` runs the model that ships with octet (3 members, stacked on a baseline).
+#[test]
+fn predict_without_model_uses_the_shipped_default_on_a_symbol_only_cif() {
+    let dir = tempfile::tempdir().unwrap();
+    let by_symbol = dir.path().join("nacl.cif");
+    std::fs::write(&by_symbol, NACL_BY_SYMBOL).unwrap();
+    let by_number = dir.path().join("nacl_225.cif");
+    let numbered =
+        NACL_BY_SYMBOL.replace("_symmetry_space_group_name_H-M 'F m -3 m'", "_symmetry_Int_Tables_number 225");
+    std::fs::write(&by_number, numbered).unwrap();
+    let o =
+        octet(&["materials", "predict", by_symbol.to_str().unwrap(), by_number.to_str().unwrap(), "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rows: Vec<Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for v in &rows {
+        assert_eq!((v["formula"].as_str(), v["atoms"].as_f64()), (Some("NaCl"), Some(8.0)), "{v}");
+        assert_eq!(v["members"].as_array().unwrap().len(), 3);
+        // Rock salt is stable: a clearly negative formation energy (MP: -2.1 eV/atom).
+        let e = v["energy_per_atom"].as_f64().unwrap();
+        assert!((-3.0..-1.0).contains(&e), "{v}");
+    }
+    assert_eq!(rows[0]["energy_per_atom"], rows[1]["energy_per_atom"]);
+    // --held-out selects from a data set only.
+    let o = octet(&["materials", "predict", by_symbol.to_str().unwrap(), "--held-out"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("held_out"), "{}", text(&o.stderr));
+    // The help states the default model's held-out MAE and its data's licence.
+    let help = text(&octet(&["materials", "predict", "--help"]).stdout);
+    assert!(help.contains("held-out MAE 81.5 meV/atom") && help.contains("CC BY 4.0"), "{help}");
+}
+
+const NACL_BY_SYMBOL: &str = "data_NaCl
+_symmetry_space_group_name_H-M 'F m -3 m'
+_cell_length_a 5.64
+_cell_length_b 5.64
+_cell_length_c 5.64
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+_atom_site_label
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 0 0 0
+Cl1 0.5 0.5 0.5
+";

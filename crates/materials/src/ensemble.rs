@@ -490,6 +490,52 @@ impl Ensemble {
     }
 }
 
+/// The model octet ships, used by `octet materials predict` without `--model`: a structural ensemble
+/// of 3 members stacked on a 1-member compositional baseline with elemental zero, F16 weights
+/// (4.8 MB, `crates/materials/data/default_model/`, written by `examples/ship_default_model.rs`).
+/// Recipe (a smaller version of BENCHMARKS.md's best, sized to ship):
+/// `train --model compositional --data oqmd_form_enthalpy.jsonl --epochs 12 --patience 12 --batch 128
+/// --lr 2e-3 --out oqmd2`; `train --model compositional --data mp_e_form.jsonl --epochs 24 --patience
+/// 24 --batch 128 --lr 2e-3 --init-from oqmd2 --out mp1m`; `train --model structural --epochs 60
+/// --patience 20 --batch 32 --lr 1e-3 --init-from mp1m --baseline mp1m --elemental-zero --ensemble 3`.
+/// Trained on Materials Project data (flla_2015 via matminer, matbench mp_e_form via crabnet; CC BY
+/// 4.0) and OQMD (via crabnet; CC BY 4.0): see the LICENSE note beside the weights.
+pub const DEFAULT_MODEL_NOTE: &str = include_str!("../data/default_model/LICENSE.md");
+
+/// Held-out MAE of the shipped default model (eV/atom): flla_2015's 588 held-out-formula structures,
+/// `octet materials predict --data flla_2015.jsonl --held-out` with the F16 weights (the F32 weights
+/// before conversion: 0.081487; median error 0.030, mean IQR 0.014).
+pub const DEFAULT_MODEL_HELD_OUT_MAE: f64 = 0.081485;
+
+const DEFAULT_MEMBERS: [&[u8]; 3] = [
+    include_bytes!("../data/default_model/member-0.safetensors"),
+    include_bytes!("../data/default_model/member-1.safetensors"),
+    include_bytes!("../data/default_model/member-2.safetensors"),
+];
+const DEFAULT_BASELINE: [&[u8]; 1] = [include_bytes!("../data/default_model/baseline/member-0.safetensors")];
+/// The shipped baseline was trained with `--elemental-zero` (its directory has the marker; a test
+/// checks the two agree).
+const DEFAULT_ELEMENTAL_ZERO: bool = true;
+
+impl Ensemble {
+    /// The model octet ships (see `DEFAULT_MODEL_NOTE`), from the weights compiled into the binary.
+    pub fn default_model() -> Result<Ensemble> {
+        let parse =
+            |bytes: &[u8], name: String| parse_member(bytes, Path::new(&format!("<built-in default model>/{name}")));
+        let members = DEFAULT_MEMBERS
+            .iter()
+            .enumerate()
+            .map(|(k, b)| parse(b, format!("member-{k}.safetensors")))
+            .collect::<Result<Vec<_>>>()?;
+        let base = DEFAULT_BASELINE
+            .iter()
+            .enumerate()
+            .map(|(k, b)| parse(b, format!("{BASELINE_DIR}/member-{k}.safetensors")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Ensemble { members, baseline: Some(Baseline { members: base, elemental_zero: DEFAULT_ELEMENTAL_ZERO }) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,5 +639,25 @@ mod tests {
         // Without the marker the baseline is the plain median.
         Baseline { elemental_zero: false, ..base }.save(d.path()).unwrap();
         assert!(!Ensemble::load(d.path()).unwrap().baseline.unwrap().elemental_zero);
+    }
+
+    /// The compiled-in default model is the one in `data/default_model/` (marker included), and it
+    /// predicts: rock salt's formation energy is negative, with a spread over members.
+    #[test]
+    fn default_model_is_the_shipped_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/default_model");
+        let (built_in, on_disk) = (Ensemble::default_model().unwrap(), Ensemble::load(&dir).unwrap());
+        assert_eq!(built_in.kind(), ModelKind::Structural);
+        assert_eq!(on_disk.baseline.as_ref().unwrap().elemental_zero, DEFAULT_ELEMENTAL_ZERO);
+        let cif = "data_NaCl\n_symmetry_space_group_name_H-M 'F m -3 m'\n_cell_length_a 5.64\n_cell_length_b 5.64\n\
+                   _cell_length_c 5.64\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\nloop_\n\
+                   _atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa1 0 0 0\nCl1 0.5 0.5 0.5\n";
+        let nacl = crate::io::parse_cif(cif, Path::new("nacl.cif")).unwrap();
+        assert_eq!(nacl.species.len(), 8);
+        let a = built_in.predict(&[Input::Structure(&nacl)], &[1.0], 4).unwrap();
+        let b = on_disk.predict(&[Input::Structure(&nacl)], &[1.0], 4).unwrap();
+        assert_eq!(a[0].members, b[0].members);
+        assert!(a[0].energy_per_atom < 0.0 && a[0].members.len() == 3, "{:?}", a[0]);
+        assert!(DEFAULT_MODEL_NOTE.contains("CC BY 4.0"));
     }
 }
