@@ -19,7 +19,6 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use octet_core::{Error, Result, Rng};
-use octet_materials::Composition;
 use octet_materials::bench;
 use octet_materials::composition_data::{self, BadKind, CRABNET_SETS, CsvSource};
 use octet_materials::dataset::{self, BadRow, DatasetHeader};
@@ -550,18 +549,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let baseline = match &a.baseline {
         Some(dir) => {
             let b = Baseline::load(dir, a.elemental_zero)?;
-            let comps = samples.iter().map(|s| Composition::parse(&s.formula)).collect::<Result<Vec<_>>>()?;
-            let preds = b.predict(&comps, 512)?;
-            let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p).abs()).sum::<f64>()
-                / samples.len().max(1) as f64;
+            let mae = train::subtract_baseline(&mut samples, &b)?;
             say(format!(
                 "baseline {}: MAE {:.1} meV/atom on the whole data set; learning the residual",
                 dir.display(),
                 1e3 * mae
             ));
-            for (s, p) in samples.iter_mut().zip(&preds) {
-                s.target -= p;
-            }
             Some(b)
         }
         None => None,

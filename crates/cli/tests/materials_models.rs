@@ -219,3 +219,46 @@ _atom_site_fract_z
 Na1 0 0 0
 Cl1 0.5 0.5 0.5
 ";
+
+/// `train --baseline --elemental-zero` copies the compositional ensemble into `<out>/baseline/` with
+/// its marker, and `predict` on the directory adds the baseline back: the stacked prediction is the
+/// member's residual (the member file alone) plus the baseline's prediction.
+#[test]
+fn stacked_training_saves_the_baseline_and_predict_adds_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("syn.jsonl");
+    write_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (comp, run) = (dir.path().join("comp"), dir.path().join("run"));
+    let tiny = ["--epochs", "2", "--width", "8", "--steps", "2", "--batch", "8", "--json"];
+    let mut args = vec!["materials", "train", "--model", "compositional"];
+    let (d, c, r) = (s(&data), s(&comp), s(&run));
+    args.extend(["--data", &d, "--out", &c]);
+    args.extend(tiny);
+    let o = octet(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut args = vec!["materials", "train", "--data", &d, "--out", &r, "--baseline", &c, "--elemental-zero"];
+    args.extend(tiny);
+    let o = octet(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(run.join("baseline/member-0.safetensors").exists() && run.join("baseline/elemental-zero").exists());
+
+    let cif = dir.path().join("nacl.cif");
+    std::fs::write(&cif, NACL_BY_SYMBOL).unwrap();
+    let energy = |model: &Path| {
+        let o = octet(&[
+            "materials",
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            cif.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let v: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+        v["energy_per_atom"].as_f64().unwrap()
+    };
+    let (stacked, residual, base) = (energy(&run), energy(&run.join("member-0.safetensors")), energy(&comp));
+    assert!((stacked - (residual + base)).abs() < 1e-9, "{stacked} != {residual} + {base}");
+}

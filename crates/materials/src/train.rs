@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::composition_data::CompositionEntry;
 // The discover loop (`discover.rs`) names these through `train`; their home is `ensemble`.
 use crate::dataset::{Entry, fnv1a64};
-use crate::ensemble::predict_graphs;
+use crate::ensemble::{Baseline, predict_graphs};
 pub use crate::ensemble::{Member, ModelKind, load_member, predict_structures, save_member};
 use crate::gnn::{Acts, Gnn, GnnConfig};
 use crate::graph::{self, Graph, GraphBatch};
@@ -62,6 +62,19 @@ pub fn composition_samples(entries: &[CompositionEntry]) -> Result<Vec<Sample>> 
             Ok(Sample { id: e.id.clone(), formula: e.formula.clone(), graph, target: e.target })
         })
         .collect()
+}
+
+/// Delta learning (`train --baseline`): replaces every sample's target by its residual over the
+/// baseline's prediction for its formula, and returns the baseline's MAE on the original targets.
+/// `Ensemble::predict` adds the baseline back.
+pub fn subtract_baseline(samples: &mut [Sample], baseline: &Baseline) -> Result<f64> {
+    let comps = samples.iter().map(|s| crate::Composition::parse(&s.formula)).collect::<Result<Vec<_>>>()?;
+    let preds = baseline.predict(&comps, 512)?;
+    let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p).abs()).sum::<f64>() / samples.len().max(1) as f64;
+    for (s, p) in samples.iter_mut().zip(&preds) {
+        s.target -= p;
+    }
+    Ok(mae)
 }
 
 /// Is this training formula in the early-stopping validation set? (~10% of formulas, by the
