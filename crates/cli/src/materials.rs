@@ -2,7 +2,8 @@
 //! carry the data sets into a cache, converts them to octet's JSON-lines formats and reports rows
 //! converted and rejected (with reasons), and the formula-hash train/validation split. `train`
 //! trains a structural or compositional GNoME model (or an ensemble of them) and reports the MAE on
-//! the held-out formulas; `predict` runs an ensemble on structure files or a data set. `octet bench
+//! the held-out formulas; `predict` runs an ensemble (`octet_materials::ensemble`; without `--model`
+//! the one octet ships) on structure files or a data set. `octet bench
 //! materials` (`run_bench`) measures screening and training throughput.
 //!
 //! Outputs of `data`, in `--out` (default `<cache>/datasets`), each written atomically:
