@@ -148,3 +148,15 @@ fn unknown_values_mean_no_space_group() {
         assert_eq!(parse_cif(&text, Path::new("t.cif")).unwrap().species.len(), 2, "{v}");
     }
 }
+
+/// A short file naming a 192-operation group for many general sites in a small cell stops at close
+/// packing with an error naming the site's line, before the quadratic duplicate search grows.
+#[test]
+fn expansion_denser_than_close_packing_is_refused_early() {
+    let mut text = NACL.replace("5.64", "3.0");
+    for k in 0..200 {
+        text.push_str(&format!("X{k} 0.{:03} 0.{:03} 0.{:03}\n", 101 + k, 307 + k, 503 + k).replace('X', "Na"));
+    }
+    let e = parse_cif(&text, Path::new("dense.cif")).unwrap_err().to_string();
+    assert!(e.contains("dense.cif") && e.contains("denser than the closest packing"), "{e}");
+}

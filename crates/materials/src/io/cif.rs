@@ -32,7 +32,7 @@ use octet_core::Result;
 use super::{at_line, fmt_f64, line_error, parse_number, read_text, spacegroup, write_atomic};
 use crate::element::Element;
 use crate::lattice::Lattice;
-use crate::structure::{MIN_SEPARATION, Structure};
+use crate::structure::{MAX_ATOM_DENSITY, MIN_SEPARATION, Structure};
 
 /// Images closer than this in every fractional coordinate (periodically) are the same atom.
 pub const SYMPREC: f64 = 1e-4;
@@ -497,6 +497,9 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
     }
 
     let expand = ops.len() > 1 || ops[0] != SymOp::identity();
+    // More atoms than close packing allows must overlap: stop the expansion there (its duplicate
+    // search is quadratic; one short line naming a space group multiplies every site by up to 192).
+    let max_atoms = (MAX_ATOM_DENSITY * lattice.volume()).floor() as usize;
     let mut species = Vec::new();
     let mut frac = Vec::new();
     // For each expanded atom: (line of its row, label) to name in overlap errors.
@@ -559,6 +562,17 @@ pub fn parse_cif(text: &str, path: &Path) -> Result<Structure> {
                     })
             });
             if !duplicate {
+                if species.len() >= max_atoms {
+                    return Err(line_error(
+                        path,
+                        line,
+                        format!(
+                            "symmetry expansion gives more than {max_atoms} atoms in a {:.1} A^3 cell, denser than \
+                             the closest packing at {MIN_SEPARATION} A: atoms would overlap",
+                            lattice.volume()
+                        ),
+                    ));
+                }
                 species.push(element);
                 frac.push(g);
                 origin.push((line, label.clone()));
