@@ -13,11 +13,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::element::Element;
+use crate::ensemble;
 use crate::gnn::{Acts, Gnn, GnnConfig};
 use crate::graph::{self, Graph, GraphBatch};
 use crate::lattice::Lattice;
 use crate::structure::Structure;
-use crate::train;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -141,7 +141,7 @@ pub fn bench(cfg: &BenchConfig, structures: &[Structure], source: &str) -> Resul
     let infer = || -> Result<(f64, f64)> {
         let (t, c) = (Instant::now(), cpu_seconds());
         // Tables once per model per screening run (timed), members in parallel per batch.
-        let ys = train::predict_members(&models, &refs, cfg.batch)?;
+        let ys = ensemble::predict_members(&models, &refs, cfg.batch)?;
         std::hint::black_box(ys.iter().flatten().map(|&x| x as f64).sum::<f64>());
         Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c))
     };

@@ -5,8 +5,9 @@
 //! `io` (CIF, POSCAR, extended XYZ) and `dataset` (matminer flla conversion, JSON-lines data sets,
 //! formula-hash split). `pyliteral` parses the Python-literal dicts the flla CSV stores.
 //! Models: `graph` (featurizer: structures and compositions -> batched graphs) -> `ops` (GNN
-//! kernels) -> `gnn` (the GNoME network, forward and backward) -> `train` (training, ensembles,
-//! checkpoints, prediction).
+//! kernels) -> `gnn` (the GNoME network, forward and backward) -> `train` (training) and `ensemble`
+//! (trained models: the model directory format, checkpoints, baselines, inference; `Ensemble::default_model`
+//! is the one octet ships).
 //! Discovery loop: `oracle` (external energy/relaxation workers) and `hull` (formation energies,
 //! energy above the convex hull, decompositions).
 //! The loop itself: `candidates` (AIRSS random cells, substitutions, deduplication), `journal`
@@ -20,6 +21,7 @@ pub mod composition_data;
 pub mod dataset;
 pub mod discover;
 pub mod element;
+pub mod ensemble;
 pub mod fetch;
 pub mod gnn;
 pub mod graph;

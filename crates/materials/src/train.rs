@@ -1,4 +1,5 @@
-//! Training, checkpoints, ensembles and prediction for the GNoME models (`gnn`).
+//! Training for the GNoME models (`gnn`); trained models, their directory format and inference
+//! are `ensemble`'s.
 //!
 //! Training (`train`, `train_from` for a warm start such as `copy_matching` from a compositional
 //! model): AdamW (betas 0.9/0.999, decoupled weight decay on weights and the embedding, default 0),
@@ -11,65 +12,22 @@
 //! out); the held-out part is the *test* set and is never used for choosing anything. Early
 //! stopping uses a validation set carved from the training formulas by an independent digit of
 //! the same hash (`early_stop_split`: ~10% of training formulas).
-//!
-//! Checkpoint: one safetensors file per ensemble member, f32 tensors named as `GnnConfig::layout`,
-//! metadata `format` = `octet-gnome`, `kind` (structural | compositional), `config` (GnnConfig as
-//! JSON), `cutoff` (A), `seed`, `valid_mae`, `sha256` (of the tensors' data in layout order; a file
-//! whose data does not match fails naming it; files written before it load unchecked). Written
-//! atomically.
-//!
-//! Ensembles: members differ only in seed; predictions are the median over members and the
-//! interquartile range (q75 - q25, linear interpolation) as uncertainty; with test-time
-//! augmentation each structure is also evaluated with its cell scaled to several volumes and the
-//! lowest median energy is kept (GNoME, 80-120% of the volume).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use octet_core::manifest::sha256_hex_parts;
 use octet_core::{Error, Result, Rng, Slab};
 use octet_optim::{AdamW, AdamWConfig};
 use rayon::prelude::*;
-use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::composition_data::CompositionEntry;
+// The discover loop (`discover.rs`) names these through `train`; their home is `ensemble`.
 use crate::dataset::{Entry, fnv1a64};
+use crate::ensemble::{Baseline, predict_graphs};
+pub use crate::ensemble::{Member, ModelKind, load_member, predict_structures, save_member};
 use crate::gnn::{Acts, Gnn, GnnConfig};
 use crate::graph::{self, Graph, GraphBatch};
-use crate::structure::Structure;
-
-/// Which GNoME model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    Structural,
-    Compositional,
-}
-
-impl ModelKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Structural => "structural",
-            ModelKind::Compositional => "compositional",
-        }
-    }
-    pub fn parse(s: &str) -> Result<ModelKind> {
-        match s {
-            "structural" => Ok(ModelKind::Structural),
-            "compositional" => Ok(ModelKind::Compositional),
-            _ => Err(Error::config("model", format!("`{s}`: expected structural or compositional"))),
-        }
-    }
-    /// Edge basis width of this model's graphs.
-    pub fn basis_dim(self) -> usize {
-        match self {
-            ModelKind::Structural => graph::NUM_BASIS,
-            ModelKind::Compositional => 0,
-        }
-    }
-}
 
 /// One labelled graph.
 #[derive(Clone, Debug)]
@@ -104,6 +62,19 @@ pub fn composition_samples(entries: &[CompositionEntry]) -> Result<Vec<Sample>> 
             Ok(Sample { id: e.id.clone(), formula: e.formula.clone(), graph, target: e.target })
         })
         .collect()
+}
+
+/// Delta learning (`train --baseline`): replaces every sample's target by its residual over the
+/// baseline's prediction for its formula, and returns the baseline's MAE on the original targets.
+/// `Ensemble::predict` adds the baseline back.
+pub fn subtract_baseline(samples: &mut [Sample], baseline: &Baseline) -> Result<f64> {
+    let comps = samples.iter().map(|s| crate::Composition::parse(&s.formula)).collect::<Result<Vec<_>>>()?;
+    let preds = baseline.predict(&comps, 512)?;
+    let mae = samples.iter().zip(&preds).map(|(s, p)| (s.target - p).abs()).sum::<f64>() / samples.len().max(1) as f64;
+    for (s, p) in samples.iter_mut().zip(&preds) {
+        s.target -= p;
+    }
+    Ok(mae)
 }
 
 /// Is this training formula in the early-stopping validation set? (~10% of formulas, by the
@@ -373,239 +344,11 @@ pub fn train_from(
     Ok(Trained { model, best_valid_mae: best.0, best_epoch: best.1, history })
 }
 
-/// Per-atom predictions for graphs, `batch` graphs at a time.
-pub fn predict_graphs(model: &Gnn<f32>, graphs: &[&Graph], batch: usize) -> Result<Vec<f32>> {
-    Ok(predict_members(&[model], graphs, batch)?.pop().expect("one model"))
-}
-
-/// Every model's per-atom predictions for graphs (outer index: model). Inference tables are built
-/// once per model for the longest edge of all graphs; then per chunk of `batch` graphs, one
-/// `GraphBatch` and the models in parallel (a pass's own kernels split further only when a thread
-/// is idle), which on a few cores beats splitting every kernel of one pass at a time.
-pub fn predict_members(models: &[&Gnn<f32>], graphs: &[&Graph], batch: usize) -> Result<Vec<Vec<f32>>> {
-    let r_max = graphs.iter().flat_map(|g| g.distances.iter()).fold(0.0f32, |m, &r| m.max(r));
-    let tables: Vec<_> = models.par_iter().map(|m| m.inference_tables(r_max as f64)).collect();
-    let mut out: Vec<Vec<f32>> = models.iter().map(|_| Vec::with_capacity(graphs.len())).collect();
-    for chunk in graphs.chunks(batch.max(1)) {
-        let b = GraphBatch::new(chunk)?;
-        let ys: Vec<Vec<f32>> =
-            models.par_iter().zip(&tables).map(|(m, t)| m.predict_with(t, &b)).collect::<Result<_>>()?;
-        for (o, y) in out.iter_mut().zip(ys) {
-            o.extend(y);
-        }
-    }
-    Ok(out)
-}
-
 /// Mean absolute error per atom over samples.
 pub fn mae(model: &Gnn<f32>, samples: &[Sample], batch: usize) -> Result<f64> {
     let graphs: Vec<&Graph> = samples.iter().map(|s| &s.graph).collect();
     let y = predict_graphs(model, &graphs, batch)?;
     Ok(y.iter().zip(samples).map(|(&p, s)| (p as f64 - s.target).abs()).sum::<f64>() / samples.len().max(1) as f64)
-}
-
-/// One ensemble member as stored on disk.
-#[derive(Clone, Debug)]
-pub struct Member {
-    pub kind: ModelKind,
-    pub cutoff: f64,
-    pub seed: u64,
-    pub valid_mae: f64,
-    pub model: Gnn<f32>,
-}
-
-/// Writes a member checkpoint atomically (format in the module doc).
-pub fn save_member(
-    path: &Path,
-    kind: ModelKind,
-    cutoff: f64,
-    seed: u64,
-    valid_mae: f64,
-    model: &Gnn<f32>,
-) -> Result<()> {
-    let meta = HashMap::from([
-        ("format".to_string(), "octet-gnome".to_string()),
-        ("kind".to_string(), kind.name().to_string()),
-        ("config".to_string(), serde_json::to_string(&model.cfg).map_err(|e| Error::Other(e.to_string()))?),
-        ("cutoff".to_string(), cutoff.to_string()),
-        ("seed".to_string(), seed.to_string()),
-        ("valid_mae".to_string(), valid_mae.to_string()),
-    ]);
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = model
-        .params
-        .iter()
-        .map(|(s, v)| (s.name.clone(), s.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let mut meta = meta;
-    meta.insert("sha256".to_string(), sha256_hex_parts(owned.iter().map(|(_, _, b)| &b[..])));
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches"))
-        })
-        .collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("safetensors: {e}")))?;
-    octet_core::fs::write_atomic(path, &bytes)
-}
-
-/// Reads a member checkpoint; every missing or inconsistent field is an error naming it.
-pub fn load_member(path: &Path) -> Result<Member> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, md) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
-    let meta = md.metadata().clone().unwrap_or_default();
-    let get = |k: &str| meta.get(k).ok_or_else(|| Error::format(path, k, "missing from the safetensors metadata"));
-    if get("format")? != "octet-gnome" {
-        return Err(Error::format(path, "format", format!("`{}`, expected octet-gnome", get("format")?)));
-    }
-    let kind = ModelKind::parse(get("kind")?).map_err(|e| Error::format(path, "kind", e.to_string()))?;
-    let cfg: GnnConfig =
-        serde_json::from_str(get("config")?).map_err(|e| Error::format(path, "config", e.to_string()))?;
-    let num = |k: &str| get(k)?.parse::<f64>().map_err(|_| Error::format(path, k, "not a number"));
-    let (cutoff, valid_mae) = (num("cutoff")?, num("valid_mae")?);
-    let seed = get("seed")?.parse::<u64>().map_err(|_| Error::format(path, "seed", "not an integer"))?;
-    if cfg.basis_dim != kind.basis_dim() {
-        return Err(Error::format(path, "config", format!("basis_dim {} for a {} model", cfg.basis_dim, kind.name())));
-    }
-    let layout = cfg.layout();
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
-    let mut data = vec![0.0f32; layout.total()];
-    let mut raw: Vec<&[u8]> = vec![];
-    for spec in layout.specs() {
-        let t = st.tensor(&spec.name).map_err(|_| Error::format(path, &spec.name, "tensor missing"))?;
-        raw.push(t.data());
-        if t.dtype() != Dtype::F32 || t.shape() != spec.shape.as_slice() {
-            return Err(Error::format(
-                path,
-                &spec.name,
-                format!("expected F32 {:?}, found {:?} {:?}", spec.shape, t.dtype(), t.shape()),
-            ));
-        }
-        for (o, b) in data[spec.range()].iter_mut().zip(t.data().chunks_exact(4)) {
-            *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-        }
-    }
-    // Files written before checksums (no `sha256`) load unchecked.
-    if let Some(want) = meta.get("sha256") {
-        let got = sha256_hex_parts(raw);
-        if &got != want {
-            return Err(Error::format(
-                path,
-                "sha256",
-                format!("tensor data hashes to {got}, the metadata records {want}: the file is damaged"),
-            ));
-        }
-    }
-    Ok(Member { kind, cutoff, seed, valid_mae, model: Gnn::from_params(cfg, data)? })
-}
-
-/// Median, 25th and 75th percentile (linear interpolation between order statistics).
-pub fn quartiles(values: &[f64]) -> (f64, f64, f64) {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let x = p * (v.len() - 1) as f64;
-        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
-        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
-    };
-    (q(0.5), q(0.25), q(0.75))
-}
-
-/// An ensemble's prediction for one input.
-#[derive(Clone, Debug, Serialize)]
-pub struct Prediction {
-    /// Median over members of the per-atom energy (eV/atom).
-    pub energy_per_atom: f64,
-    /// Atoms in the cell (1 for a composition).
-    pub atoms: f64,
-    /// atoms * energy_per_atom (eV).
-    pub energy: f64,
-    /// Interquartile range over members (eV/atom).
-    pub iqr: f64,
-    /// Volume factor of the kept augmentation (1 without augmentation).
-    pub volume_factor: f64,
-    /// Every member's per-atom prediction at that volume.
-    pub members: Vec<f64>,
-}
-
-/// Ensemble predictions for graphs: the members' per-atom outputs, median and IQR.
-pub fn ensemble_predict(members: &[Member], graphs: &[&Graph], batch: usize) -> Result<Vec<Prediction>> {
-    let models: Vec<&Gnn<f32>> = members.iter().map(|m| &m.model).collect();
-    let per_member = predict_members(&models, graphs, batch)?;
-    Ok((0..graphs.len())
-        .map(|i| {
-            let v: Vec<f64> = per_member.iter().map(|p| p[i] as f64).collect();
-            let (med, q25, q75) = quartiles(&v);
-            let atoms = graphs[i].atoms as f64;
-            Prediction {
-                energy_per_atom: med,
-                atoms,
-                energy: med * atoms,
-                iqr: q75 - q25,
-                volume_factor: 1.0,
-                members: v,
-            }
-        })
-        .collect())
-}
-
-/// Marker file in a stacked model's `baseline/` directory: the baseline is `baseline_predict` with
-/// `elemental_zero` (training and prediction must agree).
-pub const ELEMENTAL_ZERO_MARKER: &str = "elemental-zero";
-
-/// A compositional ensemble's per-atom baseline for compositions: the ensemble median, or with
-/// `elemental_zero` exactly 0 for a single element. Formation energies are measured from the
-/// elements' reference phases, so an element's lowest-energy phase has 0 by definition, and a
-/// composition-only model can say nothing more about an element; the structural residual then
-/// learns how far a polymorph lies above it. (A compositional model trained on compounds alone
-/// extrapolates to an element it never saw pure, e.g. 1.4 eV/atom for C.)
-pub fn baseline_predict(
-    members: &[Member],
-    comps: &[crate::Composition],
-    elemental_zero: bool,
-    batch: usize,
-) -> Result<Vec<f64>> {
-    let graphs = comps.iter().map(graph::composition_graph).collect::<Result<Vec<_>>>()?;
-    let preds = ensemble_predict(members, &graphs.iter().collect::<Vec<_>>(), batch)?;
-    Ok(preds
-        .iter()
-        .zip(comps)
-        .map(|(p, c)| if elemental_zero && c.fractional().len() == 1 { 0.0 } else { p.energy_per_atom })
-        .collect())
-}
-
-/// Structural ensemble prediction with test-time volume augmentation: each structure at every
-/// volume factor (a factor whose cell makes atoms overlap is skipped), keeping the lowest median.
-pub fn predict_structures(
-    members: &[Member],
-    structures: &[Structure],
-    factors: &[f64],
-    batch: usize,
-) -> Result<Vec<Prediction>> {
-    let cutoff = members.first().map_or(graph::CUTOFF, |m| m.cutoff);
-    let mut best: Vec<Option<Prediction>> = vec![None; structures.len()];
-    for &f in factors {
-        let graphs: Vec<Option<Graph>> = structures
-            .par_iter()
-            .map(|s| {
-                let scaled = if f == 1.0 { Ok(s.clone()) } else { s.with_volume_scaled(f) };
-                scaled.ok().map(|s| graph::structure_graph(&s, cutoff)).transpose()
-            })
-            .collect::<Result<_>>()?;
-        let idx: Vec<usize> = (0..structures.len()).filter(|&i| graphs[i].is_some()).collect();
-        let refs: Vec<&Graph> = idx.iter().map(|&i| graphs[i].as_ref().expect("filtered")).collect();
-        for (p, &i) in ensemble_predict(members, &refs, batch)?.into_iter().zip(&idx) {
-            if best[i].as_ref().is_none_or(|b| p.energy_per_atom < b.energy_per_atom) {
-                best[i] = Some(Prediction { volume_factor: f, ..p });
-            }
-        }
-    }
-    best.into_iter()
-        .enumerate()
-        .map(|(i, p)| p.ok_or_else(|| Error::Other(format!("structure {i}: every volume factor made atoms overlap"))))
-        .collect()
 }
 
 /// Reads an `octet-structures` or `octet-compositions` data set as samples for `kind` (a
@@ -665,44 +408,5 @@ mod tests {
         }
         let mut to = Gnn::<f32>::init(cfg(graph::NUM_BASIS), 2).unwrap();
         assert_eq!(copy_matching(&mut to, &from, Some(&["embed"])), vec!["embed".to_string()]);
-    }
-
-    #[test]
-    fn a_flipped_bit_in_a_members_tensor_data_fails_naming_the_file() {
-        let cfg = GnnConfig { width: 8, steps: 2, basis_dim: 0, avg_adjacency: 2.0, scale: 1.0, shift: 0.0 };
-        let model = Gnn::<f32>::init(cfg, 3).unwrap();
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("member-0.safetensors");
-        save_member(&p, ModelKind::Compositional, graph::CUTOFF, 3, 0.1, &model).unwrap();
-        let m = load_member(&p).unwrap();
-        assert!(m.model.params.iter().zip(model.params.iter()).all(|(a, b)| a.1 == b.1));
-        let mut bytes = std::fs::read(&p).unwrap();
-        let n = bytes.len();
-        bytes[n - 5] ^= 0x10; // inside the last tensor's data
-        std::fs::write(&p, &bytes).unwrap();
-        let e = load_member(&p).unwrap_err().to_string();
-        assert!(e.contains("member-0.safetensors") && e.contains("damaged"), "{e}");
-    }
-
-    /// With `elemental_zero` a pure element's baseline is exactly 0 and every compound's is the
-    /// ensemble median; without it, the median everywhere.
-    #[test]
-    fn elemental_baseline_is_zero_and_compounds_unchanged() {
-        let cfg = GnnConfig { width: 8, steps: 2, basis_dim: 0, avg_adjacency: 2.0, scale: 1.0, shift: 0.7 };
-        let members: Vec<Member> = (0..3)
-            .map(|seed| Member {
-                kind: ModelKind::Compositional,
-                cutoff: graph::CUTOFF,
-                seed,
-                valid_mae: 0.0,
-                model: Gnn::<f32>::init(cfg.clone(), seed).unwrap(),
-            })
-            .collect();
-        let comps: Vec<crate::Composition> =
-            ["C", "Fe2O3", "O2"].iter().map(|f| crate::Composition::parse(f).unwrap()).collect();
-        let plain = baseline_predict(&members, &comps, false, 2).unwrap();
-        let zeroed = baseline_predict(&members, &comps, true, 2).unwrap();
-        assert!(plain[0] != 0.0 && plain[2] != 0.0);
-        assert_eq!((zeroed[0], zeroed[1], zeroed[2]), (0.0, plain[1], 0.0));
     }
 }

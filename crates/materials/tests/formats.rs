@@ -150,9 +150,13 @@ fn cif_malformed_inputs_name_the_line() {
     let e = parse_cif(&t, p).unwrap_err();
     assert!(e.to_string().contains("line 15") && e.to_string().contains("`Cl1`"), "{e}");
     assert_line_error(e, 16, "closer than 0.5 A");
-    // Space group named but no operations listed.
-    let t = CIF_HEAD.replace("data_x\n", "data_x\n_symmetry_space_group_name_H-M 'F m -3 m'\n") + "Na Na1 0 0 0 1\n";
-    assert_line_error(parse_cif(&t, p).unwrap_err(), 2, "F m -3 m");
+    // An unknown space-group symbol (no operations listed): names the tag and the symbol.
+    let t = CIF_HEAD.replace("data_x\n", "data_x\n_symmetry_space_group_name_H-M 'F m -3 q'\n") + "Na Na1 0 0 0 1\n";
+    assert_line_error(
+        parse_cif(&t, p).unwrap_err(),
+        2,
+        "_symmetry_space_group_name_H-M`: unknown space-group symbol `F m -3 q`",
+    );
     // Unparseable symmetry operation.
     let t = CIF_HEAD.replace("data_x\n", "data_x\nloop_\n_symmetry_equiv_pos_as_xyz\n'x,y,z'\n'x,y,q'\n")
         + "Na Na1 0 0 0 1\n";

@@ -98,7 +98,7 @@ fn table_interpolation_error_is_within_its_bound() {
     assert!(worst > 1e-9, "worst {worst} at h = {TABLE_STEP}");
 }
 
-/// Members run in parallel per batch (`train::predict_members`) give each member's predictions
+/// Members run in parallel per batch (`ensemble::predict_members`) give each member's predictions
 /// exactly as running it alone, batch after batch, does.
 #[test]
 fn members_in_parallel_predict_as_each_alone() {
@@ -114,9 +114,9 @@ fn members_in_parallel_predict_as_each_alone() {
         .collect();
     let refs: Vec<_> = gs.iter().collect();
     let models: Vec<Gnn<f32>> = (0..3).map(|s| trained_like(config(NUM_BASIS), s)).collect();
-    let all = octet_materials::train::predict_members(&models.iter().collect::<Vec<_>>(), &refs, 3).unwrap();
+    let all = octet_materials::ensemble::predict_members(&models.iter().collect::<Vec<_>>(), &refs, 3).unwrap();
     for (m, y) in models.iter().zip(&all) {
-        let alone = octet_materials::train::predict_graphs(m, &refs, 3).unwrap();
+        let alone = octet_materials::ensemble::predict_graphs(m, &refs, 3).unwrap();
         Tolerance::EXACT.assert_close("member", y, &alone);
     }
 }

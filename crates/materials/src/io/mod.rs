@@ -10,6 +10,7 @@
 pub mod cif;
 pub mod extxyz;
 pub mod poscar;
+pub mod spacegroup;
 
 use std::path::Path;
 
