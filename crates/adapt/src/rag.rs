@@ -34,8 +34,7 @@ use crate::retrieval::index::{DenseIndex, Passage};
 pub const CLOZE_QUERY_BYTES: usize = 600;
 
 /// The instruction before the passages of a retrieval-augmented chat prompt.
-pub const INSTRUCTION: &str =
-    "Answer the question. The numbered passages below come from chip design documentation and code; use them when they are relevant.";
+pub const INSTRUCTION: &str = "Answer the question. The numbered passages below come from chip design documentation and code; use them when they are relevant.";
 
 /// A dense index with the encoder that built it.
 pub struct Retriever {
@@ -164,11 +163,7 @@ pub struct Answer {
 
 /// The user message: the instruction, the passages and the question (no passages: the question alone).
 pub fn user_message(passages: &str, question: &str) -> String {
-    if passages.is_empty() {
-        question.to_string()
-    } else {
-        format!("{INSTRUCTION}\n\n{passages}Question: {question}")
-    }
+    if passages.is_empty() { question.to_string() } else { format!("{INSTRUCTION}\n\n{passages}Question: {question}") }
 }
 
 /// Retrieve, fit the prompt (module doc), answer.

@@ -247,7 +247,11 @@ fn question_longer_than_the_context_is_truncated_with_a_warning() {
     let long = "how do i erase a flash page of the block ".repeat(60);
     let a = rag::ask(&mut m, Some(&r), &long, &o).unwrap();
     assert!(a.prompt_tokens + 4 <= 256, "{}", a.prompt_tokens);
-    assert!(a.warnings.iter().any(|w| w.contains("question is longer than the") && w.contains("cut")), "{:?}", a.warnings);
+    assert!(
+        a.warnings.iter().any(|w| w.contains("question is longer than the") && w.contains("cut")),
+        "{:?}",
+        a.warnings
+    );
     // The encoder's 12-token context: retrieval used the question's first tokens, with a warning.
     assert!(a.warnings.iter().any(|w| w.contains("encoder")), "{:?}", a.warnings);
     // Without retrieval the question may take the whole prompt room, still cut to fit.
@@ -308,12 +312,12 @@ fn missing_model_files_are_named() {
 /// (`OCTET_SMOLLM2_GGUF`, `OCTET_MINILM`, `OCTET_RAG_INDEX`).
 #[test]
 fn real_smollm2_answers_with_sources() {
-    let (Some(g), Some(e), Some(i)) = (
-        std::env::var_os("OCTET_SMOLLM2_GGUF"),
-        std::env::var_os("OCTET_MINILM"),
-        std::env::var_os("OCTET_RAG_INDEX"),
-    ) else {
-        eprintln!("skipped: set OCTET_SMOLLM2_GGUF, OCTET_MINILM and OCTET_RAG_INDEX (an index built with that MiniLM)");
+    let (Some(g), Some(e), Some(i)) =
+        (std::env::var_os("OCTET_SMOLLM2_GGUF"), std::env::var_os("OCTET_MINILM"), std::env::var_os("OCTET_RAG_INDEX"))
+    else {
+        eprintln!(
+            "skipped: set OCTET_SMOLLM2_GGUF, OCTET_MINILM and OCTET_RAG_INDEX (an index built with that MiniLM)"
+        );
         return;
     };
     let r = Retriever::load(Path::new(&i), Path::new(&e)).unwrap();

@@ -914,7 +914,7 @@ fn run_cloze(
     use octet_core::Error;
 
     let progress = |name: &str, i: usize, n: usize, right: usize| {
-        if (i + 1) % 25 == 0 || i + 1 == n {
+        if (i + 1).is_multiple_of(25) || i + 1 == n {
             say(format!("cloze {name}: {}/{n} items, {right} right (summed log-likelihood)", i + 1));
         }
     };
@@ -1023,10 +1023,7 @@ fn run_ask(a: AskArgs) -> Result<()> {
             println!("[{}] {} (bytes {}..{}, cosine {:.3})", s.n, s.path, s.start, s.end, s.score);
         }
     }
-    say(format!(
-        "{} prompt tokens, {} answer tokens in {:.1} s",
-        ans.prompt_tokens, ans.answer_tokens, ans.seconds
-    ));
+    say(format!("{} prompt tokens, {} answer tokens in {:.1} s", ans.prompt_tokens, ans.answer_tokens, ans.seconds));
     Ok(())
 }
 
