@@ -28,6 +28,8 @@ for l in sys.stdin:
   cases=()
   for p in fp32 bf16 fp8-te fp8-o1 fp8-o2; do cases+=("--precision $p"); done
   for k in preln parallel sas sas-p sas-p-nonorm; do for p in fp32 fp8-o2; do cases+=("--block $k --precision $p"); done; done
+  for p in fp32 bf16 fp8-o2; do cases+=("--arch llama --precision $p"); done
+  cases+=("--arch llama --block sas-p --precision fp8-o2")
   for c in "${cases[@]}"; do
     # shellcheck disable=SC2086
     a=$(run "$BASE" a $c); rm -rf "$tmp/a"
