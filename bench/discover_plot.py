@@ -1,6 +1,7 @@
 """Per-round metrics of `octet materials discover`, labelled: hit rate and control prevalence with
 Wilson 95% intervals, DAF, precision/recall/F1 of the model's "stable" call, the model's MAE on each
-round's new oracle labels before training on them, and new stable structures (cumulative).
+round's new oracle labels before training on them (and, where the run has them, on held-out oracle
+labels and on flla's DFT labels after each round's training), and new stable structures (cumulative).
 
 The binary's own metrics.png is drawn without a font (no labels); this draws the same numbers for
 people. Usage: discover_plot.py RUN_DIR/metrics.jsonl out.png
@@ -47,8 +48,16 @@ def main(src, dst):
     ax.set(title='model\'s "stable" call (%)', xlabel="round")
     ax.legend(fontsize=8)
     ax = axes[1][1]
-    ax.plot(rounds, [1e3 * r["mae_before_training"] for r in rows], marker="o", color="tab:red")
-    ax.set(title="MAE on new labels before training (meV/atom)", xlabel="round")
+    ax.plot(rounds, [1e3 * r["mae_before_training"] for r in rows], marker="o", color="tab:red",
+            label="new labels, before training")
+    # The learning curve (runs with --holdout / --known): the ensemble after each round's training.
+    for key, label, color in (("heldout_mae_after", "held-out oracle labels", "tab:blue"),
+                              ("dft_mae_after", "flla DFT labels", "tab:purple")):
+        if any(r.get(key) is not None for r in rows):
+            ax.plot(rounds, [1e3 * r[key] if r.get(key) is not None else float("nan") for r in rows],
+                    marker="s", color=color, label=label)
+    ax.set(title="ensemble MAE (meV/atom)", xlabel="round")
+    ax.legend(fontsize=8)
     ax = axes[1][2]
     ax.plot(rounds, [r["discovered_cumulative"] for r in rows], marker="o", color="tab:green")
     ax.set(title="new stable structures (cumulative)", xlabel="round")
