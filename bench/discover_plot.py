@@ -16,9 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def with_ci(ax, rounds, rows, key, label, color):
-    v = [100 * r[key]["value"] for r in rows]
-    lo = [max(0.0, 100 * (r[key]["value"] - r[key]["ci95"][0])) for r in rows]
-    hi = [max(0.0, 100 * (r[key]["ci95"][1] - r[key]["value"])) for r in rows]
+    nan = float("nan")
+    v = [nan if r[key]["value"] is None else 100 * r[key]["value"] for r in rows]  # 0/0: no point
+    lo = [0.0 if r[key]["value"] is None else max(0.0, 100 * (r[key]["value"] - r[key]["ci95"][0])) for r in rows]
+    hi = [0.0 if r[key]["value"] is None else max(0.0, 100 * (r[key]["ci95"][1] - r[key]["value"])) for r in rows]
     ax.errorbar(rounds, v, yerr=[lo, hi], marker="o", capsize=3, label=label, color=color)
 
 
@@ -44,7 +45,7 @@ def main(src, dst):
     ax = axes[1][0]
     for key in ("precision", "recall"):
         with_ci(ax, rounds, rows, key, key, None)
-    ax.plot(rounds, [100 * r["f1"] for r in rows], marker="s", label="F1")
+    ax.plot(rounds, [float("nan") if r["f1"] is None else 100 * r["f1"] for r in rows], marker="s", label="F1")
     ax.set(title='model\'s "stable" call (%)', xlabel="round")
     ax.legend(fontsize=8)
     ax = axes[1][1]

@@ -87,6 +87,9 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-atoms", type=int, default=6)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, help="comma-separated ids of hull structures to check instead of the smallest")
+    ap.add_argument("--reuse", default=None, help="an earlier --out file: its successful GPAW results for the same ids, "
+                    "settings and geometry are not recomputed")
     a = ap.parse_args()
 
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
@@ -103,13 +106,30 @@ def main():
     stable = [e for e in pd.stable_entries if plans[e.name]["role"] in ("bootstrap", "selected", "control")]
     stable.sort(key=lambda e: (len(plans[e.name]["species"]), pd.get_form_energy_per_atom(e)))
     top = [e for e in stable if len(plans[e.name]["species"]) <= a.max_atoms][: a.top]
+    if a.only:
+        top = [e for e in stable if e.name in a.only.split(",")]
     print(f"{len(ok)} oracle results; {len(stable)} loop structures on the final hull; checking {len(top)}", file=sys.stderr)
     opts = f"ecut={a.ecut} kdensity={a.kdensity}"
+    needed = {sp for e in top for sp in plans[e.name]["species"]}
+    refs = {el: i for el, i in refs.items() if el in needed or not top}
     ids = list(refs.values()) + [e.name for e in top]
     frames = [frame(i, plans[i]["species"], ok[i]["cell"], ok[i]["positions"], opts) for i in ids]
+    g = {}
+    if a.reuse and os.path.exists(a.reuse):
+        prev = json.load(open(a.reuse))
+        if prev.get("ecut") == a.ecut and prev.get("kdensity") == a.kdensity:
+            for i in ids:
+                r = prev.get("gpaw", {}).get(i)
+                if r and r.get("ok") and r.get("frame") == frames[ids.index(i)]:
+                    g[i] = r
+        print(f"reusing {len(g)} GPAW results from {a.reuse}", file=sys.stderr)
+    todo = [f for i, f in zip(ids, frames) if i not in g]
     t0 = time.time()
-    g = run_gpaw(frames, a.workers)
+    g.update(run_gpaw(todo, a.workers))
     wall = time.time() - t0
+    for i, f in zip(ids, frames):
+        if i in g:
+            g[i]["frame"] = f
     mu = {}
     for el, i in refs.items():
         if not g.get(i, {}).get("ok"):
@@ -139,7 +159,9 @@ def main():
                 "gpaw_error": r.get("error"),
             }
         )
-    print(f"references: {refs}; GPAW PBE {a.ecut:.0f} eV, k-density {a.kdensity}; wall {wall:.0f} s")
+    cpu = sum(r.get("wall_s") or 0 for r in g.values())
+    print(f"references: {refs}; GPAW PBE {a.ecut:.0f} eV, k-density {a.kdensity}; this call's wall {wall:.0f} s; "
+          f"sum of single-point times {cpu:.0f} s")
     print("| id | formula | atoms | CHGNet E_f (eV/atom) | GPAW E_f (eV/atom) | GPAW - CHGNet | GPAW s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -158,7 +180,8 @@ def main():
                     "ecut": a.ecut,
                     "kdensity": a.kdensity,
                     "wall_s": wall,
-                    "gpaw": {i: {k: v for k, v in r.items() if k not in ("forces", "positions", "cell")} for i, r in g.items()},
+                    "gpaw": {i: {k: v for k, v in r.items() if k not in ("forces", "positions", "cell", "trajectory")}
+                             for i, r in g.items()},
                     "rows": rows,
                 },
                 f,
