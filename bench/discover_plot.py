@@ -1,6 +1,7 @@
 """Per-round metrics of `octet materials discover`, labelled: hit rate and control prevalence with
 Wilson 95% intervals, DAF, precision/recall/F1 of the model's "stable" call, the model's MAE on each
-round's new oracle labels before training on them, and new stable structures (cumulative).
+round's new oracle labels before training on them (and, where the run has them, on held-out oracle
+labels and on flla's DFT labels after each round's training), and new stable structures (cumulative).
 
 The binary's own metrics.png is drawn without a font (no labels); this draws the same numbers for
 people. Usage: discover_plot.py RUN_DIR/metrics.jsonl out.png
@@ -15,9 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def with_ci(ax, rounds, rows, key, label, color):
-    v = [100 * r[key]["value"] for r in rows]
-    lo = [max(0.0, 100 * (r[key]["value"] - r[key]["ci95"][0])) for r in rows]
-    hi = [max(0.0, 100 * (r[key]["ci95"][1] - r[key]["value"])) for r in rows]
+    nan = float("nan")
+    v = [nan if r[key]["value"] is None else 100 * r[key]["value"] for r in rows]  # 0/0: no point
+    lo = [0.0 if r[key]["value"] is None else max(0.0, 100 * (r[key]["value"] - r[key]["ci95"][0])) for r in rows]
+    hi = [0.0 if r[key]["value"] is None else max(0.0, 100 * (r[key]["ci95"][1] - r[key]["value"])) for r in rows]
     ax.errorbar(rounds, v, yerr=[lo, hi], marker="o", capsize=3, label=label, color=color)
 
 
@@ -43,12 +45,20 @@ def main(src, dst):
     ax = axes[1][0]
     for key in ("precision", "recall"):
         with_ci(ax, rounds, rows, key, key, None)
-    ax.plot(rounds, [100 * r["f1"] for r in rows], marker="s", label="F1")
+    ax.plot(rounds, [float("nan") if r["f1"] is None else 100 * r["f1"] for r in rows], marker="s", label="F1")
     ax.set(title='model\'s "stable" call (%)', xlabel="round")
     ax.legend(fontsize=8)
     ax = axes[1][1]
-    ax.plot(rounds, [1e3 * r["mae_before_training"] for r in rows], marker="o", color="tab:red")
-    ax.set(title="MAE on new labels before training (meV/atom)", xlabel="round")
+    ax.plot(rounds, [1e3 * r["mae_before_training"] for r in rows], marker="o", color="tab:red",
+            label="new labels, before training")
+    # The learning curve (runs with --holdout / --known): the ensemble after each round's training.
+    for key, label, color in (("heldout_mae_after", "held-out oracle labels", "tab:blue"),
+                              ("dft_mae_after", "flla DFT labels", "tab:purple")):
+        if any(r.get(key) is not None for r in rows):
+            ax.plot(rounds, [1e3 * r[key] if r.get(key) is not None else float("nan") for r in rows],
+                    marker="s", color=color, label=label)
+    ax.set(title="ensemble MAE (meV/atom)", xlabel="round")
+    ax.legend(fontsize=8)
     ax = axes[1][2]
     ax.plot(rounds, [r["discovered_cumulative"] for r in rows], marker="o", color="tab:green")
     ax.set(title="new stable structures (cumulative)", xlabel="round")

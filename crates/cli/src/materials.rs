@@ -63,7 +63,9 @@ pub enum MaterialsCmd {
 
 #[derive(Args)]
 pub struct DiscoverArgs {
-    /// Oracle: `emt` (tools/oracles/emt_worker.py, ASE's EMT).
+    /// Oracle: `emt` (tools/oracles/emt_worker.py, ASE's EMT), `chgnet` (chgnet_worker.py in the
+    /// venv of tools/oracles/setup_chgnet.sh, or $OCTET_CHGNET_PYTHON) or `gpaw` (gpaw_worker.py,
+    /// Debian's GPAW; slow: for checking a few structures).
     #[arg(long, default_value = "emt")]
     oracle: String,
     /// Worker command instead of the named oracle's (space-separated).
@@ -131,6 +133,13 @@ pub struct DiscoverArgs {
     /// Labels of trajectory frames: relaxed (the relaxation's final energy) or own (the frame's).
     #[arg(long, default_value = "relaxed")]
     frame_labels: String,
+    /// Known structures (an `octet materials data` set, e.g. flla_2015.jsonl, or flla's CSV): those in
+    /// the chemical system are relaxed by the oracle in round 0 and join the hull and the training set.
+    #[arg(long)]
+    known: Option<PathBuf>,
+    /// Share of candidates whose oracle labels are held out of training (for `heldout_mae`).
+    #[arg(long, default_value_t = 0.0)]
+    holdout: f64,
     /// Continue the run in --dir.
     #[arg(long)]
     resume: bool,
@@ -946,7 +955,14 @@ pub fn run_bench(a: BenchMaterialsArgs) -> Result<()> {
 fn oracle_command(name: &str) -> Result<Vec<String>> {
     let script = match name {
         "emt" => "tools/oracles/emt_worker.py",
-        o => return Err(Error::config("oracle", format!("`{o}` is not known (emt), or give --oracle-command"))),
+        "chgnet" => "tools/oracles/chgnet_worker.py",
+        "gpaw" => "tools/oracles/gpaw_worker.py",
+        o => {
+            return Err(Error::config(
+                "oracle",
+                format!("`{o}` is not known (emt, chgnet, gpaw), or give --oracle-command"),
+            ));
+        }
     };
     let here = PathBuf::from(script);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(script);
@@ -954,7 +970,35 @@ fn oracle_command(name: &str) -> Result<Vec<String>> {
     if !path.exists() {
         return Err(Error::config("oracle", format!("{} not found", path.display())));
     }
-    Ok(vec!["python3".into(), path.display().to_string()])
+    Ok(vec![oracle_python(name)?, path.display().to_string()])
+}
+
+/// The interpreter of a named oracle: CHGNet's venv (tools/oracles/setup_chgnet.sh), Debian's
+/// python3 for GPAW, `python3` for EMT.
+fn oracle_python(name: &str) -> Result<String> {
+    match name {
+        "chgnet" => {
+            if let Ok(p) = std::env::var("OCTET_CHGNET_PYTHON") {
+                return Ok(p);
+            }
+            let venv = std::env::var("OCTET_CHGNET_VENV").map(PathBuf::from).unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/octet/chgnet-venv")
+            });
+            let py = venv.join("bin/python");
+            if !py.exists() {
+                return Err(Error::config(
+                    "oracle",
+                    format!(
+                        "{} not found: run tools/oracles/setup_chgnet.sh (or set OCTET_CHGNET_PYTHON)",
+                        py.display()
+                    ),
+                ));
+            }
+            Ok(py.display().to_string())
+        }
+        "gpaw" => Ok("/usr/bin/python3".into()),
+        _ => Ok("python3".into()),
+    }
 }
 
 fn run_discover(a: DiscoverArgs) -> Result<()> {
@@ -983,6 +1027,8 @@ fn run_discover(a: DiscoverArgs) -> Result<()> {
     cfg.oracle = a.oracle.clone();
     cfg.lambda = a.lambda.clone();
     cfg.frame_labels = a.frame_labels.clone();
+    cfg.known = a.known.clone();
+    cfg.holdout = a.holdout;
     cfg.validate()?;
     if a.workers == 0 {
         return Err(Error::config("workers", "must be at least 1"));

@@ -1,6 +1,9 @@
 //! `octet materials discover --oracle emt`, CI size, SIGKILLed at random moments and resumed: the
 //! run finishes, and no journaled oracle result is ever recomputed (every request id has exactly
 //! one `oracle` line in the journal). Skipped, with the reason printed, when ASE is missing.
+//!
+//! `OCTET_DISCOVER_KILLS` sets the number of kills (default 3, CI-cheap; the bar is 20:
+//! `OCTET_DISCOVER_KILLS=20 cargo test --release -p octet-cli --test discover_kill -- --nocapture`).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -56,18 +59,23 @@ fn discover_survives_sigkill_and_recomputes_nothing() {
     let t0 = Instant::now();
     let mut state: u64 = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
     let mut kills = Vec::new();
-    // Kill k once the journal holds a random number of lines in the k-th third of a whole run's
-    // ~47 (config, 3 plans, 38 results, 3 trained, 2 rounds), plus a random 0-400 ms: kills land
-    // among oracle calls, planning and training.
+    // Kill k of n once the journal holds a random number of lines in the k-th n-th of a whole
+    // run's ~47 (config, 3 plans, 38 results, 3 trained, 2 rounds), plus a random 0-400 ms: kills
+    // land among oracle calls, planning and training.
+    let n: u64 = match std::env::var("OCTET_DISCOVER_KILLS") {
+        Ok(v) => v.parse().ok().filter(|&n| n >= 1).expect("OCTET_DISCOVER_KILLS: a number >= 1"),
+        Err(_) => 3,
+    };
+    let span = 43 / n + 1;
     let mut next = || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
     };
-    for k in 0..3u64 {
+    for k in 0..n {
         let mut child = discover(&run, k > 0).spawn().unwrap();
-        let target = 4 + 14 * k + next() % 12;
+        let target = 4 + 43 * k / n + next() % span;
         let ms = next() % 400;
         let t = Instant::now();
         while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(60) {
@@ -99,5 +107,9 @@ fn discover_survives_sigkill_and_recomputes_nothing() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2, "{metrics}");
     assert!(std::fs::metadata(run.join("metrics.png")).unwrap().len() > 100);
-    eprintln!("kill test wall time {:.1} s", t0.elapsed().as_secs_f64());
+    let before_end = kills.iter().filter(|k| !k.2).count();
+    eprintln!(
+        "{n} kills ({before_end} before the run had finished); kill test wall time {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -17,6 +17,18 @@
 //! oracle's own relaxed elements, a different energy scale from DFT's. Later rounds fine-tune the
 //! previous round's members on everything verified so far.
 //!
+//! With `known` (a data set such as flla_2015), round 0 also relaxes every known structure whose
+//! elements lie in the system: they join the hull (so a hit must beat known phases, as in GNoME,
+//! and a known elemental phase such as flla's O2 crystal becomes the reference where it is lower
+//! than the fcc cell), the training set and the substitution parents. Their data-set targets (flla:
+//! DFT formation energies) are never trained on; each round reports the ensemble's MAE against them
+//! (`dft_mae_*`, a different target from the oracle's) and the oracle's own distance from them
+//! (`oracle_vs_dft_mae`). With `holdout` > 0, that share of candidates (by a hash of the id) is
+//! verified and scored but never trained on: `heldout_mae_{before,after}` is the MAE of the
+//! ensembles before and after the round's training on every held-out label so far (predicted from
+//! the unrelaxed candidate, as selection does; `heldout_mae_relaxed_*` from the relaxed structure),
+//! the learning curve over rounds.
+//!
 //! Model targets are formation energies per atom against the oracle-relaxed elemental references.
 //! By default every trajectory frame is labelled with its relaxation's final energy (`frame_labels
 //! = relaxed`): candidates are unrelaxed, and a model of each geometry's own energy ranks them by
@@ -119,6 +131,16 @@ pub struct DiscoverConfig {
     /// pymatgen's `lambda.json` for substitution probabilities (uniform without it).
     #[serde(default)]
     pub lambda: Option<PathBuf>,
+    /// Known structures (an `octet materials data` set such as flla_2015.jsonl, or flla's CSV):
+    /// those whose elements lie in the system are relaxed by the oracle in round 0 and join the
+    /// hull, the training set (held-out formulas excepted) and the substitution parents; their
+    /// data-set targets (flla: DFT formation energies) give each round's `dft_mae`.
+    #[serde(default)]
+    pub known: Option<PathBuf>,
+    /// Share of candidates (bootstrap, selected, control; chosen by a hash of the id) whose oracle
+    /// labels are never trained on: each round reports the ensemble's MAE on them (`heldout_mae`).
+    #[serde(default)]
+    pub holdout: f64,
 }
 
 impl DiscoverConfig {
@@ -148,6 +170,8 @@ impl DiscoverConfig {
             oracle: "emt".into(),
             lambda: None,
             frame_labels: relaxed(),
+            known: None,
+            holdout: 0.0,
         }
     }
 
@@ -161,7 +185,8 @@ impl DiscoverConfig {
             }
             els.push(e);
         }
-        let checks: [(&str, bool); 9] = [
+        let checks: [(&str, bool); 10] = [
+            ("holdout", (0.0..=0.5).contains(&self.holdout)),
             ("elements", els.len() >= 2),
             ("rounds", self.rounds >= 1),
             ("select", self.select >= 1),
@@ -225,6 +250,9 @@ struct PlanItem {
     pred_iqr: Option<f64>,
     #[serde(default)]
     pred_e_above_hull: Option<f64>,
+    /// The known structure's data-set target (flla: DFT formation energy, eV/atom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dft_e_form: Option<f64>,
 }
 
 impl PlanItem {
@@ -250,6 +278,7 @@ impl PlanItem {
             pred_e_form: None,
             pred_iqr: None,
             pred_e_above_hull: None,
+            dft_e_form: None,
         }
     }
 }
@@ -470,6 +499,7 @@ impl Loop<'_> {
                 };
                 items.push(PlanItem::new(&Candidate { id: format!("ref-{e}"), structure: s, origin }, "reference"));
             }
+            items.extend(self.known_items()?);
             let cands = self.generate(0, self.cfg.bootstrap)?;
             items.extend(cands.iter().map(|c| PlanItem::new(c, "bootstrap")));
             self.append(rec("plan", 0, json!({"items": items})))?;
@@ -477,8 +507,14 @@ impl Loop<'_> {
         }
         self.verify(0)?;
         for e in self.elements.clone() {
+            // The fcc cell, or a known elemental structure (flla's O2 crystal for oxygen).
+            let elemental = self.st.plans[&0].iter().any(|it| {
+                it.species.iter().all(|s| s == e.symbol())
+                    && (it.role == "reference" || it.role == "known")
+                    && self.st.results.get(&it.id).is_some_and(|r| r.ok)
+            });
             let r = self.st.results.get(&format!("ref-{e}"));
-            if !r.is_some_and(|r| r.ok) {
+            if !elemental {
                 return Err(Error::Other(format!(
                     "the oracle failed on the elemental reference of {e}: {}",
                     r.and_then(|r| r.error.clone()).unwrap_or_default()
@@ -502,6 +538,9 @@ impl Loop<'_> {
             if !self.st.trained.contains(&round) {
                 self.train(round)?;
             }
+            if let (Value::Object(m), Value::Object(e)) = (&mut metrics, self.evaluate(round)?) {
+                m.extend(e);
+            }
             metrics["round_wall_s"] = json!(t0.elapsed().as_secs_f64());
             self.append(rec("round", round, json!({"metrics": metrics})))?;
             let line = summary_line(&metrics);
@@ -510,6 +549,122 @@ impl Loop<'_> {
             (self.on)(&DiscoverEvent::Summary(line));
         }
         self.write_metrics()
+    }
+
+    /// Round-0 plan items for the known structures (`cfg.known`) whose elements lie in the system.
+    fn known_items(&self) -> Result<Vec<PlanItem>> {
+        let Some(path) = &self.cfg.known else { return Ok(Vec::new()) };
+        let entries = if path.extension().is_some_and(|x| x == "csv") {
+            crate::dataset::read_flla_csv(path)?.entries
+        } else {
+            crate::dataset::read_dataset(path)?.1
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            if !e.structure.species.iter().all(|s| self.elements.contains(s)) {
+                continue;
+            }
+            let origin = Origin {
+                method: "known".into(),
+                space_group: detected_space_group(&e.structure, 1),
+                parent: Some(e.id.clone()),
+                substitution: None,
+                probability: None,
+                seed: 0,
+            };
+            let c = Candidate { id: format!("known-{}", e.id), structure: e.structure, origin };
+            let mut it = PlanItem::new(&c, "known");
+            it.dft_e_form = Some(e.target);
+            out.push(it);
+        }
+        (self.on)(&DiscoverEvent::Note(format!(
+            "{} known structures of {} in {}",
+            out.len(),
+            self.cfg.elements.join("-"),
+            path.display()
+        )));
+        Ok(out)
+    }
+
+    /// Whether a planned candidate's label is held out of training (`cfg.holdout`).
+    fn held_out(&self, it: &PlanItem) -> bool {
+        self.cfg.holdout > 0.0
+            && ["bootstrap", "selected", "control"].contains(&it.role.as_str())
+            && ((fnv1a64(format!("holdout:{}", it.id).as_bytes()) % 10_000) as f64) < self.cfg.holdout * 10_000.0
+    }
+
+    /// After round `round`'s training: the learning curve's point. The MAE of the ensembles of
+    /// rounds `round - 1` (before) and `round` (after) on the held-out oracle labels of rounds
+    /// <= `round` (formation energy against the current hull's references, predicted from the
+    /// unrelaxed candidate as selection does, and from the oracle-relaxed structure), and on the
+    /// known structures' data-set targets (flla DFT formation energies, DFT geometries), besides
+    /// the oracle's own formation energies against those DFT ones.
+    fn evaluate(&self, round: usize) -> Result<Value> {
+        let post = self.diagram(round + 1)?;
+        let (mut initial, mut relaxed, mut target) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dft_s, mut dft_t, mut oracle_vs_dft, mut dft_heldout) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (r, items) in &self.st.plans {
+            if *r > round {
+                continue;
+            }
+            for it in items {
+                let v = self.st.results.get(&it.id).filter(|v| v.ok);
+                let s = it.structure()?;
+                let comp = s.composition();
+                if let Some(dft) = it.dft_e_form {
+                    dft_heldout.push(split_of(&comp.reduced_formula()) == Split::Valid);
+                    dft_s.push(s.clone());
+                    dft_t.push(dft);
+                    if let Some(v) = v {
+                        oracle_vs_dft.push((post.formation_energy_of(&comp, v.energy)? - dft).abs());
+                    }
+                }
+                if let (Some(v), true) = (v, self.held_out(it)) {
+                    relaxed.push(Structure::from_cartesian(Lattice::new(v.cell)?, s.species.clone(), &v.positions)?);
+                    initial.push(s);
+                    target.push(post.formation_energy_of(&comp, v.energy)?);
+                }
+            }
+        }
+        let mae =
+            |members: &[Member], structs: &[Structure], t: &[f64], keep: &dyn Fn(usize) -> bool| -> Result<Value> {
+                if structs.is_empty() {
+                    return Ok(Value::Null);
+                }
+                let p = train::predict_structures(members, structs, &self.cfg.volume_factors, 64)?;
+                let errs: Vec<f64> = p
+                    .iter()
+                    .zip(t)
+                    .enumerate()
+                    .filter(|(i, _)| keep(*i))
+                    .map(|(_, (p, t))| (p.energy_per_atom - t).abs())
+                    .collect();
+                Ok(if errs.is_empty() { Value::Null } else { json!(errs.iter().sum::<f64>() / errs.len() as f64) })
+            };
+        let all = |_: usize| true;
+        let mut out = serde_json::Map::new();
+        for (tag, r) in [("before", round.checked_sub(1)), ("after", Some(round))] {
+            let Some(r) = r else { continue };
+            let m = self.load_members(r)?;
+            out.insert(format!("heldout_mae_{tag}"), mae(&m, &initial, &target, &all)?);
+            out.insert(format!("heldout_mae_relaxed_{tag}"), mae(&m, &relaxed, &target, &all)?);
+            out.insert(format!("dft_mae_{tag}"), mae(&m, &dft_s, &dft_t, &all)?);
+            out.insert(format!("dft_mae_flla_heldout_{tag}"), mae(&m, &dft_s, &dft_t, &|i| dft_heldout[i])?);
+        }
+        out.insert("heldout_n".into(), json!(target.len()));
+        out.insert("dft_n".into(), json!(dft_t.len()));
+        out.insert("dft_n_flla_heldout".into(), json!(dft_heldout.iter().filter(|&&h| h).count()));
+        out.insert(
+            "oracle_vs_dft_mae".into(),
+            if oracle_vs_dft.is_empty() {
+                Value::Null
+            } else {
+                json!(oracle_vs_dft.iter().sum::<f64>() / oracle_vs_dft.len() as f64)
+            },
+        );
+        out.insert("oracle_vs_dft_n".into(), json!(oracle_vs_dft.len()));
+        Ok(Value::Object(out))
     }
 
     /// The diagram of every successful oracle result of rounds before `round`.
@@ -728,7 +883,7 @@ impl Loop<'_> {
                 let species = it.structure()?.species;
                 let comp = Composition::from_elements(&species);
                 let formula = comp.reduced_formula();
-                if split_of(&formula) == Split::Valid {
+                if split_of(&formula) == Split::Valid || self.held_out(it) {
                     continue;
                 }
                 let mut frames = vec![(v.energy, v.cell, v.positions.clone())];
@@ -841,8 +996,11 @@ impl Loop<'_> {
         };
         // The updated hull: every result so far.
         let post = self.diagram(round + 1)?;
-        let loop_stable =
-            post.stable_entries().into_iter().filter(|&i| !post.entries()[i].name.starts_with("ref-")).count();
+        let loop_stable = post
+            .stable_entries()
+            .into_iter()
+            .filter(|&i| !post.entries()[i].name.starts_with("ref-") && !post.entries()[i].name.starts_with("known-"))
+            .count();
         let mut discovered = 0;
         for r in 1..=round {
             let pd = self.diagram(r)?;
@@ -900,7 +1058,7 @@ pub fn summary_line(m: &Value) -> String {
     let num =
         |v: &Value, scale: f64, unit: &str| v.as_f64().map_or("n/a".into(), |x| format!("{:.2}{unit}", x * scale));
     format!(
-        "round {}: hit rate {} [25 meV: {}], prevalence {}, DAF {}, F1 {}, MAE {} meV/atom (n={}), stable on hull {}, discovered {} cumulative, {:.0} s",
+        "round {}: hit rate {} [25 meV: {}], prevalence {}, DAF {}, F1 {}, MAE {} meV/atom (n={}), held-out MAE {} meV/atom (n={}), stable on hull {}, discovered {} cumulative, {:.0} s",
         m["round"],
         pct(&m["hit_rate"]),
         pct(&m["hit_rate_25mev"]),
@@ -909,6 +1067,8 @@ pub fn summary_line(m: &Value) -> String {
         num(&m["f1"], 1.0, ""),
         num(&m["mae_before_training"], 1e3, ""),
         m["mae_n"],
+        num(&m["heldout_mae_after"], 1e3, ""),
+        m["heldout_n"],
         m["stable_on_hull"],
         m["discovered_cumulative"],
         m["round_wall_s"].as_f64().unwrap_or(0.0),

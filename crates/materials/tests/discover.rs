@@ -109,3 +109,49 @@ fn emt_round_journal_metrics_and_resume() {
     assert_eq!(kinds(&dir), k, "resuming a finished run appends nothing");
     assert!(notes.lock().unwrap().iter().any(|n| n.contains("torn last line")), "{:?}", notes.lock().unwrap());
 }
+
+/// `known` + `holdout`: the known structures of the system (and only those) are relaxed in round 0
+/// and join the hull; their data-set targets give `dft_mae_*`; held-out candidates give
+/// `heldout_mae_*`.
+#[test]
+fn emt_known_structures_and_held_out_labels() {
+    use octet_materials::dataset::{DatasetHeader, Entry, write_dataset};
+    use octet_materials::element::Element;
+    use octet_materials::lattice::Lattice;
+    use octet_materials::structure::Structure;
+    if !ase_available() {
+        eprintln!("skipped: python3 cannot import ase (pip install ase==3.29.0)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (cu, au, pd) =
+        (Element::from_symbol("Cu").unwrap(), Element::from_symbol("Au").unwrap(), Element::from_symbol("Pd").unwrap());
+    let l1_0 = |a: Element, b: Element| {
+        Structure::new(
+            Lattice::new([[2.8, 0.0, 0.0], [0.0, 2.8, 0.0], [0.0, 0.0, 3.8]]).unwrap(),
+            vec![a, b],
+            vec![[0.0; 3], [0.5, 0.5, 0.5]],
+        )
+        .unwrap()
+    };
+    let entries = vec![
+        Entry { id: "k-CuAu".into(), structure: l1_0(cu, au), target: -0.05 },
+        Entry { id: "k-CuPd".into(), structure: l1_0(cu, pd), target: -0.1 }, // not in Cu-Au: skipped
+    ];
+    let known = tmp.path().join("known.jsonl");
+    write_dataset(&known, &DatasetHeader::new("formation_energy_per_atom", "eV/atom", "test"), &entries).unwrap();
+    let mut cfg = tiny();
+    cfg.known = Some(known);
+    cfg.holdout = 0.5;
+    let dir = tmp.path().join("run");
+    let m = discover(&dir, &cfg, &oracle(), false, &|_| {}).unwrap();
+    let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    assert!(journal.contains("\"known-k-CuAu\"") && !journal.contains("known-k-CuPd"));
+    let m = &m[0];
+    assert_eq!(m["dft_n"], 1, "{m}");
+    assert!(m["dft_mae_after"].as_f64().is_some_and(f64::is_finite), "{m}");
+    assert!(m["oracle_vs_dft_n"] == 1, "{m}");
+    let held = m["heldout_n"].as_u64().unwrap();
+    assert!(held > 0, "half the candidates are held out: {m}");
+    assert!(m["heldout_mae_before"].as_f64().is_some() && m["heldout_mae_after"].as_f64().is_some(), "{m}");
+}
