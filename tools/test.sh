@@ -5,13 +5,17 @@
 # tests launch `mpirun -np 2`; without it they skip with a printed reason).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mpicc >/dev/null || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+# Both checks look for what the build needs, not a command name: Open MPI's runtime (pulled in by e.g.
+# GPAW) installs `mpicc` without mpi.h, and llvm's libclang-cpp is not the libclang bindgen loads.
+have_mpi_dev() { command -v mpicc >/dev/null && echo '#include <mpi.h>' | mpicc -E - >/dev/null 2>&1; }
+have_libclang() { ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-*.so.* >/dev/null 2>&1; }
+if ! have_mpi_dev || ! have_libclang; then
   ( (apt-get update -qq && apt-get install -y -q libopenmpi-dev openmpi-bin libclang-dev) \
     || (sudo apt-get update -qq && sudo apt-get install -y -q libopenmpi-dev openmpi-bin libclang-dev) ) >/dev/null 2>&1 \
     || echo "Open MPI / libclang not installable here: building without MPI, its tests skip"
 fi
 features="octet-cli/cuda"
-if command -v mpicc >/dev/null && command -v mpirun >/dev/null && ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+if have_mpi_dev && command -v mpirun >/dev/null && have_libclang; then
   features="$features,octet-cli/mpi"
 fi
 set -x
