@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Both checks look for what the build needs, not a command name: Open MPI's runtime (pulled in by e.g.
 # GPAW) installs `mpicc` without mpi.h, and llvm's libclang-cpp is not the libclang bindgen loads.
-have_mpi_dev() { command -v mpicc >/dev/null && echo '#include <mpi.h>' | mpicc -E - >/dev/null 2>&1; }
+have_mpi_dev() { command -v mpicc >/dev/null && echo '#include <mpi.h>' | mpicc -x c -E - >/dev/null 2>&1; }
 have_libclang() { compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null; }
 if ! have_mpi_dev || ! have_libclang; then
   ( (apt-get update -qq && apt-get install -y -q libopenmpi-dev openmpi-bin libclang-dev) \
