@@ -1,6 +1,6 @@
-"""The oracle worker protocol shared by chgnet_worker.py and gpaw_worker.py (emt_worker.py carries
-its own copy): the stdout discipline, frame reading, option parsing, result lines and the geometry
-checks made before a calculator sees a frame.
+"""The oracle worker protocol shared by emt_worker.py, chgnet_worker.py and gpaw_worker.py: the stdout
+discipline, frame reading, option parsing, result lines and the geometry checks made before a
+calculator sees a frame.
 
   * the first stdout line is {"ready": true} (or {"ready": false, "error": ...});
   * stdin carries extended-XYZ frames; the comment line holds the options
