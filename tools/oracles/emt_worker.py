@@ -15,13 +15,13 @@ reading are worker_protocol.py's, shared with the CHGNet and GPAW workers):
   * library chatter goes to stderr; a frame that raises gives ok=false with the error, and the
     worker goes on with the next frame.
 
-Relaxation: ase.optimize.FIRE, with ase.filters.FrechetCellFilter when relax_cell (cell and positions
-together; the filter's fmax then also bounds stress x volume). Requires ase==3.29.0.
+Relaxation (`worker_protocol.run_task`): ase.optimize.FIRE, with ase.filters.FrechetCellFilter when
+relax_cell (cell and positions together; the filter's fmax then also bounds stress x volume).
+Requires ase==3.29.0.
 
 Usage: python3 tools/oracles/emt_worker.py   (normally started by the Rust `Oracle`)
 """
 
-import math
 import os
 import sys
 
@@ -32,49 +32,13 @@ import worker_protocol as wp  # noqa: E402
 
 def setup():
     from ase.calculators.emt import EMT
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
 
-    return EMT, FIRE, FrechetCellFilter
+    return EMT
 
 
-def compute(ctx, atoms):
-    EMT, FIRE, FrechetCellFilter = ctx
-    info = atoms.info
-    task = str(info.get("task", "single"))
+def compute(EMT, atoms):
     atoms.calc = EMT()
-    traj = []
-    if task == "single":
-        steps, converged = 0, True
-    elif task == "relax":
-        fmax = float(info.get("fmax", 0.05))
-        max_steps = int(info.get("steps", 200))
-        target = FrechetCellFilter(atoms) if bool(info.get("relax_cell", True)) else atoms
-        opt = FIRE(target, logfile=None)
-        if bool(info.get("trajectory", False)):
-            opt.attach(lambda: traj.append(wp.snapshot(atoms)), interval=1)
-        converged = bool(opt.run(fmax=fmax, steps=max_steps))
-        steps = int(opt.nsteps)
-    else:
-        raise ValueError(f"unknown task {task!r} (single or relax)")
-    energy = float(atoms.get_potential_energy())
-    forces = atoms.get_forces()
-    stress = atoms.get_stress(voigt=False)
-    if not (math.isfinite(energy) and wp.finite(forces) and wp.finite(stress) and wp.finite(atoms.positions)):
-        raise ValueError("non-finite energy, forces, stress or positions")
-    res = dict(
-        energy=energy,
-        energy_per_atom=energy / len(atoms),
-        forces=forces.tolist(),
-        stress=stress.tolist(),
-        cell=atoms.cell.array.tolist(),
-        positions=atoms.positions.tolist(),
-        steps=steps,
-        converged=converged,
-    )
-    if traj:
-        res["trajectory"] = traj
-    return res
+    return wp.run_task(atoms)
 
 
 if __name__ == "__main__":

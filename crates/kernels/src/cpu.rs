@@ -972,7 +972,7 @@ pub fn accumulate(acc: &mut [f32], x: &[f32]) {
 
 /// ||x||_2, summed in f64 over fixed chunks in order (deterministic for any thread count).
 pub fn global_norm(x: &[f32]) -> f64 {
-    let partials: Vec<f64> = x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
+    let partials: Vec<f64> = x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
     partials.iter().sum::<f64>().sqrt()
 }
 
@@ -998,7 +998,6 @@ pub fn adamw_update(
     let wd = if decay { cfg.weight_decay as f32 } else { 0.0 };
     let (b1, b2, eps, lr) = (cfg.beta1 as f32, cfg.beta2 as f32, cfg.eps as f32, lr as f32);
     let (c1, c2) = ((1.0 - cfg.beta1.powi(t as i32)) as f32, (1.0 - cfg.beta2.powi(t as i32)) as f32);
-    const CHUNK: usize = 1 << 14;
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .zip(g.par_chunks(CHUNK))

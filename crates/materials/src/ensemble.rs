@@ -561,16 +561,7 @@ mod tests {
     /// ensemble median; without it, the median everywhere.
     #[test]
     fn elemental_baseline_is_zero_and_compounds_unchanged() {
-        let cfg = GnnConfig { width: 8, steps: 2, basis_dim: 0, avg_adjacency: 2.0, scale: 1.0, shift: 0.7 };
-        let members: Vec<Member> = (0..3)
-            .map(|seed| Member {
-                kind: ModelKind::Compositional,
-                cutoff: graph::CUTOFF,
-                seed,
-                valid_mae: 0.0,
-                model: Gnn::<f32>::init(cfg.clone(), seed).unwrap(),
-            })
-            .collect();
+        let members = compositional(0..3, 0.7);
         let comps: Vec<crate::Composition> =
             ["C", "Fe2O3", "O2"].iter().map(|f| crate::Composition::parse(f).unwrap()).collect();
         let plain = baseline_predict(&members, &comps, false, 2).unwrap();
