@@ -21,7 +21,7 @@ use octet_lm::generate::SampleConfig;
 use octet_lm::llama::{Llama, LlamaConfig};
 use octet_lm::spec::llama_small;
 
-const TOKENIZER: &str = r###"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":0,"content":"[PAD]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":1,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":2,"content":"[CLS]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":3,"content":"[SEP]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":4,"content":"[MASK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],"normalizer":{"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":true},"pre_tokenizer":{"type":"BertPreTokenizer"},"post_processor":{"type":"BertProcessing","sep":["[SEP]",3],"cls":["[CLS]",2]},"decoder":null,"model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,"vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"[MASK]":4,"the":5,"uart":6,"fifo":7,"reset":8,"clock":9,"aes":10,"key":11,"cipher":12,"block":13,"register":14,"write":15,"read":16,"enable":17,"interrupt":18,"timer":19,"counter":20,"bus":21,"flash":22,"erase":23,"page":24,"data":25,"how":26,"do":27,"i":28,"a":29,"of":30,"##s":31}}}"###;
+mod common;
 
 /// Held-out documentation with 8 identifier names (as in the cloze tests).
 const DOC: &str = "The timer block raises intr_state when mtime reaches mtimecmp_lo. Software clears \
@@ -29,20 +29,6 @@ intr_state by writing one. The register CTRL_EN enables the counter; prescale_q 
 step_q sets the increment. When CTRL_EN is low the counter holds. The alert_tx_o output signals a fatal \
 fault. Reading intr_state returns the raw status; intr_enable masks it before intr_o. The prescale_q \
 field resets to zero and step_q to one. Every write to mtimecmp_lo clears intr_state for hart zero.\n";
-
-/// The tiny golden BERT as a sentence-transformers directory.
-fn encoder_dir(dir: &Path) -> PathBuf {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/minilm");
-    let model = dir.join("encoder");
-    std::fs::create_dir_all(&model).unwrap();
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("tiny.json")).unwrap()).unwrap();
-    std::fs::write(model.join("config.json"), j["config"].to_string()).unwrap();
-    std::fs::copy(golden.join("tiny.safetensors"), model.join("model.safetensors")).unwrap();
-    std::fs::write(model.join("tokenizer.json"), TOKENIZER).unwrap();
-    std::fs::write(model.join("sentence_bert_config.json"), r#"{"max_seq_length": 12}"#).unwrap();
-    model
-}
 
 fn doc(path: &str, category: Category, split: Split, text: &str) -> Document {
     Document { split, ..Document::new("fixture", path, "Apache-2.0", category, text.to_string()) }
@@ -60,7 +46,7 @@ fn corpus_docs() -> Vec<Document> {
 
 /// Corpus and index built with the tiny encoder: (encoder dir, index dir, documents).
 fn index_fixture(dir: &Path) -> (PathBuf, PathBuf, Vec<Document>) {
-    let enc = encoder_dir(dir);
+    let enc = common::tiny_encoder(dir, "encoder");
     let corpus = dir.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     let docs = corpus_docs();

@@ -9,6 +9,8 @@ use octet_adapt::retrieval::contrastive::{infonce_backward, infonce_forward, inf
 use octet_adapt::retrieval::retriever::{RetrieverOptions, load_params, train, training_pairs};
 use octet_core::{Rng, Tolerance};
 
+mod common;
+
 fn unit_rows(rng: &mut Rng, n: usize, c: usize) -> Vec<f64> {
     let mut v: Vec<f64> = (0..n * c).map(|_| rng.normal()).collect();
     for r in v.chunks_mut(c) {
@@ -61,19 +63,9 @@ fn infonce_matches_reference_and_finite_differences() {
     Tolerance::F32.check("dq f32", &dq32, &dq).unwrap();
 }
 
-const TOKENIZER: &str = r###"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":0,"content":"[PAD]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":1,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":2,"content":"[CLS]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":3,"content":"[SEP]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":4,"content":"[MASK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],"normalizer":{"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":true},"pre_tokenizer":{"type":"BertPreTokenizer"},"post_processor":{"type":"BertProcessing","sep":["[SEP]",3],"cls":["[CLS]",2]},"decoder":null,"model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,"vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"[MASK]":4,"the":5,"uart":6,"fifo":7,"reset":8,"clock":9,"aes":10,"key":11,"cipher":12,"block":13,"register":14,"write":15,"read":16,"enable":17,"interrupt":18,"timer":19,"counter":20,"bus":21,"flash":22,"erase":23,"page":24,"data":25,"how":26,"do":27,"i":28,"a":29,"of":30,"##s":31}}}"###;
-
 /// A model directory with the tiny golden BERT and a corpus of training documents.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/minilm");
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("tiny.json")).unwrap()).unwrap();
-    std::fs::write(model.join("config.json"), j["config"].to_string()).unwrap();
-    std::fs::copy(golden.join("tiny.safetensors"), model.join("model.safetensors")).unwrap();
-    std::fs::write(model.join("tokenizer.json"), TOKENIZER).unwrap();
-    std::fs::write(model.join("sentence_bert_config.json"), r#"{"max_seq_length": 12}"#).unwrap();
+    let model = common::tiny_encoder(dir, "model");
     let corpus = dir.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     let topics = ["uart fifo reset", "aes cipher key", "flash page erase", "timer counter interrupt", "bus read write"];

@@ -1,8 +1,8 @@
-//! Fixtures shared by the DAPT and SFT tests: a tiny corpus and a tiny Llama in HuggingFace layout
-//! with a byte-level BPE trained on it (ChatML special tokens added).
+//! Fixtures shared by the adapt tests: a tiny corpus and a tiny Llama in HuggingFace layout with a
+//! byte-level BPE trained on it (ChatML special tokens added), and the tiny golden sentence encoder.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use octet_adapt::corpus::{Category, Document, Split};
 use octet_core::scaling::Recipe;
@@ -71,3 +71,20 @@ pub fn tiny_model(dir: &Path, corpus_dir: &Path) {
     let m = Llama::init(cfg, CpuBackend, Precision::Fp32, &Recipe::default(), 7).unwrap();
     octet_lm::llama_hf::export_hf(&cfg, &m.params_f32(), &dir.join("model.safetensors")).unwrap();
 }
+
+/// The tiny golden BERT (tests/golden/minilm) as a sentence-transformers directory `dir/name`,
+/// with a 32-word WordPiece vocabulary and a 12-token context.
+pub fn tiny_encoder(dir: &Path, name: &str) -> PathBuf {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/minilm");
+    let model = dir.join(name);
+    std::fs::create_dir_all(&model).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("tiny.json")).unwrap()).unwrap();
+    std::fs::write(model.join("config.json"), j["config"].to_string()).unwrap();
+    std::fs::copy(golden.join("tiny.safetensors"), model.join("model.safetensors")).unwrap();
+    std::fs::write(model.join("tokenizer.json"), TINY_ENCODER_TOKENIZER).unwrap();
+    std::fs::write(model.join("sentence_bert_config.json"), r#"{"max_seq_length": 12}"#).unwrap();
+    model
+}
+
+const TINY_ENCODER_TOKENIZER: &str = r###"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":0,"content":"[PAD]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":1,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":2,"content":"[CLS]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":3,"content":"[SEP]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":4,"content":"[MASK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],"normalizer":{"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":true},"pre_tokenizer":{"type":"BertPreTokenizer"},"post_processor":{"type":"BertProcessing","sep":["[SEP]",3],"cls":["[CLS]",2]},"decoder":null,"model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,"vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"[MASK]":4,"the":5,"uart":6,"fifo":7,"reset":8,"clock":9,"aes":10,"key":11,"cipher":12,"block":13,"register":14,"write":15,"read":16,"enable":17,"interrupt":18,"timer":19,"counter":20,"bus":21,"flash":22,"erase":23,"page":24,"data":25,"how":26,"do":27,"i":28,"a":29,"of":30,"##s":31}}}"###;
